@@ -1,0 +1,185 @@
+"""`melalib` command line: prepare | train | predict | ensemble | reproduce | demo | kaggle-bundle.
+
+Every subcommand maps onto the same typed config as the Python API and the notebooks:
+``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .config import RunConfig
+from .errors import MelalibError
+
+
+def load_config(args: argparse.Namespace) -> RunConfig:
+    """Config from --preset, then --config YAML on top, then --set overrides and flags."""
+    from .config import get_preset, read_yaml_config
+
+    flat: dict[str, Any] = get_preset(args.preset) if getattr(args, "preset", None) else {}
+    if getattr(args, "config", None):
+        flat.update(read_yaml_config(args.config))
+    cfg = RunConfig.from_dict(flat)
+    overrides = list(getattr(args, "set", None) or [])
+    for flag in ("fold", "name", "output_dir"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{flag}={value}")
+    if getattr(args, "overwrite", False):
+        overrides.append("overwrite=true")
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (flat keys or data/model/train sections)")
+    p.add_argument("--preset", help="named recipe, e.g. synthetic_demo, isic2020_effnet_meta")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set epochs=3 (repeatable)")
+    p.add_argument("--name", help="run name (outputs/<name>)")
+    p.add_argument("--output-dir", dest="output_dir", help="parent folder of run folders")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    cfg = load_config(args)
+    summary = train(cfg)
+    print(json.dumps({k: summary.get(k) for k in ("run_dir", "folds_done", "oof_primary",
+                                                   "primary_metric")}, indent=2))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_images
+
+    report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers)
+    print(report)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_cli
+
+    return predict_cli(args)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import ensemble_cli
+
+    return ensemble_cli(args)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    result = reproduce(args.run_dir, atol=args.atol, output_dir=args.output_dir)
+    print(json.dumps(result, indent=2))
+    return 0 if result["match"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
+    from .kaggle import build_bundle
+
+    path = build_bundle(args.out, kernel_id=args.kernel_id, title=args.title,
+                        notebook=args.notebook, competition=args.competition,
+                        weights_dataset=args.weights_dataset, wheel_dataset=args.wheel_dataset,
+                        enable_gpu=not args.no_gpu, parameters=dict(
+                            s.split("=", 1) for s in (args.parameter or [])))
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melalib", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one fold or all folds (resumes an existing run)")
+    _add_config_args(p)
+    p.add_argument("--fold", type=int, help="fold to train (-1 = all; default from config)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prepare", help="resize a folder of JPEGs into a cache (resumable)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--size", type=int, default=512, help="shorter side in pixels")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("predict", help="predict with a run or checkpoint (TTA)")
+    p.add_argument("source", help="run folder or checkpoint file")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--csv", help="metadata CSV of the images to predict (default: the run's "
+                   "test split)")
+    p.add_argument("--image-dir", dest="image_dir", help="folder of the images in --csv")
+    p.add_argument("--image-column", dest="image_column", default="image")
+    p.add_argument("--tta", type=int, default=None, help="1, 2, 4 or 8 views")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ensemble", help="combine runs' OOF/test predictions; submission")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--method", default="mean", choices=["mean", "rank", "geometric", "search"])
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("reproduce", help="re-run a finished run and compare its OOF")
+    p.add_argument("run_dir")
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--output-dir", dest="output_dir", default=None,
+                   help="where the re-run goes (default: a temporary folder)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("demo", help="run the notebook series headless on synthetic data")
+    p.add_argument("--output-dir", dest="output_dir", default="outputs/demo")
+    p.add_argument("--quick", action="store_true", help="the tiny configuration (seconds)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("kaggle-bundle", help="folder ready for `kaggle kernels push`")
+    p.add_argument("out")
+    p.add_argument("--kernel-id", dest="kernel_id", required=True, help="user/kernel-slug")
+    p.add_argument("--title", default="melalib ISIC 2020 training")
+    p.add_argument("--notebook", default="03_train.ipynb")
+    p.add_argument("--competition", default="siim-isic-melanoma-classification")
+    p.add_argument("--weights-dataset", dest="weights_dataset", default=None)
+    p.add_argument("--wheel-dataset", dest="wheel_dataset", required=True,
+                   help="user/dataset-slug holding the melalib wheel")
+    p.add_argument("--no-gpu", dest="no_gpu", action="store_true")
+    p.add_argument("-p", "--parameter", action="append", metavar="KEY=VALUE",
+                   help="papermill parameter baked into the kernel notebook")
+    p.set_defaults(func=cmd_kaggle_bundle)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MelalibError as exc:
+        print(f"melalib {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"melalib {args.command}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,387 @@
+"""Typed run configuration.
+
+Four dataclasses (`DataConfig`, `ModelConfig`, `TrainConfig` and the `RunConfig` that
+holds them). Every field name is unique across the sections, so the same names serve as
+papermill parameters, ``--set key=value`` CLI overrides and YAML keys (flat or nested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split and encoded."""
+
+    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | custom
+    data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached
+    image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
+    synthetic_task: str = "binary"  # binary | multiclass | paired
+    synthetic_patients: int = 60
+    synthetic_seed: int = 0
+    synthetic_image_size: int = 64
+    image_size: int = 64
+    n_folds: int = 5
+    fold_seed: int = 42
+    features: str = "default"  # default | isic11 | context | none
+    num_workers: int = 0
+    skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
+    custom_csv: str = ""
+    custom_image_column: str = "image"
+    custom_label_column: str = "label"
+    custom_group_column: str = ""
+    custom_meta_columns: tuple[str, ...] = ()
+    custom_classes: tuple[str, ...] = ()
+
+
+@dataclass
+class ModelConfig:
+    """The network: a timm backbone, optional metadata MLP, head."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    pretrained_path: str = ""  # local weights file (Kaggle, offline); implies pretrained
+    use_image: bool = True  # False: metadata-only MetaMLP baseline
+    use_meta: bool = True
+    meta_hidden: tuple[int, ...] = (128, 64)
+    meta_dropout: float = 0.3
+    head_dropout: float = 0.3
+    n_msd: int = 1  # multi-sample dropout passes, averaged
+    dual_image: bool = False  # two image branches (clinical + dermoscopic)
+    shared_backbone: bool = True
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, schedule, checkpoints."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    scheduler: str = "cosine"  # cosine | plateau | none
+    warmup_epochs: float = 1.0
+    amp: bool = True  # used on CUDA only; CPU runs fp32
+    amp_dtype: str = "auto"  # auto | bf16 | fp16
+    grad_accum: int = 1
+    clip_grad: float = 0.0  # max grad norm, 0 = off
+    channels_last: bool = False
+    compile: bool = False
+    ema: bool = False
+    ema_decay: float = 0.999
+    loss: str = "auto"  # auto | bce | focal | ce
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    class_weighting: str = "none"  # none | balanced | sqrt (from training folds only)
+    sampler: str = "none"  # none | balanced | sqrt
+    freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs
+    backbone_lr_mult: float = 0.1
+    patience: int = 0  # early-stopping epochs without improvement, 0 = off
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    tta: int = 1  # views averaged at prediction: 1 none, 2 +hflip, 4 +vflip, 8 +rot90
+    max_steps_per_epoch: int = 0  # 0 = the whole epoch (a cap for smoke tests)
+    deterministic: bool = True
+    mlflow: bool = False
+
+
+@dataclass
+class RunConfig:
+    """One named run: the data, the model, the training and where it writes."""
+
+    name: str = "demo"
+    output_dir: str = "outputs"
+    fold: int = -1  # -1 = every fold
+    overwrite: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (tuples as lists), as written to config.yaml."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_flat(self) -> dict[str, Any]:
+        """One flat dict of every field: the papermill parameter set."""
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                flat.update({k: v for k, v in _plain(dataclasses.asdict(value)).items()})
+            else:
+                flat[f.name] = _plain(value)
+        return flat
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not name, paths, fold or workers)."""
+        d = self.to_dict()
+        for key in ("name", "output_dir", "fold", "overwrite"):
+            d.pop(key)
+        for key in ("num_workers",):
+            d["data"].pop(key)
+        for key in ("device", "mlflow"):
+            d["train"].pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------- builders
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+        """Build from a nested or flat dict (or both); unknown keys and bad types raise."""
+        cfg = cls()
+        merged = dict(d or {})
+        merged.update(overrides)
+        for key, value in merged.items():
+            if key in _SECTIONS and isinstance(value, dict):
+                for sub_key, sub_value in value.items():
+                    _set(cfg, sub_key, sub_value, section=key)
+            else:
+                _set(cfg, key, value)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> RunConfig:
+        try:
+            return cls.from_dict(read_yaml_config(path), **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> RunConfig:
+        return cls.from_dict(get_preset(name), **overrides)
+
+    def with_overrides(self, items: list[str] | dict[str, Any]) -> RunConfig:
+        """A copy with ``key=value`` strings (CLI ``--set``) or a dict applied."""
+        if not isinstance(items, dict):
+            parsed: dict[str, Any] = {}
+            for item in items:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form key=value")
+                key, value = item.split("=", 1)
+                parsed[key.strip()] = value.strip()
+            items = parsed
+        flat = self.to_flat()
+        for key, value in items.items():
+            key = key.split(".")[-1]
+            if key not in flat:
+                _unknown(key)
+            flat[key] = value
+        return RunConfig.from_dict(flat)
+
+    def validate(self) -> None:
+        """Check values that types alone cannot (choices and ranges)."""
+        d, m, t = self.data, self.model, self.train
+        _choice("dataset", d.dataset, DATASETS)
+        _choice("synthetic_task", d.synthetic_task, ("binary", "multiclass", "paired"))
+        _choice("features", d.features, ("default", "isic11", "context", "none"))
+        _choice("scheduler", t.scheduler, ("cosine", "plateau", "none"))
+        _choice("amp_dtype", t.amp_dtype, ("auto", "bf16", "fp16"))
+        _choice("loss", t.loss, ("auto", "bce", "focal", "ce"))
+        _choice("class_weighting", t.class_weighting, ("none", "balanced", "sqrt"))
+        _choice("sampler", t.sampler, ("none", "balanced", "sqrt"))
+        _choice("tta", t.tta, (1, 2, 4, 8))
+        for name, value, low in (
+            ("image_size", d.image_size, 8),
+            ("n_folds", d.n_folds, 2),
+            ("synthetic_patients", d.synthetic_patients, 4),
+            ("synthetic_image_size", d.synthetic_image_size, 16),
+            ("epochs", t.epochs, 1),
+            ("batch_size", t.batch_size, 1),
+            ("grad_accum", t.grad_accum, 1),
+            ("n_msd", m.n_msd, 1),
+            ("num_workers", d.num_workers, 0),
+            ("patience", t.patience, 0),
+            ("freeze_epochs", t.freeze_epochs, 0),
+            ("max_steps_per_epoch", t.max_steps_per_epoch, 0),
+        ):
+            if value < low:
+                raise ConfigError(f"{name} must be >= {low}, got {value}")
+        for name, value in (("lr", t.lr), ("ema_decay", t.ema_decay)):
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        for name, value in (
+            ("meta_dropout", m.meta_dropout),
+            ("head_dropout", m.head_dropout),
+            ("label_smoothing", t.label_smoothing),
+            ("drop_path_rate", m.drop_path_rate),
+        ):
+            if not 0 <= value < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if self.fold < -1 or self.fold >= d.n_folds:
+            raise ConfigError(f"fold must be -1 (all) or in [0, {d.n_folds - 1}], got {self.fold}")
+        if not m.use_image and not m.use_meta:
+            raise ConfigError("use_image and use_meta are both false: the model has no input")
+        if t.freeze_epochs >= t.epochs and t.freeze_epochs > 0:
+            raise ConfigError(f"freeze_epochs ({t.freeze_epochs}) must be < epochs ({t.epochs})")
+        if d.dataset == "custom" and not d.custom_csv:
+            raise ConfigError("dataset=custom needs custom_csv (a CSV naming images and labels)")
+
+
+DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom")
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def field_index() -> dict[str, tuple[str | None, dataclasses.Field[Any]]]:
+    """Map every flat field name to (section or None, dataclass field)."""
+    index: dict[str, tuple[str | None, dataclasses.Field[Any]]] = {}
+    for f in fields(RunConfig):
+        if f.name in _SECTIONS:
+            for sub in fields(_SECTIONS[f.name]):
+                if sub.name in index:  # pragma: no cover - guarded by a test
+                    raise AssertionError(f"duplicate config field {sub.name}")
+                index[sub.name] = (f.name, sub)
+        else:
+            index[f.name] = (None, f)
+    return index
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(key: str) -> typing.NoReturn:
+    close = difflib.get_close_matches(key, list(field_index()), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _set(cfg: RunConfig, key: str, value: Any, section: str | None = None) -> None:
+    index = field_index()
+    if key not in index or (index[key][0] is None and key in _SECTIONS):
+        _unknown(key)
+    owner_name = index[key][0]
+    if section is not None and owner_name != section:
+        raise ConfigError(f"config key {key!r} belongs to section {owner_name!r}, not {section!r}")
+    owner = cfg if owner_name is None else getattr(cfg, owner_name)
+    hint = _hints(type(owner))[key]
+    setattr(owner, key, coerce(value, hint, key))
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert ``value`` (maybe a CLI string) to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(hint):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} fits none of {hint}")
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(hint)
+        if isinstance(value, str):
+            text = value.strip().strip("()[]")
+            value = [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(coerce(v, item_type, key) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, Path)):
+            return str(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """A YAML config as flat overrides; a ``preset:`` key is expanded under the file's keys."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(d).__name__}")
+    preset = d.pop("preset", None)
+    return {**(get_preset(preset) if preset else {}), **_flatten(d)}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """Flat overrides of a named recipe (see `melalib.presets`)."""
+    from .presets import PRESETS
+
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; known: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])

@@ -1,0 +1,36 @@
+"""Named recipes: flat config overrides (the same keys as papermill parameters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The synthetic default the demo and notebooks use: minutes on 2 CPU cores.
+    "synthetic_demo": dict(dataset="synthetic", synthetic_task="binary", synthetic_patients=60,
+                           image_size=64, backbone="resnet18", epochs=4, batch_size=32,
+                           lr=1e-3, n_folds=5),
+    # Smallest end-to-end configuration: seconds, for tests.
+    "tiny": dict(dataset="synthetic", synthetic_patients=16, synthetic_image_size=32,
+                 image_size=32, backbone="resnet10t", epochs=1, batch_size=16, n_folds=2,
+                 meta_hidden=(16, 8), max_steps_per_epoch=2),
+    # SIIM-ISIC 2020 winners' recipe: EfficientNet + metadata fusion, multi-sample dropout.
+    "isic2020_effnet_meta": dict(dataset="isic2020", backbone="tf_efficientnet_b3.ns_jft_in1k",
+                                 pretrained=True, image_size=384, features="isic11",
+                                 meta_hidden=(512, 128), n_msd=5, epochs=15, batch_size=32,
+                                 lr=3e-4, warmup_epochs=1.0, loss="bce", amp=True),
+    # HAM10000 seeds: DenseNet-121 with focal loss and a class-balanced sampler.
+    "ham10000_densenet_focal": dict(dataset="ham10000", backbone="densenet121", pretrained=True,
+                                    image_size=224, loss="focal", focal_gamma=2.0,
+                                    sampler="sqrt", epochs=20, batch_size=32, lr=3e-4),
+    "ham10000_resnet50_focal": dict(dataset="ham10000", backbone="resnet50", pretrained=True,
+                                    image_size=224, loss="focal", sampler="sqrt", epochs=20,
+                                    batch_size=32, lr=3e-4),
+    # MILK10k: dual EfficientNetV2-S, clinical + dermoscopic, metadata + MONET scores.
+    "milk10k_dual_effv2s": dict(dataset="milk10k", backbone="tf_efficientnetv2_s.in21k_ft_in1k",
+                                pretrained=True, dual_image=True, shared_backbone=False,
+                                image_size=384, loss="bce", class_weighting="sqrt", epochs=20,
+                                batch_size=16, lr=2e-4),
+    # Metadata-only baseline (MetaMLP 64 -> 32).
+    "meta_only": dict(use_image=False, meta_hidden=(64, 32), epochs=30, lr=3e-3,
+                      batch_size=256),
+}
