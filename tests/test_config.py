@@ -1,0 +1,97 @@
+"""Typed config: flat and nested keys, CLI strings, unknown keys, wrong types, presets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from melalib.config import RunConfig, coerce, field_index, read_yaml_config
+from melalib.errors import ConfigError
+from melalib.presets import PRESETS
+
+
+def test_field_names_are_unique_and_flat_roundtrip() -> None:
+    index = field_index()
+    cfg = RunConfig()
+    flat = cfg.to_flat()
+    assert set(flat) == set(index)
+    assert RunConfig.from_dict(flat) == cfg
+
+
+def test_nested_and_flat_keys_agree() -> None:
+    a = RunConfig.from_dict({"train": {"epochs": 3}, "model": {"backbone": "resnet34"}})
+    b = RunConfig.from_dict({"epochs": 3, "backbone": "resnet34"})
+    assert a == b and a.train.epochs == 3 and a.model.backbone == "resnet34"
+
+
+def test_cli_strings_are_coerced() -> None:
+    cfg = RunConfig().with_overrides(["epochs=7", "train.lr=0.01", "amp=false",
+                                      "meta_hidden=(32, 16)", "custom_classes=a,b"])
+    assert cfg.train.epochs == 7 and cfg.train.lr == 0.01 and cfg.train.amp is False
+    assert cfg.model.meta_hidden == (32, 16)
+    assert cfg.data.custom_classes == ("a", "b")
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("epochs", "three", "epochs must be an integer"),
+    ("lr", "fast", "lr must be a number"),
+    ("amp", "maybe", "amp must be true or false"),
+    ("epochs", True, "epochs must be an integer"),
+    ("epochs", 0, "epochs must be >= 1"),
+    ("dataset", "isic2030", "dataset must be one of"),
+    ("fold", 9, "fold must be -1"),
+    ("label_smoothing", 1.5, "label_smoothing must be in [0, 1)"),
+])
+def test_bad_values_raise_config_error(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig.from_dict({key: value})
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'.*did you mean epochs"):
+        RunConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="belongs to section 'train'"):
+        RunConfig.from_dict({"model": {"epochs": 3}})
+
+
+def test_no_input_model_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no input"):
+        RunConfig.from_dict({"use_image": False, "use_meta": False})
+
+
+def test_fingerprint_ignores_names_and_paths_but_not_training() -> None:
+    base = RunConfig()
+    same = RunConfig.from_dict({"name": "x", "output_dir": "/tmp/y", "fold": 1, "num_workers": 4})
+    other = RunConfig.from_dict({"lr": 0.5})
+    assert base.fingerprint() == same.fingerprint()
+    assert base.fingerprint() != other.fingerprint()
+
+
+def test_every_preset_is_a_valid_config() -> None:
+    for name in PRESETS:
+        cfg = RunConfig.from_preset(name)
+        for key, value in PRESETS[name].items():
+            got = cfg.to_flat()[key]
+            assert got == (list(value) if isinstance(value, tuple) else value), (name, key)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        RunConfig.from_preset("isic2020_effnet")
+
+
+def test_yaml_with_preset_and_sections(tmp_path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("preset: tiny\ntrain:\n  epochs: 2\nbackbone: resnet18\n")
+    flat = read_yaml_config(path)
+    cfg = RunConfig.from_yaml(path)
+    assert flat["epochs"] == 2 and cfg.train.epochs == 2
+    assert cfg.model.backbone == "resnet18" and cfg.data.n_folds == 2  # from the preset
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epohcs: 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'epohcs'"):
+        RunConfig.from_yaml(bad)
+
+
+def test_coerce_rejects_nonsense_lists() -> None:
+    with pytest.raises(ConfigError):
+        coerce(5, tuple[int, ...], "meta_hidden")
+    assert coerce("64,32", tuple[int, ...], "meta_hidden") == (64, 32)

@@ -1,0 +1,53 @@
+"""Project promises: one dependency list, README commands == CI, pinned torch pair."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_environment_yml_lists_the_same_dependencies() -> None:
+    project = _pyproject()["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = {p for p in pip if not p.startswith("-")}
+    assert listed == wanted
+
+
+def test_constraints_pin_every_dependency_and_the_tested_torch_pair() -> None:
+    pins = dict(line.split("==", 1) for line in
+                (REPO / "requirements/constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {k.lower().replace("_", "-"): v for k, v in pins.items()}
+    project = _pyproject()["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        name = re.split(r"[<>=!~\[ ]", req, maxsplit=1)[0].lower()
+        assert name in pins, f"{name} is not pinned in requirements/constraints.txt"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def _quick_start_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S)
+    assert block, "README Quick start has no command block"
+    return [ln.strip() for ln in block.group(1).splitlines()
+            if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_readme_quick_start_has_two_commands_and_ci_runs_them() -> None:
+    commands = _quick_start_commands()
+    assert len(commands) == 2, commands
+    ci = (REPO / ".ci/run").read_text()
+    for command in commands:
+        assert command in ci, f"CI does not run the README command: {command}"
