@@ -36,6 +36,7 @@ class DataConfig:
     image_size: int = 64
     n_folds: int = 5
     fold_seed: int = 42
+    fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
     features: str = "default"  # default | isic11 | context | none
     num_workers: int = 0
     skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
@@ -192,6 +193,7 @@ class RunConfig:
         d, m, t = self.data, self.model, self.train
         _choice("dataset", d.dataset, DATASETS)
         _choice("synthetic_task", d.synthetic_task, ("binary", "multiclass", "paired"))
+        _choice("fold_stratify", d.fold_stratify, ("label", "label+size", "none"))
         _choice("features", d.features, ("default", "isic11", "context", "none"))
         _choice("scheduler", t.scheduler, ("cosine", "plateau", "none"))
         _choice("amp_dtype", t.amp_dtype, ("auto", "bf16", "fp16"))

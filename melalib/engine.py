@@ -99,7 +99,8 @@ def build_table(cfg: RunConfig, run: RunDir | None = None) -> LesionTable:
 
     table = load_table(cfg.data)
     table = preflight_images(table, cfg, run)
-    table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed)
+    table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
+                         stratify=cfg.data.fold_stratify)
     table.validate()
     if run is not None:
         run.save_table(table)
@@ -387,7 +388,12 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     labels = fd.train_df["label"].to_numpy().astype(int)
     loss_fn = build_loss(t, task, labels).to(device)
     per_rank_batch = max(1, t.batch_size // info.world_size)
-    n_batches = math.ceil(len(train_ds) / info.world_size / per_rank_batch)
+    per_rank_items = math.ceil(len(train_ds) / info.world_size)
+    # a last batch of one sample breaks BatchNorm: drop the incomplete batch when there is a
+    # full one (the shuffle differs per epoch, so every image is still seen)
+    drop_last = per_rank_items > per_rank_batch
+    n_batches = per_rank_items // per_rank_batch if drop_last else \
+        math.ceil(per_rank_items / per_rank_batch)
     if t.max_steps_per_epoch:
         n_batches = min(n_batches, t.max_steps_per_epoch * t.grad_accum)
     steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
@@ -428,7 +434,8 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         else:
             sampler = build_sampler(t.sampler, labels, epoch_seed)
         loader = make_loader(train_ds, per_rank_batch, shuffle=True, seed=epoch_seed,
-                             num_workers=cfg.data.num_workers, sampler=sampler)
+                             num_workers=cfg.data.num_workers, sampler=sampler,
+                             drop_last=drop_last)
         started = time.perf_counter()
         train_loss = _train_epoch(net, model, loader, loss_fn, optimizer, scheduler, scaler, ema,
                                   precision, device, cfg, n_batches,

@@ -15,7 +15,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  meta_hidden=(16, 8), max_steps_per_epoch=2),
     # SIIM-ISIC 2020 winners' recipe: EfficientNet + metadata fusion, multi-sample dropout.
     "isic2020_effnet_meta": dict(dataset="isic2020", backbone="tf_efficientnet_b3.ns_jft_in1k",
-                                 pretrained=True, image_size=384, features="isic11",
+                                 pretrained=True, image_size=384, features="isic11", fold_stratify="label+size",
                                  meta_hidden=(512, 128), n_msd=5, epochs=15, batch_size=32,
                                  lr=3e-4, warmup_epochs=1.0, loss="bce", amp=True),
     # HAM10000 seeds: DenseNet-121 with focal loss and a class-balanced sampler.

@@ -25,3 +25,28 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+TINY = dict(dataset="synthetic", synthetic_patients=16, synthetic_image_size=32, image_size=32,
+            backbone="resnet10t", epochs=1, batch_size=16, n_folds=2, meta_hidden=(16, 8),
+            max_steps_per_epoch=2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for generated synthetic datasets, shared by the session (cached)."""
+    return tmp_path_factory.mktemp("synthetic-data")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, synthetic_root: Path):
+    """Factory of the tiny end-to-end config writing into this test's tmp_path."""
+    from melalib.config import RunConfig
+
+    def make(**overrides: object) -> RunConfig:
+        params = {**TINY, "data_dir": str(synthetic_root), "output_dir": str(tmp_path / "out"),
+                  "name": "tiny"}
+        params.update(overrides)
+        return RunConfig.from_dict(params)
+
+    return make

@@ -1,0 +1,1 @@
+"""Data: adapters to the canonical table, synthetic data, image cache, datasets."""

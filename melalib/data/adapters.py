@@ -1,0 +1,659 @@
+"""Adapters: the public datasets' unmodified files -> the canonical `LesionTable`.
+
+Every adapter reads its CSVs with string dtypes (ids stay strings), checks the columns it
+needs, maps ages / sexes / sites to the shared vocabularies and raises `DataError` naming
+file, 1-based data row and column on anything it cannot map. Images need not exist for a
+table to load (`LesionTable.check_images()` checks them); where they do exist the file size
+is kept as ``image_bytes`` (NaN otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
+from ..tasks import HAM7, ISIC2019_8, MELANOMA, MILK11, Task
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+PathLike = str | Path
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DOWNLOAD = {
+    "isic2020": "download it from Kaggle: `kaggle competitions download -c "
+                "siim-isic-melanoma-classification`",
+    "isic2019": "download it from the ISIC archive (https://challenge.isic-archive.com/data/#2019)"
+                " or with `isic-cli`",
+    "ham10000": "download it from the Harvard Dataverse (https://doi.org/10.7910/DVN/DBW86T)",
+    "milk10k": "download it from the ISIC 2025 challenge site "
+               "(https://challenge.isic-archive.com/data/#2025)",
+}
+MAIN_FILE = {"isic2020": "train.csv", "isic2019": "ISIC_2019_Training_GroundTruth.csv",
+             "ham10000": "HAM10000_metadata.csv", "milk10k": "MILK10k_Training_Metadata.csv"}
+ISIC2019_CLASSES = ISIC2019_8.classes  # MEL NV BCC AK BKL DF VASC SCC; UNK must be 0
+HAM_IMAGE_DIRS = ("images_200x150", "HAM10000_images", "HAM10000_images_part_1", "images")
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def _first_row(mask: Iterable[bool]) -> int:
+    """1-based data row of the first True."""
+    return int(np.flatnonzero(np.asarray(mask, dtype=bool))[0]) + 1
+
+
+def _read_csv(path: PathLike, required: Sequence[str], dataset: str | None = None) -> pd.DataFrame:
+    """Read a CSV as strings (cells stripped, empty -> NaN) and require ``required`` columns."""
+    path = Path(path)
+    hint = f"; {DOWNLOAD[dataset]}" if dataset in DOWNLOAD else ""
+    if not path.parent.is_dir():
+        raise DataError(f"folder {path.parent} does not exist; expected it to hold {path.name}"
+                        f"{hint}", file=path)
+    if not path.is_file():
+        raise DataError(f"expected file {path.name} in {path.parent}, not found{hint}", file=path)
+    try:
+        df = pd.read_csv(path, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot parse CSV: {exc}", file=path) from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"missing columns {missing}; the file has {list(df.columns)}", file=path,
+                        column=", ".join(missing))
+    for column in df.columns:
+        values = df[column].str.strip()
+        df[column] = values.mask(values == "")
+    return df
+
+
+def _require_ids(df: pd.DataFrame, column: str, file: Path, unique: bool = True) -> pd.Series:
+    """The column as strings; empty or (if ``unique``) repeated values raise DataError."""
+    values = df[column]
+    if values.isna().any():
+        raise DataError(f"empty {column}", file=file, row=_first_row(values.isna()), column=column)
+    dup = values.duplicated()
+    if unique and dup.any():
+        first = values[dup].iloc[0]
+        rows = (np.flatnonzero((values == first).to_numpy()) + 1).tolist()
+        raise DataError(f"duplicate {column} {first!r} (rows {rows}); "
+                        f"{int(dup.sum())} repeated row(s)", file=file, row=rows[1], column=column)
+    return values.astype(str)
+
+
+def _numeric(df: pd.DataFrame, column: str, file: Path) -> np.ndarray:
+    """A numeric column (NaN allowed); text raises DataError with row and column."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() & df[column].notna()
+    if bad.any():
+        pos = _first_row(bad) - 1
+        raise DataError(f"{df[column].iloc[pos]!r} is not a number", file=file, row=pos + 1,
+                        column=column)
+    return values.to_numpy(dtype=float)
+
+
+def _onehot_labels(df: pd.DataFrame, classes: Sequence[str], file: Path,
+                   ignored: Sequence[str] = ()) -> np.ndarray:
+    """Class index per row from one-hot columns; anything but exactly one 1 among ``classes``
+    (e.g. UNK set, two 1s, no 1) raises DataError naming row and column(s)."""
+    columns = [*classes, *[c for c in ignored if c in df.columns]]
+    onehot = np.zeros((len(df), len(columns)), dtype=int)
+    for j, column in enumerate(columns):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = ~values.isin([0, 1])
+        if bad.any():
+            pos = _first_row(bad) - 1
+            raise DataError(f"one-hot value {df[column].iloc[pos]!r} is not 0 or 1", file=file,
+                            row=pos + 1, column=column)
+        onehot[:, j] = values.to_numpy(dtype=int)
+    bad = (onehot.sum(axis=1) != 1) | (onehot[:, : len(classes)].sum(axis=1) != 1)
+    if bad.any():
+        pos = _first_row(bad) - 1
+        on = [c for c, v in zip(columns, onehot[pos], strict=True) if v == 1]
+        where = ", ".join(on) if on else ", ".join(classes)
+        raise DataError(f"exactly one of {list(classes)} must be 1, found {on or 'none'}",
+                        file=file, row=pos + 1, column=where)
+    return onehot[:, : len(classes)].argmax(axis=1)
+
+
+def _class_labels(values: pd.Series, classes: Sequence[str], file: Path, column: str,
+                  allow_empty: bool = False) -> np.ndarray:
+    """Class index per row from class names; -1 for empty cells where ``allow_empty``."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = values.map(lambda v: -1 if pd.isna(v) else index.get(v, -2))
+    bad = (labels == -2) | ((labels == -1) & (not allow_empty))
+    if bad.any():
+        pos = _first_row(bad) - 1
+        raise DataError(f"label {values.iloc[pos]!r} is not one of the classes {list(classes)}",
+                        file=file, row=pos + 1, column=column)
+    return labels.to_numpy(dtype=np.int64)
+
+
+def _image_bytes(paths: Sequence[str]) -> np.ndarray:
+    """File size of each existing image, NaN where missing (folders that do not exist are
+    skipped without a stat per file)."""
+    out = np.full(len(paths), np.nan)
+    present: dict[str, bool] = {}
+    for i, path in enumerate(paths):
+        parent = os.path.dirname(path)
+        if parent not in present:
+            present[parent] = os.path.isdir(parent or ".")
+        if present[parent]:
+            with contextlib.suppress(OSError):
+                out[i] = os.stat(path).st_size
+    return out
+
+
+def _in_dir(directory: Path, names: Iterable[str], ext: str = ".jpg") -> list[str]:
+    return [os.path.join(directory, f"{name}{ext}") for name in names]
+
+
+def _meta_columns(df: pd.DataFrame, file: Path, age: str | None, sex: str | None,
+                  site: str | None) -> dict[str, np.ndarray]:
+    """age / sex / site / site_detail from the raw columns named (None = unknown)."""
+    unknown = np.full(len(df), "unknown", dtype=object)
+    return {
+        "age": (normalize_ages(df[age], file=file, column=age).to_numpy() if age
+                else np.full(len(df), np.nan)),
+        "sex": (normalize_values(df[sex], SEX_MAP, file=file, column=sex, what="sex")
+                .to_numpy(dtype=object) if sex else unknown),
+        "site": (normalize_values(df[site], SITE_MAP, file=file, column=site, what="site")
+                 .to_numpy(dtype=object) if site else unknown),
+        "site_detail": (df[site].fillna("").to_numpy(dtype=object) if site
+                        else np.full(len(df), "", dtype=object)),
+    }
+
+
+def _canonical(*, ids: Iterable[str], paths: list[str], groups: Iterable[str],
+               labels: np.ndarray, task: Task, source: str, split: str,
+               meta: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The canonical columns (meta from `_meta_columns`); labels -1 = unknown."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return pd.DataFrame({
+        "image_id": np.asarray(list(ids), dtype=object),
+        "image_path": paths,
+        "group_id": np.asarray(list(groups), dtype=object),
+        "label": labels,
+        "label_name": np.array((*task.classes, ""), dtype=object)[labels],
+        **meta,
+        "source": source,
+        "split": split,
+        "image_bytes": _image_bytes(paths),
+    })
+
+
+def _table(frames: Sequence[pd.DataFrame], task: Task, origin: Path,
+           attrs: Mapping[str, object] | None = None) -> LesionTable:
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    df.attrs.update(attrs or {})
+    return LesionTable(df, task, origin=str(origin)).validate()
+
+
+def _task_for(classes: Sequence[str], name: str) -> Task:
+    if len(classes) == 2:
+        return Task(name, "binary", tuple(classes), "roc_auc")
+    return Task(name, "multiclass", tuple(classes), "balanced_accuracy")
+
+
+def _same_ids(left: pd.Series, right: pd.Series, left_file: Path, right_file: Path,
+              column: str, what: str) -> None:
+    """Every id of ``left`` must appear in ``right`` and vice versa."""
+    for a, b, fa, fb in ((left, right, left_file, right_file), (right, left, right_file, left_file)):
+        missing = ~a.isin(set(b))
+        if missing.any():
+            pos = _first_row(missing) - 1
+            raise DataError(f"{what} {a.iloc[pos]!r} has no row in {fb}", file=fa, row=pos + 1,
+                            column=column)
+
+
+# ---------------------------------------------------------------------------------- ISIC 2020
+def load_isic2020(data_dir: PathLike, image_dir: PathLike | None = None, include_test: bool = True,
+                  test_image_dir: PathLike | None = None) -> LesionTable:
+    """SIIM-ISIC 2020 (Kaggle layout): ``train.csv`` (+ ``test.csv``); task MELANOMA.
+
+    Images default to ``jpeg/train`` and ``jpeg/test``; an explicit ``image_dir`` (e.g. a
+    flat resized cache) also serves the test images unless ``test_image_dir`` is given.
+    Extras: patient_id, diagnosis, n_images (images per patient), lesion_id (from
+    ``ISIC_2020_Training_GroundTruth_v2.csv`` when present).
+    """
+    data_dir = Path(data_dir)
+    train_dir = Path(image_dir) if image_dir else data_dir / "jpeg" / "train"
+    test_dir = Path(test_image_dir or image_dir or data_dir / "jpeg" / "test")
+    meta = ("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge")
+    frames = []
+    for split, csv, folder in (("train", data_dir / "train.csv", train_dir),
+                               ("test", data_dir / "test.csv", test_dir)):
+        if split == "test" and not include_test:
+            continue
+        df = _read_csv(csv, (*meta, "target") if split == "train" else meta, "isic2020")
+        ids = _require_ids(df, "image_name", csv)
+        patients = _require_ids(df, "patient_id", csv, unique=False)
+        if split == "train":
+            target = df["target"].str.replace(r"\.0$", "", regex=True)  # 1.0 -> 1
+            labels = _class_labels(target, ("0", "1"), csv, "target")
+        else:
+            labels = np.full(len(df), -1)
+        meta_cols = _meta_columns(df, csv, "age_approx", "sex", "anatom_site_general_challenge")
+        out = _canonical(ids=ids, paths=_in_dir(folder, ids), groups=patients, labels=labels,
+                         task=MELANOMA, source="isic2020", split=split, meta=meta_cols)
+        out["patient_id"] = patients.to_numpy()
+        out["diagnosis"] = df["diagnosis"].to_numpy() if "diagnosis" in df else np.nan
+        if split == "train":
+            out["lesion_id"] = _isic2020_lesions(data_dir, ids, labels)
+        frames.append(out)
+    df = pd.concat(frames, ignore_index=True)
+    df["n_images"] = df.groupby("patient_id")["image_id"].transform("size").astype(int)
+    return _table([df], MELANOMA, data_dir / "train.csv")
+
+
+def _isic2020_lesions(data_dir: Path, ids: pd.Series, labels: np.ndarray) -> np.ndarray:
+    """lesion_id per training image from the optional v2 ground truth (NaN when absent)."""
+    gt_csv = data_dir / "ISIC_2020_Training_GroundTruth_v2.csv"
+    if not gt_csv.is_file():
+        return np.full(len(ids), np.nan, dtype=object)
+    gt = _read_csv(gt_csv, ("image_name", "lesion_id", "target"), "isic2020")
+    gt_ids = _require_ids(gt, "image_name", gt_csv)
+    target = pd.Series(labels, index=ids.to_numpy())
+    shared = gt_ids.isin(target.index)
+    gt_target = pd.to_numeric(gt["target"], errors="coerce")
+    differ = shared & (gt_target != target.reindex(gt_ids.to_numpy()).to_numpy())
+    if differ.any():
+        pos = _first_row(differ) - 1
+        raise DataError(f"target of {gt_ids.iloc[pos]} disagrees with train.csv", file=gt_csv,
+                        row=pos + 1, column="target")
+    lesions = pd.Series(gt["lesion_id"].to_numpy(dtype=object), index=gt_ids.to_numpy())
+    return lesions.reindex(ids.to_numpy()).to_numpy(dtype=object)
+
+
+# ---------------------------------------------------------------------------------- ISIC 2019
+def load_isic2019(data_dir: PathLike, image_dir: PathLike | None = None,
+                  include_test: bool = False,
+                  test_image_dir: PathLike | None = None) -> LesionTable:
+    """ISIC 2019: one-hot ``ISIC_2019_Training_GroundTruth.csv`` + ``..._Metadata.csv``;
+    task ISIC2019_8 (a row with UNK or not exactly one 1 raises DataError).
+
+    image_id is the listed name (``_downsampled`` kept); extras lesion_id and isic_id (the
+    name without ``_downsampled``). 2019 has no patient ids: group_id = lesion_id, else the
+    image id (count in ``df.attrs["group_from_image"]``). ``include_test`` adds
+    ``ISIC_2019_Test_Metadata.csv`` rows (split test, label -1).
+    """
+    data_dir = Path(data_dir)
+    gt_csv = data_dir / "ISIC_2019_Training_GroundTruth.csv"
+    meta_csv = data_dir / "ISIC_2019_Training_Metadata.csv"
+    train_dir = Path(image_dir) if image_dir else data_dir / "ISIC_2019_Training_Input"
+    gt = _read_csv(gt_csv, ("image", *ISIC2019_CLASSES), "isic2019")
+    meta_cols = ("image", "age_approx", "anatom_site_general", "sex")
+    meta = _read_csv(meta_csv, meta_cols, "isic2019")
+    gt_ids, meta_ids = _require_ids(gt, "image", gt_csv), _require_ids(meta, "image", meta_csv)
+    _same_ids(gt_ids, meta_ids, gt_csv, meta_csv, "image", "image")
+    labels = pd.Series(_onehot_labels(gt, ISIC2019_CLASSES, gt_csv, ignored=("UNK",)),
+                       index=gt_ids.to_numpy())
+    lesions = (meta["lesion_id"] if "lesion_id" in meta else pd.Series(np.nan, index=meta.index))
+    frames = [_isic2019_frame(meta, meta_csv, meta_ids, lesions,
+                              labels.reindex(meta_ids.to_numpy()).to_numpy(), train_dir, "train")]
+    if include_test:
+        test_csv = data_dir / "ISIC_2019_Test_Metadata.csv"
+        test = _read_csv(test_csv, meta_cols, "isic2019")
+        test_ids = _require_ids(test, "image", test_csv)
+        test_dir = Path(test_image_dir or image_dir or data_dir / "ISIC_2019_Test_Input")
+        frames.append(_isic2019_frame(test, test_csv, test_ids, pd.Series(np.nan, index=test.index),
+                                      np.full(len(test), -1), test_dir, "test"))
+    df = pd.concat(frames, ignore_index=True)
+    attrs = {"group_from_image": int(df["lesion_id"].isna().sum())}
+    return _table([df], ISIC2019_8, gt_csv, attrs)
+
+
+def _isic2019_frame(df: pd.DataFrame, file: Path, ids: pd.Series, lesions: pd.Series,
+                    labels: np.ndarray, folder: Path, split: str) -> pd.DataFrame:
+    groups = np.where(lesions.isna().to_numpy(), ids.to_numpy(), lesions.to_numpy(dtype=object))
+    out = _canonical(ids=ids, paths=_in_dir(folder, ids), groups=groups, labels=labels,
+                     task=ISIC2019_8, source="isic2019", split=split,
+                     meta=_meta_columns(df, file, "age_approx", "sex", "anatom_site_general"))
+    out["lesion_id"] = lesions.to_numpy(dtype=object)
+    out["isic_id"] = ids.str.replace(r"_downsampled$", "", regex=True).to_numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------- HAM10000
+def load_ham10000(data_dir: PathLike, image_dir: PathLike | None = None,
+                  metadata_csv: PathLike | None = None) -> LesionTable:
+    """HAM10000: ``HAM10000_metadata.csv`` (Dataverse, or Kaggle's float-age variant via
+    ``metadata_csv``); task HAM7; group_id = lesion_id; extras lesion_id, dx_type, dataset.
+
+    Images: ``image_dir``, else the first of ``images_200x150``, ``HAM10000_images``,
+    ``HAM10000_images_part_1`` + ``_part_2`` (each image from the part that holds it),
+    ``images`` found under ``data_dir``.
+    """
+    data_dir = Path(data_dir)
+    csv = Path(metadata_csv) if metadata_csv else data_dir / "HAM10000_metadata.csv"
+    df = _read_csv(csv, ("lesion_id", "image_id", "dx", "age", "sex", "localization"), "ham10000")
+    ids = _require_ids(df, "image_id", csv)
+    lesions = _require_ids(df, "lesion_id", csv, unique=False)
+    labels = _class_labels(df["dx"].str.lower(), HAM7.classes, csv, "dx")
+    out = _canonical(ids=ids, paths=_ham_paths(data_dir, image_dir, ids), groups=lesions,
+                     labels=labels, task=HAM7, source="ham10000", split="train",
+                     meta=_meta_columns(df, csv, "age", "sex", "localization"))
+    out["lesion_id"] = lesions.to_numpy()
+    for extra in ("dx_type", "dataset"):
+        if extra in df:
+            out[extra] = df[extra].to_numpy(dtype=object)
+    return _table([out], HAM7, csv)
+
+
+def _ham_paths(data_dir: Path, image_dir: PathLike | None, ids: pd.Series) -> list[str]:
+    if image_dir:
+        return _in_dir(Path(image_dir), ids)
+    for name in HAM_IMAGE_DIRS:
+        folder = data_dir / name
+        if not folder.is_dir():
+            continue
+        part2 = data_dir / "HAM10000_images_part_2"
+        if name.endswith("_part_1") and part2.is_dir():
+            in_part2 = {p.stem for p in part2.iterdir()}
+            return [os.path.join(part2 if i in in_part2 else folder, f"{i}.jpg") for i in ids]
+        return _in_dir(folder, ids)
+    return _in_dir(data_dir / "images", ids)
+
+
+# ----------------------------------------------------------------------------------- MILK10k
+def load_milk10k(data_dir: PathLike, image_dir: PathLike | None = None, include_test: bool = True,
+                 test_image_dir: PathLike | None = None) -> LesionTable:
+    """MILK10k (ISIC 2025): one row per lesion (image_id = lesion_id), ``image_path`` the
+    dermoscopic image, ``image_path_2`` the clinical close-up; task MILK11.
+
+    Images are ``{isic_id}.jpg`` under ``image_dir`` (default ``MILK10k_Training_Input`` /
+    ``MILK10k_Test_Input``), or under a ``{lesion_id}/`` subfolder there (the official zip
+    layout) when that file exists. Extras: lesion_id, skin_tone, isic_id_derm / isic_id_clin,
+    image_bytes_2, ``monet_<concept>_derm`` / ``_clin``.
+    """
+    data_dir = Path(data_dir)
+    meta_csv = data_dir / "MILK10k_Training_Metadata.csv"
+    gt_csv = data_dir / "MILK10k_Training_GroundTruth.csv"
+    train_dir = Path(image_dir) if image_dir else data_dir / "MILK10k_Training_Input"
+    meta = _read_csv(meta_csv, MILK_META, "milk10k")
+    gt = _read_csv(gt_csv, ("lesion_id", *MILK11.classes), "milk10k")
+    gt_ids = _require_ids(gt, "lesion_id", gt_csv)
+    _same_ids(_require_ids(meta, "lesion_id", meta_csv, unique=False).drop_duplicates(), gt_ids,
+              meta_csv, gt_csv, "lesion_id", "lesion")
+    labels = pd.Series(_onehot_labels(gt, MILK11.classes, gt_csv), index=gt_ids.to_numpy())
+    frames = [_milk_frame(meta, meta_csv, train_dir, labels, "train")]
+    if include_test:
+        test_csv = data_dir / "MILK10k_Test_Metadata.csv"
+        test_dir = Path(test_image_dir or image_dir or data_dir / "MILK10k_Test_Input")
+        frames.append(_milk_frame(_read_csv(test_csv, MILK_META, "milk10k"), test_csv, test_dir,
+                                  None, "test"))
+    return _table(frames, MILK11, meta_csv)
+
+
+MILK_META = ("lesion_id", "image_type", "isic_id", "age_approx", "sex", "site")
+MILK_AGREE = ("age_approx", "sex", "site", "skin_tone_class")
+
+
+def _milk_frame(meta: pd.DataFrame, file: Path, folder: Path, labels: pd.Series | None,
+                split: str) -> pd.DataFrame:
+    """One row per lesion from a metadata file holding a dermoscopic and a clinical row each."""
+    lesion = _require_ids(meta, "lesion_id", file, unique=False)
+    isic = _require_ids(meta, "isic_id", file).to_numpy()
+    kind = meta["image_type"].str.lower().fillna("")
+    kind = np.where(kind.str.startswith("dermoscopic"), "derm",
+                    np.where(kind.str.startswith("clinical"), "clin", ""))
+    if (kind == "").any():
+        pos = _first_row(kind == "") - 1
+        raise DataError(f"image_type {meta['image_type'].iloc[pos]!r} is neither dermoscopic nor "
+                        "clinical", file=file, row=pos + 1, column="image_type")
+    norm = _meta_columns(meta, file, "age_approx", "sex", "site")  # rows as in the file
+    numeric = {c: _numeric(meta, c, file) for c in meta.columns
+               if c == "skin_tone_class" or c.startswith("MONET_")}
+    first = lesion.drop_duplicates()  # index: the lesion's first row
+    rows: dict[str, np.ndarray] = {}
+    for k, word in (("derm", "dermoscopic"), ("clin", "clinical close-up")):
+        at = pd.Series(np.flatnonzero(kind == k), index=lesion[kind == k].to_numpy())
+        if at.index.duplicated().any():
+            pos = int(at[at.index.duplicated()].iloc[0])
+            raise DataError(f"lesion {lesion.iloc[pos]} has a second {word} image", file=file,
+                            row=pos + 1, column="image_type")
+        at = at.reindex(first.to_numpy())
+        if at.isna().any():
+            pos = int(first.index[_first_row(at.isna()) - 1])
+            raise DataError(f"lesion {lesion.iloc[pos]} has no {word} image row", file=file,
+                            row=pos + 1, column="image_type")
+        rows[k] = at.to_numpy(dtype=int)
+    d, c = rows["derm"], rows["clin"]
+    agree = {"age_approx": norm["age"], "sex": norm["sex"],
+             "site": np.char.lower(norm["site_detail"].astype(str)).astype(object),
+             "skin_tone_class": numeric.get("skin_tone_class")}
+    for column, values in agree.items():
+        if values is None:
+            continue
+        a, b = pd.Series(values[d]), pd.Series(values[c])
+        differ = ~((a == b) | (a.isna() & b.isna()))
+        if differ.any():
+            i = _first_row(differ) - 1
+            raise DataError(f"lesion {first.iloc[i]}: {column} {meta[column].iloc[c[i]]!r} "
+                            f"disagrees with its dermoscopic row {d[i] + 1} "
+                            f"({meta[column].iloc[d[i]]!r})", file=file, row=int(c[i]) + 1,
+                            column=column)
+    ids = first.to_numpy()
+    label = (labels.reindex(ids).to_numpy() if labels is not None else np.full(len(ids), -1))
+    paths = _milk_paths(folder, ids, isic[d])
+    out = _canonical(ids=ids, paths=paths, groups=ids, labels=label, task=MILK11,
+                     source="milk10k", split=split, meta={k: v[d] for k, v in norm.items()})
+    out["image_path_2"] = _milk_paths(folder, ids, isic[c])
+    out["image_bytes_2"] = _image_bytes(out["image_path_2"].tolist())
+    out["lesion_id"] = ids
+    out["isic_id_derm"], out["isic_id_clin"] = isic[d], isic[c]
+    if "skin_tone_class" in numeric:
+        out["skin_tone"] = numeric["skin_tone_class"][d]
+    for column in (k for k in numeric if k.startswith("MONET_")):
+        concept = column.removeprefix("MONET_").lower()
+        out[f"monet_{concept}_derm"] = numeric[column][d]
+        out[f"monet_{concept}_clin"] = numeric[column][c]
+    return out
+
+
+def _milk_paths(folder: Path, lesions: Sequence[str], isic_ids: Sequence[str]) -> list[str]:
+    """``folder/{lesion}/{isic}.jpg`` where it exists (official zip layout), else flat."""
+    out = []
+    for lesion, isic in zip(lesions, isic_ids, strict=True):
+        nested = os.path.join(folder, lesion, f"{isic}.jpg")
+        out.append(nested if os.path.isfile(nested) else os.path.join(folder, f"{isic}.jpg"))
+    return out
+
+
+# ----------------------------------------------------------------------------- 2019 + 2020
+def merge_isic2019_2020(t2020: LesionTable, t2019: LesionTable) -> LesionTable:
+    """Binary melanoma table: ISIC 2020 rows (test rows kept) + ISIC 2019 training rows with
+    MEL -> 1, everything else -> 0 (the 2019 class kept as ``diagnosis``).
+
+    2019 rows whose ``isic_id`` is a 2020 image_id are dropped, then 2019 rows repeating an
+    earlier isic_id; ``df.attrs`` holds ``dropped_duplicates`` (the total),
+    ``dropped_duplicates_of_2020``, ``dropped_duplicates_within_2019`` and
+    ``excluded_2019_test``. 2019 group ids get an ``isic2019:`` prefix so they never
+    collide with 2020 patients.
+    """
+    for table, task, name in ((t2020, MELANOMA, "t2020"), (t2019, ISIC2019_8, "t2019")):
+        if table.task != task:
+            raise DataError(f"{name} must be a {task.name} table, got task {table.task.name!r}",
+                            file=table.origin or None)
+    if "isic_id" not in t2019.df:
+        raise DataError("the 2019 table has no isic_id column (load it with load_isic2019)",
+                        file=t2019.origin or None, column="isic_id")
+    old = t2019.train
+    of_2020 = old["isic_id"].isin(set(t2020.df["image_id"]))
+    within = old["isic_id"].duplicated() & ~of_2020
+    new = old[~of_2020 & ~within].copy()
+    melanoma = (new["label_name"] == "MEL").to_numpy()
+    new["diagnosis"] = new["label_name"]
+    new["label"] = melanoma.astype(np.int64)
+    new["label_name"] = np.where(melanoma, MELANOMA.classes[1], MELANOMA.classes[0])
+    new["group_id"] = "isic2019:" + new["group_id"].astype(str)
+    recent = t2020.df.copy()
+    if "isic_id" not in recent:
+        recent["isic_id"] = recent["image_id"]
+    df = pd.concat([recent, new], ignore_index=True)
+    df.attrs = {"dropped_duplicates": int(of_2020.sum() + within.sum()),
+                "dropped_duplicates_of_2020": int(of_2020.sum()),
+                "dropped_duplicates_within_2019": int(within.sum()),
+                "excluded_2019_test": len(t2019.test)}
+    return LesionTable(df, MELANOMA, origin=t2020.origin).validate()
+
+
+# ------------------------------------------------------------------------ user's own data
+def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: str = "label",
+                    group_column: str | None = None,
+                    meta_columns: Mapping[str, str] | None = None,
+                    classes: Sequence[str] | None = None, image_dir: PathLike | None = None,
+                    image_ext: str = "", split_column: str | None = None) -> LesionTable:
+    """A user CSV naming images and labels (task name ``custom``).
+
+    ``meta_columns`` maps canonical names to the CSV's columns, e.g. ``{"age": "age_years",
+    "sex": "gender", "site": "location"}``; any other name becomes a numeric extra
+    ``meta_<name>``. ``classes`` default to the sorted labels of the training rows; two
+    classes make a binary task (negative first, roc_auc), more a multiclass one
+    (balanced_accuracy). Image names are resolved against ``image_dir`` (default: the
+    CSV's folder), ``image_ext`` appended where missing. ``split_column`` holds train / test
+    (test labels may be empty). Without ``group_column`` every image is its own group, so
+    several images of one patient or lesion could land on both sides of a fold split.
+    """
+    csv = Path(csv)
+    meta_columns = dict(meta_columns or {})
+    optional = [c for c in (group_column, split_column) if c]
+    df = _read_csv(csv, [image_column, label_column, *optional, *meta_columns.values()])
+    names = _require_ids(df, image_column, csv)
+    split = np.full(len(df), "train", dtype=object)
+    if split_column:
+        split = df[split_column].str.lower().to_numpy(dtype=object)
+        bad = ~pd.Series(split).isin(["train", "test"])
+        if bad.any():
+            pos = _first_row(bad) - 1
+            raise DataError(f"split {df[split_column].iloc[pos]!r} is not train or test",
+                            file=csv, row=pos + 1, column=split_column)
+    train = split == "train"
+    if classes is None:
+        classes = sorted(df.loc[train, label_column].dropna().unique().tolist())
+    classes = tuple(str(c) for c in classes)
+    if len(classes) < 2:
+        raise DataError(f"needs at least 2 classes, found {list(classes)}", file=csv,
+                        column=label_column)
+    labels = _class_labels(df[label_column], classes, csv, label_column, allow_empty=True)
+    if (train & (labels < 0)).any():
+        raise DataError("empty label on a training row", file=csv,
+                        row=_first_row(train & (labels < 0)), column=label_column)
+    ext = image_ext.lower()
+    files = [n if not ext or n.lower().endswith(ext) else n + image_ext for n in names]
+    folder = Path(image_dir) if image_dir else csv.parent
+    paths = [f if os.path.isabs(f) else os.path.join(folder, f) for f in files]
+    groups = _require_ids(df, group_column, csv, unique=False) if group_column else names
+    meta = _meta_columns(df, csv, meta_columns.get("age"), meta_columns.get("sex"),
+                         meta_columns.get("site"))
+    task = _task_for(classes, "custom")
+    out = _canonical(ids=names, paths=paths, groups=groups, labels=labels, task=task,
+                     source="custom", split=split, meta=meta)
+    for name, column in meta_columns.items():
+        if name not in ("age", "sex", "site"):
+            out[f"meta_{name}"] = _numeric(df, column, csv)
+    return _table([out], task, csv)
+
+
+def load_image_folder(root: PathLike, classes: Sequence[str] | None = None) -> LesionTable:
+    """Class-per-subfolder images (``root/<class>/*.jpg|jpeg|png``), metadata unknown, each
+    image its own group (image_id ``<class>/<file name>``). Other entries are ignored and
+    counted in ``df.attrs["ignored_files"]`` (folders outside ``classes`` in
+    ``ignored_folders``); an empty class folder raises DataError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("image folder does not exist", file=root)
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    folders = [p.name for p in entries if p.is_dir()]
+    ignored = sum(1 for p in root.iterdir() if not p.is_dir())
+    classes = tuple(folders if classes is None else (str(c) for c in classes))
+    missing = [c for c in classes if c not in folders]
+    if missing:
+        raise DataError(f"no class folder(s) {missing}; found {folders}", file=root)
+    if len(classes) < 2:
+        raise DataError(f"needs at least 2 class folders, found {list(classes)}", file=root)
+    ids: list[str] = []
+    paths: list[str] = []
+    labels: list[int] = []
+    for k, name in enumerate(classes):
+        found = sorted((root / name).iterdir())
+        images = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            raise DataError(f"class folder {name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
+                            file=root / name)
+        ignored += len(found) - len(images)
+        ids += [f"{name}/{p.name}" for p in images]
+        paths += [str(p) for p in images]
+        labels += [k] * len(images)
+    task = _task_for(classes, "custom")
+    out = _canonical(ids=ids, paths=paths, groups=ids, labels=np.array(labels), task=task,
+                     source="custom", split="train",
+                     meta=_meta_columns(pd.DataFrame(index=range(len(ids))), root, None, None, None))
+    attrs = {"ignored_files": ignored, "ignored_folders": len(folders) - len(classes)}
+    return _table([out], task, root, attrs)
+
+
+# ----------------------------------------------------------------------------------- dispatch
+LOADERS = {"isic2020": load_isic2020, "isic2019": load_isic2019, "ham10000": load_ham10000,
+           "milk10k": load_milk10k}
+
+
+def load_table(data_cfg: DataConfig) -> LesionTable:
+    """The table a `DataConfig` names; ``image_dir`` (if set) overrides the image folder.
+
+    ``isic2020+2019`` expects ``data_dir`` to hold ``isic2020/`` (Kaggle files) and
+    ``isic2019/`` (ISIC 2019 CSVs); an ``image_dir`` override then serves both (a flat
+    cache). ``synthetic`` generates (or reuses) data under ``data_dir`` (default ``data``).
+    """
+    dataset, image_dir = data_cfg.dataset, data_cfg.image_dir or None
+    if dataset == "synthetic":
+        from .synthetic import make_synthetic
+
+        name = (f"{data_cfg.synthetic_task}_{data_cfg.synthetic_patients}p_"
+                f"{data_cfg.synthetic_image_size}px_s{data_cfg.synthetic_seed}")
+        return make_synthetic(out_dir=Path(data_cfg.data_dir or "data") / "synthetic" / name,
+                              task=data_cfg.synthetic_task, n_patients=data_cfg.synthetic_patients,
+                              image_size=data_cfg.synthetic_image_size, seed=data_cfg.synthetic_seed)
+    if dataset == "custom":
+        if not data_cfg.custom_csv:
+            raise DataError("dataset=custom needs custom_csv, a CSV naming images and labels")
+        return load_custom_csv(
+            data_cfg.custom_csv, image_column=data_cfg.custom_image_column,
+            label_column=data_cfg.custom_label_column,
+            group_column=data_cfg.custom_group_column or None,
+            meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
+            classes=data_cfg.custom_classes or None, image_dir=image_dir)
+    if dataset not in (*LOADERS, "isic2020+2019"):
+        raise DataError(f"unknown dataset {dataset!r}; known: synthetic, custom, isic2020+2019, "
+                        f"{', '.join(LOADERS)}")
+    if dataset == "isic2020+2019":
+        expected = f"isic2020/{MAIN_FILE['isic2020']} and isic2019/{MAIN_FILE['isic2019']}"
+        hint = f"{DOWNLOAD['isic2020']}; {DOWNLOAD['isic2019']}"
+    else:
+        expected, hint = MAIN_FILE[dataset], DOWNLOAD[dataset]
+    if not data_cfg.data_dir or not Path(data_cfg.data_dir).is_dir():
+        where = f"data_dir {data_cfg.data_dir!r} does not exist" if data_cfg.data_dir else \
+            "data_dir is empty"
+        raise DataError(f"{where}: dataset {dataset} expects a folder holding {expected}; {hint}",
+                        file=data_cfg.data_dir or None)
+    data_dir = Path(data_cfg.data_dir)
+    if dataset == "isic2020+2019":
+        return merge_isic2019_2020(load_isic2020(data_dir / "isic2020", image_dir),
+                                   load_isic2019(data_dir / "isic2019", image_dir))
+    return LOADERS[dataset](data_dir, image_dir)
+
+
+def parse_meta_columns(items: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """``["age=age_years", "bmi"]`` -> ``{"age": "age_years", "bmi": "bmi"}``."""
+    if isinstance(items, Mapping):
+        return dict(items)
+    out = {}
+    for item in items:
+        name, _, column = item.partition("=")
+        out[name.strip()] = (column or name).strip()
+    return out

@@ -1,0 +1,447 @@
+"""Cross-validation folds that never split a group (patient / lesion), and the leakage audit.
+
+- `assign_folds`: `StratifiedGroupKFold` on ``group_id`` over the training rows (test rows get
+  fold -1), stratified by label, or by label x images-per-group bucket (``"label+size"``,
+  the "triple stratified" folds of the SIIM-ISIC 2020 top solutions: patient-isolated,
+  melanoma ratio balanced, patients with many / few images spread evenly).
+- `audit_leakage`: raises `LeakageError` when a group spans folds or splits.
+- `fold_summary`, `save_folds` / `load_folds` / `apply_folds`: inspect and freeze folds.
+- `random_split` / `grouped_split`: the 70/10/20 train / val / test protocols of MedMNIST's
+  DermaMNIST (image level, which LEAKS lesions) and its group-level counterpart.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .errors import ConfigError, DataError, LeakageError
+from .io import write_csv
+from .table import LesionTable
+
+STRATIFY = ("label", "label+size", "none")
+N_SIZE_BINS = 4  # quantile buckets of images-per-group for stratify="label+size"
+FOLD_COLUMNS = ("image_id", "group_id", "fold")
+SUBSETS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------- folds
+@overload
+def assign_folds(table: LesionTable, n_folds: int = ..., seed: int = ..., stratify: str = ...,
+                 *, return_info: Literal[False] = ...) -> LesionTable: ...
+
+
+@overload
+def assign_folds(table: LesionTable, n_folds: int = ..., seed: int = ..., stratify: str = ...,
+                 *, return_info: Literal[True]) -> tuple[LesionTable, dict[str, Any]]: ...
+
+
+def assign_folds(table: LesionTable, n_folds: int = 5, seed: int = 42, stratify: str = "label",
+                 *, return_info: bool = False) -> LesionTable | tuple[LesionTable, dict[str, Any]]:
+    """A new table with an int column ``fold`` (0..n_folds-1 for training rows, -1 for test).
+
+    Folds come from ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` on
+    ``group_id``. ``stratify``: ``"label"`` (class balance), ``"label+size"`` (the label
+    combined with a quantile bucket of the group's image count, so every fold gets a similar
+    mix of patients with few and many images) or ``"none"``. The training rows are sorted by
+    (group_id, image_id) before splitting, so the folds depend only on the table's content
+    and the seed, never on its row order.
+
+    Raises DataError when there are fewer groups than folds, or when a binary task leaves a
+    fold whose validation set holds a single class (its AUC would be undefined). Classes
+    with fewer groups than folds only warn: ``warnings.warn`` and, with
+    ``return_info=True``, the returned info dict (``sparse_classes``, ``warnings``).
+    """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ConfigError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if stratify not in STRATIFY:
+        raise ConfigError(f"stratify must be one of {STRATIFY}, got {stratify!r}")
+    df, task, file = table.df, table.task, table.origin or None
+    for column in ("image_id", "group_id", "label", "split"):
+        if column not in df.columns:
+            raise DataError(f"assign_folds needs column {column!r}", file=file, column=column)
+    train_mask = (df["split"] == "train").to_numpy()
+    if not train_mask.any():
+        raise DataError("no training rows (split == 'train') to split into folds", file=file,
+                        column="split")
+    audit_leakage(df.drop(columns=["fold"], errors="ignore"))  # train / test overlap first
+    train = pd.DataFrame({
+        "pos": np.flatnonzero(train_mask),
+        "image_id": df.loc[train_mask, "image_id"].astype(str).to_numpy(),
+        "group_id": df.loc[train_mask, "group_id"].astype(str).to_numpy(),
+        "label": pd.to_numeric(df.loc[train_mask, "label"], errors="coerce").to_numpy(),
+    }).sort_values(["group_id", "image_id"], kind="mergesort").reset_index(drop=True)
+    bad = ~np.isfinite(train["label"].to_numpy(dtype=float)) | (train["label"] < 0).to_numpy()
+    if bad.any():
+        pos = int(train.loc[bad, "pos"].min())
+        raise DataError("training row without a label", file=file, row=pos + 1, column="label")
+    labels = train["label"].to_numpy(dtype=np.int64)
+    group_codes, group_names = pd.factorize(train["group_id"], sort=True)
+    n_groups = len(group_names)
+    if n_groups < n_folds:
+        raise DataError(f"only {n_groups} group(s) in the training rows but n_folds={n_folds}: "
+                        "every fold needs its own groups; lower n_folds", file=file,
+                        column="group_id")
+
+    info: dict[str, Any] = {"n_folds": int(n_folds), "seed": int(seed), "stratify": stratify,
+                            "n_groups": int(n_groups), "n_images": len(train), "warnings": []}
+    groups_per_class = pd.Series(group_codes).groupby(labels).nunique()
+    sparse = {_class_name(task, int(c)): int(n) for c, n in groups_per_class.items() if n < n_folds}
+    info["sparse_classes"] = sparse
+    for name, n in sparse.items():
+        msg = (f"class {name!r} has only {n} group(s), fewer than n_folds={n_folds}: "
+               "some validation folds will not contain it")
+        info["warnings"].append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+
+    strata = _strata(labels, group_codes, stratify, info)
+    splitter = StratifiedGroupKFold(n_splits=int(n_folds), shuffle=True, random_state=seed)
+    folds = np.full(len(train), -1, dtype=np.int64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # reported through info instead
+            for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(train)), strata,
+                                                            group_codes)):
+                folds[val_idx] = k
+    except ValueError as exc:
+        raise DataError(f"cannot build {n_folds} stratified group folds: {exc}; lower n_folds "
+                        "or use stratify='none'", file=file, column="label") from exc
+
+    _check_fold_classes(task, labels, folds, n_folds, info, file)
+    out = df.copy()
+    fold_column = np.full(len(df), -1, dtype=np.int64)
+    fold_column[train["pos"].to_numpy()] = folds
+    out["fold"] = fold_column
+    result = LesionTable(out, task, table.origin)
+    info["audit"] = audit_leakage(result.df)
+    return (result, info) if return_info else result
+
+
+def _class_name(task: Any, label: int) -> str:
+    classes = getattr(task, "classes", ())
+    return str(classes[label]) if 0 <= label < len(classes) else str(label)
+
+
+def _strata(labels: np.ndarray, group_codes: np.ndarray, stratify: str,
+            info: dict[str, Any]) -> np.ndarray:
+    """Per-image stratification key: label, label x group-size bucket, or a constant."""
+    if stratify == "none":
+        return np.zeros(len(labels), dtype=np.int64)
+    if stratify == "label":
+        return labels
+    sizes = np.bincount(group_codes)
+    buckets = pd.qcut(pd.Series(sizes), q=N_SIZE_BINS, labels=False, duplicates="drop")
+    buckets = buckets.fillna(0).to_numpy(dtype=np.int64)
+    n_buckets = int(buckets.max()) + 1
+    edges = [int(sizes[buckets == b].max()) for b in range(n_buckets)]
+    info["size_buckets_max_images"] = edges
+    return labels * n_buckets + buckets[group_codes]
+
+
+def _check_fold_classes(task: Any, labels: np.ndarray, folds: np.ndarray, n_folds: int,
+                        info: dict[str, Any], file: str | None) -> None:
+    """Binary: every validation fold needs both classes. Others: record missing classes."""
+    missing: dict[int, list[str]] = {}
+    n_classes = len(getattr(task, "classes", ())) or int(labels.max()) + 1
+    for k in range(n_folds):
+        present = set(np.unique(labels[folds == k]).tolist())
+        absent = [_class_name(task, c) for c in range(n_classes) if c not in present]
+        if getattr(task, "kind", "") == "binary" and len(present) < 2:
+            only = _class_name(task, next(iter(present))) if present else "none"
+            raise DataError(
+                f"fold {k} has only class {only!r} in its validation set "
+                f"({int((folds == k).sum())} images), so its {task.primary_metric} is undefined; "
+                f"reduce n_folds (now {n_folds}) or add groups of the missing class",
+                file=file, column="label")
+        if absent:
+            missing[k] = absent
+    info["missing_classes"] = missing
+
+
+# ---------------------------------------------------------------------------------- audit
+def audit_leakage(df: pd.DataFrame, group_column: str = "group_id") -> dict[str, Any]:
+    """Raise `LeakageError` when a group spans several folds (training rows) or appears in
+    both the train and the test split; return a summary of the folds.
+
+    ``patient_id``, when present and different from ``group_column`` (e.g. HAM10000 or ISIC
+    2019 where the group is the lesion), is audited too, but its findings are only reported
+    in ``summary["patient_findings"]``: grouping by lesion is a deliberate choice where the
+    patient is unknown or coarser than the split unit, so a patient spanning folds there is
+    a caveat to report, not an error. Rows with an empty patient_id are skipped.
+    """
+    if group_column not in df.columns:
+        raise DataError(f"audit_leakage needs column {group_column!r}", column=group_column)
+    groups = df[group_column].astype(str)
+    if "split" in df.columns:
+        train_mask = (df["split"] == "train").to_numpy()
+        test_mask = (df["split"] == "test").to_numpy()
+    else:
+        train_mask, test_mask = np.ones(len(df), dtype=bool), np.zeros(len(df), dtype=bool)
+    summary: dict[str, Any] = {
+        "group_column": group_column,
+        "n_images": len(df),
+        "n_groups": int(groups.nunique()),
+        "n_train_groups": int(groups[train_mask].nunique()),
+        "n_test_groups": int(groups[test_mask].nunique()),
+    }
+    shared = _shared(groups, train_mask, test_mask)
+    if shared:
+        first = shared[0]
+        n_train = int(((groups == first).to_numpy() & train_mask).sum())
+        n_test = int(((groups == first).to_numpy() & test_mask).sum())
+        raise LeakageError(
+            f"{group_column} {first!r} appears in both the train split ({n_train} images) and "
+            f"the test split ({n_test} images); {len(shared)} group(s) shared in all, e.g. "
+            f"{shared[:5]}")
+    if "fold" in df.columns:
+        folds = _fold_values(df, train_mask, test_mask)
+        spans = _spanning(groups[train_mask], folds[train_mask])
+        if spans:
+            first, first_folds = next(iter(spans.items()))
+            raise LeakageError(
+                f"{group_column} {first!r} spans folds {first_folds}; {len(spans)} group(s) "
+                f"span several folds, e.g. {list(spans)[:5]}")
+        summary.update(_fold_counts(df, groups, folds, train_mask))
+    summary["patient_findings"] = _patient_findings(df, group_column, train_mask, test_mask)
+    return summary
+
+
+def _shared(groups: pd.Series, train_mask: np.ndarray, test_mask: np.ndarray) -> list[str]:
+    return sorted(set(groups[train_mask]) & set(groups[test_mask]))
+
+
+def _fold_values(df: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray) -> np.ndarray:
+    """``fold`` as int64: integers >= 0 on training rows, -1 on test rows (else DataError)."""
+    raw = pd.to_numeric(df["fold"], errors="coerce").to_numpy(dtype=float)
+    finite = np.isfinite(raw)
+    bad = train_mask & (~finite | (raw < 0) | (np.round(raw) != raw))
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataError(f"training row with fold {df['fold'].iloc[pos]!r}; expected an integer "
+                        ">= 0 (assign_folds / apply_folds)", row=pos + 1, column="fold")
+    bad = test_mask & finite & (raw != -1)
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataError(f"test row with fold {df['fold'].iloc[pos]!r}; test rows take fold -1",
+                        row=pos + 1, column="fold")
+    return np.where(finite, raw, -1).astype(np.int64)
+
+
+def _spanning(groups: pd.Series, folds: np.ndarray) -> dict[str, list[int]]:
+    """Groups found in more than one fold -> their sorted folds."""
+    by_group = pd.Series(folds, index=groups.index).groupby(groups.to_numpy(), sort=True)
+    n_folds = by_group.nunique()
+    leaking = n_folds.index[n_folds.to_numpy() > 1]
+    if len(leaking) == 0:
+        return {}
+    mask = groups.isin(set(leaking)).to_numpy()
+    per_group = pd.Series(folds[mask]).groupby(groups.to_numpy()[mask], sort=True).unique()
+    return {str(g): sorted(int(f) for f in fs) for g, fs in per_group.items()}
+
+
+def _fold_counts(df: pd.DataFrame, groups: pd.Series, folds: np.ndarray,
+                 train_mask: np.ndarray) -> dict[str, Any]:
+    fold_ids = sorted(int(f) for f in np.unique(folds[train_mask]))
+    out: dict[str, Any] = {"folds": fold_ids, "groups_per_fold": {}, "images_per_fold": {}}
+    labels = (pd.to_numeric(df["label"], errors="coerce").to_numpy()
+              if "label" in df.columns else None)
+    if labels is not None:
+        out["class_counts_per_fold"] = {}
+        binary = set(np.unique(labels[train_mask]).tolist()) <= {0, 1}
+        if binary:
+            out["positives_per_fold"] = {}
+    for k in fold_ids:
+        mask = train_mask & (folds == k)
+        out["groups_per_fold"][k] = int(groups[mask].nunique())
+        out["images_per_fold"][k] = int(mask.sum())
+        if labels is not None:
+            values, counts = np.unique(labels[mask], return_counts=True)
+            out["class_counts_per_fold"][k] = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+            if "positives_per_fold" in out:
+                out["positives_per_fold"][k] = int((labels[mask] == 1).sum())
+    return out
+
+
+def _patient_findings(df: pd.DataFrame, group_column: str, train_mask: np.ndarray,
+                      test_mask: np.ndarray) -> list[str]:
+    if "patient_id" not in df.columns or group_column == "patient_id":
+        return []
+    raw = df["patient_id"]
+    known = (raw.notna() & (raw.astype(str).str.strip() != "")).to_numpy()
+    patients = raw.astype(str)
+    if (patients[known] == df[group_column].astype(str)[known]).all():
+        return []
+    findings = []
+    shared = _shared(patients, train_mask & known, test_mask & known)
+    if shared:
+        findings.append(f"{len(shared)} patient(s) appear in both the train and the test split, "
+                        f"e.g. {shared[:5]}")
+    if "fold" in df.columns:
+        folds = pd.to_numeric(df["fold"], errors="coerce").fillna(-1).to_numpy(dtype=np.int64)
+        mask = train_mask & known
+        spans = _spanning(patients[mask], folds[mask])
+        if spans:
+            first, first_folds = next(iter(spans.items()))
+            findings.append(f"{len(spans)} patient(s) span several folds (grouping by "
+                            f"{group_column}), e.g. {first!r} in folds {first_folds}")
+    return findings
+
+
+def fold_summary(table: LesionTable) -> pd.DataFrame:
+    """Per training fold: images, groups, mean images per group, images per class and, for a
+    binary task, the positive rate. Indexed by fold."""
+    df = table.df
+    if "fold" not in df.columns:
+        raise DataError("the table has no 'fold' column; call assign_folds first",
+                        file=table.origin or None, column="fold")
+    train = df[(df["split"] == "train") & (pd.to_numeric(df["fold"]) >= 0)]
+    rows = []
+    for k, part in train.groupby(pd.to_numeric(train["fold"]).astype(int), sort=True):
+        n_groups = part["group_id"].astype(str).nunique()
+        row: dict[str, Any] = {"fold": int(k), "images": len(part), "groups": n_groups,
+                               "mean_images_per_group": len(part) / n_groups}
+        labels = pd.to_numeric(part["label"]).to_numpy(dtype=np.int64)
+        for c, name in enumerate(table.task.classes):
+            row[f"n_{name}"] = int((labels == c).sum())
+        if table.task.kind == "binary":
+            row["positive_rate"] = float((labels == 1).mean())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("fold")
+
+
+# ---------------------------------------------------------------------- freezing folds
+def save_folds(table: LesionTable, path: str | Path) -> Path:
+    """Write ``image_id,group_id,fold`` for every row (test rows -1) atomically."""
+    if "fold" not in table.df.columns:
+        raise DataError("the table has no 'fold' column; call assign_folds first",
+                        file=table.origin or None, column="fold")
+    return write_csv(path, table.df.loc[:, list(FOLD_COLUMNS)])
+
+
+def load_folds(path: str | Path) -> pd.DataFrame:
+    """Read a folds CSV written by `save_folds`; ids as strings, fold as int."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("folds file not found", file=path)
+    folds = pd.read_csv(path, dtype={"image_id": str, "group_id": str}, keep_default_na=False)
+    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
+    if missing:
+        raise DataError(f"missing columns {missing}; expected {list(FOLD_COLUMNS)}", file=path)
+    values = pd.to_numeric(folds["fold"], errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"fold {folds['fold'].iloc[pos]!r} is not an integer", file=path,
+                        row=pos + 1, column="fold")
+    folds = folds.loc[:, list(FOLD_COLUMNS)].copy()
+    folds["fold"] = values.astype(np.int64)
+    folds.attrs["file"] = str(path)
+    return folds
+
+
+def apply_folds(table: LesionTable, folds_df: pd.DataFrame) -> LesionTable:
+    """A new table carrying the folds of ``folds_df`` (from `load_folds`).
+
+    Raises DataError when an image of the table has no fold, the folds list an image the
+    table lacks, an image id repeats, or an image's group_id differs between the two.
+    """
+    file = folds_df.attrs.get("file")
+    missing = [c for c in FOLD_COLUMNS if c not in folds_df.columns]
+    if missing:
+        raise DataError(f"folds lack columns {missing}", file=file)
+    ids = folds_df["image_id"].astype(str)
+    dup = ids.duplicated()
+    if dup.any():
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataError(f"image_id {ids.iloc[pos]!r} repeats in the folds", file=file,
+                        row=pos + 1, column="image_id")
+    table_ids = table.df["image_id"].astype(str)
+    lacking = ~table_ids.isin(set(ids))
+    if lacking.any():
+        pos = int(np.flatnonzero(lacking.to_numpy())[0])
+        raise DataError(f"image {table_ids.iloc[pos]!r} (table row {pos + 1}) has no fold; "
+                        f"{int(lacking.sum())} image(s) of the table lack one: the folds were "
+                        "saved for another table", file=file, column="image_id")
+    extra = ~ids.isin(set(table_ids))
+    if extra.any():
+        pos = int(np.flatnonzero(extra.to_numpy())[0])
+        raise DataError(f"the folds list image {ids.iloc[pos]!r} that the table does not have "
+                        f"({int(extra.sum())} such)", file=file, row=pos + 1, column="image_id")
+    by_id = folds_df.assign(image_id=ids).set_index("image_id")
+    saved_groups = by_id["group_id"].astype(str).reindex(table_ids.to_numpy()).to_numpy()
+    differ = saved_groups != table.df["group_id"].astype(str).to_numpy()
+    if differ.any():
+        pos = int(np.flatnonzero(differ)[0])
+        raise DataError(f"image {table_ids.iloc[pos]!r} has group_id "
+                        f"{table.df['group_id'].iloc[pos]!r} in the table but "
+                        f"{saved_groups[pos]!r} in the folds ({int(differ.sum())} differ)",
+                        file=file, column="group_id")
+    out = table.df.copy()
+    out["fold"] = by_id["fold"].reindex(table_ids.to_numpy()).to_numpy(dtype=np.int64)
+    audit_leakage(out)
+    return LesionTable(out, table.task, table.origin)
+
+
+# ------------------------------------------------------------- train / val / test splits
+def random_split(table: LesionTable, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                 seed: int = 0, stratify: bool = True) -> pd.Series:
+    """"train" / "val" / "test" per training row, drawn per IMAGE, ignoring groups.
+
+    This reproduces MedMNIST's DermaMNIST protocol (7:1:2 of HAM10000's images) and
+    therefore LEAKS: images of one lesion / patient land on both sides of the split, so
+    scores on its "test" part are optimistic. It exists to measure that leak (protocol A);
+    use `grouped_split` or `assign_folds` for honest estimates. Stratified by label when
+    ``stratify``. Index: the table's training rows.
+    """
+    train = table.train
+    return _split(train, train["image_id"].astype(str), fractions, seed, stratify)
+
+
+def grouped_split(table: LesionTable, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                  seed: int = 0, stratify: bool = True) -> pd.Series:
+    """Like `random_split`, but whole groups (``group_id``) go to one subset, so nothing
+    leaks. Fractions are met in images, approximately; stratification uses each group's
+    rarest class (a patient with one melanoma counts as a melanoma patient)."""
+    train = table.train
+    return _split(train, train["group_id"].astype(str), fractions, seed, stratify)
+
+
+def _split(train: pd.DataFrame, units: pd.Series, fractions: tuple[float, ...], seed: int,
+           stratify: bool) -> pd.Series:
+    """Assign each unit (image or group) to train / val / test.
+
+    Units are sorted by id, shuffled within each stratum and laid end to end by image
+    count; a unit goes to the subset where the midpoint of its image range falls.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    if len(train) == 0:
+        raise DataError("no training rows to split", column="split")
+    labels = pd.to_numeric(train["label"]).to_numpy(dtype=np.int64)
+    unit_frame = pd.DataFrame({"unit": units.to_numpy(), "label": labels})
+    sizes = unit_frame.groupby("unit").size()
+    if stratify:
+        freq = pd.Series(labels).value_counts()
+        rarity = unit_frame["label"].map(freq)  # smaller = rarer
+        rarest = unit_frame.assign(rarity=rarity).sort_values(["unit", "rarity", "label"])
+        stratum = rarest.groupby("unit")["label"].first()
+    else:
+        stratum = pd.Series(0, index=sizes.index)
+    rng = np.random.default_rng(seed)
+    bounds = np.cumsum(fractions)[:2]
+    assignment: dict[str, str] = {}
+    for s in sorted(stratum.unique()):
+        names = np.array(sorted(stratum.index[stratum == s]), dtype=object)
+        names = names[rng.permutation(len(names))]
+        n = sizes.reindex(names).to_numpy(dtype=float)
+        mid = (np.cumsum(n) - n / 2) / n.sum()
+        subset = np.searchsorted(bounds, mid, side="right")
+        assignment.update(zip(names.tolist(), (SUBSETS[i] for i in subset), strict=True))
+    return pd.Series(units.map(assignment).to_numpy(dtype=object), index=train.index,
+                     name="subset")

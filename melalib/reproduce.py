@@ -1,0 +1,63 @@
+"""`melalib reproduce outputs/<run>`: re-run a run from its recorded config and compare."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .runs import RunDir
+
+
+def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Train the recorded config again (same seed, data, folds) and compare OOF predictions.
+
+    The re-run goes to ``output_dir`` (default: a temporary folder, deleted afterwards); the
+    original run is only read. ``match`` is true when the table hash is identical and every
+    OOF probability agrees within ``atol``.
+    """
+    from .engine import train
+
+    run_dir = Path(run_dir)
+    original = RunDir(run_dir, None)  # type: ignore[arg-type]
+    cfg = original.load_config()
+    info = original.info()
+    if cfg is None or info is None:
+        raise ConfigError(f"{run_dir} is not a melalib run (config.yaml and run.json expected)")
+    original.cfg = cfg
+    done = original.done_folds()
+    if not done:
+        raise ConfigError(f"{run_dir} has no finished fold to reproduce")
+    with tempfile.TemporaryDirectory(prefix="melalib-reproduce-") as tmp:
+        target = Path(output_dir) if output_dir else Path(tmp)
+        again = cfg.with_overrides({"output_dir": str(target), "name": cfg.name,
+                                    "overwrite": False})
+        for fold in done:
+            train(again, fold=fold, progress=progress)
+        rerun = RunDir(again.run_dir, again)
+        new_info = rerun.info() or {}
+        diffs = {}
+        for fold in done:
+            a = pd.read_csv(original.oof_path(fold), dtype={"image_id": str})
+            b = pd.read_csv(rerun.oof_path(fold), dtype={"image_id": str})
+            merged = a.merge(b, on="image_id", suffixes=("_a", "_b"), validate="one_to_one")
+            if len(merged) != len(a) or len(merged) != len(b):
+                diffs[fold] = float("inf")
+                continue
+            cols = [c for c in a.columns if c.startswith("prob_")]
+            delta = np.abs(merged[[f"{c}_a" for c in cols]].to_numpy()
+                           - merged[[f"{c}_b" for c in cols]].to_numpy())
+            diffs[fold] = float(delta.max()) if delta.size else 0.0
+    same_table = new_info.get("table_hash") == info.get("table_hash")
+    worst = max(diffs.values())
+    return {
+        "run_dir": str(run_dir), "folds": done, "table_hash_match": same_table,
+        "max_abs_diff": worst, "per_fold_max_abs_diff": {str(k): v for k, v in diffs.items()},
+        "atol": atol, "match": bool(same_table and worst <= atol),
+        "original_versions": info.get("versions"), "reproduced_versions": new_info.get("versions"),
+    }

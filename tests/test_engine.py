@@ -1,0 +1,168 @@
+"""The training engine end to end on the tiny synthetic configuration (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import melalib
+from melalib import engine
+from melalib.checkpoints import check_compatible, load_checkpoint
+from melalib.errors import CheckpointError, ConfigError, RunExistsError
+from melalib.runs import RunDir
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _oof(cfg) -> pd.DataFrame:
+    return pd.read_csv(cfg.run_dir / "oof.csv", dtype={"image_id": str})
+
+
+def test_all_folds_write_the_run_dir(tiny_cfg) -> None:
+    cfg = tiny_cfg()
+    summary = melalib.train(cfg)
+    run = cfg.run_dir
+    for name in ("config.yaml", "run.json", "table/table.csv", "history_fold0.csv",
+                 "oof_fold0.csv", "oof_fold1.csv", "test_fold0.csv", "metrics.json",
+                 "checkpoints/fold0_best.pt", "checkpoints/fold1_last.pt", "train.log"):
+        assert (run / name).is_file(), name
+    table = RunDir(run, cfg).load_table()
+    train = table.df[table.df["split"] == "train"]
+    oof = _oof(cfg)
+    # every training image predicted exactly once, by the model that did not see it
+    assert sorted(oof["image_id"]) == sorted(train["image_id"])
+    fold_of = dict(zip(train["image_id"], train["fold"], strict=True))
+    assert all(fold_of[i] == f for i, f in zip(oof["image_id"], oof["fold"], strict=True))
+    assert oof["prob_melanoma"].between(0, 1).all()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["folds_done"] == [0, 1] and "roc_auc" in metrics["oof"]
+    assert summary["oof_primary"] == metrics["oof"]["roc_auc"]
+    info = json.loads((run / "run.json").read_text())
+    assert info["table_hash"] == table.content_hash() and info["versions"]["torch"]
+
+
+def test_same_seed_same_predictions(tiny_cfg) -> None:
+    a = tiny_cfg(name="a", epochs=2)
+    b = tiny_cfg(name="b", epochs=2)
+    melalib.train(a)
+    melalib.train(b)
+    pd.testing.assert_frame_equal(_oof(a), _oof(b))
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tiny_cfg, monkeypatch) -> None:
+    whole = tiny_cfg(name="whole", epochs=3, fold=0)
+    melalib.train(whole)
+    crashed = tiny_cfg(name="crashed", epochs=3, fold=0)
+    real_epoch = engine._train_epoch
+    calls = {"n": 0}
+
+    def crash_on_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_epoch", crash_on_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        melalib.train(crashed)
+    assert load_checkpoint(crashed.run_dir / "checkpoints/fold0_last.pt")["epoch"] == 2
+    assert not (crashed.run_dir / "oof_fold0.csv").exists()
+    monkeypatch.setattr(engine, "_train_epoch", real_epoch)
+    melalib.train(crashed)  # resumes at epoch 3
+    a = load_checkpoint(whole.run_dir / "checkpoints/fold0_last.pt")
+    b = load_checkpoint(crashed.run_dir / "checkpoints/fold0_last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(whole.run_dir / "oof_fold0.csv"), pd.read_csv(crashed.run_dir / "oof_fold0.csv"))
+
+
+def test_existing_run_with_another_config_is_refused_then_overwritten(tiny_cfg) -> None:
+    cfg = tiny_cfg(fold=0)
+    melalib.train(cfg)
+    changed = tiny_cfg(fold=0, lr=0.05)
+    with pytest.raises(RunExistsError, match=r"another config \(changed: \{'lr'"):
+        melalib.train(changed)
+    marker = cfg.run_dir / "oof_fold0.csv"
+    before = marker.read_bytes()
+    melalib.train(cfg)  # same config: a finished fold is skipped, nothing rewritten
+    assert marker.read_bytes() == before
+    melalib.train(tiny_cfg(fold=0, lr=0.05, overwrite=True))
+    assert json.loads((cfg.run_dir / "run.json").read_text())["fingerprint"] == \
+        changed.fingerprint()
+
+
+def test_foreign_folder_is_never_deleted(tiny_cfg) -> None:
+    cfg = tiny_cfg(overwrite=True)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="not a melalib run"):
+        melalib.train(cfg)
+    assert (cfg.run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_checkpoint_from_another_model_is_refused(tiny_cfg) -> None:
+    cfg = tiny_cfg(fold=0)
+    melalib.train(cfg)
+    path = cfg.run_dir / "checkpoints/fold0_last.pt"
+    state = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="backbone: checkpoint 'resnet10t', config 'resnet18'"):
+        check_compatible(state, path=path, backbone="resnet18")
+    with pytest.raises(CheckpointError, match="n_outputs: checkpoint 1, config 7"):
+        check_compatible(state, path=path, n_outputs=7)
+    with pytest.raises(CheckpointError, match="another config"):
+        check_compatible(state, path=path, fingerprint="0" * 16)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(synthetic_task="multiclass", n_folds=2, loss="focal", sampler="sqrt"),
+    dict(synthetic_task="paired", dual_image=True, shared_backbone=False),
+    dict(use_image=False, meta_hidden=(8, 4), batch_size=64, ema=True),
+    dict(use_meta=False, freeze_epochs=1, epochs=2, scheduler="plateau", grad_accum=2,
+         clip_grad=1.0, tta=4),
+], ids=["multiclass-focal-sampler", "paired-dual", "meta-only-ema", "image-only-options"])
+def test_every_mode_trains(tiny_cfg, overrides) -> None:
+    cfg = tiny_cfg(fold=0, **overrides)
+    melalib.train(cfg)
+    oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv")
+    table = RunDir(cfg.run_dir, cfg).load_table()
+    probs = oof[table.task.prob_columns].to_numpy()
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+    if table.task.kind == "multiclass":
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    history = pd.read_csv(cfg.run_dir / "history_fold0.csv")
+    assert len(history) == cfg.train.epochs
+    if cfg.train.freeze_epochs:
+        assert history["frozen_backbone"].tolist() == [True, False]
+
+
+def test_bad_requests_fail_before_training(tiny_cfg) -> None:
+    with pytest.raises(ConfigError, match="dual_image=true needs a paired dataset"):
+        melalib.train(tiny_cfg(fold=0, dual_image=True))
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        engine.resolve_device("cuda") if not torch.cuda.is_available() else \
+            (_ for _ in ()).throw(ConfigError("CUDA is not available"))
+
+
+def test_cosine_schedule_warms_up_then_decays(tiny_cfg) -> None:
+    cfg = tiny_cfg(epochs=4, warmup_epochs=1.0, lr=1.0)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = engine.build_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[9]  # linear warm-up over the first epoch
+    assert max(lrs) == pytest.approx(1.0, abs=0.02)
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then decays
+    assert lrs[-1] < 0.05
