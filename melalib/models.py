@@ -1,0 +1,302 @@
+"""Networks: a timm image backbone (one or two branches) fused with a metadata MLP.
+
+Every backbone comes from `timm.create_model` with ``num_classes=0`` (globally pooled
+features), so any timm name works. `FusionNet` concatenates image features (both branches
+for dual-image tasks) with the metadata MLP's output and applies a linear head with
+multi-sample dropout. `MetaMLP` is the metadata-only baseline. Both take
+``forward(image=None, meta=None, image2=None)`` and return logits (N, n_outputs).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+_TIMM_BUILDER_LOG = "timm.models._builder"
+
+
+# ---------------------------------------------------------------------- backbones
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def create_backbone(name: str, pretrained: bool = False, pretrained_path: str = "",
+                    drop_path_rate: float = 0.0, in_chans: int = 3,
+                    **kwargs: Any) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``): (N, C, H, W) -> (N, features).
+
+    ``pretrained_path`` loads a local weights file through timm's own loader
+    (``pretrained_cfg_overlay=dict(file=path)``: classifier keys dropped, input convs
+    adapted); a missing file, or one whose weights leave backbone parameters unset, raises
+    ConfigError.
+    """
+    if not (timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown timm backbone {name!r}{hint}")
+    if drop_path_rate > 0:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained_path:
+        path = Path(pretrained_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"pretrained_path {path} does not exist (backbone {name!r})")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    logger = logging.getLogger(_TIMM_BUILDER_LOG)
+    capture, old_level = _LogCapture(), logger.level
+    logger.addHandler(capture)
+    logger.setLevel(logging.INFO)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans,
+                                  **kwargs)
+    except Exception as exc:
+        if not pretrained:
+            raise
+        source = f"file {pretrained_path}" if pretrained_path else "timm's hub (needs internet)"
+        raise ConfigError(f"cannot load pretrained weights for {name!r} from {source}: "
+                          f"{exc}") from exc
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(old_level)
+    missing = [m for m in capture.messages if m.startswith("Missing keys")]
+    if pretrained_path and missing:
+        raise ConfigError(f"pretrained_path {pretrained_path} does not fit backbone {name!r}: "
+                          f"{missing[0][:300]}")
+    return model
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """Width of the pooled features (timm's ``head_hidden_size`` when a pre-logits conv exists)."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
+def _mlp(n_in: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(n_in, width), nn.BatchNorm1d(width), nn.SiLU(), nn.Dropout(dropout)]
+        n_in = width
+    return nn.Sequential(*layers), n_in
+
+
+class _MSDHead(nn.Module):
+    """Linear head with multi-sample dropout: in training, the logits of ``n`` independent
+    dropout masks (same weights) are averaged; in eval mode it is one plain pass."""
+
+    def __init__(self, n_in: int, n_outputs: int, dropout: float, n: int) -> None:
+        super().__init__()
+        if n < 1:
+            raise ConfigError(f"n_msd must be >= 1, got {n}")
+        self.n = n
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(n_in, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.n == 1:
+            return self.fc(self.dropout(x))
+        return torch.stack([self.fc(self.dropout(x)) for _ in range(self.n)]).mean(0)
+
+
+class FusionNet(nn.Module):
+    """timm backbone(s) + metadata MLP + multi-sample-dropout head.
+
+    ``n_meta == 0``: image only. ``dual_image``: a second image goes through the same
+    backbone (``shared_backbone``) or through ``backbone2``; features are concatenated.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        n_outputs: int,
+        n_meta: int = 0,
+        meta_hidden: Sequence[int] = (128, 64),
+        meta_dropout: float = 0.3,
+        head_dropout: float = 0.3,
+        n_msd: int = 1,
+        dual_image: bool = False,
+        shared_backbone: bool = True,
+        pretrained: bool = False,
+        pretrained_path: str = "",
+        drop_path_rate: float = 0.0,
+        in_chans: int = 3,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if n_outputs < 1:
+            raise ConfigError(f"n_outputs must be >= 1, got {n_outputs}")
+        self.backbone_name = backbone
+        self.n_outputs = n_outputs
+        self.n_meta = n_meta
+        self.dual_image = dual_image
+        self.shared_backbone = shared_backbone
+        make = dict(pretrained=pretrained, pretrained_path=pretrained_path,
+                    drop_path_rate=drop_path_rate, in_chans=in_chans, **(backbone_kwargs or {}))
+        self.backbone = create_backbone(backbone, **make)
+        self.backbone2 = (create_backbone(backbone, **make)
+                          if dual_image and not shared_backbone else None)
+        n_image = feature_dim(self.backbone)
+        n_features = n_image * (2 if dual_image else 1)
+        self.meta_mlp: nn.Module | None = None
+        if n_meta > 0:
+            self.meta_mlp, n_meta_out = _mlp(n_meta, meta_hidden, meta_dropout)
+            n_features += n_meta_out
+        self.n_features = n_features
+        self.head = _MSDHead(n_features, n_outputs, head_dropout, n_msd)
+
+    def forward(self, image: torch.Tensor | None = None, meta: torch.Tensor | None = None,
+                image2: torch.Tensor | None = None) -> torch.Tensor:
+        if image is None:
+            raise ValueError("FusionNet needs an image batch (N, C, H, W)")
+        parts = [self.backbone(image)]
+        if self.dual_image:
+            if image2 is None:
+                raise ValueError("dual-image FusionNet needs image2 (the second modality)")
+            parts.append((self.backbone2 or self.backbone)(image2))
+        if self.meta_mlp is not None:
+            if meta is None or meta.shape[-1] != self.n_meta:
+                got = None if meta is None else tuple(meta.shape)
+                raise ValueError(f"FusionNet expects meta of width {self.n_meta}, got {got}")
+            parts.append(self.meta_mlp(meta))
+        return self.head(torch.cat(parts, dim=1))
+
+
+class MetaMLP(nn.Module):
+    """Metadata-only baseline: MLP (Linear, BatchNorm, SiLU, Dropout per width) + linear head."""
+
+    def __init__(self, n_meta: int, n_outputs: int, hidden: Sequence[int] = (64, 32),
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        if n_meta < 1:
+            raise ConfigError("a metadata-only model needs metadata features "
+                              "(features=none leaves none)")
+        self.n_meta = n_meta
+        self.n_outputs = n_outputs
+        self.meta_mlp, n_out = _mlp(n_meta, hidden, dropout)
+        self.head = nn.Linear(n_out, n_outputs)
+
+    def forward(self, image: torch.Tensor | None = None, meta: torch.Tensor | None = None,
+                image2: torch.Tensor | None = None) -> torch.Tensor:
+        if meta is None:
+            raise ValueError("MetaMLP needs meta (N, n_meta)")
+        return self.head(self.meta_mlp(meta))
+
+
+def build_model(model_cfg: ModelConfig, task: Task, n_meta: int) -> nn.Module:
+    """`MetaMLP` when ``use_image`` is False, else `FusionNet` (meta ignored if not use_meta)."""
+    if not model_cfg.use_image:
+        return MetaMLP(n_meta, task.n_outputs, hidden=model_cfg.meta_hidden,
+                       dropout=model_cfg.meta_dropout)
+    return FusionNet(
+        model_cfg.backbone,
+        task.n_outputs,
+        n_meta=n_meta if model_cfg.use_meta else 0,
+        meta_hidden=model_cfg.meta_hidden,
+        meta_dropout=model_cfg.meta_dropout,
+        head_dropout=model_cfg.head_dropout,
+        n_msd=model_cfg.n_msd,
+        dual_image=model_cfg.dual_image,
+        shared_backbone=model_cfg.shared_backbone,
+        pretrained=model_cfg.pretrained or bool(model_cfg.pretrained_path),
+        pretrained_path=model_cfg.pretrained_path,
+        drop_path_rate=model_cfg.drop_path_rate,
+    )
+
+
+# ----------------------------------------------------------------------- Grad-CAM
+def _backbones(model: nn.Module) -> list[nn.Module]:
+    return [m for m in (getattr(model, "backbone", None), getattr(model, "backbone2", None))
+            if m is not None]
+
+
+def backbone_target_layer(backbone: nn.Module) -> nn.Module:
+    """The last feature layer of a backbone: timm's ``feature_info[-1]`` module, else the
+    last Conv2d."""
+    info = getattr(backbone, "feature_info", None)
+    if info:
+        try:
+            last = info[-1] if isinstance(info, (list, tuple)) else info.get_dicts()[-1]
+            return backbone.get_submodule(last["module"])
+        except (AttributeError, KeyError, IndexError, TypeError):
+            pass
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError(f"no convolutional layer found in {type(backbone).__name__} "
+                          "for Grad-CAM")
+    return convs[-1]
+
+
+def gradcam_target_layers(model: nn.Module, branch: int = 1) -> list[nn.Module]:
+    """Grad-CAM target layer of image branch ``branch`` (2: the second image; with a shared
+    backbone both branches use the same layer)."""
+    if branch not in (1, 2):
+        raise ConfigError(f"branch must be 1 or 2, got {branch}")
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ConfigError(f"{type(model).__name__} has no image backbone: no Grad-CAM")
+    if branch == 2:
+        if not getattr(model, "dual_image", False):
+            raise ConfigError("branch=2 needs a dual-image model")
+        backbone = getattr(model, "backbone2", None) or backbone
+    return [backbone_target_layer(backbone)]
+
+
+# ------------------------------------------------------------- optimisation helpers
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def _split(named: Iterator[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter],
+                                                                list[nn.Parameter]]:
+    decay, no_decay = [], []
+    for name, param in named:
+        (no_decay if _no_decay(name, param) else decay).append(param)
+    return decay, no_decay
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 0.1,
+                 weight_decay: float = 1e-2) -> list[dict[str, Any]]:
+    """Optimizer groups: backbone(s) at ``lr * backbone_lr_mult``, head and meta MLP at
+    ``lr``; no weight decay on biases and norm weights (parameters with ndim <= 1).
+
+    Frozen parameters are included, so unfreezing after a warm-up needs no new optimizer.
+    Each group has a ``name`` and its ``base_lr`` (kept for schedulers).
+    """
+    backbone_ids = {id(p) for b in _backbones(model) for p in b.parameters()}
+    named = list(model.named_parameters())
+    bb = [(n, p) for n, p in named if id(p) in backbone_ids]
+    rest = [(n, p) for n, p in named if id(p) not in backbone_ids]
+    groups = []
+    for label, members, group_lr in (("backbone", bb, lr * backbone_lr_mult), ("head", rest, lr)):
+        decay, no_decay = _split(iter(members))
+        for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
+            if params:
+                groups.append({"name": label + suffix, "params": params, "lr": group_lr,
+                               "base_lr": group_lr, "weight_decay": wd})
+    return groups
+
+
+def set_backbone_trainable(model: nn.Module, flag: bool) -> int:
+    """Freeze (False) or unfreeze (True) the image backbone(s); returns the parameter count
+    changed (0 for a metadata-only model)."""
+    count = 0
+    for backbone in _backbones(model):
+        for param in backbone.parameters():
+            param.requires_grad_(flag)
+            count += param.numel()
+    return count

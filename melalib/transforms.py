@@ -1,0 +1,176 @@
+"""Image augmentation (albumentations), test-time-augmentation views and de-normalisation.
+
+This is the only module that imports albumentations (2.0.x, MIT, unmaintained since 2025):
+replacing it means rewriting this file alone.
+
+Randomness. albumentations 2.0 ignores the global ``random`` / ``numpy`` seeds: each
+transform draws from its own ``numpy.random.Generator`` and ``random.Random``.
+``A.Compose(seed=s)`` seeds *every* transform with the same ``s``, so two transforms with
+the same probability make the same decision (HorizontalFlip and VerticalFlip always flip
+together). `ImageTransform` avoids that: it hands one *shared* generator pair to all its
+transforms (``Compose.set_random_state``), seeded either once (``build_transforms(seed=)``)
+or per call (``transform(image, seed=s)``). `melalib.data.dataset.LesionDataset` passes a
+seed derived from (run seed, epoch, row), so an augmented epoch is the same whatever the
+number of DataLoader workers or the order in which they run.
+
+Output of a transform: float32 numpy array (C, H, W), normalised with the ImageNet mean and
+std; the dataset turns it into a torch tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A
+import cv2
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRENGTHS = ("none", "light", "medium", "heavy")
+
+
+class ImageTransform:
+    """An albumentations pipeline: uint8 RGB (H, W, 3) -> float32 (3, H, W).
+
+    ``transform(image)`` draws from the pipeline's own random state; ``transform(image,
+    seed=s)`` reseeds it first, so the same ``(image, s)`` always gives the same output.
+    """
+
+    seedable = True
+
+    def __init__(self, transforms: Sequence[A.BasicTransform], image_size: int, train: bool,
+                 strength: str, seed: int | None = None) -> None:
+        self.compose = A.Compose(list(transforms))
+        self.image_size = image_size
+        self.train = train
+        self.strength = strength
+        self.seed = seed
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """One shared (numpy, python) generator pair for every transform in the pipeline."""
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def __call__(self, image: np.ndarray, seed: int | None = None) -> np.ndarray:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} "
+                             f"{image.shape}")
+        if seed is not None:
+            self.reseed(seed)
+        out = self.compose(image=image)["image"]
+        return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        names = ", ".join(type(t).__name__ for t in self.compose.transforms)
+        return (f"ImageTransform(size={self.image_size}, train={self.train}, "
+                f"strength={self.strength!r}: {names})")
+
+
+def _train_ops(size: int, strength: str) -> list[A.BasicTransform]:
+    """Augmentations before normalisation for one strength level."""
+    if strength == "none":
+        return [A.Resize(height=size, width=size)]
+    flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if strength == "light":
+        return [A.Resize(height=size, width=size), *flips]
+    heavy = strength == "heavy"
+    ops: list[A.BasicTransform] = [
+        A.RandomResizedCrop(size=(size, size), scale=(0.5 if heavy else 0.7, 1.0),
+                            ratio=(0.85, 1.15) if heavy else (0.9, 1.1)),
+        *flips,
+        A.Affine(scale=(0.85, 1.15) if heavy else (0.9, 1.1),
+                 translate_percent=(-0.1, 0.1) if heavy else (-0.05, 0.05),
+                 rotate=(-45, 45) if heavy else (-20, 20),
+                 border_mode=cv2.BORDER_REFLECT_101, p=0.7 if heavy else 0.5),
+        A.ColorJitter(brightness=0.3 if heavy else 0.2, contrast=0.3 if heavy else 0.2,
+                      saturation=0.3 if heavy else 0.2, hue=0.05 if heavy else 0.02,
+                      p=0.8 if heavy else 0.5),
+    ]
+    if heavy:
+        ops.append(A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.05, 0.15),
+                                   hole_width_range=(0.05, 0.15), fill=0, p=0.5))
+    return ops
+
+
+def build_transforms(image_size: int, train: bool, strength: str = "medium",
+                     seed: int | None = None) -> ImageTransform:
+    """The train (augmenting) or validation/test (resize only) pipeline, ImageNet-normalised.
+
+    ``strength``: ``none`` (resize only), ``light`` (resize, flips, rot90), ``medium``
+    (random resized crop 70-100 %, flips, rot90, affine, colour jitter) or ``heavy``
+    (wider ranges plus coarse dropout). Validation ignores ``strength``.
+    """
+    if strength not in STRENGTHS:
+        raise ConfigError(f"augmentation strength must be one of {STRENGTHS}, got {strength!r}")
+    if image_size < 8:
+        raise ConfigError(f"image_size must be >= 8, got {image_size}")
+    ops = _train_ops(image_size, strength) if train else [A.Resize(height=image_size,
+                                                                     width=image_size)]
+    ops.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    return ImageTransform(ops, image_size, train, strength if train else "none", seed)
+
+
+# ------------------------------------------------------------------ test-time augmentation
+class TTAView:
+    """One of the 8 symmetries of the square on batched tensors (N, C, H, W), pure torch."""
+
+    def __init__(self, name: str, transpose: bool, flip_dims: tuple[int, ...]) -> None:
+        self.name = name
+        self.transpose = transpose
+        self.flip_dims = flip_dims
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transpose:
+            x = x.transpose(-2, -1)
+        return torch.flip(x, self.flip_dims) if self.flip_dims else x
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the view (for dense outputs such as Grad-CAM maps)."""
+        if self.flip_dims:
+            x = torch.flip(x, self.flip_dims)
+        return x.transpose(-2, -1) if self.transpose else x
+
+    def __repr__(self) -> str:
+        return f"TTAView({self.name})"
+
+
+_VIEWS = (
+    TTAView("identity", False, ()),
+    TTAView("hflip", False, (-1,)),
+    TTAView("vflip", False, (-2,)),
+    TTAView("hvflip", False, (-2, -1)),
+    TTAView("transpose", True, ()),
+    TTAView("rot90", True, (-1,)),
+    TTAView("rot270", True, (-2,)),
+    TTAView("antitranspose", True, (-2, -1)),
+)
+
+
+def tta_views(n: int) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The first ``n`` views: 1 identity, 2 +hflip, 4 +vflip and both, 8 +the transposed four."""
+    if n not in (1, 2, 4, 8):
+        raise ConfigError(f"tta must be 1, 2, 4 or 8 views, got {n}")
+    return list(_VIEWS[:n])
+
+
+def denormalize(image: torch.Tensor | np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """A normalised (C, H, W) or (1, C, H, W) image back to uint8 (H, W, 3) for plots."""
+    arr = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else image
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or arr.shape[0] != len(mean):
+        raise ValueError(f"expected a ({len(mean)}, H, W) image, got shape {arr.shape}")
+    std_ = np.asarray(std, np.float32)[:, None, None]
+    arr = arr * std_ + np.asarray(mean, np.float32)[:, None, None]
+    return np.clip(np.rint(arr.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
