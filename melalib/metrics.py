@@ -1,0 +1,828 @@
+"""Metrics for binary, multiclass and multilabel lesion tasks, and group-aware bootstrap CIs.
+
+Predictions follow `melalib.tasks`: binary ``probs`` is (N,) or (N, 1) = P(positive);
+multiclass (N, K) rows of class probabilities; multilabel (N, K) independent sigmoids.
+``y_true`` holds integer labels (N,) in 0..K-1; multilabel metrics also take a (N, K) 0/1
+matrix. Every metric validates its input and raises `MetricError` (a `ValueError`) saying
+exactly what is wrong, e.g. ``roc_auc needs both classes; y_true has only class 0 (n=12)``.
+
+Conventions:
+
+- binary thresholds: ``p >= threshold`` is a positive call (scikit-learn's ROC convention,
+  so a threshold returned by `threshold_for_sensitivity` is one of the scores);
+- multiclass predictions are the argmax; a row whose maximum is shared by several classes
+  (an exact tie) is scored as wrong, as the ISIC scorer does (`predict_labels` gives -1);
+- multilabel (MILK10k): each class is positive when its probability is *above* its
+  threshold (``p > t``, the ISIC scorer's ``gt(0.5)``); a lesion with no class above
+  threshold is predicted negative for every class and so misses its true class.
+
+Calibration lives in `melalib.calibration`, subgroup tables in `melalib.subgroups`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from .errors import MelalibError
+from .tasks import Task
+
+MetricFn = Callable[[Any, Any], float]
+_PROB_TOL = 1e-6  # softmax / float32 round-off allowed outside [0, 1] before clipping
+
+
+class MetricError(MelalibError, ValueError):
+    """A metric that cannot be computed on this input (shape, NaN, range, one class...)."""
+
+
+# --------------------------------------------------------------------------- validation
+def _positions(mask: np.ndarray) -> str:
+    rows = np.flatnonzero(mask)
+    return f"{len(rows)} (first at position {int(rows[0])})"
+
+
+def _float_array(x: Any, name: str, what: str = "probs") -> np.ndarray:
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetricError(f"{name}: {what} must be numeric ({exc})") from None
+
+
+def _check_prob_values(p: np.ndarray, name: str) -> np.ndarray:
+    """NaN / inf / outside [0, 1] raise; round-off within 1e-6 is clipped."""
+    if p.size == 0:
+        return p
+    flat = p.reshape(len(p), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        raise MetricError(f"{name}: probs contain NaN or inf in rows {_positions(bad)}")
+    out = (flat < -_PROB_TOL).any(axis=1) | (flat > 1 + _PROB_TOL).any(axis=1)
+    if out.any():
+        raise MetricError(f"{name}: probs must lie in [0, 1]; rows outside: {_positions(out)}, "
+                          f"min {flat.min():.4g}, max {flat.max():.4g}")
+    return np.clip(p, 0.0, 1.0)
+
+
+def _check_labels(y: Any, name: str, n_classes: int) -> np.ndarray:
+    a = np.asarray(y)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise MetricError(f"{name}: y_true must be 1-D integer labels, got shape {a.shape}")
+    if a.dtype.kind == "b":
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iuf":
+        raise MetricError(f"{name}: y_true must be integer labels, got dtype {a.dtype}")
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a) | (a != np.round(a))
+        if bad.any():
+            raise MetricError(f"{name}: y_true has non-integer or NaN labels: {_positions(bad)}")
+    a = a.astype(np.int64)
+    bad = (a < 0) | (a >= n_classes)
+    if bad.any():
+        raise MetricError(f"{name}: labels must be in 0..{n_classes - 1}; found "
+                          f"{sorted(set(a[bad].tolist()))[:5]} in rows {_positions(bad)}")
+    return a
+
+
+def _check_lengths(y: np.ndarray, p: np.ndarray, name: str) -> None:
+    if len(y) != len(p):
+        raise MetricError(f"{name}: y_true has {len(y)} rows but probs has {len(p)}")
+    if len(y) == 0:
+        raise MetricError(f"{name}: no rows to score")
+
+
+def _need_both(y: np.ndarray, name: str) -> None:
+    if y.min() == y.max():
+        raise MetricError(f"{name} needs both classes; y_true has only class {int(y[0])} "
+                          f"(n={len(y)})")
+
+
+def binary_inputs(y: Any, p: Any, name: str = "metric", need_both: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (labels int (N,), P(positive) float (N,)) for a binary metric."""
+    p = _float_array(p, name)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if p.ndim != 1:
+        raise MetricError(f"{name}: binary probs must have shape (N,) or (N, 1) = P(positive), "
+                          f"got {p.shape}")
+    y = _check_labels(y, name, 2)
+    _check_lengths(y, p, name)
+    p = _check_prob_values(p, name)
+    if need_both:
+        _need_both(y, name)
+    return y, p
+
+
+def _prob_matrix(probs: Any, name: str) -> np.ndarray:
+    """(N, K) class probabilities; binary (N,) / (N, 1) becomes [1 - p, p]."""
+    P = _float_array(probs, name)
+    if P.ndim == 1 or (P.ndim == 2 and P.shape[1] == 1):
+        p = _check_prob_values(P.reshape(-1), name)
+        return np.column_stack([1.0 - p, p])
+    if P.ndim != 2 or P.shape[1] < 2:
+        raise MetricError(f"{name}: probs must have shape (N, K) with K >= 2, got {P.shape}")
+    return _check_prob_values(P, name)
+
+
+def multiclass_inputs(y: Any, probs: Any, name: str = "metric"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (labels int (N,), probs (N, K)); a one-hot (N, K) y is turned into labels."""
+    P = _prob_matrix(probs, name)
+    a = np.asarray(y)
+    if a.ndim == 2 and a.shape[1] > 1:
+        if a.shape != P.shape:
+            raise MetricError(f"{name}: y_true shape {a.shape} does not match probs {P.shape}")
+        onehot = np.isin(a, (0, 1)).all(axis=1) & (a.sum(axis=1) == 1)
+        if not onehot.all():
+            raise MetricError(f"{name}: a 2-D y_true must be one-hot; rows that are not: "
+                              f"{_positions(~onehot)}")
+        a = a.argmax(axis=1)
+    y = _check_labels(a, name, P.shape[1])
+    _check_lengths(y, P, name)
+    return y, P
+
+
+def multilabel_inputs(y: Any, probs: Any, name: str = "metric"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (targets int (N, K) 0/1, probs (N, K)); integer labels become one-hot."""
+    P = _float_array(probs, name)
+    if P.ndim != 2 or P.shape[1] < 2:
+        raise MetricError(f"{name}: multilabel probs must have shape (N, K) with K >= 2, "
+                          f"got {P.shape}")
+    a = np.asarray(y)
+    if a.ndim == 2 and a.shape[1] > 1:
+        if a.shape != P.shape:
+            raise MetricError(f"{name}: y_true shape {a.shape} does not match probs {P.shape}")
+        bad = ~np.isin(a, (0, 1)).all(axis=1)
+        if bad.any():
+            raise MetricError(f"{name}: a 2-D y_true must hold 0/1 only; rows that do not: "
+                              f"{_positions(bad)}")
+        Y = a.astype(np.int64)
+    else:
+        Y = np.eye(P.shape[1], dtype=np.int64)[_check_labels(a, name, P.shape[1])]
+    _check_lengths(Y, P, name)
+    return Y, _check_prob_values(P, name)
+
+
+# ------------------------------------------------------------------------ binary metrics
+def _tie_groups(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order by descending score; start index and value of each run of equal scores."""
+    order = np.argsort(-p, kind="mergesort")
+    ps = p[order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    return order, starts, ps[starts]
+
+
+def _group_weights(y: np.ndarray, order: np.ndarray, starts: np.ndarray,
+                   counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative weight per tie group, (b, G); counts (b, N) are row weights."""
+    w = np.ones((1, len(y))) if counts is None else counts
+    ws = w[:, order].astype(np.float64)
+    pos = (y[order] == 1)
+    P = np.add.reduceat(ws * pos, starts, axis=1)
+    N = np.add.reduceat(ws * ~pos, starts, axis=1)
+    return P, N
+
+
+def _auc_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC (ties count 1/2) from per-tie-group weights in descending score."""
+    cn = np.cumsum(N, axis=1)
+    below = cn[:, -1:] - cn
+    num = (P * (below + 0.5 * N)).sum(axis=1)
+    den = P.sum(axis=1) * N.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _ap_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Average precision (step-wise, as scikit-learn) from per-tie-group weights."""
+    tp, fp = np.cumsum(P, axis=1), np.cumsum(N, axis=1)
+    total = tp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1.0), 0.0)
+        recall_step = P / np.where(total > 0, total, 1.0)
+    ap = (recall_step * precision).sum(axis=1)
+    return np.where((total[:, 0] > 0) & (N.sum(axis=1) > 0), ap, np.nan)
+
+
+def roc_auc(y_true: Any, probs: Any) -> float:
+    """Area under the ROC curve (ties count one half; equals scikit-learn's)."""
+    y, p = binary_inputs(y_true, probs, "roc_auc")
+    order, starts, _ = _tie_groups(p)
+    return float(_auc_from_groups(*_group_weights(y, order, starts))[0])
+
+
+def pr_auc(y_true: Any, probs: Any) -> float:
+    """Average precision (scikit-learn's ``average_precision_score``, no interpolation)."""
+    y, p = binary_inputs(y_true, probs, "pr_auc")
+    order, starts, _ = _tie_groups(p)
+    return float(_ap_from_groups(*_group_weights(y, order, starts))[0])
+
+
+def partial_auc(y_true: Any, probs: Any, min_tpr: float = 0.8) -> float:
+    """ISIC 2024 partial AUC above ``min_tpr`` true-positive rate, range [0, 1 - min_tpr].
+
+    The area between the ROC curve and the horizontal line TPR = ``min_tpr``, as the
+    official Kaggle metric computes it: flip labels and scores, take scikit-learn's
+    McClish-standardised AUC up to FPR = 1 - min_tpr and undo the standardisation.
+    """
+    if not 0.0 <= min_tpr < 1.0:
+        raise MetricError(f"partial_auc: min_tpr must be in [0, 1), got {min_tpr}")
+    y, p = binary_inputs(y_true, probs, "partial_auc")
+    max_fpr = abs(1.0 - min_tpr)
+    scaled = roc_auc_score(np.abs(y - 1), -p, max_fpr=max_fpr)
+    return float(0.5 * max_fpr**2 + (max_fpr - 0.5 * max_fpr**2) / (1.0 - 0.5) * (scaled - 0.5))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def threshold_metrics(y_true: Any, probs: Any, threshold: float = 0.5) -> dict[str, float]:
+    """Sensitivity, specificity, PPV, NPV and the four counts with ``p >= threshold``
+    called positive; a ratio with an empty denominator is NaN."""
+    if not np.isfinite(threshold):
+        raise MetricError(f"threshold_metrics: threshold must be finite, got {threshold}")
+    y, p = binary_inputs(y_true, probs, "threshold_metrics", need_both=False)
+    pred = p >= threshold
+    pos = y == 1
+    tp, fp = int(np.sum(pred & pos)), int(np.sum(pred & ~pos))
+    fn, tn = int(np.sum(~pred & pos)), int(np.sum(~pred & ~pos))
+    return {"sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+            "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def sensitivity(y_true: Any, probs: Any, threshold: float = 0.5) -> float:
+    """True-positive rate at ``p >= threshold``; raises when y_true has no positive."""
+    y, _ = binary_inputs(y_true, probs, "sensitivity", need_both=False)
+    if not (y == 1).any():
+        raise MetricError(f"sensitivity needs positives; y_true has only class 0 (n={len(y)})")
+    return threshold_metrics(y_true, probs, threshold)["sensitivity"]
+
+
+def specificity(y_true: Any, probs: Any, threshold: float = 0.5) -> float:
+    """True-negative rate at ``p >= threshold``; raises when y_true has no negative."""
+    y, _ = binary_inputs(y_true, probs, "specificity", need_both=False)
+    if not (y == 0).any():
+        raise MetricError(f"specificity needs negatives; y_true has only class 1 (n={len(y)})")
+    return threshold_metrics(y_true, probs, threshold)["specificity"]
+
+
+def _roc_points(y_true: Any, probs: Any, name: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds descending, TPR, FPR) at every distinct score (``p >= t`` positive)."""
+    y, p = binary_inputs(y_true, probs, name)
+    order, starts, values = _tie_groups(p)
+    P, N = _group_weights(y, order, starts)
+    tp, fp = np.cumsum(P[0]), np.cumsum(N[0])
+    return values, tp / tp[-1], fp / fp[-1]
+
+
+def threshold_for_sensitivity(y_true: Any, probs: Any, target: float = 0.9
+                              ) -> tuple[float, float, float]:
+    """The highest threshold whose sensitivity is >= ``target``:
+    (threshold, achieved sensitivity, specificity)."""
+    if not 0.0 < target <= 1.0:
+        raise MetricError(f"threshold_for_sensitivity: target must be in (0, 1], got {target}")
+    thresholds, tpr, fpr = _roc_points(y_true, probs, "threshold_for_sensitivity")
+    i = int(np.argmax(tpr >= target - 1e-12))
+    return float(thresholds[i]), float(tpr[i]), float(1.0 - fpr[i])
+
+
+def youden_threshold(y_true: Any, probs: Any) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity - 1 (the highest
+    such threshold when several tie)."""
+    thresholds, tpr, fpr = _roc_points(y_true, probs, "youden_threshold")
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+# -------------------------------------------------------------------- multiclass metrics
+def predict_labels(probs: Any) -> np.ndarray:
+    """Argmax class per row; -1 where the maximum is shared by several classes (a tie)."""
+    P = _prob_matrix(probs, "predict_labels")
+    top = P.max(axis=1, keepdims=True)
+    pred = P.argmax(axis=1)
+    pred[np.equal(P, top).sum(axis=1) > 1] = -1
+    return pred
+
+
+def _per_class_counts(y: np.ndarray, pred: np.ndarray, k: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, predicted count, support) per class; ties (-1) predict nothing."""
+    tp = np.bincount(y[pred == y], minlength=k)
+    n_pred = np.bincount(pred[pred >= 0], minlength=k)
+    return tp, n_pred, np.bincount(y, minlength=k)
+
+
+def accuracy(y_true: Any, probs: Any) -> float:
+    """Share of rows whose argmax is the true class (ties wrong)."""
+    y, P = multiclass_inputs(y_true, probs, "accuracy")
+    return float(np.mean(predict_labels(P) == y))
+
+
+def balanced_accuracy(y_true: Any, probs: Any) -> float:
+    """Mean per-class recall over the classes present in y_true (ISIC's balanced multiclass
+    accuracy = scikit-learn's ``balanced_accuracy_score``); argmax ties count as wrong."""
+    y, P = multiclass_inputs(y_true, probs, "balanced_accuracy")
+    tp, _, support = _per_class_counts(y, predict_labels(P), P.shape[1])
+    present = support > 0
+    return float(np.mean(tp[present] / support[present]))
+
+
+def _f1_per_class(y: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F1 per class, support, and the mask of classes in y_true or predicted."""
+    tp, n_pred, support = _per_class_counts(y, predict_labels(P), P.shape[1])
+    den = n_pred + support
+    f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1), 0.0)
+    return f1, support, (support > 0) | (n_pred > 0)
+
+
+def macro_f1(y_true: Any, probs: Any) -> float:
+    """Unweighted mean F1 over the classes in y_true or predicted (scikit-learn's
+    ``f1_score(average='macro')`` on the argmax; ties predict no class)."""
+    y, P = multiclass_inputs(y_true, probs, "macro_f1")
+    f1, _, used = _f1_per_class(y, P)
+    return float(np.mean(f1[used]))
+
+
+def weighted_f1(y_true: Any, probs: Any) -> float:
+    """Support-weighted mean F1 (scikit-learn's ``average='weighted'``)."""
+    y, P = multiclass_inputs(y_true, probs, "weighted_f1")
+    f1, support, _ = _f1_per_class(y, P)
+    return float(np.sum(f1 * support) / support.sum())
+
+
+def _ovr_targets(y_true: Any, probs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) 0/1 one-vs-rest targets and probs, from labels or a multilabel matrix."""
+    if np.asarray(y_true).ndim == 2 and np.asarray(y_true).shape[1] > 1:
+        return multilabel_inputs(y_true, probs, name)
+    y, P = multiclass_inputs(y_true, probs, name)
+    return np.eye(P.shape[1], dtype=np.int64)[y], P
+
+
+def _ovr_mean(y_true: Any, probs: Any, name: str, fn: Callable) -> float:
+    Y, P = _ovr_targets(y_true, probs, name)
+    defined = (Y.min(axis=0) == 0) & (Y.max(axis=0) == 1)
+    if defined.sum() == 0 or (np.asarray(y_true).ndim == 1 and defined.sum() < 2):
+        present = np.flatnonzero(Y.max(axis=0) == 1).tolist()
+        raise MetricError(f"{name} needs at least 2 classes in y_true; it has only "
+                          f"class(es) {present} (n={len(Y)})")
+    return float(np.mean([fn(Y[:, k], P[:, k]) for k in np.flatnonzero(defined)]))
+
+
+def ovr_auc_macro(y_true: Any, probs: Any) -> float:
+    """Mean one-vs-rest ROC AUC over the classes present in y_true (a class absent from
+    y_true is left out, where scikit-learn would raise)."""
+    return _ovr_mean(y_true, probs, "ovr_auc_macro", roc_auc)
+
+
+def ovr_pr_auc_macro(y_true: Any, probs: Any) -> float:
+    """Mean one-vs-rest average precision over the classes present in y_true."""
+    return _ovr_mean(y_true, probs, "ovr_pr_auc_macro", pr_auc)
+
+
+def confusion(y_true: Any, pred: Any, k: int, include_ties: bool = False) -> np.ndarray:
+    """Counts (k, k): rows true class, columns predicted class. Predictions of -1 (argmax
+    ties) raise unless ``include_ties``, which adds a last column counting them."""
+    y = _check_labels(y_true, "confusion", k)
+    pr = np.asarray(pred)
+    if pr.ndim != 1 or len(pr) != len(y):
+        raise MetricError(f"confusion: pred must be 1-D with {len(y)} labels, got {pr.shape}")
+    pr = _check_labels(np.where(pr == -1, k, pr), "confusion", k + 1)
+    if (pr == k).any() and not include_ties:
+        raise MetricError(f"confusion: pred holds -1 (tied argmax) in rows {_positions(pr == k)}"
+                          "; pass include_ties=True to count them in an extra column")
+    m = np.bincount(y * (k + 1) + pr, minlength=k * (k + 1)).reshape(k, k + 1)
+    return m if include_ties else m[:, :k]
+
+
+def per_class_report(y_true: Any, probs: Any, class_names: Sequence[str] | None = None
+                     ) -> pd.DataFrame:
+    """Per class: precision, recall, f1, support, n_pred and one-vs-rest AUC (NaN where the
+    class is absent from y_true or is its only class)."""
+    y, P = multiclass_inputs(y_true, probs, "per_class_report")
+    k = P.shape[1]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise MetricError(f"per_class_report: {len(names)} class names for {k} columns")
+    tp, n_pred, support = _per_class_counts(y, predict_labels(P), k)
+    precision = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
+    recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+    den = n_pred + support
+    f1 = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+    auc = [roc_auc((y == c).astype(int), P[:, c]) if 0 < support[c] < len(y) else np.nan
+           for c in range(k)]
+    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
+                         "support": support, "n_pred": n_pred, "auc": auc},
+                        index=pd.Index(names, name="class"))
+
+
+# -------------------------------------------------------------------- multilabel metrics
+def _threshold_vector(thresholds: float | Sequence[float], k: int, name: str) -> np.ndarray:
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (k,)) if np.ndim(
+        thresholds) == 0 else np.asarray(thresholds, dtype=np.float64)
+    if t.shape != (k,) or not np.isfinite(t).all():
+        raise MetricError(f"{name}: thresholds must be a number or {k} finite numbers, "
+                          f"got {np.shape(thresholds)}")
+    return t
+
+
+def _binary_f1_columns(Y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    tp = np.sum(pred & (Y == 1), axis=0)
+    den = pred.sum(axis=0) + Y.sum(axis=0)
+    return np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+
+
+def thresholded_macro_f1(y_true: Any, probs: Any, thresholds: float | Sequence[float] = 0.5
+                         ) -> float:
+    """MILK10k challenge metric: each class positive where ``p > threshold`` (per class),
+    F1 per class, unweighted mean over all K classes (a class never true nor predicted
+    scores 0, as scikit-learn's ``f1_score(average='macro')`` on the 0/1 matrix)."""
+    Y, P = multilabel_inputs(y_true, probs, "thresholded_macro_f1")
+    t = _threshold_vector(thresholds, P.shape[1], "thresholded_macro_f1")
+    return float(np.mean(_binary_f1_columns(Y, np.greater(P, t))))
+
+
+def tune_thresholds(y_true: Any, probs: Any, grid: Sequence[float] | None = None) -> np.ndarray:
+    """Per-class threshold from ``grid`` maximising that class's F1 (``p > t``); fit on OOF
+    predictions only. Ties go to the threshold nearest 0.5."""
+    Y, P = multilabel_inputs(y_true, probs, "tune_thresholds")
+    g = np.asarray(np.linspace(0.05, 0.95, 19) if grid is None else grid, dtype=np.float64)
+    if g.ndim != 1 or len(g) == 0 or not np.isfinite(g).all():
+        raise MetricError(f"tune_thresholds: grid must be a non-empty list of numbers, got {g!r}")
+    g = g[np.argsort(np.abs(g - 0.5), kind="mergesort")]  # nearest 0.5 first wins ties
+    best = np.empty(P.shape[1])
+    for k in range(P.shape[1]):
+        pred = P[None, :, k] > g[:, None]  # (G, N)
+        tp = np.sum(pred & (Y[None, :, k] == 1), axis=1)
+        den = pred.sum(axis=1) + Y[:, k].sum()
+        f1 = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+        best[k] = g[int(np.argmax(f1))]
+    return best
+
+
+# ---------------------------------------------------------------------- task dispatching
+METRIC_FUNCS: dict[str, MetricFn] = {
+    "roc_auc": roc_auc, "pr_auc": pr_auc, "pauc_80": partial_auc,
+    "sensitivity": sensitivity, "specificity": specificity,
+    "accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1,
+    "weighted_f1": weighted_f1, "ovr_auc_macro": ovr_auc_macro,
+    "ovr_pr_auc_macro": ovr_pr_auc_macro, "thresholded_macro_f1": thresholded_macro_f1,
+}
+
+
+def check_task_probs(task: Task, probs: Any) -> None:
+    """Raise MetricError when the shape of ``probs`` does not fit ``task``."""
+    shape = np.shape(probs)
+    if task.kind == "binary":
+        if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+            return
+        raise MetricError(f"task {task.name!r} is binary: probs must be (N,) or (N, 1) = "
+                          f"P({task.classes[1]}), got {shape}")
+    if len(shape) != 2 or shape[1] != task.n_classes:
+        raise MetricError(f"task {task.name!r} has {task.n_classes} classes: probs must be "
+                          f"(N, {task.n_classes}), got {shape}")
+
+
+def _bind(fn: MetricFn, **kwargs: Any) -> MetricFn:
+    """``fn`` with keyword arguments fixed, keeping its name for tables and errors."""
+    return functools.update_wrapper(functools.partial(fn, **kwargs), fn)
+
+
+def metric_for(task: Task, name: str, threshold: float = 0.5) -> MetricFn:
+    """The function scoring ``name`` for this task's kind (``roc_auc`` on a multiclass or
+    multilabel task is the macro one-vs-rest AUC; threshold metrics use ``threshold``)."""
+    if task.kind != "binary":
+        name = {"roc_auc": "ovr_auc_macro", "pr_auc": "ovr_pr_auc_macro"}.get(name, name)
+    if name not in METRIC_FUNCS:
+        raise MetricError(f"unknown metric {name!r}; known: {sorted(METRIC_FUNCS)}")
+    if task.kind != "binary" and name in ("pauc_80", "sensitivity", "specificity"):
+        raise MetricError(f"{name} is a binary metric; task {task.name!r} is {task.kind}")
+    if task.kind == "binary" and name in ("ovr_auc_macro", "ovr_pr_auc_macro",
+                                          "thresholded_macro_f1"):
+        raise MetricError(f"{name} needs (N, K) probabilities; task {task.name!r} is binary")
+    if name in ("sensitivity", "specificity"):
+        return _bind(METRIC_FUNCS[name], threshold=threshold)
+    if name == "thresholded_macro_f1":
+        return _bind(thresholded_macro_f1, thresholds=threshold)
+    return METRIC_FUNCS[name]
+
+
+def primary_metric(task: Task, y_true: Any, probs: Any) -> float:
+    """``task.primary_metric`` on these predictions (called every epoch: fast; raises
+    MetricError when undefined on this fold, e.g. one class only)."""
+    check_task_probs(task, probs)
+    return metric_for(task, task.primary_metric)(y_true, probs)
+
+
+def evaluate(task: Task, y_true: Any, probs: Any, threshold: float = 0.5) -> dict[str, float]:
+    """Every headline metric for the task's kind, as plain floats (counts as ints).
+
+    binary: n, n_pos, prevalence, roc_auc, pr_auc, pauc_80, threshold, sensitivity,
+    specificity, ppv, npv (at ``threshold``), sens90_threshold / _sensitivity /
+    _specificity, youden_threshold / _sensitivity / _specificity, brier, ece.
+    multiclass: n, n_tied, accuracy, balanced_accuracy, macro_f1, weighted_f1,
+    ovr_auc_macro, brier, ece (top-label). multilabel: n, thresholded_macro_f1 (each class
+    at ``threshold``), ovr_auc_macro, and accuracy, balanced_accuracy, macro_f1 of the
+    argmax when every row has one true class.
+    """
+    from .calibration import brier_score, expected_calibration_error
+
+    check_task_probs(task, probs)
+    out: dict[str, float] = {}
+    if task.kind == "binary":
+        y, p = binary_inputs(y_true, probs, "evaluate")
+        at = threshold_metrics(y, p, threshold)
+        s90 = threshold_for_sensitivity(y, p, 0.9)
+        yt = youden_threshold(y, p)
+        at_y = threshold_metrics(y, p, yt)
+        out.update(n=len(y), n_pos=int(y.sum()), prevalence=float(y.mean()),
+                   roc_auc=roc_auc(y, p), pr_auc=pr_auc(y, p), pauc_80=partial_auc(y, p, 0.8),
+                   threshold=float(threshold),
+                   **{k: at[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
+                   sens90_threshold=s90[0], sens90_sensitivity=s90[1],
+                   sens90_specificity=s90[2], youden_threshold=yt,
+                   youden_sensitivity=at_y["sensitivity"],
+                   youden_specificity=at_y["specificity"],
+                   brier=brier_score(y, p), ece=expected_calibration_error(y, p))
+        return out
+    if task.kind == "multilabel":
+        Y, P = multilabel_inputs(y_true, probs, "evaluate")
+        out.update(n=len(Y), thresholded_macro_f1=thresholded_macro_f1(Y, P, threshold),
+                   ovr_auc_macro=ovr_auc_macro(Y, P))
+        single = (Y.sum(axis=1) == 1).all()
+        if single:  # one true class per lesion (MILK10k): argmax metrics are defined too
+            y = Y.argmax(axis=1)
+            out.update(accuracy=accuracy(y, P), balanced_accuracy=balanced_accuracy(y, P),
+                       macro_f1=macro_f1(y, P))
+        return out
+    y, P = multiclass_inputs(y_true, probs, "evaluate")
+    out.update(n=len(y), n_tied=int(np.sum(predict_labels(P) == -1)),
+               accuracy=accuracy(y, P), balanced_accuracy=balanced_accuracy(y, P),
+               macro_f1=macro_f1(y, P), weighted_f1=weighted_f1(y, P),
+               ovr_auc_macro=ovr_auc_macro(y, P), brier=brier_score(y, P),
+               ece=expected_calibration_error(y, P))
+    return out
+
+
+# --------------------------------------------------------------------------- bootstrap
+class Resampler:
+    """Group-aware, stratified bootstrap of rows.
+
+    Groups (patients / lesions) are drawn with replacement and bring all their rows. With
+    ``stratify`` the groups are drawn separately per stratum: binary, groups holding any
+    positive vs. the rest; otherwise, the majority class of the group (ties to the lower
+    label). Each replicate keeps the number of groups per stratum.
+    """
+
+    def __init__(self, y: Any, groups: Any = None, stratify: bool = True,
+                 binary: bool | None = None) -> None:
+        a = np.asarray(y)
+        labels = np.where(a.max(axis=1) > 0, a.argmax(axis=1), -1) if a.ndim == 2 and \
+            a.shape[1] > 1 else a.reshape(-1).astype(np.int64)
+        n = len(labels)
+        if groups is None:
+            self.group_index = np.arange(n)
+        else:
+            g = pd.Series(np.asarray(groups).reshape(-1) if not isinstance(groups, pd.Series)
+                          else groups.to_numpy())
+            if len(g) != n:
+                raise MetricError(f"bootstrap: groups has {len(g)} rows but y_true has {n}")
+            if g.isna().any():
+                raise MetricError(f"bootstrap: groups are missing in rows "
+                                  f"{_positions(g.isna().to_numpy())}")
+            self.group_index = pd.factorize(g)[0]
+        n_groups = int(self.group_index.max()) + 1 if n else 0
+        if binary is None:
+            binary = set(np.unique(labels).tolist()) <= {0, 1}
+        if not stratify:
+            strata = np.zeros(n_groups, dtype=np.int64)
+        elif binary:
+            strata = np.zeros(n_groups, dtype=np.int64)
+            np.maximum.at(strata, self.group_index, (labels == 1).astype(np.int64))
+        else:
+            shifted = labels + 1  # -1 (no class) becomes its own stratum 0
+            table = np.zeros((n_groups, int(shifted.max()) + 1), dtype=np.int64)
+            np.add.at(table, (self.group_index, shifted), 1)
+            strata = table.argmax(axis=1)
+        self.strata = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+        self.n_rows, self.n_groups = n, n_groups
+
+    def chunks(self, n_boot: int, seed: int = 0, max_cells: int = 2_000_000
+               ) -> Iterator[np.ndarray]:
+        """Yield row-count matrices (b, N) (int32) whose rows sum to the replicates."""
+        rng = np.random.default_rng(seed)
+        size = max(1, min(n_boot, max_cells // max(self.n_rows, 1)))
+        done = 0
+        while done < n_boot:
+            b = min(size, n_boot - done)
+            gc = np.zeros((b, self.n_groups), dtype=np.int32)
+            for ids in self.strata:
+                m = len(ids)
+                draws = rng.integers(0, m, size=(b, m)) + (np.arange(b) * m)[:, None]
+                gc[:, ids] = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
+            yield gc[:, self.group_index]
+            done += b
+
+
+def _binary_groups(y: Any, probs: Any, counts: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    yb, p = binary_inputs(y, probs, "bootstrap", need_both=False)
+    order, starts, _ = _tie_groups(p)
+    return _group_weights(yb, order, starts, counts)
+
+
+def _pauc_from_groups(P: np.ndarray, N: np.ndarray, min_tpr: float = 0.8) -> np.ndarray:
+    """Area between the (piecewise-linear) ROC curve and TPR = min_tpr, per replicate; the
+    geometry the flipped Kaggle formula of `partial_auc` computes."""
+    zero = np.zeros((len(P), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.hstack([zero, np.cumsum(P, axis=1)]) / P.sum(axis=1, keepdims=True)
+        fpr = np.hstack([zero, np.cumsum(N, axis=1)]) / N.sum(axis=1, keepdims=True)
+        a, b, w = tpr[:, :-1] - min_tpr, tpr[:, 1:] - min_tpr, np.diff(fpr, axis=1)
+        area = np.where(a >= 0, w * (a + b) / 2,
+                        np.where(b > 0, w * b**2 / (2 * np.where(b > a, b - a, 1.0)), 0.0))
+    ok = (P.sum(axis=1) > 0) & (N.sum(axis=1) > 0)
+    return np.where(ok, area.sum(axis=1), np.nan)
+
+
+def _batched_threshold(y: Any, probs: Any, counts: np.ndarray, threshold: float = 0.5,
+                       which: str = "sensitivity") -> np.ndarray:
+    yb, p = binary_inputs(y, probs, "bootstrap", need_both=False)
+    cls = 1 if which == "sensitivity" else 0
+    hit = ((p >= threshold) == bool(cls)) & (yb == cls)
+    w = counts.astype(np.float64)
+    den = w @ (yb == cls)
+    return np.where(den > 0, (w @ hit) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _batched_confusion(y: Any, probs: Any, counts: np.ndarray, which: str) -> np.ndarray:
+    """accuracy / balanced_accuracy / macro_f1 / weighted_f1 from weighted confusions."""
+    yl, P = multiclass_inputs(y, probs, "bootstrap")
+    k = P.shape[1]
+    pred = np.where(predict_labels(P) < 0, k, predict_labels(P))
+    codes = np.zeros((len(yl), k * (k + 1)))
+    codes[np.arange(len(yl)), yl * (k + 1) + pred] = 1.0
+    C = (counts.astype(np.float64) @ codes).reshape(len(counts), k, k + 1)
+    tp = C[:, np.arange(k), np.arange(k)]
+    support, n_pred = C.sum(axis=2), C[:, :, :k].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if which == "accuracy":
+            return tp.sum(axis=1) / support.sum(axis=1)
+        if which == "balanced_accuracy":
+            recall = np.where(support > 0, tp / np.where(support > 0, support, 1.0), 0.0)
+            return recall.sum(axis=1) / (support > 0).sum(axis=1)
+        den = n_pred + support
+        f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), 0.0)
+        if which == "weighted_f1":
+            return (f1 * support).sum(axis=1) / support.sum(axis=1)
+        return f1.sum(axis=1) / (den > 0).sum(axis=1)
+
+
+def _batched_thresholded_f1(y: Any, probs: Any, counts: np.ndarray,
+                            thresholds: float | Sequence[float] = 0.5) -> np.ndarray:
+    Y, P = multilabel_inputs(y, probs, "bootstrap")
+    pred = np.greater(P, _threshold_vector(thresholds, P.shape[1], "bootstrap"))
+    w = counts.astype(np.float64)
+    tp, den = w @ (pred & (Y == 1)), w @ pred + w @ Y
+    f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), 0.0)
+    return f1.mean(axis=1)
+
+
+def _batched_ovr_auc(y: Any, probs: Any, counts: np.ndarray) -> np.ndarray:
+    Y, P = _ovr_targets(y, probs, "bootstrap")
+    per_class = []
+    for k in range(P.shape[1]):
+        order, starts, _ = _tie_groups(P[:, k])
+        per_class.append(_auc_from_groups(*_group_weights(Y[:, k], order, starts, counts)))
+    vals = np.column_stack(per_class)
+    ok = np.isfinite(vals)
+    # defined when >= 2 classes have an AUC (>= 1 for a 0/1 multilabel matrix), as the scalar
+    need = 1 if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] > 1 else 2
+    mean = np.where(ok, vals, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
+    return np.where(ok.sum(axis=1) >= need, mean, np.nan)
+
+
+# Vectorised replicate paths: batched(y, probs, counts (b, N), **keywords) -> (b,), equal to
+# the metric on each replicate's rows (tests check this); NaN marks an undefined replicate.
+_BATCHED: dict[Callable, Callable] = {
+    roc_auc: lambda y, p, c: _auc_from_groups(*_binary_groups(y, p, c)),
+    pr_auc: lambda y, p, c: _ap_from_groups(*_binary_groups(y, p, c)),
+    partial_auc: lambda y, p, c, min_tpr=0.8: _pauc_from_groups(*_binary_groups(y, p, c),
+                                                                min_tpr=min_tpr),
+    sensitivity: functools.partial(_batched_threshold, which="sensitivity"),
+    specificity: functools.partial(_batched_threshold, which="specificity"),
+    accuracy: functools.partial(_batched_confusion, which="accuracy"),
+    balanced_accuracy: functools.partial(_batched_confusion, which="balanced_accuracy"),
+    macro_f1: functools.partial(_batched_confusion, which="macro_f1"),
+    weighted_f1: functools.partial(_batched_confusion, which="weighted_f1"),
+    thresholded_macro_f1: _batched_thresholded_f1,
+    ovr_auc_macro: _batched_ovr_auc,
+}
+
+
+def batched_metric(fn: MetricFn) -> Callable[..., np.ndarray] | None:
+    """The vectorised replicate function of ``fn`` (also through `functools.partial` with
+    keyword arguments), or None when it has none."""
+    kwargs: dict[str, Any] = {}
+    if isinstance(fn, functools.partial) and not fn.args:
+        fn, kwargs = fn.func, dict(fn.keywords)
+    batched = _BATCHED.get(fn)
+    return None if batched is None else functools.partial(batched, **kwargs)
+
+
+def _resolve(metric: str | MetricFn) -> MetricFn:
+    if isinstance(metric, str):
+        if metric not in METRIC_FUNCS:
+            raise MetricError(f"unknown metric {metric!r}; known: {sorted(METRIC_FUNCS)}")
+        return METRIC_FUNCS[metric]
+    return metric
+
+
+def _replicate_values(fn: MetricFn, y: Any, probs: Any, counts: np.ndarray) -> np.ndarray:
+    """Metric per replicate (b,); NaN where the metric is undefined on that replicate."""
+    batched = batched_metric(fn)
+    if batched is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = batched(y, probs, counts)
+        return np.where(np.isfinite(values), values, np.nan)
+    y_arr, p_arr = np.asarray(y), np.asarray(probs)
+    rows = np.arange(counts.shape[1])
+    out = np.full(len(counts), np.nan)
+    for i, c in enumerate(counts):
+        idx = np.repeat(rows, c)
+        try:
+            out[i] = float(fn(y_arr[idx], p_arr[idx]))
+        except MetricError:
+            continue
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def bootstrap_many(metrics: dict[str, MetricFn], y_true: Any, probs: Any, groups: Any = None,
+                   n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                   stratify: bool = True) -> dict[str, dict[str, float]]:
+    """`bootstrap_ci` for several metrics on the same replicates."""
+    if n_boot < 0 or not 0.0 < alpha < 1.0:
+        raise MetricError(f"bootstrap: need n_boot >= 0 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    if len(np.asarray(y_true)) != len(np.asarray(probs)):
+        raise MetricError(f"bootstrap: y_true has {len(np.asarray(y_true))} rows but probs has "
+                          f"{len(np.asarray(probs))}")
+    fns = {name: _resolve(fn) for name, fn in metrics.items()}
+    estimates = {name: float(fn(y_true, probs)) for name, fn in fns.items()}
+    values: dict[str, list[np.ndarray]] = {name: [] for name in fns}
+    if n_boot:
+        binary = np.ndim(probs) == 1 or (np.ndim(probs) == 2 and np.shape(probs)[1] == 1)
+        sampler = Resampler(y_true, groups, stratify=stratify, binary=binary)
+        for counts in sampler.chunks(n_boot, seed):
+            for name, fn in fns.items():
+                values[name].append(_replicate_values(fn, y_true, probs, counts))
+    out = {}
+    for name in fns:
+        v = np.concatenate(values[name]) if values[name] else np.empty(0)
+        v = v[np.isfinite(v)]
+        lo, hi = (np.quantile(v, [alpha / 2, 1 - alpha / 2]) if len(v) else (np.nan, np.nan))
+        out[name] = {"estimate": estimates[name], "low": float(lo), "high": float(hi),
+                     "n_boot_ok": len(v), "n_boot": n_boot}
+    return out
+
+
+def bootstrap_ci(metric_fn: str | MetricFn, y_true: Any, probs: Any, groups: Any = None,
+                 n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, stratify: bool = True
+                 ) -> dict[str, float]:
+    """Percentile bootstrap CI: dict(estimate, low, high, n_boot_ok, n_boot).
+
+    Resamples ``groups`` (patients / lesions; rows when None) with replacement, stratified
+    (see `Resampler`). Replicates where the metric is undefined are skipped and counted
+    (``n_boot_ok`` < ``n_boot``); the estimate itself raises when undefined. AUC, average
+    precision and macro one-vs-rest AUC run vectorised over replicates.
+    """
+    return bootstrap_many({"m": metric_fn}, y_true, probs, groups, n_boot, alpha, seed,
+                          stratify)["m"]
+
+
+DEFAULT_CI_METRICS = {
+    "binary": ("roc_auc", "pr_auc", "pauc_80", "sensitivity", "specificity"),
+    "multiclass": ("accuracy", "balanced_accuracy", "macro_f1", "ovr_auc_macro"),
+    "multilabel": ("thresholded_macro_f1", "ovr_auc_macro"),
+}
+
+
+def evaluate_with_ci(task: Task, y_true: Any, probs: Any, groups: Any = None,
+                     metrics: Sequence[str] | None = None, n_boot: int = 1000,
+                     alpha: float = 0.05, seed: int = 0, threshold: float = 0.5,
+                     stratify: bool = True) -> pd.DataFrame:
+    """Metrics with group-aware bootstrap CIs: DataFrame(metric, estimate, low, high,
+    n_boot_ok, n_boot), all metrics on the same replicates."""
+    check_task_probs(task, probs)
+    names = list(metrics) if metrics is not None else list(DEFAULT_CI_METRICS[task.kind])
+    fns = {name: metric_for(task, name, threshold) for name in names}
+    res = bootstrap_many(fns, y_true, probs, groups, n_boot, alpha, seed, stratify)
+    return pd.DataFrame([{"metric": name, **res[name]} for name in names])
