@@ -30,84 +30,84 @@ class DataConfig:
     data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached
     image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
     synthetic_task: str = "binary"  # binary | multiclass | paired
-    synthetic_patients: int = 60
-    synthetic_seed: int = 0
-    synthetic_image_size: int = 64
-    image_size: int = 64
-    n_folds: int = 5
-    fold_seed: int = 42
+    synthetic_patients: int = 60  # patients of the synthetic dataset (several lesions each)
+    synthetic_seed: int = 0  # seed of the synthetic generator
+    synthetic_image_size: int = 64  # pixels of the generated images
+    image_size: int = 64  # model input size (square)
+    n_folds: int = 5  # grouped CV folds
+    fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
     features: str = "default"  # default | isic11 | context | none
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes
     skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
-    custom_csv: str = ""
-    custom_image_column: str = "image"
-    custom_label_column: str = "label"
-    custom_group_column: str = ""
-    custom_meta_columns: tuple[str, ...] = ()
-    custom_classes: tuple[str, ...] = ()
+    custom_csv: str = ""  # dataset=custom: CSV naming images, labels and metadata
+    custom_image_column: str = "image"  # dataset=custom: column of image file names
+    custom_label_column: str = "label"  # dataset=custom: column of class names
+    custom_group_column: str = ""  # dataset=custom: patient column (default: image)
+    custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
+    custom_classes: tuple[str, ...] = ()  # dataset=custom: class order (default: sorted)
 
 
 @dataclass
 class ModelConfig:
     """The network: a timm backbone, optional metadata MLP, head."""
 
-    backbone: str = "resnet18"
-    pretrained: bool = False
+    backbone: str = "resnet18"  # any timm model name
+    pretrained: bool = False  # timm's pretrained weights (needs internet)
     pretrained_path: str = ""  # local weights file (Kaggle, offline); implies pretrained
     use_image: bool = True  # False: metadata-only MetaMLP baseline
-    use_meta: bool = True
-    meta_hidden: tuple[int, ...] = (128, 64)
-    meta_dropout: float = 0.3
-    head_dropout: float = 0.3
+    use_meta: bool = True  # fuse the metadata MLP (False: image only)
+    meta_hidden: tuple[int, ...] = (128, 64)  # metadata MLP widths
+    meta_dropout: float = 0.3  # dropout in the metadata MLP
+    head_dropout: float = 0.3  # dropout before the head
     n_msd: int = 1  # multi-sample dropout passes, averaged
     dual_image: bool = False  # two image branches (clinical + dermoscopic)
-    shared_backbone: bool = True
-    drop_path_rate: float = 0.0
+    shared_backbone: bool = True  # dual_image: one backbone for both images
+    drop_path_rate: float = 0.0  # stochastic depth of the backbone
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, precision, schedule, checkpoints."""
 
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
+    epochs: int = 5  # epochs per fold
+    batch_size: int = 32  # global batch (split across DDP ranks)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-2  # decoupled weight decay (not on norms and biases)
     scheduler: str = "cosine"  # cosine | plateau | none
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # linear warm-up of the cosine schedule
     amp: bool = True  # used on CUDA only; CPU runs fp32
     amp_dtype: str = "auto"  # auto | bf16 | fp16
-    grad_accum: int = 1
+    grad_accum: int = 1  # batches per optimizer step
     clip_grad: float = 0.0  # max grad norm, 0 = off
-    channels_last: bool = False
-    compile: bool = False
-    ema: bool = False
-    ema_decay: float = 0.999
+    channels_last: bool = False  # NHWC memory format
+    compile: bool = False  # torch.compile the model
+    ema: bool = False  # exponential moving average of weights (used for predictions)
+    ema_decay: float = 0.999  # EMA decay per optimizer step
     loss: str = "auto"  # auto | bce | focal | ce
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0  # loss=focal: focusing parameter
+    label_smoothing: float = 0.0  # target smoothing epsilon
     class_weighting: str = "none"  # none | balanced | sqrt (from training folds only)
     sampler: str = "none"  # none | balanced | sqrt
     freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float = 0.1  # backbone LR factor after the frozen warm-up
     patience: int = 0  # early-stopping epochs without improvement, 0 = off
-    seed: int = 42
+    seed: int = 42  # training seed (weights, shuffles, augmentation)
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     tta: int = 1  # views averaged at prediction: 1 none, 2 +hflip, 4 +vflip, 8 +rot90
     max_steps_per_epoch: int = 0  # 0 = the whole epoch (a cap for smoke tests)
-    deterministic: bool = True
-    mlflow: bool = False
+    deterministic: bool = True  # deterministic cuDNN (slower on GPU)
+    mlflow: bool = False  # log to an MLflow file store under <output_dir>/mlruns
 
 
 @dataclass
 class RunConfig:
     """One named run: the data, the model, the training and where it writes."""
 
-    name: str = "demo"
-    output_dir: str = "outputs"
+    name: str = "demo"  # run name: the run folder is <output_dir>/<name>
+    output_dir: str = "outputs"  # parent folder of run folders
     fold: int = -1  # -1 = every fold
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing run with another config (else refused)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -387,3 +387,30 @@ def get_preset(name: str) -> dict[str, Any]:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {name!r}{hint}; known: {', '.join(sorted(PRESETS))}")
     return dict(PRESETS[name])
+
+
+def reference_markdown() -> str:
+    """The config reference (docs/config.md): every field, its section, type, default and
+    the comment beside it in this module."""
+    import inspect
+    import re
+
+    lines = ["# Config reference", "",
+             "Every field is a papermill parameter (`-p name value`), a CLI override "
+             "(`--set name=value`) and a YAML key (flat, or under `data:` / `model:` / `train:`).",
+             "Generated from `melalib/config.py` by `melalib.config.reference_markdown()`.", ""]
+    for section, cls in (("run", RunConfig), *_SECTIONS.items()):
+        lines += [f"## {section}" + ("" if section == "run" else f" (`{cls.__name__}`)"), "",
+                  "| field | type | default | meaning |", "|---|---|---|---|"]
+        source = inspect.getsource(cls)
+        hints = _hints(cls)
+        for f in fields(cls):
+            if f.name in _SECTIONS:
+                continue
+            match = re.search(rf"^\s+{f.name}: .*?#\s*(.*)$", source, re.M)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            meaning = match.group(1).strip().replace("|", "/") if match else ""
+            lines.append(f"| `{f.name}` | {kind} | `{_plain(default)!r}` | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -95,3 +95,16 @@ def test_coerce_rejects_nonsense_lists() -> None:
     with pytest.raises(ConfigError):
         coerce(5, tuple[int, ...], "meta_hidden")
     assert coerce("64,32", tuple[int, ...], "meta_hidden") == (64, 32)
+
+
+def test_config_reference_doc_is_current() -> None:
+    from pathlib import Path
+
+    from melalib.config import reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text().strip() == reference_markdown().strip(), (
+        "docs/config.md is stale: python -c 'from melalib.config import reference_markdown; "
+        "print(reference_markdown())' > docs/config.md")
+    for name in field_index():
+        assert f"`{name}`" in doc.read_text()
