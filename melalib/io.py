@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,7 +54,21 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    """Strict JSON: NaN and infinities (undefined metrics) are written as null."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
+    return write_text(path, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _finite(obj.tolist())
+    return obj
 
 
 def write_yaml(path: str | Path, obj: Any) -> Path:
@@ -66,8 +81,6 @@ def write_csv(path: str | Path, df: Any, **kwargs: Any) -> Path:
 
 
 def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):

@@ -1,0 +1,472 @@
+"""Prediction with test-time augmentation for a checkpoint, a list of them, or a run folder.
+
+`load_predictor(source)` rebuilds each model from its checkpoint (the stored ``config``,
+``task`` and ``n_meta``; EMA weights when the checkpoint holds them) and the metadata encoder
+fitted on that fold's training rows (``meta_encoder``), so new rows are encoded with the
+training statistics. A run folder gives one model per finished fold
+(``checkpoints/fold{k}_best.pt``); their probabilities are averaged (fold averaging).
+A checkpoint that cannot be read, lacks a key or does not fit its own model raises
+`CheckpointError`.
+
+`Predictor.predict(df)` works on a canonical table; `Predictor.predict_folder(image_dir,
+metadata_csv)` builds one from a folder of images and an optional metadata CSV.
+`predict_cli` is the ``melalib predict`` subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+
+from .checkpoints import check_compatible, load_checkpoint, load_model_weights
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError, DataError, MelalibError
+from .io import write_csv
+from .runs import RunDir
+from .table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
+from .tasks import Task
+
+log = logging.getLogger("melalib")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CHECKPOINT_KEYS = ("model", "config", "task", "n_meta", "meta_encoder", "backbone", "n_outputs")
+# Column names accepted for the canonical metadata in a user's CSV (first match wins).
+ALIASES = {
+    "age": ("age", "age_approx"),
+    "sex": ("sex", "gender"),
+    "site": ("site", "anatom_site_general_challenge", "anatom_site_general", "localization"),
+}
+
+Source = str | os.PathLike[str]
+
+
+# ------------------------------------------------------------------------------ run folders
+def open_run(path: Source) -> RunDir:
+    """The `RunDir` of an existing run folder (its own ``config.yaml``), read-only."""
+    path = Path(path)
+    config = path / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{path} is not a melalib run folder (no config.yaml)")
+    try:
+        cfg = RunConfig.from_dict(yaml.safe_load(config.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{config}: cannot read the run's config: {exc}") from exc
+    return RunDir(path, cfg)
+
+
+def is_run_dir(path: Source) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
+
+
+# ------------------------------------------------------------------------------ one member
+@dataclass
+class Member:
+    """One model of a predictor: network, metadata encoder and where it came from."""
+
+    model: nn.Module
+    encoder: Any  # melalib.features.MetaEncoder
+    cfg: RunConfig
+    path: Path
+    fold: int | None = None
+
+
+def load_member(path: Source, device: torch.device, *, fingerprint: str | None = None
+                ) -> tuple[Member, Task]:
+    """Rebuild the model and encoder of one checkpoint; CheckpointError if it does not fit."""
+    from .engine import _ema_weights
+    from .features import MetaEncoder
+    from .models import build_model
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by "
+                              "melalib's training loop")
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+        task = Task.from_dict(state["task"])
+        encoder = MetaEncoder.from_dict(state["meta_encoder"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds an unreadable config, task or metadata "
+                              f"encoder: {exc}") from exc
+    check_compatible(state, path=path, fingerprint=fingerprint, backbone=cfg.model.backbone,
+                     n_outputs=task.n_outputs, n_meta=encoder.dim)
+    # the checkpoint's weights replace any pretrained ones: never download or read them
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path="")
+    try:
+        model = build_model(model_cfg, task, encoder.dim)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {exc}") from exc
+    ema = state.get("ema")
+    weights = _ema_weights(ema) if ema is not None else state["model"]
+    load_model_weights(model, {"model": weights}, path)
+    model.to(device).eval()
+    fold = state.get("fold")
+    return Member(model, encoder, cfg, path, int(fold) if fold is not None else None), task
+
+
+# ------------------------------------------------------------------------------ predictor
+@dataclass
+class Predictor:
+    """One or several models of the same task; predictions are their mean probabilities."""
+
+    members: list[Member]
+    task: Task
+    device: torch.device
+    run: RunDir | None = None
+    sources: list[Path] = field(default_factory=list)
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.members[0].cfg
+
+    @property
+    def model(self) -> nn.Module:
+        """The first (or only) model."""
+        return self.members[0].model
+
+    @property
+    def encoder(self) -> Any:
+        return self.members[0].encoder
+
+    @property
+    def tta(self) -> int:
+        """TTA views used by default: the training config's ``tta``."""
+        return self.cfg.train.tta
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    # ------------------------------------------------------------------ prediction
+    def required_columns(self) -> list[str]:
+        model = self.cfg.model
+        columns = ["image_id"]
+        if model.use_image:
+            columns.append("image_path")
+            if model.dual_image:
+                columns.append("image_path_2")
+        return columns
+
+    def predict(self, df_or_table: pd.DataFrame | LesionTable, tta: int | None = None,
+                batch_size: int = 64, progress: bool = True, num_workers: int | None = None
+                ) -> pd.DataFrame:
+        """``image_id`` + ``task.prob_columns`` for every row, in the input order.
+
+        Each member encodes the metadata with its own fold's encoder; the members'
+        TTA-averaged probabilities are averaged.
+        """
+        from .engine import make_dataset, make_loader, predict_probs, resolve_precision
+
+        df = (df_or_table.df if isinstance(df_or_table, LesionTable) else df_or_table)
+        df = df.reset_index(drop=True)
+        origin = df_or_table.origin if isinstance(df_or_table, LesionTable) else None
+        for column in self.required_columns():
+            if column not in df.columns:
+                raise DataError(f"the frame to predict has no {column!r} column "
+                                f"(needed by this {self._describe()} model)", file=origin,
+                                column=column)
+        if df["image_id"].duplicated().any():
+            pos = int(np.flatnonzero(df["image_id"].duplicated().to_numpy())[0])
+            raise DataError(f"duplicate image_id {df['image_id'].iloc[pos]!r}", file=origin,
+                            row=pos + 1, column="image_id")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        tta = self.tta if tta is None else int(tta)
+        table = LesionTable(df, self.task, origin=origin or "")
+        total = np.zeros((len(df), self.task.n_outputs), dtype=np.float64)
+        for i, member in enumerate(self.members):
+            if len(df) == 0:
+                break
+            meta = member.encoder.transform(df)
+            dataset = make_dataset(member.cfg, table, df, meta, train=False, labelled=False)
+            workers = member.cfg.data.num_workers if num_workers is None else num_workers
+            loader = make_loader(dataset, batch_size, shuffle=False, seed=0,
+                                 num_workers=workers)
+            probs, index, _ = predict_probs(
+                member.model, loader, self.task, self.device,
+                precision=resolve_precision(member.cfg, self.device), tta=tta,
+                channels_last=member.cfg.train.channels_last, progress=progress,
+                desc=f"predict model {i + 1}/{len(self.members)}")
+            ordered = np.empty_like(probs)
+            ordered[index] = probs
+            total += ordered
+        probs = total / len(self.members)
+        out = pd.DataFrame({"image_id": df["image_id"].to_numpy()})
+        for j, column in enumerate(self.task.prob_columns):
+            out[column] = probs[:, j]
+        return out
+
+    def predict_folder(self, image_dir: Source | None, metadata_csv: Source | None = None,
+                       image_column: str = "image", image2_column: str = "image2",
+                       tta: int | None = None, batch_size: int = 64, progress: bool = True
+                       ) -> pd.DataFrame:
+        """Predict a folder of images, with metadata from ``metadata_csv`` when given.
+
+        Without a CSV every image of ``image_dir`` (jpg / jpeg / png, not recursive) is
+        predicted with unknown metadata. Metadata columns the encoders were fitted on but
+        the CSV lacks are imputed with the training statistics; their names are logged and
+        listed in ``result.attrs["imputed_columns"]``.
+        """
+        df = self.folder_frame(image_dir, metadata_csv, image_column, image2_column)
+        imputed = df.attrs.get("imputed_columns", [])
+        out = self.predict(LesionTable(df, self.task, origin=str(metadata_csv or image_dir)),
+                           tta=tta, batch_size=batch_size, progress=progress)
+        out.attrs["imputed_columns"] = list(imputed)
+        return out
+
+    def folder_frame(self, image_dir: Source | None, metadata_csv: Source | None = None,
+                     image_column: str = "image", image2_column: str = "image2"
+                     ) -> pd.DataFrame:
+        """The canonical, unlabelled frame (split test, label -1) `predict_folder` predicts."""
+        dual = self.cfg.model.use_image and self.cfg.model.dual_image
+        if metadata_csv is None:
+            if image_dir is None:
+                raise ConfigError("give a folder of images, a metadata CSV, or both")
+            if dual:
+                raise ConfigError("this model takes two images per lesion: give a metadata CSV "
+                                  "naming both (image column and image2_column)")
+            df = _folder_images(Path(image_dir))
+        else:
+            df = _csv_frame(Path(metadata_csv), None if image_dir is None else Path(image_dir),
+                            image_column, image2_column if dual else None)
+        df["image_bytes"] = _file_sizes(df["image_path"])
+        if "image_path_2" in df.columns:
+            df["image_bytes_2"] = _file_sizes(df["image_path_2"])
+        imputed = sorted({c for m in self.members for c in m.encoder.columns
+                          if not c.startswith("@") and c not in df.columns})
+        for column in imputed:
+            df[column] = np.nan
+        if imputed:
+            log.warning("%s: metadata column(s) %s used in training are absent; imputed with the "
+                        "training statistics for all %d rows", metadata_csv or image_dir,
+                        imputed, len(df))
+        df.attrs["imputed_columns"] = imputed
+        return df
+
+    def _describe(self) -> str:
+        m = self.cfg.model
+        if not m.use_image:
+            return "metadata-only"
+        kind = "dual-image" if m.dual_image else "image"
+        return f"{kind}{' + metadata' if m.use_meta else ''}"
+
+
+def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> Predictor:
+    """A predictor from a checkpoint file, a list of checkpoints, or a run folder.
+
+    A run folder contributes the best checkpoint of every finished fold (fold averaging);
+    each must carry the run's config fingerprint. Several checkpoints must share a task.
+    """
+    from .engine import resolve_device
+
+    dev = resolve_device(device)
+    run: RunDir | None = None
+    fingerprint: str | None = None
+    if isinstance(source, (str, os.PathLike)) and is_run_dir(source):
+        run = open_run(source)
+        folds = run.done_folds()
+        if not folds:
+            raise CheckpointError(f"run {run.path} has no finished fold (no oof_fold*.csv); "
+                                  "train it first or pass a checkpoint file")
+        paths = [run.checkpoint(k, "best") for k in folds]
+        fingerprint = run.cfg.fingerprint()
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a folder but not a melalib run (no config.yaml)")
+        paths = [path]
+        run = _run_of_checkpoint(path)
+    else:
+        paths = [Path(p) for p in source]
+        if not paths:
+            raise CheckpointError("no checkpoint given")
+    members: list[Member] = []
+    task: Task | None = None
+    for path in paths:
+        member, member_task = load_member(path, dev, fingerprint=fingerprint)
+        if task is not None and member_task != task:
+            raise CheckpointError(f"checkpoint {path} predicts task {member_task.name!r} "
+                                  f"{list(member_task.classes)}, but {paths[0]} predicts "
+                                  f"{task.name!r} {list(task.classes)}: they cannot be averaged")
+        task = member_task
+        if members and _input_kind(member.cfg) != _input_kind(members[0].cfg):
+            raise CheckpointError(f"checkpoint {path} takes other inputs "
+                                  f"({_input_kind(member.cfg)}) than {paths[0]} "
+                                  f"({_input_kind(members[0].cfg)})")
+        members.append(member)
+    assert task is not None
+    return Predictor(members, task, dev, run=run, sources=paths)
+
+
+def _input_kind(cfg: RunConfig) -> tuple[bool, bool, int]:
+    return cfg.model.use_image, cfg.model.dual_image, cfg.data.image_size
+
+
+def _run_of_checkpoint(path: Path) -> RunDir | None:
+    """The run folder holding ``<run>/checkpoints/<file>.pt``, if it is one."""
+    parent = path.resolve().parent
+    if parent.name == "checkpoints" and is_run_dir(parent.parent):
+        try:
+            return open_run(parent.parent)
+        except MelalibError:
+            return None
+    return None
+
+
+# ------------------------------------------------------------------------ folder reading
+def _folder_images(folder: Path) -> pd.DataFrame:
+    if not folder.is_dir():
+        raise DataError("image folder does not exist", file=folder)
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder", file=folder)
+    stems = pd.Series([p.stem for p in files])
+    dup = stems.duplicated(keep=False)
+    if dup.any():
+        names = [p.name for p, d in zip(files, dup, strict=True) if d]
+        raise DataError(f"several images share a name: {names[:4]}; image ids must be unique",
+                        file=folder)
+    n = len(files)
+    return _unlabelled(ids=stems.tolist(), paths=[str(p) for p in files],
+                       age=np.full(n, np.nan), sex=np.full(n, "unknown", dtype=object),
+                       site=np.full(n, "unknown", dtype=object),
+                       extra=pd.DataFrame(index=range(n)))
+
+
+def _csv_frame(csv: Path, image_dir: Path | None, image_column: str,
+               image2_column: str | None) -> pd.DataFrame:
+    if not csv.is_file():
+        raise DataError("metadata CSV not found", file=csv)
+    try:
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the CSV: {exc}", file=csv) from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    raw = raw.apply(lambda s: s.str.strip())
+    wanted = [image_column] + ([image2_column] if image2_column else [])
+    for column in wanted:
+        if column not in raw.columns:
+            raise DataError(f"no column {column!r}; columns are {list(raw.columns)}", file=csv,
+                            column=column)
+    if raw.empty:
+        raise DataError("the CSV has no rows", file=csv)
+    folder = image_dir or csv.parent
+    names = raw[image_column]
+    if names.isna().any():
+        raise DataError("empty image name", file=csv, row=int(np.flatnonzero(names.isna())[0]) + 1,
+                        column=image_column)
+    dup = names.duplicated()
+    if dup.any():
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataError(f"image {names.iloc[pos]!r} is listed twice", file=csv, row=pos + 1,
+                        column=image_column)
+    paths = [_resolve_image(folder, name) for name in names]
+    meta: dict[str, Any] = {}
+    used = set(wanted)
+    for canonical, aliases in ALIASES.items():
+        column = next((c for c in aliases if c in raw.columns), None)
+        if column is not None:
+            used.add(column)
+        if canonical == "age":
+            meta["age"] = (normalize_ages(raw[column], file=csv, column=column).to_numpy()
+                           if column else np.full(len(raw), np.nan))
+        else:
+            mapping = SEX_MAP if canonical == "sex" else SITE_MAP
+            meta[canonical] = (
+                normalize_values(raw[column], mapping, file=csv, column=column,
+                                 what=canonical).to_numpy(dtype=object)
+                if column else np.full(len(raw), "unknown", dtype=object))
+    reserved = {"image_id", "image_path", "image_path_2", "label", "label_name", "split",
+                "source", "group_id", "age", "sex", "site"}
+    extra = raw[[c for c in raw.columns if c not in used and c not in reserved]].copy()
+    for column in extra.columns:  # numeric extras (monet_*, meta_*, n_images...) as numbers
+        numbers = pd.to_numeric(extra[column], errors="coerce")
+        if numbers.notna().sum() == extra[column].notna().sum():
+            extra[column] = numbers
+    df = _unlabelled(ids=names.tolist(), paths=paths, extra=extra, **meta)
+    if image2_column:
+        second = raw[image2_column]
+        if second.isna().any():
+            raise DataError("empty second image name", file=csv,
+                            row=int(np.flatnonzero(second.isna())[0]) + 1, column=image2_column)
+        df["image_path_2"] = [_resolve_image(folder, name) for name in second]
+    if "patient_id" in df.columns:
+        known = df["patient_id"].notna()
+        df.loc[known, "group_id"] = df.loc[known, "patient_id"].astype(str)
+    return df
+
+
+def _unlabelled(*, ids: list[str], paths: list[str], age: np.ndarray, sex: np.ndarray,
+                site: np.ndarray, extra: pd.DataFrame) -> pd.DataFrame:
+    df = pd.DataFrame({
+        "image_id": ids, "image_path": paths, "group_id": ids, "label": -1, "label_name": "",
+        "age": age.astype(float), "sex": sex, "site": site, "source": "custom", "split": "test",
+    })
+    for column in extra.columns:
+        df[column] = extra[column].to_numpy()
+    return df
+
+
+def _resolve_image(folder: Path, name: str) -> str:
+    """``folder / name``; a name without an extension finds ``name.jpg|jpeg|png``."""
+    path = Path(name) if os.path.isabs(name) else folder / name
+    if path.is_file() or path.suffix.lower() in IMAGE_EXTENSIONS:
+        return str(path)
+    for ext in IMAGE_EXTENSIONS:
+        candidate = path.with_name(path.name + ext)
+        if candidate.is_file():
+            return str(candidate)
+    return str(path)
+
+
+def _file_sizes(paths: pd.Series) -> np.ndarray:
+    return np.array([os.path.getsize(p) if os.path.isfile(p) else np.nan for p in paths],
+                    dtype=float)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def predict_cli(args: argparse.Namespace) -> int:
+    """``melalib predict SOURCE --out CSV [--csv META.csv] [--image-dir DIR] [--tta N]``.
+
+    Without ``--csv`` / ``--image-dir`` the run's stored table's test split is predicted.
+    """
+    predictor = load_predictor(args.source)
+    csv = getattr(args, "csv", None)
+    image_dir = getattr(args, "image_dir", None)
+    tta = getattr(args, "tta", None)
+    batch_size = getattr(args, "batch_size", 64) or 64
+    if csv or image_dir:
+        out = predictor.predict_folder(image_dir, csv,
+                                       image_column=getattr(args, "image_column", "image"),
+                                       image2_column=getattr(args, "image2_column", None)
+                                       or "image2", tta=tta, batch_size=batch_size)
+    else:
+        if predictor.run is None:
+            raise ConfigError(f"{args.source} is a checkpoint outside a run folder: pass --csv "
+                              "and/or --image-dir to name the images to predict")
+        table = predictor.run.load_table()
+        test = table.test
+        if test.empty:
+            raise DataError("the run's table has no test split; pass --csv or --image-dir "
+                            "to predict other images", file=predictor.run.table_dir() /
+                            "table.csv", column="split")
+        out = predictor.predict(LesionTable(test, table.task, origin=table.origin), tta=tta,
+                                batch_size=batch_size)
+    path = write_csv(args.out, out)
+    views = predictor.tta if tta is None else tta
+    print(f"wrote {len(out)} predictions ({len(predictor)} model(s), tta={views}) to {path}")
+    return 0
