@@ -1,0 +1,280 @@
+"""A resized image cache: full-size dermoscopy JPEGs -> small JPEGs, fast and resumable.
+
+Decoding a 6000x4000 ISIC JPEG only to shrink it to 512 px wastes most of the time; libjpeg
+can decode at 1/2, 1/4 or 1/8 scale directly from the DCT coefficients. `decode_resized`
+asks Pillow for that (``Image.draft``) with the smallest scale that still covers the target,
+then finishes with a LANCZOS ``resize`` (``reducing_gap``). PNGs are decoded normally.
+
+`prepare_images` walks a folder (recursively; sub-folders are kept), writes each output as
+``<dst>/<relative path>.jpg`` through a temporary name and ``os.replace`` (so a file that
+exists is complete), skips outputs that already exist (resume), and records unreadable
+files in the report and ``<dst>/skipped_images.csv`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DataError, ImageError
+from ..io import write_csv, write_json
+
+PATTERNS = ("*.jpg", "*.jpeg", "*.png")
+SETTINGS_FILE = "prepare.json"
+SKIPPED_FILE = "skipped_images.csv"
+CHUNK = 16  # files per task sent to a worker process
+_JPEG_FORMATS = ("JPEG", "MPO")
+
+
+@dataclass
+class PrepareReport:
+    """What one `prepare_images` call did."""
+
+    src_dir: Path
+    dst_dir: Path
+    size: int
+    n_total: int = 0  # image files found in src_dir
+    n_done: int = 0  # written by this call
+    n_skipped_existing: int = 0  # already in dst_dir (an earlier run)
+    n_failed: int = 0  # unreadable: listed in failures and skipped_images.csv
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source path, reason)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_done / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.n_total} images in {self.src_dir}: {self.n_done} written, "
+                f"{self.n_skipped_existing} already done, {self.n_failed} failed "
+                f"({self.seconds:.1f} s, {self.images_per_second:.1f} images/s) -> {self.dst_dir}")
+
+
+def target_size(width: int, height: int, size: int, keep_aspect: bool = True) -> tuple[int, int]:
+    """Output (width, height): shorter side ``size`` (never enlarged) or ``size`` x ``size``."""
+    if not keep_aspect:
+        return size, size
+    short = min(width, height)
+    if short <= size:
+        return width, height
+    scale = size / short
+    if width <= height:
+        return size, max(1, round(height * scale))
+    return max(1, round(width * scale)), size
+
+
+def decode_resized(path: str | os.PathLike[str], size: int, keep_aspect: bool = True) -> Image.Image:
+    """Decode an image to RGB with EXIF orientation applied and resize it.
+
+    ``keep_aspect``: the shorter side becomes ``size`` (an image already smaller keeps its
+    size; nothing is enlarged); otherwise the image is squashed to ``size`` x ``size``.
+    JPEGs are decoded at a reduced DCT scale first (``Image.draft``). Unreadable files raise
+    `ImageError` naming the file and the reason.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)", file=path)
+        with Image.open(path) as im:
+            if im.format in _JPEG_FORMATS:  # DCT-domain downscale, in stored orientation
+                im.draft("RGB", target_size(im.width, im.height, size, keep_aspect))
+            im = _to_rgb(ImageOps.exif_transpose(im))  # loads the (reduced) pixels
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify the format)", file=path) from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image too large: {err}", file=path) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"truncated or corrupt image: {err}", file=path) from None
+    w, h = target_size(*im.size, size, keep_aspect)
+    if (w, h) == im.size:
+        return im
+    return im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16-bit greyscale scaled to 8 bits (Pillow's own conversion clips it)."""
+    if im.mode.startswith("I;16"):
+        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],
+                   size: int = 512, workers: int | None = None,
+                   pattern: Sequence[str] | str = PATTERNS, quality: int = 95,
+                   keep_aspect: bool = True, progress: bool = True) -> PrepareReport:
+    """Resize every image under ``src_dir`` into ``dst_dir`` (see the module docstring).
+
+    ``size``: shorter side of the outputs (``keep_aspect=True``, never enlarged) or their
+    width and height (``keep_aspect=False``, squashed). ``workers``: processes
+    (default ``min(os.cpu_count(), 8)``; 1 = in this process). ``pattern``: file-name
+    globs, case-insensitive. Outputs are JPEGs of ``quality``. ``dst_dir`` may not be
+    ``src_dir``, lie inside it or contain it. A folder prepared earlier with other settings
+    (size, keep_aspect, quality) is refused, so a resume never mixes two sizes.
+    """
+    src, dst = Path(src_dir).expanduser().absolute(), Path(dst_dir).expanduser().absolute()
+    patterns = (pattern,) if isinstance(pattern, str) else tuple(pattern)
+    _check_args(src, dst, size, quality, workers, patterns)
+    n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
+    settings = {"size": int(size), "keep_aspect": bool(keep_aspect), "quality": int(quality)}
+    _claim(dst, settings)
+    report = PrepareReport(src_dir=src, dst_dir=dst, size=int(size))
+    start = time.perf_counter()
+    report.n_total = sum(1 for _ in _walk(src, patterns))
+    bar = tqdm(total=report.n_total, unit="img", desc=f"prepare {size}px", disable=not progress)
+    outputs: dict[str, str] = {}  # output name -> its source (two sources, one output: fail)
+    try:
+        todo = _pending(src, dst, patterns, report, outputs, bar)
+        args = (int(size), int(quality), bool(keep_aspect))
+        for results in _run(todo, args, n_workers):
+            for source, reason in results:
+                if reason is None:
+                    report.n_done += 1
+                else:
+                    report.failures.append((source, reason))
+            bar.update(len(results))
+    finally:
+        bar.close()
+    report.n_failed = len(report.failures)
+    skipped = pd.DataFrame(report.failures, columns=["path", "reason"])
+    write_csv(dst / SKIPPED_FILE, skipped)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_args(src: Path, dst: Path, size: int, quality: int, workers: int | None,
+                patterns: tuple[str, ...]) -> None:
+    for name, value, low, high in (("size", size, 8, 100_000), ("quality", quality, 1, 100)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"prepare {name} must be an integer in [{low}, {high}], got {value!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ConfigError(f"prepare workers must be a positive integer or None, got {workers!r}")
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigError(f"prepare pattern must be one or more globs, got {patterns!r}")
+    if not src.is_dir():
+        raise DataError("source image folder does not exist or is not a folder", file=src)
+    if dst.exists() and not dst.is_dir():
+        raise DataError("destination exists and is not a folder", file=dst)
+    rs, rd = src.resolve(), dst.resolve()
+    if rd == rs or rs in rd.parents:
+        raise DataError(f"destination {dst} is inside the source folder; prepare never writes "
+                        "into the source: pick a folder outside it", file=src)
+    if rd in rs.parents:
+        raise DataError(f"destination {dst} contains the source folder; pick a folder that "
+                        "does not", file=src)
+
+
+def _claim(dst: Path, settings: dict[str, object]) -> None:
+    """Record the settings in ``dst``; refuse a folder prepared with other settings."""
+    marker = dst / SETTINGS_FILE
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != settings:
+            raise DataError(f"holds images prepared with other settings ({old}, asked "
+                            f"{settings}); pick another destination folder", file=marker)
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    write_json(marker, settings)
+
+
+def _walk(src: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
+    """Matching files under ``src``, sorted, streamed (case-insensitive globs)."""
+    lowered = tuple(p.lower() for p in patterns)
+    for root, dirs, files in os.walk(src):
+        dirs.sort()
+        for name in sorted(files):
+            if any(fnmatch.fnmatchcase(name.lower(), p) for p in lowered):
+                yield Path(root) / name
+
+
+def _pending(src: Path, dst: Path, patterns: tuple[str, ...], report: PrepareReport,
+             outputs: dict[str, str], bar: tqdm) -> Iterator[tuple[str, str]]:
+    """(source, output) pairs still to do; counts outputs that already exist."""
+    for path in _walk(src, patterns):
+        rel = path.relative_to(src).with_suffix(".jpg")
+        out = dst / rel
+        key = rel.as_posix()
+        if key in outputs:
+            report.failures.append((str(path), f"same output name {key} as {outputs[key]}"))
+            bar.update(1)
+            continue
+        outputs[key] = str(path)
+        if out.is_file() and out.stat().st_size > 0:
+            report.n_skipped_existing += 1
+            bar.update(1)
+            continue
+        yield str(path), str(out)
+
+
+def _chunks(items: Iterator[tuple[str, str]], n: int) -> Iterator[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, bool],
+         workers: int) -> Iterator[list[tuple[str, str | None]]]:
+    """Results per chunk; at most ``4 * workers`` chunks in flight (bounded memory)."""
+    if workers <= 1:
+        for chunk in _chunks(todo, CHUNK):
+            yield _convert_chunk(chunk, *args)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        running: set[Future] = set()
+        for chunk in _chunks(todo, CHUNK):
+            running.add(pool.submit(_convert_chunk, chunk, *args))
+            if len(running) >= 4 * workers:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        for future in running:
+            yield future.result()
+
+
+def _convert_chunk(chunk: list[tuple[str, str]], size: int, quality: int,
+                   keep_aspect: bool) -> list[tuple[str, str | None]]:
+    """Worker: convert each (source, output); reason None on success."""
+    return [(source, convert_one(source, output, size, quality, keep_aspect))
+            for source, output in chunk]
+
+
+def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], size: int,
+                quality: int = 95, keep_aspect: bool = True) -> str | None:
+    """Write ``source`` resized to ``output`` (JPEG, atomically); the failure reason or None."""
+    try:
+        image = decode_resized(source, size, keep_aspect)
+    except ImageError as err:
+        return err.detail
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format="JPEG", quality=quality)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return None
