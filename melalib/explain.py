@@ -7,9 +7,9 @@ layer (`melalib.models.gradcam_target_layers`). With a shared backbone both imag
 through the same layer, so a map of either image is computed on a copy of the model whose
 second branch has its own copy of the weights (same numbers, separate hooks).
 
-`cam_mass_on_lesion` measures how much of a map falls on the lesion. The synthetic data set
-stores no lesion masks; `estimate_lesion_mask` stands in for one (Otsu threshold on the
-grey image: the darker region, restricted to the connected dark component at the centre or,
+`cam_mass_on_lesion` measures how much of a map falls on the lesion. `lesion_masks` takes
+the true masks the synthetic data set stores; for images without one (real data)
+`estimate_lesion_mask` stands in (Otsu threshold on the grey image: the darker region, restricted to the connected dark component at the centre or,
 failing that, the largest dark component not touching the border, so the dark rim of the
 dermoscope field is left out).
 """
@@ -425,6 +425,20 @@ def estimate_lesion_mask(image_uint8: np.ndarray) -> np.ndarray:
     pool = inner or list(range(1, n + 1))
     best = max(pool, key=lambda i: sizes[i - 1])
     return labels == best
+
+
+def lesion_masks(image_paths: Sequence[str | Path], images: Sequence[np.ndarray]) -> np.ndarray:
+    """Lesion masks (N, H, W) bool for explained images: the true mask where the data has
+    one (synthetic data keeps them), else `estimate_lesion_mask`."""
+    from .data.synthetic import lesion_mask
+
+    out = []
+    for path, image in zip(image_paths, images, strict=True):
+        mask = lesion_mask(path)
+        mask = estimate_lesion_mask(image) if mask is None else mask
+        out.append(_resize(mask.astype(np.float32), np.asarray(image).shape[:2],
+                           nearest=True) > 0.5)
+    return np.stack(out) if out else np.zeros((0, 1, 1), dtype=bool)
 
 
 def cam_mass_on_lesion(cams: np.ndarray, masks: np.ndarray) -> float:

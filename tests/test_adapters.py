@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -549,13 +547,13 @@ def test_load_table_custom_and_merged(tmp_path):
     assert len(merged) == 6 and merged.df.attrs["dropped_duplicates"] == 2
 
 
-def test_load_table_synthetic_calls_generator(tmp_path, monkeypatch):
-    calls = []
-    fake = types.ModuleType("melalib.data.synthetic")
-    fake.make_synthetic = lambda **kw: calls.append(kw) or "table"
-    monkeypatch.setitem(sys.modules, "melalib.data.synthetic", fake)
+def test_load_table_synthetic_generates_under_data_dir(tmp_path):
+    from melalib.data.synthetic import VERSION
+
     cfg = DataConfig(dataset="synthetic", data_dir=str(tmp_path), synthetic_task="paired",
-                     synthetic_patients=12, synthetic_image_size=32, synthetic_seed=3)
-    assert load_table(cfg) == "table"
-    assert calls == [{"out_dir": tmp_path / "synthetic" / "paired_12p_32px_s3", "task": "paired",
-                      "n_patients": 12, "image_size": 32, "seed": 3}]
+                     synthetic_patients=8, synthetic_image_size=32, synthetic_seed=3)
+    table = load_table(cfg)
+    folder = tmp_path / "synthetic" / f"paired_8p_32px_s3_v{VERSION}"
+    assert (folder / "meta.json").is_file() and table.paired
+    assert all(Path(p).parent == folder / "images" for p in table.df["image_path"])
+    assert load_table(cfg).content_hash() == table.content_hash()  # cached, identical

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from csv import reader as csv_reader
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,9 +60,17 @@ def _read_csv(path: PathLike, required: Sequence[str], dataset: str | None = Non
     if not path.is_file():
         raise DataError(f"expected file {path.name} in {path.parent}, not found{hint}", file=path)
     try:
-        df = pd.read_csv(path, dtype=str)
+        # index_col=False: rows one field longer than the header (a trailing comma) must not
+        # turn the first column into the index and shift every other column by one
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(path, dtype=str, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"cannot parse CSV: {exc}", file=path) from exc
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        row, n = _long_row(path, len(df.columns))
+        raise DataError(f"the row has {n} fields but the header names {len(df.columns)} "
+                        "columns; quote cells that contain commas", file=path, row=row)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -70,6 +80,18 @@ def _read_csv(path: PathLike, required: Sequence[str], dataset: str | None = Non
         values = df[column].str.strip()
         df[column] = values.mask(values == "")
     return df
+
+
+def _long_row(path: Path, width: int) -> tuple[int | None, int]:
+    """1-based data row and field count of the first row with non-empty cells beyond
+    ``width`` fields (pandas only warns about them)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        rows = (fields for fields in csv_reader(fh) if fields)
+        next(rows, None)
+        for i, fields in enumerate(rows, start=1):
+            if len(fields) > width and any(f.strip() for f in fields[width:]):
+                return i, len(fields)
+    return None, width + 1
 
 
 def _require_ids(df: pd.DataFrame, column: str, file: Path, unique: bool = True) -> pd.Series:
@@ -534,6 +556,11 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
             raise DataError(f"split {df[split_column].iloc[pos]!r} is not train or test",
                             file=csv, row=pos + 1, column=split_column)
     train = split == "train"
+    if len(df) == 0:
+        raise DataError("the CSV has a header but no data rows", file=csv)
+    if not train.any():
+        raise DataError(f"no training rows: none of the {len(df)} row(s) has split 'train' "
+                        f"in column {split_column!r}", file=csv, column=split_column)
     if classes is None:
         classes = sorted(df.loc[train, label_column].dropna().unique().tolist())
     classes = tuple(str(c) for c in classes)
@@ -612,10 +639,10 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
     """
     dataset, image_dir = data_cfg.dataset, data_cfg.image_dir or None
     if dataset == "synthetic":
-        from .synthetic import make_synthetic
+        from .synthetic import VERSION, make_synthetic
 
         name = (f"{data_cfg.synthetic_task}_{data_cfg.synthetic_patients}p_"
-                f"{data_cfg.synthetic_image_size}px_s{data_cfg.synthetic_seed}")
+                f"{data_cfg.synthetic_image_size}px_s{data_cfg.synthetic_seed}_v{VERSION}")
         return make_synthetic(out_dir=Path(data_cfg.data_dir or "data") / "synthetic" / name,
                               task=data_cfg.synthetic_task, n_patients=data_cfg.synthetic_patients,
                               image_size=data_cfg.synthetic_image_size, seed=data_cfg.synthetic_seed)

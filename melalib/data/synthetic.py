@@ -1,7 +1,8 @@
 """A deterministic synthetic default dataset of dermoscopy-like images plus metadata.
 
 ``make_synthetic(out_dir, task, n_patients, image_size, seed)`` draws patients, their
-lesions and images, and writes JPEGs under ``out_dir/images/``, ``table.csv`` / ``task.json``
+lesions and images, and writes JPEGs under ``out_dir/images/``, the true lesion masks under
+``out_dir/masks/`` (PNG, read with `lesion_mask`), ``table.csv`` / ``task.json``
 (`LesionTable.save`) and ``meta.json`` (parameters, version, table checksum).
 
 How labels relate to what a model can see:
@@ -48,7 +49,7 @@ from ..io import write_json
 from ..table import SITES, LesionTable
 from ..tasks import HAM7, MELANOMA, MILK11, Task
 
-VERSION = 1
+VERSION = 2  # 2: true lesion masks under masks/
 GENERATOR = "melalib.data.synthetic"
 TASKS: dict[str, Task] = {"binary": MELANOMA, "multiclass": HAM7, "paired": MILK11}
 POSITIVE_RATE = 0.08  # binary: melanoma share of lesions (ISIC 2020 has 1.8 %; kept higher
@@ -252,6 +253,7 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
     task = TASKS[task_name]
     draw = _draw(task_name, params["n_patients"], seed)
     (folder / "images").mkdir()
+    (folder / "masks").mkdir()
     pats, les, rows = draw.patients, draw.lesions, draw.rows
     paired = task_name == "paired"
     records = []
@@ -264,12 +266,13 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
         rec: dict[str, Any] = {"image_id": image_id}
         for k, (suffix, clinical) in enumerate(views):
             rng = np.random.default_rng([seed, _TASK_CODE[task_name], 7, i, k])
-            pixels = _render(shape, patient, size, rng, clinical=clinical,
-                             view=int(row.view), hairs=int(row.hairs_clin if clinical
-                                                           else row.hairs))
+            pixels, mask = _render(shape, patient, size, rng, clinical=clinical,
+                                   view=int(row.view), hairs=int(row.hairs_clin if clinical
+                                                                 else row.hairs))
             name = f"{image_id}_{suffix}.jpg" if suffix else f"{image_id}.jpg"
             path = folder / "images" / name
             Image.fromarray(pixels).save(path, format="JPEG", quality=JPEG_QUALITY)
+            Image.fromarray(mask).save(folder / "masks" / f"{path.stem}.png")
             column = "image_path" if k == 0 else "image_path_2"
             rec[column] = f"images/{name}"
             rec["image_bytes" if k == 0 else "image_bytes_2"] = path.stat().st_size
@@ -514,8 +517,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, grid: int) -> np.ndarray:
 
 
 def _render(shape: dict[str, Any], patient: pd.Series, size: int, rng: np.random.Generator,
-            *, clinical: bool, view: int, hairs: int) -> np.ndarray:
-    """One RGB uint8 image of a lesion; ``clinical`` gives the wide-field close-up look."""
+            *, clinical: bool, view: int, hairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB uint8 image of a lesion (``clinical``: the wide-field close-up look) and its
+    lesion mask (uint8, 255 inside the lesion border)."""
     spec = shape["spec"]
     t = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(t, t, indexing="ij")
@@ -597,7 +601,18 @@ def _render(shape: dict[str, Any], patient: pd.Series, size: int, rng: np.random
         _draw_hairs(pil, rng, hairs, float(patient["hair_shade"]))
     if clinical:
         pil = pil.filter(ImageFilter.GaussianBlur(radius=max(0.5, size / 128)))
-    return np.asarray(pil)
+    return np.asarray(pil), np.where(alpha > 0.5, 255, 0).astype(np.uint8)
+
+
+def lesion_mask(image_path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The true lesion mask (H, W) bool of a synthetic image (``masks/<stem>.png`` beside
+    its ``images/`` folder), or None for an image that has none (real data)."""
+    path = Path(image_path)
+    mask = path.parent.parent / "masks" / f"{path.stem}.png"
+    if not mask.is_file():
+        return None
+    with Image.open(mask) as im:
+        return np.asarray(im.convert("L")) > 127
 
 
 def _blend(base: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
