@@ -53,8 +53,8 @@ SITE_MAP: dict[str, str] = {
     # MILK10k site
     "head_neck_face": "head_neck", "upper_extremity": "upper_extremity",
     "lower_extremity": "lower_extremity", "trunk_ant": "torso", "trunk_post": "torso",
-    "trunk_lat": "torso", "trunk": "torso", "foot_sole": "palms_soles",
-    "hand_palm": "palms_soles", "genital": "oral_genital", "oral_genital": "oral_genital",
+    "trunk_lat": "torso", "foot_sole": "palms_soles", "hand_palm": "palms_soles",
+    "oral_genital": "oral_genital",
     # the canonical words map to themselves
     **{s: s for s in SITES},
 }
@@ -178,7 +178,7 @@ class LesionTable:
         if unlabelled.any():
             pos = int(np.flatnonzero(unlabelled)[0])
             raise DataError("training row without a label", file=file, row=pos + 1, column="label")
-        names = np.array(self.task.classes + ("",), dtype=object)[labels.astype(int).to_numpy()]
+        names = np.array((*self.task.classes, ""), dtype=object)[labels.astype(int).to_numpy()]
         mismatch = df["label_name"].fillna("").astype(str).to_numpy() != names
         if mismatch.any():
             pos = int(np.flatnonzero(mismatch)[0])
