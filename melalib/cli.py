@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from .config import RunConfig
-from .errors import MelalibError
+from .errors import ConfigError, MelalibError
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
@@ -23,7 +23,12 @@ def load_config(args: argparse.Namespace) -> RunConfig:
     flat: dict[str, Any] = get_preset(args.preset) if getattr(args, "preset", None) else {}
     if getattr(args, "config", None):
         flat.update(read_yaml_config(args.config))
-    cfg = RunConfig.from_dict(flat)
+    try:
+        cfg = RunConfig.from_dict(flat)
+    except ConfigError as exc:  # name the file the bad key or value came from
+        if getattr(args, "config", None):
+            raise ConfigError(f"{args.config}: {exc}") from exc
+        raise
     overrides = list(getattr(args, "set", None) or [])
     for flag in ("fold", "name", "output_dir"):
         value = getattr(args, flag, None)

@@ -44,6 +44,7 @@ class DataConfig:
     custom_image_column: str = "image"  # dataset=custom: column of image file names
     custom_label_column: str = "label"  # dataset=custom: column of class names
     custom_group_column: str = ""  # dataset=custom: patient column (default: image)
+    custom_split_column: str = ""  # dataset=custom: column of train / test (default: all train)
     custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
     custom_classes: tuple[str, ...] = ()  # dataset=custom: class order (default: sorted)
 

@@ -68,7 +68,9 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> Precision:
     t = cfg.train
     if device.type != "cuda" or not t.amp:
         return Precision(False, torch.float32, False)
-    bf16 = t.amp_dtype == "bf16" or (t.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
+    # native bf16 only (Ampere+): torch's default also counts slow emulation (e.g. on a T4)
+    bf16 = t.amp_dtype == "bf16" or (
+        t.amp_dtype == "auto" and torch.cuda.is_bf16_supported(including_emulation=False))
     return Precision(True, torch.bfloat16 if bf16 else torch.float16, not bf16)
 
 
@@ -108,14 +110,27 @@ def build_table(cfg: RunConfig, run: RunDir | None = None) -> LesionTable:
 
 
 def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
-    """Every listed image must be readable; bad ones raise, or are skipped and logged."""
-    from .data.dataset import check_images_readable
+    """Every listed image must be readable; bad ones raise, or are skipped and logged.
+
+    Image files next to the listed ones that the table does not name are counted in
+    run.json (``n_unlisted_images``) and listed in ``unlisted_images.csv``, never fatal."""
+    from .data.dataset import check_images_readable, find_unlisted_images
     from .errors import ImageError
 
     if not cfg.model.use_image:
         return table
+    unlisted = find_unlisted_images(table.df)  # reported, never fatal
+    if run is not None:
+        run.update_info(n_unlisted_images=len(unlisted))
+        if unlisted:
+            write_csv(run.path / "unlisted_images.csv", pd.DataFrame({"path": unlisted}))
+    if unlisted:
+        log.warning("%d image file(s) next to the listed images are not in the table, e.g. %s",
+                    len(unlisted), unlisted[0])
     bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers))
     if bad.empty:
+        if run is not None:
+            run.update_info(n_skipped_images=0)
         return table
     if run is not None:
         write_csv(run.path / "bad_images.csv", bad)
@@ -399,6 +414,8 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
 
+    if info.is_main:
+        _remove_stale_checkpoint_temps(run, fold)
     state = _resume_state(cfg, run, fold, fd.encoder.dim, task)
     start_epoch, best, best_epoch, stale, history = 0, -math.inf, -1, 0, []
     if state is not None:
@@ -483,6 +500,14 @@ def _make_ema(model: nn.Module, decay: float) -> nn.Module:
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=decay)
+
+
+def _remove_stale_checkpoint_temps(run: RunDir, fold: int) -> None:
+    """Delete half-written checkpoint temp files (``.fold{k}_*.pt.*.tmp``) that a killed run
+    of this fold left behind; only this process writes them, and they can be large."""
+    for tmp in run.path.joinpath("checkpoints").glob(f".fold{fold}_*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        log.info("fold %d: removed %s, left by an interrupted checkpoint write", fold, tmp.name)
 
 
 def _resume_state(cfg: RunConfig, run: RunDir, fold: int, n_meta: int, task: Task

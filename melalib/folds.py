@@ -61,7 +61,7 @@ def assign_folds(table: LesionTable, n_folds: int = 5, seed: int = 42, stratify:
         raise ConfigError(f"n_folds must be an integer >= 2, got {n_folds!r}")
     if stratify not in STRATIFY:
         raise ConfigError(f"stratify must be one of {STRATIFY}, got {stratify!r}")
-    df, task, file = table.df, table.task, table.origin or None
+    df, task, file = _numpy_columns(table.df), table.task, table.origin or None
     for column in ("image_id", "group_id", "label", "split"):
         if column not in df.columns:
             raise DataError(f"assign_folds needs column {column!r}", file=file, column=column)
@@ -176,6 +176,7 @@ def audit_leakage(df: pd.DataFrame, group_column: str = "group_id") -> dict[str,
     """
     if group_column not in df.columns:
         raise DataError(f"audit_leakage needs column {group_column!r}", column=group_column)
+    df = _numpy_columns(df)
     groups = df[group_column].astype(str)
     if "split" in df.columns:
         train_mask = (df["split"] == "train").to_numpy()
@@ -211,15 +212,28 @@ def audit_leakage(df: pd.DataFrame, group_column: str = "group_id") -> dict[str,
     return summary
 
 
+def _numpy_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Nullable extension columns (``string``, ``Int64``, ``Float64``, ``boolean``) as
+    NumPy-backed object columns with NaN for missing, so that masks stay plain booleans."""
+    nullable = [c for c in df.columns if getattr(df[c].dtype, "na_value", None) is pd.NA]
+    if not nullable:
+        return df
+    out = df.copy()
+    for c in nullable:
+        out[c] = df[c].astype(object).where(df[c].notna().to_numpy(), np.nan)
+    return out
+
+
 def _shared(groups: pd.Series, train_mask: np.ndarray, test_mask: np.ndarray) -> list[str]:
-    return sorted(set(groups[train_mask]) & set(groups[test_mask]))
+    # a missing id is no group (under pandas 3 ``astype(str)`` keeps it NaN, a float)
+    return sorted(set(groups[train_mask].dropna()) & set(groups[test_mask].dropna()))
 
 
 def _fold_values(df: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray) -> np.ndarray:
     """``fold`` as int64: integers >= 0 on training rows, -1 on test rows (else DataError)."""
     raw = pd.to_numeric(df["fold"], errors="coerce").to_numpy(dtype=float)
     finite = np.isfinite(raw)
-    bad = train_mask & (~finite | (raw < 0) | (np.round(raw) != raw))
+    bad = train_mask & (~finite | (raw < 0) | (raw >= 2**31) | (np.round(raw) != raw))
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataError(f"training row with fold {df['fold'].iloc[pos]!r}; expected an integer "
@@ -229,7 +243,7 @@ def _fold_values(df: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray
         pos = int(np.flatnonzero(bad)[0])
         raise DataError(f"test row with fold {df['fold'].iloc[pos]!r}; test rows take fold -1",
                         row=pos + 1, column="fold")
-    return np.where(finite, raw, -1).astype(np.int64)
+    return np.where(finite & (np.abs(raw) < 2**31), raw, -1).astype(np.int64)
 
 
 def _spanning(groups: pd.Series, folds: np.ndarray) -> dict[str, list[int]]:
@@ -260,7 +274,8 @@ def _fold_counts(df: pd.DataFrame, groups: pd.Series, folds: np.ndarray,
         out["groups_per_fold"][k] = int(groups[mask].nunique())
         out["images_per_fold"][k] = int(mask.sum())
         if labels is not None:
-            values, counts = np.unique(labels[mask], return_counts=True)
+            known = mask & np.isfinite(labels)  # a missing or text label is not a class
+            values, counts = np.unique(labels[known], return_counts=True)
             out["class_counts_per_fold"][k] = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
             if "positives_per_fold" in out:
                 out["positives_per_fold"][k] = int((labels[mask] == 1).sum())

@@ -352,8 +352,9 @@ def _csv_frame(csv: Path, image_dir: Path | None, image_column: str,
     if not csv.is_file():
         raise DataError("metadata CSV not found", file=csv)
     try:
-        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""])
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""],
+                          index_col=False)  # a trailing comma must not shift the columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the CSV: {exc}", file=csv) from exc
     raw.columns = [str(c).strip() for c in raw.columns]
     raw = raw.apply(lambda s: s.str.strip())

@@ -10,7 +10,12 @@ Layout of ``outputs/<run>/``::
     oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
     test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
     oof.csv, metrics.json  once every fold is done
+    bad_images.csv       unreadable / missing images found by the pre-flight check
     skipped_images.csv   images left out under skip_bad_images=true (else an error)
+    unlisted_images.csv  image files beside the listed ones that the table does not name
+    train.log            per-epoch log lines (resumes, warnings)
+
+run.json also counts ``n_skipped_images`` and ``n_unlisted_images``.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def test_bad_values_raise_config_error(key: str, value: object, message: str) ->
 
 
 def test_unknown_key_suggests_the_close_one() -> None:
-    with pytest.raises(ConfigError, match="unknown config key 'epoch'.*did you mean epochs"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'epoch'.*did you mean epochs"):
         RunConfig.from_dict({"epoch": 3})
     with pytest.raises(ConfigError, match="belongs to section 'train'"):
         RunConfig.from_dict({"model": {"epochs": 3}})

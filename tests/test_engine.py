@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -164,5 +165,5 @@ def test_cosine_schedule_warms_up_then_decays(tiny_cfg) -> None:
         sched.step()
     assert lrs[0] < lrs[5] < lrs[9]  # linear warm-up over the first epoch
     assert max(lrs) == pytest.approx(1.0, abs=0.02)
-    assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then decays
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[10:]))  # then decays
     assert lrs[-1] < 0.05

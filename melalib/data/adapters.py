@@ -653,6 +653,7 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             data_cfg.custom_csv, image_column=data_cfg.custom_image_column,
             label_column=data_cfg.custom_label_column,
             group_column=data_cfg.custom_group_column or None,
+            split_column=data_cfg.custom_split_column or None,
             meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
             classes=data_cfg.custom_classes or None, image_dir=image_dir)
     if dataset not in (*LOADERS, "isic2020+2019"):

@@ -236,3 +236,40 @@ def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUM
             for (row, column, path), reason in zip(jobs, reasons, strict=True)
             if reason is not None]
     return pd.DataFrame(rows, columns=["row", "column", "path", "reason"])
+
+
+UNLISTED_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def find_unlisted_images(df: pd.DataFrame, image_dir: str | Path | None = None,
+                         columns: Sequence[str] = IMAGE_COLUMNS,
+                         extensions: Sequence[str] = UNLISTED_EXTENSIONS) -> list[str]:
+    """Image files on disk that the table does not name: sorted paths (not an error).
+
+    Scans ``image_dir`` or, without it, every folder holding a listed image (not
+    recursively; hidden files skipped) for files with one of ``extensions``. A non-empty
+    result usually means a CSV that lost rows, or a folder shared with other data.
+    """
+    def key(path: str) -> str:
+        return os.path.normcase(os.path.normpath(os.path.abspath(path)))
+
+    listed: set[str] = set()
+    for column in columns:
+        if column in df.columns:
+            listed.update(key(str(p)) for p in df[column].dropna().tolist() if str(p).strip())
+    folders = ({os.path.dirname(p) for p in listed} if image_dir is None
+               else {key(str(image_dir))})
+    suffixes = tuple(e.lower() for e in extensions)
+    unlisted = []
+    for folder in sorted(folders):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # a folder that vanished or is unreadable holds nothing to report
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.lower().endswith(suffixes):
+                continue
+            path = key(entry.path)
+            if path not in listed and entry.is_file():
+                unlisted.append(path)
+    return sorted(unlisted)
