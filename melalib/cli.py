@@ -89,8 +89,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
+    summary = run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
+    metrics = summary["metrics"]
+    print(f"demo finished in {summary['seconds']:.0f} s: executed notebooks in "
+          f"{summary['output_dir']}, figures in {summary['run_dir'] / 'figures'}")
+    print(f"OOF {metrics.get('primary_metric')}: image+metadata model "
+          f"{_fmt(metrics.get('oof_primary'))}; metadata-only baseline "
+          f"{_fmt((metrics.get('baseline_oof') or {}).get(metrics.get('primary_metric') or ''))}")
     return 0
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def cmd_kaggle_bundle(args: argparse.Namespace) -> int:

@@ -105,7 +105,7 @@ class TrainConfig:
 class RunConfig:
     """One named run: the data, the model, the training and where it writes."""
 
-    name: str = "demo"  # run name: the run folder is <output_dir>/<name>
+    name: str = "run"  # run name: the run folder is <output_dir>/<name>
     output_dir: str = "outputs"  # parent folder of run folders
     fold: int = -1  # -1 = every fold
     overwrite: bool = False  # replace an existing run with another config (else refused)

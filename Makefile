@@ -1,0 +1,35 @@
+# melalib developer commands. `make install` is the README Quick start's first command.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= outputs/demo
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+
+.PHONY: help install test test-slow demo demo-quick lint strip
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install melalib + dev tools, pinned (torch 2.14.1 / torchvision 0.29.1)
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -c requirements/constraints.txt -e ".[dev]"
+
+test:  ## the test suite (slow end-to-end runs deselected)
+	$(BIN)/python -m pytest
+
+test-slow:  ## only the slow end-to-end runs (full demo, notebooks on the real tables)
+	$(BIN)/python -m pytest -m slow
+
+demo:  ## notebooks 01 -> 05 headless on synthetic data into $(DEMO_DIR) (minutes on 2 cores)
+	$(BIN)/melalib demo --output-dir $(DEMO_DIR)
+
+demo-quick:  ## the same series on the tiny configuration (seconds per notebook)
+	$(BIN)/melalib demo --quick --output-dir $(DEMO_DIR)-quick
+
+lint:  ## ruff, and notebooks committed without outputs
+	$(BIN)/ruff check melalib tests benchmarks
+	$(BIN)/nbstripout --verify notebooks/*.ipynb
+
+strip:  ## remove outputs and execution counts from the notebooks (keeps tags, kernelspec)
+	$(BIN)/nbstripout notebooks/*.ipynb

@@ -1,0 +1,275 @@
+"""A folder ready for ``kaggle kernels push``: metadata, a parameterised notebook, a wheel.
+
+Competition kernels run without internet, so melalib travels as a wheel in a Kaggle dataset
+and weights (if any) in another. `build_bundle` writes::
+
+    <out>/kernel-metadata.json   id, title, code_file, notebook kernel, private, GPU,
+                                 enable_internet false, dataset / competition sources
+    <out>/<notebook>             the melalib notebook: a first cell installing the wheel
+                                 offline, then the notebook with its parameters baked in
+                                 (an ``injected-parameters`` cell after ``parameters``)
+    <out>/wheel/                 melalib-<version>-py3-none-any.whl + dataset-metadata.json
+    <out>/README.md              the upload and push steps
+
+Steps (also in the README written into the bundle)::
+
+    kaggle datasets create -p <out>/wheel          # once; later: kaggle datasets version
+    kaggle datasets create -p <weights folder>     # optional: pretrained weights
+    kaggle kernels push -p <out>
+    kaggle kernels status <kernel_id>
+    kaggle kernels output <kernel_id> -p results/
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from .config import RunConfig, field_index
+from .errors import ConfigError
+from .io import write_json, write_text
+from .notebook import notebooks_dir, parameter_names
+
+log = logging.getLogger("melalib")
+
+INPUT_ROOT = "/kaggle/input"
+WORKING_DIR = "/kaggle/working"
+COMPETITION_DATASETS = {"siim-isic-melanoma-classification": "isic2020"}
+INSTALL_TAG = "melalib-install"
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*[a-z0-9]$")
+
+
+def slugify(title: str) -> str:
+    """Kaggle's slug of a title: lower case, runs of other characters become ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _dataset_parts(ref: str, what: str) -> tuple[str, str]:
+    """``user/slug[/path/in/dataset]`` -> (``user/slug``, ``path/in/dataset`` or "")."""
+    parts = ref.strip().strip("/").split("/")
+    owner_slug = "/".join(parts[:2])
+    if len(parts) < 2 or not _SLUG.match(owner_slug):
+        raise ConfigError(f"{what} must be a Kaggle dataset 'user/dataset-slug', got {ref!r}")
+    return owner_slug, "/".join(parts[2:])
+
+
+def baked_parameters(competition: str, weights_dataset: str | None, enable_gpu: bool,
+                     kernel_slug: str, input_root: str = INPUT_ROOT,
+                     parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters written into the kernel notebook: Kaggle paths and devices first,
+    then ``parameters`` (strings like ``"15"`` or ``"true"`` are read as YAML scalars)."""
+    baked: dict[str, Any] = {
+        "data_dir": f"{input_root}/{competition}",
+        "output_dir": f"{WORKING_DIR}/outputs",
+        "name": kernel_slug,
+        "num_workers": 2,
+        "device": "cuda" if enable_gpu else "cpu",
+    }
+    if competition in COMPETITION_DATASETS:
+        baked["dataset"] = COMPETITION_DATASETS[competition]
+    if enable_gpu:
+        baked["amp_dtype"] = "fp16"  # Kaggle's T4 / P100 have no bf16
+    if weights_dataset:
+        slug, file = _dataset_parts(weights_dataset, "weights_dataset")
+        if file:
+            baked["pretrained_path"] = f"{input_root}/{slug.split('/')[1]}/{file}"
+    for key, value in dict(parameters or {}).items():
+        baked[key] = _scalar(value)
+    unknown = sorted(set(baked) - parameter_names())
+    if unknown:
+        raise ConfigError(f"unknown notebook parameter(s) {unknown}; use config fields "
+                          "(melalib.config) or melalib.notebook.EXTRA_PARAMETERS")
+    if weights_dataset and not baked.get("pretrained_path"):
+        raise ConfigError("weights_dataset names no file: pass it as user/dataset/file.pth or "
+                          f"set pretrained_path={input_root}/<dataset-slug>/<file>")
+    fields = field_index()
+    RunConfig.from_dict({k: v for k, v in baked.items() if k in fields})  # fail early
+    return baked
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str):
+        return list(value) if isinstance(value, tuple) else value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, (bool, int, float)) else value
+
+
+def install_cell(wheel_dataset: str, input_root: str = INPUT_ROOT) -> nbformat.NotebookNode:
+    """The first cell: melalib from the attached wheel dataset, offline, without deps."""
+    slug = _dataset_parts(wheel_dataset, "wheel_dataset")[0].split("/")[1]
+    cell = nbformat.v4.new_code_cell(
+        "# Competition kernels run without internet: melalib comes from the attached dataset\n"
+        f"# {wheel_dataset}. Kaggle preinstalls torch, timm, albumentations, pandas, ...,\n"
+        "# hence --no-deps (attach wheels of anything missing, e.g. grad-cam for 05).\n"
+        f"%pip install --no-index --no-deps {input_root}/{slug}/melalib-*.whl")
+    cell.metadata["tags"] = [INSTALL_TAG]
+    return cell
+
+
+def bundle_notebook(notebook: str | Path, parameters: Mapping[str, Any], wheel_dataset: str,
+                    input_root: str = INPUT_ROOT) -> nbformat.NotebookNode:
+    """The kernel notebook: install cell, then ``notebook`` parameterised papermill-style
+    (kernelspec kept: Kaggle runs pushed notebooks with papermill)."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    path = Path(notebook)
+    if not path.is_file():
+        path = notebooks_dir() / path.name
+    nb = load_notebook_node(str(path))  # papermill's reader: adds the metadata it expects
+    if not nb.metadata.get("kernelspec"):
+        raise ConfigError(f"{path} has no kernelspec; Kaggle's papermill run needs one")
+    nb = parameterize_notebook(nb, dict(parameters), report_mode=False)
+    nb.cells.insert(0, install_cell(wheel_dataset, input_root))
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = cell.get("id") or f"kaggle-{i:02d}"
+        for key in ("tags", "papermill"):
+            if not cell.metadata.get(key):
+                cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    return nb
+
+
+def build_wheel(dest: str | Path) -> Path:
+    """Build melalib's wheel into ``dest`` from the checkout this melalib comes from.
+
+    The sources are copied to a temporary folder first (no ``build/`` left in the checkout,
+    no stale files); `setup.py`'s build hook puts the numbered notebooks into
+    ``melalib/notebooks/`` so the wheel ships them as package data.
+    """
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or 'name = "melalib"' not in pyproject.read_text():
+        raise ConfigError(f"building the wheel needs a melalib source checkout; {root} is not "
+                          "one (pass build_wheel=False and upload a wheel you built)")
+    dest = Path(dest).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("melalib-*.whl"):
+        old.unlink()
+    with tempfile.TemporaryDirectory(prefix="melalib-wheel-") as tmp:
+        stage = Path(tmp)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+        shutil.copytree(root / "melalib", stage / "melalib", ignore=ignore)
+        shutil.copytree(root / "notebooks", stage / "notebooks", ignore=ignore)
+        for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, stage / name)
+        cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
+               str(dest), str(stage)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                   "--no-index", "-w", str(dest), str(stage)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ConfigError(f"building the melalib wheel failed:\n{done.stderr[-2000:]}")
+    wheels = sorted(dest.glob("melalib-*.whl"))
+    if len(wheels) != 1:
+        raise ConfigError(f"expected one melalib wheel in {dest}, found {wheels}")
+    return wheels[0]
+
+
+def build_bundle(out: str | Path, kernel_id: str, title: str, notebook: str = "03_train.ipynb",
+                 competition: str = "siim-isic-melanoma-classification",
+                 weights_dataset: str | None = None, wheel_dataset: str | None = None,
+                 enable_gpu: bool = True, parameters: Mapping[str, Any] | None = None, *,
+                 input_root: str = INPUT_ROOT, with_wheel: bool = True) -> Path:
+    """Write a Kaggle kernel bundle into ``out`` and return ``out``.
+
+    ``kernel_id``: ``user/kernel-slug``; ``wheel_dataset``: ``user/dataset-slug`` that will
+    hold the wheel (required); ``weights_dataset``: ``user/dataset-slug/file.pth`` of
+    pretrained weights (baked as ``pretrained_path``); ``parameters``: notebook parameters
+    on top of the Kaggle defaults (``data_dir=/kaggle/input/<competition>``,
+    ``output_dir=/kaggle/working/outputs``, ``device``, ``amp_dtype=fp16`` on GPU);
+    ``input_root``: where Kaggle mounts datasets (tests point it at a local folder);
+    ``with_wheel``: build the wheel into ``out/wheel/``.
+
+    Then: ``kaggle datasets create -p <out>/wheel``, (weights dataset), ``kaggle kernels
+    push -p <out>`` - see the README.md written into ``out``.
+    """
+    if not _SLUG.match(kernel_id or ""):
+        raise ConfigError(f"kernel_id must be 'user/kernel-slug' (lower case, digits, '-'), "
+                          f"got {kernel_id!r}")
+    if not wheel_dataset:
+        raise ConfigError("wheel_dataset is required: the Kaggle dataset ('user/slug') that "
+                          "holds the melalib wheel (kernels run without internet)")
+    wheel_ref = _dataset_parts(wheel_dataset, "wheel_dataset")[0]
+    weights_ref = _dataset_parts(weights_dataset, "weights_dataset")[0] if weights_dataset \
+        else None
+    kernel_slug = kernel_id.split("/")[1]
+    if slugify(title) != kernel_slug:
+        log.warning("Kaggle derives a kernel's slug from its title: %r gives %r, not %r; the "
+                    "pushed kernel may get another id", title, slugify(title), kernel_slug)
+    params = baked_parameters(competition, weights_dataset, enable_gpu, kernel_slug,
+                              input_root, parameters)
+    name = Path(notebook).name
+    nb = bundle_notebook(notebook, params, wheel_ref, input_root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / name, nbformat.writes(nb) + "\n")
+    write_json(out / "kernel-metadata.json", {
+        "id": kernel_id, "title": title, "code_file": name, "language": "python",
+        "kernel_type": "notebook", "is_private": True, "enable_gpu": bool(enable_gpu),
+        "enable_tpu": False, "enable_internet": False,
+        "dataset_sources": [wheel_ref, *([weights_ref] if weights_ref else [])],
+        "competition_sources": [competition], "kernel_sources": [],
+    })
+    wheel_dir = out / "wheel"
+    if with_wheel:
+        build_wheel(wheel_dir)
+    wheel_dir.mkdir(exist_ok=True)
+    write_json(wheel_dir / "dataset-metadata.json", {
+        "title": f"melalib wheel ({wheel_ref.split('/')[1]})"[:50], "id": wheel_ref,
+        "licenses": [{"name": "MIT"}]})
+    write_text(out / "README.md", _readme(kernel_id, name, competition, wheel_ref,
+                                          weights_ref, params))
+    return out
+
+
+def _readme(kernel_id: str, notebook: str, competition: str, wheel_ref: str,
+            weights_ref: str | None, params: Mapping[str, Any]) -> str:
+    baked = "\n".join(f"    {k} = {v!r}" for k, v in params.items())
+    weights = (f"2. Upload the pretrained weights as the dataset `{weights_ref}` "
+               f"(`kaggle datasets create -p <folder with the weights and a "
+               f"dataset-metadata.json>`).\n" if weights_ref else
+               "2. (No weights dataset: the backbone trains from scratch or uses "
+               "`pretrained_path` from another attached dataset.)\n")
+    return f"""# Kaggle kernel bundle: {kernel_id}
+
+Competition kernels of `{competition}` run **without internet**, so melalib comes from a
+dataset holding its wheel and is installed offline by the notebook's first cell
+(`pip install --no-index --no-deps`; torch, timm and albumentations are preinstalled).
+
+1. Upload the wheel (first time; `kaggle datasets version -p wheel -m "melalib update"`
+   afterwards):
+
+       kaggle datasets create -p wheel
+
+{weights}3. Push and run the kernel (GPU and internet settings are in `kernel-metadata.json`):
+
+       kaggle kernels push -p .
+       kaggle kernels status {kernel_id}
+       kaggle kernels output {kernel_id} -p results/
+
+The notebook `{notebook}` is melalib's, with these parameters baked in after its
+`parameters` cell (Kaggle executes it with papermill):
+
+{baked}
+
+Change them by rebuilding: `melalib kaggle-bundle ... -p key=value`.
+"""

@@ -1,0 +1,742 @@
+"""Small helpers the numbered notebooks call, so that their cells hold no logic.
+
+* `config_from_namespace(globals())`: the run config from a notebook's papermill parameters
+  (every variable named like a config field; ``preset`` and ``None`` understood), with
+  relative paths resolved against the project root, so the same notebook runs from the
+  repository root, from ``notebooks/`` or from anywhere inside the checkout;
+* `figures_dir`, `open_run`, `run_dirs`: where a notebook writes and reads;
+* data views for the EDA (`overview`, `missing_values`, `group_sizes`, `image_size_stats`,
+  `show_image_grid`) that degrade to a note when the images are not on disk (ISIC 2020
+  tables are usable without their 33k JPEGs);
+* `baseline_config` / `cv_leakage_check`: the metadata-only baseline of 02 and the grouped
+  vs image-level cross-validation comparison;
+* `history`, `fold_metrics` (03); `compare_blends`, `blend_runs`, `curve_figures`,
+  `calibration_report`, `score_test`, `write_submission`, `write_metrics` (04);
+  `show_cams` (05): the loops and branches a notebook cell must not hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig, field_index, get_preset
+from .errors import ConfigError
+from .runs import RunDir
+from .table import LesionTable
+
+log = logging.getLogger("melalib")
+
+#: Parameters the notebooks may declare besides config fields (name -> meaning).
+EXTRA_PARAMETERS: dict[str, str] = {
+    "preset": "named recipe (melalib.presets) under the other parameters; '' = none",
+    "runs": "04/05: comma-separated run names (or folders) to combine; '' = this run",
+    "baseline_epochs": "02: epochs of the metadata-only baseline (melalib.train)",
+    "ensemble_method": "04: mean | rank | geometric | search (weights searched on OOF)",
+    "n_boot": "04: bootstrap replicates of the confidence intervals",
+    "n_examples": "05: cases shown per error type (false negatives, false positives, ...)",
+    "n_show": "01: images shown per class in the sample grid",
+}
+
+#: Config fields holding paths; relative ones are resolved against the project root.
+PATH_FIELDS = ("output_dir", "data_dir", "image_dir", "custom_csv", "pretrained_path")
+
+NOTEBOOKS = ("01_eda.ipynb", "02_features.ipynb", "03_train.ipynb", "04_ensemble.ipynb",
+             "05_gradcam.ipynb")
+
+
+# ----------------------------------------------------------------------------- paths
+def project_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) holding ``pyproject.toml``;
+    ``start`` itself when there is none (e.g. a Kaggle kernel's /kaggle/working)."""
+    here = Path(start or Path.cwd()).expanduser().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def resolve_path(value: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+                 ) -> str:
+    """``value`` as an absolute path: relative ones sit under ``root`` (default: the
+    project root); ``""`` stays ``""`` (meaning "not set")."""
+    text = str(value)
+    if not text:
+        return ""
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return str(path)
+    base = Path(root) if root is not None else project_root()
+    return str((base / path).resolve())
+
+
+def notebooks_dir() -> Path:
+    """The numbered notebooks: ``notebooks/`` of the checkout this melalib comes from, else
+    the copy shipped inside an installed package (``melalib/notebooks/``)."""
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "notebooks", package / "notebooks"):
+        if (folder / NOTEBOOKS[0]).is_file():
+            return folder
+    raise ConfigError(f"the melalib notebooks are not found (looked in {package.parent}/"
+                      f"notebooks and {package}/notebooks); run from a melalib checkout")
+
+
+# ---------------------------------------------------------------------------- config
+def parameter_names() -> set[str]:
+    """Every name a notebook's ``parameters`` cell may declare."""
+    return set(field_index()) | set(EXTRA_PARAMETERS)
+
+
+def config_from_namespace(ns: Mapping[str, Any], *, root: str | os.PathLike[str] | None = None,
+                          **overrides: Any) -> RunConfig:
+    """Build the run config from a notebook namespace (``globals()``) in one call.
+
+    Every variable named like a config field is taken (so a ``parameters`` cell may hold
+    any subset of the fields, and papermill may inject others); a ``None`` value means
+    "not set". A non-empty ``preset`` is applied first, the variables on top of it, then
+    ``overrides``. Relative paths (``output_dir``, ``data_dir``, ...) are resolved against
+    the project root (see `project_root`), and the synthetic dataset's empty ``data_dir``
+    becomes ``<root>/data``, so the notebook gives the same run from any working directory.
+    """
+    fields = field_index()
+    flat: dict[str, Any] = {}
+    preset = overrides.pop("preset", None) or ns.get("preset") or ""
+    if preset:
+        flat.update(get_preset(str(preset)))
+    for key, value in ns.items():
+        if key in fields and value is not None:
+            flat[key] = list(value) if isinstance(value, tuple) else value
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    base = Path(root) if root is not None else project_root()
+    for key in PATH_FIELDS:
+        if key in flat:
+            flat[key] = resolve_path(flat[key], base)
+    flat.setdefault("output_dir", resolve_path(RunConfig().output_dir, base))
+    if flat.get("dataset", "synthetic") == "synthetic" and not flat.get("data_dir"):
+        flat["data_dir"] = str(base / "data")
+    return RunConfig.from_dict(flat)
+
+
+#: What the notebooks write into a run folder next to the engine's files.
+NOTEBOOK_OUTPUTS = ("figures", "features.json", "ensemble.json", "errors.json",
+                    "submission.csv")
+
+
+def open_run(cfg: RunConfig) -> RunDir:
+    """The run folder, opened for training: created, resumed when it holds the same config,
+    refused (RunExistsError naming what changed) when it holds another one.
+
+    01 and 02 write their figures and ``features.json`` into ``<output_dir>/<name>/``
+    before any training; a folder holding only such notebook outputs becomes the run, and
+    they are kept (`RunDir.open` alone refuses any non-empty folder without ``run.json``).
+    """
+    path = cfg.run_dir
+    entries = list(path.iterdir()) if path.is_dir() and not (path / "run.json").exists() \
+        else []
+    if cfg.overwrite or not entries or any(e.name not in NOTEBOOK_OUTPUTS for e in entries):
+        return RunDir.open(cfg)
+    aside = path.with_name(f".{path.name}.notebook-outputs")
+    path.rename(aside)
+    try:
+        run = RunDir.open(cfg)
+    except BaseException:
+        if not path.exists():
+            aside.rename(path)
+        raise
+    for entry in aside.iterdir():
+        entry.rename(path / entry.name)
+    aside.rmdir()
+    return run
+
+
+def figures_dir(cfg: RunConfig) -> Path:
+    """``<output_dir>/<name>/figures/`` (created)."""
+    folder = cfg.run_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def run_dirs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[Path]:
+    """Run folders to combine: ``runs`` is comma-separated run names (under ``output_dir``)
+    or folders; empty means this config's run. Each must hold finished folds."""
+    items = [r.strip() for r in runs.split(",")] if isinstance(runs, str) else list(runs)
+    items = [r for r in items if r]
+    paths = [cfg.run_dir] if not items else [
+        Path(resolve_path(r)) if ("/" in r or os.sep in r) else Path(cfg.output_dir) / r
+        for r in items]
+    for path in paths:
+        if not (path / "run.json").is_file():
+            raise ConfigError(f"{path} is not a melalib run (no run.json); train it first "
+                              "(03_train) or fix the `runs` parameter")
+        if not any(path.glob("oof_fold*.csv")):
+            raise ConfigError(f"{path}: no fold has finished (no oof_fold*.csv); train it "
+                              "first (03_train)")
+    return paths
+
+
+# ------------------------------------------------------------------------------ data
+def load_table(cfg: RunConfig) -> LesionTable:
+    """The dataset the config names (`melalib.data.adapters.load_table`), without folds."""
+    from .data.adapters import load_table as _load
+
+    return _load(cfg.data)
+
+
+def table_with_folds(cfg: RunConfig) -> LesionTable:
+    """The dataset with the grouped folds training uses (same ``n_folds``, ``fold_seed``,
+    ``fold_stratify``)."""
+    from .folds import assign_folds
+
+    return assign_folds(load_table(cfg), n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
+                        stratify=getattr(cfg.data, "fold_stratify", "label"))
+
+
+def overview(table: LesionTable) -> pd.DataFrame:
+    """One column of headline counts: images, groups, patients, classes, prevalence."""
+    df, task = table.df, table.task
+    train = df[df["split"] == "train"]
+    rows: dict[str, Any] = {
+        "source": ", ".join(sorted(df["source"].astype(str).unique())),
+        "task": f"{task.name} ({task.kind}, {task.n_classes} classes)",
+        "images": len(df), "train images": len(train),
+        "test images": int((df["split"] == "test").sum()),
+        "groups (split unit)": int(df["group_id"].nunique()),
+        "train groups": int(train["group_id"].nunique()),
+    }
+    if "patient_id" in df.columns:
+        rows["patients"] = int(df["patient_id"].replace("", np.nan).nunique())
+    if "lesion_id" in df.columns:
+        rows["lesions"] = int(df["lesion_id"].replace("", np.nan).nunique())
+    counts = table.class_counts()
+    rows["majority class"] = f"{counts.idxmax()} ({counts.max() / max(len(train), 1):.1%})"
+    rows["minority class"] = f"{counts.idxmin()} ({counts.min() / max(len(train), 1):.1%})"
+    if task.kind == "binary":
+        rows["positive rate"] = f"{counts.iloc[1] / max(len(train), 1):.2%}"
+    return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
+
+
+def class_table(table: LesionTable) -> pd.DataFrame:
+    """Training images, groups and share per class."""
+    train = table.train
+    counts = table.class_counts()
+    groups = train.groupby("label_name")["group_id"].nunique().reindex(counts.index,
+                                                                       fill_value=0)
+    return pd.DataFrame({"images": counts, "share": counts / max(int(counts.sum()), 1),
+                         "groups": groups}).rename_axis("class")
+
+
+#: Values meaning "missing" in the canonical text columns.
+MISSING_TEXT = {"sex": "unknown", "site": "unknown"}
+
+
+def missing_values(df: pd.DataFrame) -> pd.DataFrame:
+    """Per column with anything missing: count and share of NaN / empty / ``unknown``
+    values per split (``unknown`` counts for sex and site, the canonical "not recorded";
+    the test split's unlabelled ``label_name`` is by design and left out)."""
+    missing = df.isna() | df.astype(str).apply(lambda s: s.str.strip() == "")
+    for column, token in MISSING_TEXT.items():
+        if column in df.columns:
+            missing[column] = missing[column] | (df[column].astype(str) == token)
+    split = df["split"] if "split" in df.columns else pd.Series("all", index=df.index)
+    if "label_name" in missing.columns:
+        missing.loc[split == "test", "label_name"] = False
+    counts = missing.groupby(split.to_numpy()).sum().T
+    shares = missing.groupby(split.to_numpy()).mean().T
+    out = pd.concat({"missing": counts, "share": shares}, axis=1).swaplevel(axis=1)
+    out = out[[c for c in out.columns.levels[0] if c in counts.columns]]
+    keep = counts.sum(axis=1) > 0
+    return out[keep.to_numpy()].sort_values(out.columns[0], ascending=False).rename_axis(
+        "column")
+
+
+def group_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """Distribution of images per group (the CV split unit) and per patient / lesion."""
+    out = {}
+    for column in ("group_id", "patient_id", "lesion_id"):
+        if column in df.columns:
+            ids = df[column].replace("", np.nan).dropna()
+            same = column != "group_id" and len(ids) == len(df) and (
+                ids.astype(str) == df["group_id"].astype(str)).all()
+            if len(ids) and not same:  # a column equal to group_id would repeat it
+                out[f"images per {column.removesuffix('_id')}"] = ids.value_counts().describe()
+    return pd.DataFrame(out)
+
+
+def images_available(df: pd.DataFrame, sample: int = 50, seed: int = 0) -> float:
+    """Share of a random sample of ``image_path`` files that exist on disk."""
+    if "image_path" not in df.columns or len(df) == 0:
+        return 0.0
+    paths = df["image_path"].astype(str).sample(min(sample, len(df)), random_state=seed)
+    return float(np.mean([Path(p).is_file() for p in paths]))
+
+
+def note(text: str) -> None:
+    """Show ``text`` as a Markdown note in a notebook (logged outside one)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython ships with ipykernel
+        log.warning("%s", text)
+        return
+    if get_ipython() is None:
+        log.warning("%s", text)
+    else:
+        display(Markdown(f"> **Note.** {text}"))
+
+
+def _no_images_note(table: LesionTable, what: str) -> str:
+    return (f"{what}: the images of this table are not on disk (e.g. "
+            f"`{table.df['image_path'].iloc[0]}`); only the metadata is analysed. Download "
+            "them, or point `image_dir` at a resized cache, to see this part.")
+
+
+def image_size_stats(table: LesionTable, sample: int = 300, seed: int = 0
+                     ) -> pd.DataFrame | None:
+    """Width, height, aspect ratio and file size of a random sample of the images
+    (header reads only); a note and None when the images are not on disk."""
+    df = table.df
+    if images_available(df, seed=seed) == 0.0:
+        note(_no_images_note(table, "Image size statistics"))
+        return None
+    part = df.sample(min(sample, len(df)), random_state=seed)
+    paths = [Path(p) for p in part["image_path"].astype(str)]
+    found = [p for p in paths if p.is_file()]
+    sizes = [_image_size(p) for p in found]
+    stats = pd.DataFrame({
+        "width": [w for w, _ in sizes], "height": [h for _, h in sizes],
+        "kilobytes": [p.stat().st_size / 1024 for p in found]})
+    stats["aspect"] = stats["width"] / stats["height"]
+    out = stats.describe().T
+    out["missing_files"] = len(paths) - len(found)
+    return out
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def show_image_grid(table: LesionTable, n_per_class: int = 4, save: str | Path | None = None,
+                    seed: int = 0) -> Any:
+    """`melalib.plots.image_grid` of ``n_per_class`` training images per class, or a note
+    when the images are not on disk."""
+    from . import plots
+
+    if images_available(table.df, seed=seed) == 0.0:
+        note(_no_images_note(table, "Sample images"))
+        return None
+    train = table.train
+    train = train[[Path(p).is_file() for p in train["image_path"].astype(str)]]
+    picked = (train.sample(frac=1.0, random_state=seed)
+              .groupby("label", sort=True, group_keys=False).head(n_per_class)
+              .sort_values(["label", "image_id"], kind="stable"))
+    titles = [f"{name} | {sex}, {age:.0f} | {site}" if pd.notna(age) else f"{name} | {sex} | {site}"
+              for name, sex, age, site in zip(picked["label_name"], picked["sex"],
+                                              picked["age"], picked["site"], strict=True)]
+    return plots.image_grid(picked["image_path"].tolist(), titles=titles, ncols=n_per_class,
+                            save=save)
+
+
+# ------------------------------------------------------------------------- baselines
+def baseline_config(cfg: RunConfig, epochs: int | None = None) -> RunConfig:
+    """The metadata-only baseline of ``cfg``: preset ``meta_only`` (MetaMLP, no image) on
+    the same data, folds and features, as the run ``<name>_meta_only``."""
+    if cfg.data.features == "none":
+        raise ConfigError("features=none: there is no metadata for a metadata-only baseline")
+    overrides = dict(get_preset("meta_only"), name=f"{cfg.name}_meta_only", fold=-1)
+    if epochs:
+        overrides["epochs"] = int(epochs)
+    return cfg.with_overrides(overrides)
+
+
+def _classifier(model: str, seed: int) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    if model == "forest":
+        return RandomForestClassifier(n_estimators=100, min_samples_leaf=1, n_jobs=1,
+                                      random_state=seed)
+    if model == "logistic":
+        return LogisticRegression(max_iter=1000)
+    raise ConfigError(f"model must be 'forest' or 'logistic', got {model!r}")
+
+
+def _oof_probs(table: LesionTable, features: str, model: str, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """OOF probabilities of a sklearn model on the metadata features over ``table``'s
+    folds, the labels, and the share of validation images whose group is also in training."""
+    from .features import MetaEncoder
+
+    df = table.df[table.df["split"] == "train"].reset_index(drop=True)
+    task = table.task
+    y = df["label"].to_numpy().astype(int)
+    probs = np.zeros((len(df), task.n_classes))
+    shared = 0
+    for k in sorted(df["fold"].unique()):
+        val = (df["fold"] == k).to_numpy()
+        encoder = MetaEncoder(features).fit(df[~val])
+        clf = _classifier(model, seed).fit(encoder.transform(df[~val]), y[~val])
+        probs[np.ix_(val, clf.classes_)] = clf.predict_proba(encoder.transform(df[val]))
+        shared += int(df.loc[val, "group_id"].isin(set(df.loc[~val, "group_id"])).sum())
+    out = probs[:, 1] if task.kind == "binary" else probs
+    return out, y, shared / len(df)
+
+
+def cv_leakage_check(table: LesionTable, features: str = "default", n_folds: int = 5,
+                     seed: int = 42, model: str = "forest", stratify: str = "label"
+                     ) -> pd.DataFrame:
+    """Grouped vs image-level cross-validation of a metadata-only sklearn model.
+
+    Both schemes use `melalib.folds.assign_folds` (stratified, same seed); the image-level
+    one treats every image as its own group, as a naive ``StratifiedKFold`` would. The
+    difference in the task's primary metric is the optimism a patient-mixing split adds.
+    """
+    from .folds import assign_folds
+    from .metrics import primary_metric
+
+    df = table.df.drop(columns=["fold"], errors="ignore")
+    base = LesionTable(df, table.task, table.origin)
+    schemes = {
+        "grouped (group_id)": assign_folds(base, n_folds=n_folds, seed=seed, stratify=stratify),
+        "image-level (leaky)": assign_folds(
+            LesionTable(df.assign(group_id=df["image_id"].astype(str)), table.task,
+                        table.origin), n_folds=n_folds, seed=seed, stratify=stratify),
+    }
+    rows = []
+    for scheme, folded in schemes.items():
+        if scheme.startswith("image"):  # score against the real groups' overlap
+            real = dict(zip(df["image_id"].astype(str), df["group_id"], strict=True))
+            folded.df["group_id"] = folded.df["image_id"].astype(str).map(real)
+        probs, y, shared = _oof_probs(folded, features, model, seed)
+        rows.append({"scheme": scheme, "model": model,
+                     table.task.primary_metric: primary_metric(table.task, y, probs),
+                     "val images whose group is in training": shared})
+    return pd.DataFrame(rows).set_index("scheme")
+
+
+# -------------------------------------------------------------------------- training
+def history(cfg: RunConfig | str | os.PathLike[str]) -> pd.DataFrame:
+    """Every fold's per-epoch history (``history_fold{k}.csv``) of a run, concatenated."""
+    path = cfg.run_dir if isinstance(cfg, RunConfig) else Path(cfg)
+    files = sorted(path.glob("history_fold*.csv"))
+    if not files:
+        raise ConfigError(f"{path}: no history_fold*.csv; train a fold first")
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+#: Metrics shown in the fold tables, per task kind.
+HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("n", "n_pos", "roc_auc", "pr_auc", "pauc_80", "sensitivity", "specificity",
+               "sens90_specificity", "ece", "best_epoch"),
+    "multiclass": ("n", "balanced_accuracy", "accuracy", "macro_f1", "ovr_auc_macro", "ece",
+                   "best_epoch"),
+    "multilabel": ("n", "thresholded_macro_f1", "ovr_auc_macro", "balanced_accuracy",
+                   "best_epoch"),
+}
+
+
+def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = None
+                 ) -> pd.DataFrame:
+    """The per-fold metrics of `melalib.train`'s summary, plus the pooled OOF row once
+    every fold is done; ``columns`` picks metrics (default: `HEADLINE_METRICS` of the
+    summary's task kind)."""
+    rows = {f"fold {k}": v for k, v in summary.get("per_fold", {}).items()}
+    if summary.get("oof"):
+        rows["pooled OOF"] = summary["oof"]
+    if not rows:
+        raise ConfigError(f"{summary.get('run_dir')}: no fold has finished yet")
+    out = pd.DataFrame(rows).T
+    kind = (summary.get("task") or {}).get("kind")
+    if columns is None and kind in HEADLINE_METRICS:
+        columns = HEADLINE_METRICS[kind]
+    if columns is not None:
+        out = out[[c for c in columns if c in out.columns]]
+    return out
+
+
+# -------------------------------------------------------------------------- ensemble
+def run_table(run_dir: str | os.PathLike[str]) -> LesionTable:
+    """The table a run trained on (``<run>/table``: folds, metadata, hidden test labels)."""
+    return LesionTable.load(Path(run_dir) / "table")
+
+
+def with_metadata(pred: pd.DataFrame, table: LesionTable) -> pd.DataFrame:
+    """Predictions joined with the table's metadata (age, sex, site, ...) on ``image_id``."""
+    meta = table.df.assign(image_id=table.df["image_id"].astype(str))
+    meta = meta[[c for c in meta.columns if c == "image_id" or c not in pred.columns]]
+    out = pred.assign(image_id=pred["image_id"].astype(str)).merge(
+        meta, on="image_id", how="left", validate="one_to_one")
+    return out
+
+
+def class_probs(task: Any, probs: Any) -> np.ndarray:
+    """(N, K) class probabilities: binary P(positive) becomes [1 - p, p]."""
+    p = np.asarray(probs, dtype=np.float64)
+    if task.kind == "binary":
+        p = p.reshape(-1)
+        return np.column_stack([1.0 - p, p])
+    return p
+
+
+def predicted_labels(task: Any, probs: Any, threshold: float = 0.5) -> np.ndarray:
+    """Binary: ``p >= threshold``; otherwise the argmax (ties -1, scored wrong)."""
+    from .metrics import predict_labels
+
+    p = np.asarray(probs, dtype=np.float64)
+    if task.kind == "binary":
+        return (p.reshape(-1) >= threshold).astype(np.int64)
+    return predict_labels(p)
+
+
+def scores(task: Any, frame: pd.DataFrame) -> np.ndarray:
+    """The probability columns of a prediction frame: (N,) for binary, else (N, K)."""
+    p = frame[task.prob_columns].to_numpy(dtype=np.float64)
+    return p[:, 0] if task.kind == "binary" else p
+
+
+def compare_blends(oofs: Sequence[pd.DataFrame], task: Any,
+                   runs: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """OOF primary metric (and PR-AUC for binary) of each run alone (``runs``: their
+    folders or names), of the blends mean / rank / geometric, and of the mean with weights
+    searched on OOF."""
+    from . import ensemble
+    from .metrics import metric_for
+
+    fns = {task.primary_metric: metric_for(task, task.primary_metric)}
+    if task.kind == "binary":
+        fns["pr_auc"] = metric_for(task, "pr_auc")
+    candidates: dict[str, tuple[pd.DataFrame, str]] = {
+        f"run {Path(n).name}": (ensemble.combine([o], task), "1")
+        for n, o in zip(runs, oofs, strict=True)}
+    if len(oofs) > 1:
+        for method in ensemble.METHODS:
+            candidates[f"{method} blend"] = (ensemble.combine(oofs, task, method), "equal")
+        w = ensemble.search_weights(oofs, task)
+        candidates["searched weights (mean)"] = (
+            ensemble.combine(oofs, task, "mean", w), ", ".join(f"{x:.2f}" for x in w))
+    rows = []
+    for label, (frame, weights) in candidates.items():
+        y = frame["label"].to_numpy().astype(int)
+        rows.append({"candidate": label, "weights": weights,
+                     **{k: fn(y, scores(task, frame)) for k, fn in fns.items()}})
+    return pd.DataFrame(rows).set_index("candidate")
+
+
+def blend_runs(oofs: Sequence[pd.DataFrame], tests: Sequence[pd.DataFrame | None], task: Any,
+               method: str = "mean") -> tuple[pd.DataFrame, pd.DataFrame | None, np.ndarray]:
+    """Blend runs' OOF and fold-averaged test predictions with ``method`` (mean, rank,
+    geometric, or ``search``: the mean with weights searched on OOF only). Returns the
+    blended OOF, the blended test predictions (None when a run has none) and the weights."""
+    from . import ensemble
+
+    if method == "search":
+        weights, how = ensemble.search_weights(oofs, task), "mean"
+    else:
+        weights, how = np.full(len(oofs), 1.0 / len(oofs)), method
+    if how not in ensemble.METHODS:
+        raise ConfigError(f"ensemble_method must be one of {(*ensemble.METHODS, 'search')}, "
+                          f"got {method!r}")
+    oof = ensemble.combine(oofs, task, how, weights)
+    oof = oof.merge(oofs[0][["image_id", "fold"]].astype({"image_id": str}), on="image_id",
+                    how="left") if "fold" in oofs[0].columns else oof
+    test = None if any(t is None for t in tests) else ensemble.combine(
+        [t for t in tests if t is not None], task, how, weights)
+    return oof, test, weights
+
+
+def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int = 200,
+                  figures: str | os.PathLike[str] | None = None, prefix: str = "04_"
+                  ) -> list[Any]:
+    """ROC and precision-recall curves with bootstrap bands (binary; for a multiclass task
+    the melanoma class one-vs-rest, else a note). Saved under ``figures`` when given."""
+    from . import plots
+
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    title = ""
+    if task.kind != "binary":
+        mel = [i for i, c in enumerate(task.classes) if c.lower() in ("mel", "melanoma")]
+        if not mel:
+            note("ROC / PR curves are drawn for a melanoma-vs-rest score; this task has no "
+                 "melanoma class: see the per-class report.")
+            return []
+        y, p, title = (y == mel[0]).astype(int), p[:, mel[0]], " (melanoma vs rest)"
+    where = Path(figures) if figures is not None else None
+    return [
+        plots.roc_curve_plot(y, p, groups=groups, n_boot=n_boot, title=f"ROC{title}",
+                             save=where / f"{prefix}roc.png" if where else None),
+        plots.pr_curve_plot(y, p, groups=groups, n_boot=n_boot,
+                            title=f"Precision-recall{title}",
+                            save=where / f"{prefix}pr.png" if where else None)]
+
+
+def _logits(task: Any, p: np.ndarray) -> np.ndarray:
+    from .calibration import logit
+
+    if task.kind == "multiclass":
+        return np.log(np.clip(p, 1e-7, 1.0))
+    return logit(p)
+
+
+def calibration_report(task: Any, oof: pd.DataFrame, n_bins: int = 15
+                       ) -> tuple[pd.DataFrame, float]:
+    """ECE, Brier score and NLL of the OOF predictions before and after temperature scaling.
+
+    The "after" row is cross-fitted: each fold's predictions are scaled with a temperature
+    fitted on the other folds' OOF predictions, so the gain is not measured on the data the
+    temperature saw. Also returns the temperature fitted on every OOF row (for new data).
+    Rank-blended scores are not probabilities and should not be calibrated this way.
+    """
+    from .calibration import TemperatureScaler, brier_score, expected_calibration_error
+
+    y = oof["label"].to_numpy().astype(int)
+    p = scores(task, oof)
+    z = _logits(task, p)
+    folds = oof["fold"].to_numpy() if "fold" in oof.columns else np.zeros(len(oof), int)
+    scaled = np.array(p, dtype=np.float64, copy=True)
+    for k in np.unique(folds):
+        held = folds == k
+        if held.all():
+            break
+        t = TemperatureScaler().fit(z[~held], y[~held], task)
+        scaled[held] = t.transform(z[held])
+    overall = TemperatureScaler().fit(z, y, task)
+
+    def nll(q: np.ndarray) -> float:
+        q = np.clip(q, 1e-7, 1 - 1e-7)
+        if task.kind == "binary":
+            return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+        return float(-np.mean(np.log(q[np.arange(len(y)), y])))
+
+    rows = {name: {"ece": expected_calibration_error(y, q, n_bins), "brier": brier_score(y, q),
+                   "nll": nll(q)}
+            for name, q in (("OOF as predicted", p), ("temperature-scaled (cross-fitted)",
+                                                      scaled))}
+    return pd.DataFrame(rows).T, overall.temperature
+
+
+def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, Any] | None:
+    """Metrics of test predictions against hidden test labels, when the table keeps them
+    (the synthetic data's ``true_label``); None (with a note) otherwise, as on Kaggle."""
+    from .metrics import MetricError, evaluate
+
+    df = table.df
+    if test_pred is None or "true_label" not in df.columns:
+        note("The test split has no labels here (as in a competition): the submission is "
+             "scored by the leaderboard, not in this notebook.")
+        return None
+    truth = df[df["split"] == "test"].assign(image_id=lambda d: d["image_id"].astype(str))
+    merged = test_pred.assign(image_id=test_pred["image_id"].astype(str)).merge(
+        truth[["image_id", "true_label"]], on="image_id", how="inner", validate="one_to_one")
+    if len(merged) != len(test_pred):
+        raise ConfigError(f"{len(test_pred) - len(merged)} test predictions have no row in "
+                          "the table; the run and the table disagree")
+    y = merged["true_label"].to_numpy().astype(int)
+    try:
+        return evaluate(table.task, y, scores(table.task, merged))
+    except MetricError as exc:  # e.g. a tiny test split holding one class only
+        note(f"The test split cannot be scored: {exc}.")
+        return None
+
+
+def write_submission(test_pred: pd.DataFrame | None, task: Any,
+                     path: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """`melalib.ensemble.submission` in the task's competition format, written to ``path``
+    (a note and None when the dataset has no test split)."""
+    from .ensemble import submission, submission_format
+    from .io import write_csv
+
+    if test_pred is None:
+        note("This dataset has no test split, so there is nothing to submit.")
+        return None
+    try:
+        fmt = submission_format(task)
+    except ConfigError:  # e.g. the synthetic multiclass task: one column per class
+        fmt = "ham10000" if task.kind != "binary" else "isic2020"
+    sub = submission(test_pred, task, format=fmt)
+    write_csv(path, sub)
+    return sub
+
+
+def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:
+    """Write ``sections`` (DataFrames become records) as JSON, atomically."""
+    from .io import write_json
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, pd.DataFrame):
+            return json_records(value)
+        if isinstance(value, pd.Series):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [plain(v) for v in value]
+        if isinstance(value, (np.floating, float)):
+            return None if not np.isfinite(value) else float(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return write_json(path, {k: plain(v) for k, v in sections.items()})
+
+
+def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A DataFrame (index included when named or not a plain range) as JSON-ready rows."""
+    frame = df if isinstance(df.index, pd.RangeIndex) else df.reset_index()
+    frame = frame.astype(object).where(frame.notna(), None)
+    frame.columns = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c)
+                     for c in frame.columns]
+    return frame.to_dict(orient="records")
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+KIND_NAMES = {"fn": "false negatives", "fp": "false positives", "tp": "true positives",
+              "tn": "true negatives", "wrong": "misclassified"}
+
+
+def operating_threshold(task: Any, oof: pd.DataFrame, sensitivity: float = 0.9) -> float:
+    """Binary: the OOF threshold that reaches ``sensitivity`` (a triage operating point:
+    at 1-2 % prevalence a model rarely scores 0.5, so errors "at 0.5" say little); other
+    tasks call the argmax and get 0.5."""
+    from .metrics import MetricError, threshold_for_sensitivity
+
+    if task.kind != "binary":
+        return 0.5
+    try:
+        return float(threshold_for_sensitivity(oof["label"].to_numpy().astype(int),
+                                               scores(task, oof), sensitivity)[0])
+    except MetricError as exc:  # e.g. OOF predictions of one class only
+        note(f"No {sensitivity:.0%}-sensitivity threshold ({exc}); using 0.5.")
+        return 0.5
+
+
+def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
+              save: str | os.PathLike[str] | None = None, threshold: float = 0.5,
+              method: str = "gradcam", device: str = "auto") -> tuple[pd.DataFrame, Any]:
+    """Grad-CAM overlays of a run's most confident cases of one kind at ``threshold``
+    (`explain_errors`; metadata held fixed), as a `melalib.plots.cam_grid` figure. A note
+    and no figure when the run has no such case."""
+    from . import explain, plots
+
+    errors, images, cams = explain.explain_errors(run_dir, kind=kind, top=top, method=method,
+                                                  threshold=threshold, device=device)
+    if errors.empty:
+        note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
+             f"{Path(run_dir).name}: nothing to explain.")
+        return errors, None
+    titles = [f"{t} -> {p} ({c:.2f})" for t, p, c in
+              zip(errors["label_name"], errors["pred_name"], errors["confidence"], strict=True)]
+    fig = plots.cam_grid(images, cams, titles=titles, ncols=min(4, len(images)), save=save)
+    shown = ["image_id", "fold", "label_name", "pred_name", "confidence", "group_id", "age",
+             "sex", "site"]
+    return errors[[c for c in shown if c in errors.columns]], fig

@@ -1,0 +1,453 @@
+"""The numbered notebooks: committed stripped and logic-free, executable headless with
+papermill (01 -> 05 on the tiny synthetic config, from the repository root or from
+``notebooks/``), and the helpers of `melalib.notebook` they call."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from melalib import notebook as nbh
+from melalib.config import RunConfig
+from melalib.errors import ConfigError, RunExistsError
+from melalib.table import LesionTable
+from melalib.tasks import MELANOMA
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = nbh.NOTEBOOKS
+FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.For,
+             ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+
+
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def logic_in(source: str) -> list[str]:
+    """Names of the forbidden constructs (definitions, lambdas, loops) in ``source``."""
+    return sorted({type(node).__name__ for node in ast.walk(ast.parse(source))
+                   if isinstance(node, FORBIDDEN)})
+
+
+# ------------------------------------------------------------------ committed notebooks
+def test_the_series_is_complete() -> None:
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    assert nbh.notebooks_dir() == NOTEBOOK_DIR
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_stripped_with_kernelspec(name: str) -> None:
+    nb = _read(name)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"]["language"] == "python"
+    assert "papermill" not in nb.metadata
+    for cell in nb.cells:
+        assert "injected-parameters" not in _tags(cell)
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{name}: a code cell has outputs"
+            assert cell.execution_count is None, f"{name}: a code cell has an execution count"
+
+
+def test_nbstripout_finds_nothing_to_strip() -> None:
+    done = subprocess.run([sys.executable, "-m", "nbstripout", "--verify",
+                           *map(str, sorted(NOTEBOOK_DIR.glob("*.ipynb")))],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_one_parameters_cell_of_config_fields(name: str) -> None:
+    import papermill
+
+    nb = _read(name)
+    cells = [c for c in nb.cells if "parameters" in _tags(c)]
+    assert len(cells) == 1, f"{name}: {len(cells)} cells tagged 'parameters'"
+    tree = ast.parse(cells[0].source)
+    names = []
+    for stmt in tree.body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.dump(stmt)
+        assert isinstance(stmt.targets[0], ast.Name)
+        ast.literal_eval(stmt.value)  # plain values only
+        names.append(stmt.targets[0].id)
+    assert len(names) == len(set(names))
+    assert set(names) <= nbh.parameter_names(), set(names) - nbh.parameter_names()
+    assert {"dataset", "data_dir", "name", "output_dir"} <= set(names)
+    # papermill must parse every line (a second '=' in a comment breaks its parser)
+    inspected = papermill.inspect_notebook(str(NOTEBOOK_DIR / name))
+    assert set(inspected) == set(names)
+    # the defaults are a valid config: the notebook runs with no parameters
+    ns: dict[str, Any] = {}
+    exec(compile(tree, name, "exec"), ns)
+    nbh.config_from_namespace(ns, root=REPO)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_code_cells_hold_no_logic(name: str) -> None:
+    nb = _read(name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code):
+        assert not logic_in(cell.source), f"{name} code cell {i}: {logic_in(cell.source)}"
+    joined = "\n".join(c.source for c in code)
+    assert "config_from_namespace(globals())" in joined
+    assert joined.count("config_from_namespace(") == 1  # the config is built once
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_narrative_leads_each_notebook(name: str) -> None:
+    nb = _read(name)
+    assert nb.cells[0].cell_type == "markdown"
+    assert nb.cells[0].source.startswith(f"# {name[:2]} ")
+    markdown = [c for c in nb.cells if c.cell_type == "markdown"]
+    assert len(markdown) >= 3
+
+
+def test_logic_checker_flags_what_it_should() -> None:
+    assert logic_in("for x in y:\n    pass") == ["For"]
+    assert logic_in("def f():\n    return 1") == ["FunctionDef"]
+    assert logic_in("g = lambda: 1\nwhile False:\n    pass") == ["Lambda", "While"]
+    assert logic_in("z = [i for i in range(3)]") == ["ListComp"]
+    assert logic_in("class A:\n    pass") == ["ClassDef"]
+    assert logic_in("x = nb.overview(table)\nif x is None:\n    y = 1") == []
+
+
+# ------------------------------------------------------------------- config and paths
+def _project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return root
+
+
+def test_project_root_walks_up_to_pyproject(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    assert nbh.project_root(root / "notebooks") == root.resolve()
+    assert nbh.project_root(REPO / "notebooks") == REPO
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    assert nbh.project_root(lonely) == lonely.resolve()
+
+
+def test_config_from_namespace_picks_fields_and_resolves_paths(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    ns = {"dataset": "ham10000", "data_dir": "../shared/data/ham10000", "name": "x",
+          "output_dir": "outputs", "epochs": 3, "meta_hidden": (8, 4), "lr": None,
+          "runs": "a,b", "pd": pd, "In": [], "_": 1}
+    cfg = nbh.config_from_namespace(ns, root=root)
+    assert cfg.data.dataset == "ham10000"
+    assert cfg.data.data_dir == str((root / "../shared/data/ham10000").resolve())
+    assert cfg.output_dir == str(root / "outputs")
+    assert cfg.run_dir == root / "outputs" / "x"
+    assert cfg.train.epochs == 3 and cfg.model.meta_hidden == (8, 4)
+    assert cfg.train.lr == RunConfig().train.lr  # None = not set
+    # absolute paths are kept; the synthetic default data_dir is <root>/data
+    cfg = nbh.config_from_namespace({"output_dir": str(tmp_path / "o")}, root=root)
+    assert cfg.output_dir == str(tmp_path / "o")
+    assert cfg.data.data_dir == str(root / "data")
+
+
+def test_config_from_namespace_applies_a_preset_under_the_variables(tmp_path: Path) -> None:
+    cfg = nbh.config_from_namespace({"preset": "tiny", "epochs": 2}, root=tmp_path)
+    assert cfg.train.epochs == 2  # the variable wins
+    assert cfg.model.backbone == "resnet10t" and cfg.data.n_folds == 2  # from the preset
+    with pytest.raises(ConfigError, match="unknown preset"):
+        nbh.config_from_namespace({"preset": "tinny"}, root=tmp_path)
+    with pytest.raises(ConfigError, match="epochs"):
+        nbh.config_from_namespace({"epochs": "many"}, root=tmp_path)
+
+
+def test_run_dirs_resolves_names_and_refuses_unfinished_runs(tmp_path: Path) -> None:
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "a"})
+    with pytest.raises(ConfigError, match="not a melalib run"):
+        nbh.run_dirs(cfg)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="no fold has finished"):
+        nbh.run_dirs(cfg, " a , ")
+    (tmp_path / "a" / "oof_fold0.csv").write_text("image_id\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "run.json").write_text("{}")
+    (tmp_path / "b" / "oof_fold1.csv").write_text("image_id\n")
+    assert nbh.run_dirs(cfg) == [tmp_path / "a"]
+    assert nbh.run_dirs(cfg, "a,b") == [tmp_path / "a", tmp_path / "b"]
+    assert nbh.run_dirs(cfg, str(tmp_path / "b")) == [tmp_path / "b"]
+
+
+def test_open_run_adopts_a_folder_holding_only_notebook_outputs(tmp_path: Path) -> None:
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "r", "epochs": 2})
+    figure = nbh.figures_dir(cfg) / "01_class_balance.png"
+    figure.write_bytes(b"png")
+    (cfg.run_dir / "features.json").write_text("{}")
+    run = nbh.open_run(cfg)  # what 01 and 02 left stays, the folder becomes the run
+    assert run.path == cfg.run_dir and (cfg.run_dir / "run.json").is_file()
+    assert figure.read_bytes() == b"png" and (cfg.run_dir / "features.json").is_file()
+    assert not list(tmp_path.glob(".*notebook-outputs"))
+    assert nbh.open_run(cfg).path == cfg.run_dir  # same config: resumed
+    with pytest.raises(RunExistsError, match="epochs"):
+        nbh.open_run(cfg.with_overrides({"epochs": 3}))
+    foreign = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "mine"})
+    nbh.figures_dir(foreign)
+    (foreign.run_dir / "notes.txt").write_text("keep")
+    with pytest.raises(RunExistsError, match="not a melalib run"):
+        nbh.open_run(foreign)
+    assert (foreign.run_dir / "notes.txt").read_text() == "keep"
+
+
+# --------------------------------------------------------------------- data helpers
+def _toy_table(tmp_path: Path, with_images: bool) -> LesionTable:
+    """Five training images of three patients (labels 0 0 0 1 1) and one test image."""
+    from PIL import Image
+
+    paths = [tmp_path / f"img{i}.png" for i in range(6)]
+    if with_images:
+        for i, path in enumerate(paths):
+            Image.new("RGB", (20 + i, 10), (i * 30, 0, 0)).save(path)
+    labels = [0, 0, 0, 1, 1, -1]
+    df = pd.DataFrame({
+        "image_id": [f"I{i}" for i in range(6)], "image_path": [str(p) for p in paths],
+        "group_id": ["P0", "P0", "P1", "P1", "P2", "P3"], "label": labels,
+        "label_name": ["benign", "benign", "benign", "melanoma", "melanoma", ""],
+        "age": [40.0, np.nan, 50.0, 60.0, np.nan, 70.0],
+        "sex": ["male", "female", "unknown", "male", "female", "male"],
+        "site": ["torso", "unknown", "torso", "head_neck", "torso", "torso"],
+        "source": "toy", "split": ["train"] * 5 + ["test"]})
+    return LesionTable(df, MELANOMA, "toy.csv").validate()
+
+
+def test_missing_values_counts_nan_empty_and_unknown_per_split(tmp_path: Path) -> None:
+    table = _toy_table(tmp_path, with_images=False)
+    out = nbh.missing_values(table.df)
+    # train rows 0-4: age NaN in rows 1, 4; sex unknown in row 2; site unknown in row 1
+    assert out.loc["age", ("train", "missing")] == 2
+    assert out.loc["age", ("train", "share")] == pytest.approx(2 / 5)
+    assert out.loc["sex", ("train", "missing")] == 1
+    assert out.loc["site", ("train", "missing")] == 1
+    assert out.loc["age", ("test", "missing")] == 0
+    assert "label_name" not in out.index  # the unlabelled test row is by design
+    assert "image_id" not in out.index
+
+
+def test_overview_and_class_table_count_by_hand(tmp_path: Path) -> None:
+    table = _toy_table(tmp_path, with_images=False)
+    ov = nbh.overview(table)["value"]
+    assert ov["images"] == 6 and ov["train images"] == 5 and ov["test images"] == 1
+    assert ov["groups (split unit)"] == 4 and ov["train groups"] == 3
+    assert ov["positive rate"] == "40.00%"
+    ct = nbh.class_table(table)
+    assert ct.loc["melanoma", "images"] == 2 and ct.loc["benign", "groups"] == 2
+    sizes = nbh.group_sizes(table.df)
+    assert sizes.loc["max", "images per group"] == 2
+
+
+def test_image_views_degrade_to_a_note_without_images(tmp_path: Path) -> None:
+    absent = _toy_table(tmp_path, with_images=False)
+    assert nbh.images_available(absent.df) == 0.0
+    assert nbh.image_size_stats(absent) is None
+    assert nbh.show_image_grid(absent, save=tmp_path / "grid.png") is None
+    assert not (tmp_path / "grid.png").exists()
+    present = _toy_table(tmp_path, with_images=True)
+    stats = nbh.image_size_stats(present)
+    assert stats.loc["width", "max"] == 25 and stats.loc["height", "mean"] == 10
+    fig = nbh.show_image_grid(present, n_per_class=2, save=tmp_path / "grid.png")
+    assert fig is not None and (tmp_path / "grid.png").stat().st_size > 0
+    assert len([a for a in fig.axes if a.images]) == 4  # 2 benign + 2 melanoma
+
+
+def test_operating_threshold_reaches_the_sensitivity(tmp_path: Path) -> None:
+    oof = pd.DataFrame({"label": [0, 0, 1, 1, 0], "prob_melanoma": [0.1, 0.4, 0.35, 0.8, 0.9]})
+    # catching both melanomas needs p >= 0.35; one of two (50 %) only p >= 0.8
+    assert nbh.operating_threshold(MELANOMA, oof, 0.9) == pytest.approx(0.35)
+    assert nbh.operating_threshold(MELANOMA, oof, 0.5) == pytest.approx(0.8)
+    assert nbh.operating_threshold(MELANOMA, oof.assign(label=0)) == 0.5  # undefined: 0.5
+
+
+def test_calibration_report_cross_fits_by_fold() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    logits = (2 * y - 1) * 0.5 + rng.normal(0, 1, 400)
+    over = 1 / (1 + np.exp(-4 * logits))  # over-confident: temperature should be > 1
+    oof = pd.DataFrame({"label": y, "prob_melanoma": over, "fold": np.arange(400) % 4})
+    table, temperature = nbh.calibration_report(MELANOMA, oof)
+    assert temperature == pytest.approx(4.0, rel=0.25)
+    before, after = table.iloc[0], table.iloc[1]
+    assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
+
+
+# ------------------------------------------------------------------ executed series
+_EXECUTED: dict[str, Any] = {}
+
+
+def executed_series(base: Path) -> dict[str, Any]:
+    """The quick demo (papermill, 01 -> 05, tiny config) run once per session; the demo
+    tests reuse it."""
+    if "summary" not in _EXECUTED:
+        from melalib.demo import run_demo
+
+        _EXECUTED["summary"] = run_demo(base / "series" / "demo", quick=True, progress=False,
+                                        data_dir=base / "series" / "data")
+        _EXECUTED["data_dir"] = base / "series" / "data"
+    return _EXECUTED
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return executed_series(tmp_path_factory.getbasetemp())
+
+
+def test_series_executes_headless_with_the_tiny_parameters(executed: dict[str, Any]) -> None:
+    summary = executed["summary"]
+    for path in summary["notebooks"]:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["papermill"]["exception"] is not True, path
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type == "error"]
+        assert not errors, f"{path.name}: {errors[:1]}"
+        injected = [c for c in nb.cells if "injected-parameters" in _tags(c)]
+        assert len(injected) == 1 and "synthetic_patients = 16" in injected[0].source
+        assert "backbone = \"resnet10t\"" in injected[0].source
+        assert any(o.output_type in ("display_data", "execute_result")
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_series_saves_its_figures(executed: dict[str, Any]) -> None:
+    run_dir = executed["summary"]["run_dir"]
+    names = {p.name for p in (run_dir / "figures").glob("*.png")}
+    expected = {"01_class_balance.png", "01_age_by_label.png", "01_site_by_label.png",
+                "01_sample_images.png", "03_learning_curves.png", "04_roc.png", "04_pr.png",
+                "04_confusion.png", "04_reliability.png", "04_subgroups.png"}
+    assert expected <= names, expected - names
+    assert {p.name for p in executed["summary"]["figures"]} == names
+    assert any(n.startswith("05_cam_") for n in names)
+    for name in names:
+        assert (run_dir / "figures" / name).stat().st_size > 1000
+
+
+def _roc(df: pd.DataFrame) -> float:
+    return float(roc_auc_score(df["label"], df["prob_melanoma"]))
+
+
+def test_training_and_baseline_metrics_match_their_predictions(executed: dict[str, Any]) -> None:
+    run_dir = executed["summary"]["run_dir"]
+    oof = pd.read_csv(run_dir / "oof.csv")
+    table = pd.read_csv(run_dir / "table" / "table.csv")
+    assert len(oof) == int((table["split"] == "train").sum())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["oof"]["roc_auc"] == pytest.approx(_roc(oof))
+    baseline = pd.read_csv(run_dir.parent / "synthetic_meta_only" / "oof.csv")
+    features = json.loads((run_dir / "features.json").read_text())
+    assert features["baseline"]["roc_auc"] == pytest.approx(_roc(baseline))
+    assert "age" in features["feature_names"]
+    assert [r["scheme"] for r in features["cv_check"]] == ["grouped (group_id)",
+                                                            "image-level (leaky)"]
+    assert features["cv_check"][0]["val images whose group is in training"] == 0.0
+    demo_metrics = json.loads((run_dir.parent / "metrics.json").read_text())
+    assert demo_metrics["oof_primary"] == pytest.approx(_roc(oof))
+
+
+def test_ensemble_blends_both_runs_and_writes_a_submission(executed: dict[str, Any]) -> None:
+    run_dir = executed["summary"]["run_dir"]
+    image = pd.read_csv(run_dir / "oof.csv").set_index("image_id")
+    meta = pd.read_csv(run_dir.parent / "synthetic_meta_only" / "oof.csv").set_index("image_id")
+    blend = image[["label"]].assign(
+        prob_melanoma=(image["prob_melanoma"] + meta.loc[image.index, "prob_melanoma"]) / 2)
+    report = json.loads((run_dir / "ensemble.json").read_text())
+    assert report["weights"] == [0.5, 0.5] and report["method"] == "mean"
+    assert report["oof"]["roc_auc"] == pytest.approx(_roc(blend))
+    assert {r["metric"] for r in report["ci"]} >= {"roc_auc", "pr_auc"}
+    # submission: ISIC 2020 format, one row per test image, the blended fold averages
+    sub = pd.read_csv(run_dir / "submission.csv")
+    assert list(sub.columns) == ["image_name", "target"]
+    table = pd.read_csv(run_dir / "table" / "table.csv")
+    assert sorted(sub["image_name"]) == sorted(table.loc[table["split"] == "test", "image_id"])
+    folds = [pd.read_csv(p).set_index("image_id")["prob_melanoma"]
+             for d in (run_dir, run_dir.parent / "synthetic_meta_only")
+             for p in sorted(d.glob("test_fold*.csv"))]
+    expected = (pd.concat(folds[:2], axis=1).mean(axis=1)
+                + pd.concat(folds[2:], axis=1).mean(axis=1)) / 2
+    got = sub.set_index("image_name")["target"]
+    np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-6)
+
+
+def test_gradcam_notebook_reports_errors(executed: dict[str, Any]) -> None:
+    report = json.loads((executed["summary"]["run_dir"] / "errors.json").read_text())
+    rates = pd.DataFrame(report["error_rates"])
+    assert set(rates["subgroup_column"]) >= {"age_band", "sex", "site", "confidence_bin"}
+    for column, part in rates.groupby("subgroup_column"):  # every row in one value
+        assert part["n"].sum() == rates.loc[rates["subgroup_column"] == "sex", "n"].sum(), column
+
+
+def test_03_runs_from_the_notebooks_folder_with_relative_paths(
+        executed: dict[str, Any], tmp_path: Path) -> None:
+    """``papermill 03_train.ipynb out.ipynb -p fold 1`` with cwd = <project>/notebooks:
+    relative output_dir / data_dir are taken from the project root, not the cwd."""
+    root = _project(tmp_path)
+    shutil.copy2(NOTEBOOK_DIR / "03_train.ipynb", root / "notebooks" / "03_train.ipynb")
+    (root / "data").symlink_to(executed["data_dir"], target_is_directory=True)
+    params = ["-p", "fold", "1", "-p", "output_dir", "outputs", "-p", "data_dir", "data",
+              "-p", "name", "cwd", "-p", "synthetic_patients", "16", "-p",
+              "synthetic_image_size", "32", "-p", "image_size", "32", "-p", "backbone",
+              "resnet10t", "-p", "epochs", "1", "-p", "n_folds", "2", "-p", "batch_size", "16",
+              "-p", "max_steps_per_epoch", "1"]
+    env = {**os.environ, "MELALIB_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, "-m", "papermill", "03_train.ipynb", "out.ipynb",
+                           "-k", "python3", "--no-progress-bar", *params],
+                          cwd=root / "notebooks", env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = root / "outputs" / "cwd"
+    assert (run / "oof_fold1.csv").is_file() and not (run / "oof_fold0.csv").exists()
+    assert (run / "figures" / "03_learning_curves.png").is_file()
+    assert not (root / "notebooks" / "outputs").exists()
+    assert not (root / "notebooks" / "data").exists()
+
+
+# ------------------------------------------------------------------------ real tables
+def _run_real(tmp_path: Path, name: str, dataset: str, extra: list[str]) -> nbformat.NotebookNode:
+    out = tmp_path / name
+    params = ["-p", "dataset", dataset, "-p", "data_dir", f"../shared/data/{dataset}",
+              "-p", "output_dir", str(tmp_path / "outputs"), "-p", "name", dataset, *extra]
+    done = subprocess.run([sys.executable, "-m", "papermill", name, str(out), "-k", "python3",
+                           "--no-progress-bar", *params], cwd=NOTEBOOK_DIR,
+                          env={**os.environ, "MELALIB_PROGRESS": "0"}, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("dataset", ["ham10000", "isic2020"])
+def test_eda_and_features_run_on_the_real_tables(dataset: str, shared_data: Path,
+                                                 tmp_path: Path) -> None:
+    nb = _run_real(tmp_path, "01_eda.ipynb", dataset, [])
+    text = json.dumps(nb.cells)
+    figures = tmp_path / "outputs" / dataset / "figures"
+    assert (figures / "01_class_balance.png").is_file()
+    if dataset == "isic2020":  # no JPEGs here: a note instead of the grid
+        assert "images of this table are not on disk" in text
+        assert not (figures / "01_sample_images.png").exists()
+    else:
+        assert (figures / "01_sample_images.png").is_file()
+    _run_real(tmp_path, "02_features.ipynb", dataset,
+              ["-p", "n_folds", "3", "-p", "baseline_epochs", "1", "-p",
+               "max_steps_per_epoch", "2"])
+    features = json.loads((tmp_path / "outputs" / dataset / "features.json").read_text())
+    assert len(features["folds"]) == 3
+    assert features["cv_check"][0]["val images whose group is in training"] == 0.0
