@@ -93,21 +93,29 @@ def _buffer(values: np.ndarray | None) -> torch.Tensor | None:
     return None if values is None else torch.as_tensor(np.asarray(values), dtype=torch.float32)
 
 
-class SigmoidLoss(nn.Module):
-    """BCE-with-logits (``gamma=0``) or sigmoid focal loss, per output, averaged.
+class _FocalBase(nn.Module):
+    """Shared state of the two losses: class weights (a buffer), focusing γ, smoothing ε."""
 
-    element loss = -[w_pos y (1-p)^γ log p + (1-y) p^γ log(1-p)], p = σ(logit),
-    with label smoothing y <- y (1-ε) + ε/2.
-    """
+    weight_name = "weight"
 
-    def __init__(self, pos_weight: np.ndarray | None = None, gamma: float = 0.0,
+    def __init__(self, weights: np.ndarray | None = None, gamma: float = 0.0,
                  smoothing: float = 0.0) -> None:
         super().__init__()
         if not 0 <= smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
         self.gamma = float(gamma)
         self.smoothing = float(smoothing)
-        self.register_buffer("pos_weight", _buffer(pos_weight))
+        self.register_buffer(self.weight_name, _buffer(weights))
+
+
+class SigmoidLoss(_FocalBase):
+    """BCE-with-logits (``gamma=0``) or sigmoid focal loss, per output, averaged.
+
+    element loss = -[w_pos y (1-p)^γ log p + (1-y) p^γ log(1-p)], p = σ(logit),
+    with label smoothing y <- y (1-ε) + ε/2.
+    """
+
+    weight_name = "pos_weight"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -125,21 +133,12 @@ class SigmoidLoss(nn.Module):
         return loss.mean()
 
 
-class SoftmaxLoss(nn.Module):
+class SoftmaxLoss(_FocalBase):
     """Cross-entropy (``gamma=0``, torch's `F.cross_entropy`) or softmax focal loss.
 
     Focal: -Σ_c w_c q_c (1-p_c)^γ log p_c summed over the batch and divided by Σ_i w_{y_i},
     with q = one-hot (1-ε) + ε/K, which equals torch's weighted, smoothed CE at γ=0.
     """
-
-    def __init__(self, weight: np.ndarray | None = None, gamma: float = 0.0,
-                 smoothing: float = 0.0) -> None:
-        super().__init__()
-        if not 0 <= smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
-        self.gamma = float(gamma)
-        self.smoothing = float(smoothing)
-        self.register_buffer("weight", _buffer(weight))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
