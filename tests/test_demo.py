@@ -141,11 +141,22 @@ def test_demo_parameters_follow_the_presets(tmp_path: Path) -> None:
     assert Path(full["data_dir"]).name == "data" and Path(full["data_dir"]).is_absolute()
 
 
-def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(demo_mod, "run_demo", lambda **kw: seen.update(kw))
+
+    def fake_run_demo(**kw: Any) -> dict[str, Any]:
+        seen.update(kw)
+        return {"seconds": 12.0, "output_dir": Path("somewhere"),
+                "run_dir": Path("somewhere/synthetic"),
+                "metrics": {"primary_metric": "roc_auc", "oof_primary": 0.912,
+                            "baseline_oof": {"roc_auc": 0.701}}}
+
+    monkeypatch.setattr(demo_mod, "run_demo", fake_run_demo)
     assert cli.main(["demo", "--quick", "--output-dir", "somewhere"]) == 0
     assert seen == {"output_dir": "somewhere", "quick": True, "overwrite": False}
+    out = capsys.readouterr().out
+    assert "image+metadata model 0.912" in out and "metadata-only baseline 0.701" in out
 
 
 def test_the_python3_kernel_runs_this_interpreter() -> None:
