@@ -35,10 +35,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def check_compatible(state: dict[str, Any], *, path: str | Path, fingerprint: str | None = None,
-                     backbone: str | None = None, n_outputs: int | None = None,
-                     n_meta: int | None = None) -> None:
-    """Raise CheckpointError naming what differs between a checkpoint and the current run."""
+def check_compatible(state: dict[str, Any], *, path: str | Path, config: Any = None,
+                     fingerprint: str | None = None, backbone: str | None = None,
+                     n_outputs: int | None = None, n_meta: int | None = None) -> None:
+    """Raise CheckpointError naming what differs between a checkpoint and the current run:
+    the model (backbone, outputs, metadata width), then the config (``config``: a
+    `RunConfig` compared field by field; ``fingerprint``: an exact hash)."""
     found = {"backbone": state.get("backbone"), "n_outputs": state.get("n_outputs"),
              "n_meta": state.get("n_meta")}
     wanted = {"backbone": backbone, "n_outputs": n_outputs, "n_meta": n_meta}
@@ -46,6 +48,20 @@ def check_compatible(state: dict[str, Any], *, path: str | Path, fingerprint: st
              if wanted[k] is not None and found[k] != wanted[k]]
     if diffs:
         raise CheckpointError(f"checkpoint {path} was made for another model ({'; '.join(diffs)})")
+    if config is not None:
+        from .config import RunConfig
+        from .errors import ConfigError
+
+        try:
+            saved = RunConfig.from_dict(state.get("config") or {})
+        except ConfigError as exc:
+            raise CheckpointError(f"checkpoint {path} holds a config this melalib cannot read "
+                                  f"({exc})") from exc
+        changed = saved.result_diff(config)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {path} comes from another config (checkpoint vs now: {changed}); "
+                "use the config it was trained with or start a new run")
     if fingerprint is not None and state.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"checkpoint {path} comes from another config (fingerprint "

@@ -135,14 +135,16 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not name, paths, fold or workers)."""
-        d = self.to_dict()
-        for key in ("name", "output_dir", "fold", "overwrite"):
-            d.pop(key)
-        for key in ("num_workers",):
-            d["data"].pop(key)
-        for key in ("device", "mlflow"):
-            d["train"].pop(key)
+        d = {k: v for k, v in self.to_flat().items() if k not in RESULT_NEUTRAL}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def result_diff(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields that change results and differ: ``{field: (self's, other's)}``.
+
+        Compares values, not fingerprints, so a config saved by an older melalib (without
+        a field added since, which then takes its default) still matches."""
+        a, b = self.to_flat(), other.to_flat()
+        return {k: (a[k], b[k]) for k in a if k not in RESULT_NEUTRAL and a[k] != b[k]}
 
     # ------------------------------------------------------------- builders
     @classmethod
@@ -239,6 +241,9 @@ class RunConfig:
             raise ConfigError("dataset=custom needs custom_csv (a CSV naming images and labels)")
 
 
+#: Fields that never change a run's numbers (where it writes, which fold, how many workers).
+RESULT_NEUTRAL = frozenset({"name", "output_dir", "fold", "overwrite", "num_workers", "device",
+                            "mlflow"})
 DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom")
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 

@@ -516,7 +516,7 @@ def _resume_state(cfg: RunConfig, run: RunDir, fold: int, n_meta: int, task: Tas
     if not path.is_file():
         return None
     state = load_checkpoint(path)
-    check_compatible(state, path=path, fingerprint=cfg.fingerprint(),
+    check_compatible(state, path=path, config=cfg,
                      backbone=cfg.model.backbone, n_outputs=task.n_outputs, n_meta=n_meta)
     return state
 

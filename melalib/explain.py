@@ -167,7 +167,7 @@ def grad_cam(model: nn.Module, batch: dict[str, Any] | torch.Tensor, method: str
         x = image2
     assert x is not None
     n_outputs = int(getattr(model, "n_outputs", 0) or _n_outputs(wrapper, x))
-    layers = gradcam_target_layers(work, branch=branch)
+    layers = gradcam_target_layers(work, branch=branch, image_size=min(x.shape[-2:]))
     targets = _targets(n_outputs, len(x), target_class)
     if any(t is None for t in targets):
         with torch.no_grad():

@@ -82,7 +82,7 @@ class Member:
     fold: int | None = None
 
 
-def load_member(path: Source, device: torch.device, *, fingerprint: str | None = None
+def load_member(path: Source, device: torch.device, *, config: RunConfig | None = None
                 ) -> tuple[Member, Task]:
     """Rebuild the model and encoder of one checkpoint; CheckpointError if it does not fit."""
     from .engine import _ema_weights
@@ -102,7 +102,7 @@ def load_member(path: Source, device: torch.device, *, fingerprint: str | None =
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} holds an unreadable config, task or metadata "
                               f"encoder: {exc}") from exc
-    check_compatible(state, path=path, fingerprint=fingerprint, backbone=cfg.model.backbone,
+    check_compatible(state, path=path, config=config, backbone=cfg.model.backbone,
                      n_outputs=task.n_outputs, n_meta=encoder.dim)
     # the checkpoint's weights replace any pretrained ones: never download or read them
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path="")
@@ -268,13 +268,13 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
     """A predictor from a checkpoint file, a list of checkpoints, or a run folder.
 
     A run folder contributes the best checkpoint of every finished fold (fold averaging);
-    each must carry the run's config fingerprint. Several checkpoints must share a task.
+    each must come from the run's config (compared field by field). Several checkpoints must share a task.
     """
     from .engine import resolve_device
 
     dev = resolve_device(device)
     run: RunDir | None = None
-    fingerprint: str | None = None
+    run_cfg: RunConfig | None = None
     if isinstance(source, (str, os.PathLike)) and is_run_dir(source):
         run = open_run(source)
         folds = run.done_folds()
@@ -282,7 +282,7 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
             raise CheckpointError(f"run {run.path} has no finished fold (no oof_fold*.csv); "
                                   "train it first or pass a checkpoint file")
         paths = [run.checkpoint(k, "best") for k in folds]
-        fingerprint = run.cfg.fingerprint()
+        run_cfg = run.cfg
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
@@ -296,7 +296,7 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
     members: list[Member] = []
     task: Task | None = None
     for path in paths:
-        member, member_task = load_member(path, dev, fingerprint=fingerprint)
+        member, member_task = load_member(path, dev, config=run_cfg)
         if task is not None and member_task != task:
             raise CheckpointError(f"checkpoint {path} predicts task {member_task.name!r} "
                                   f"{list(member_task.classes)}, but {paths[0]} predicts "

@@ -224,14 +224,21 @@ def _backbones(model: nn.Module) -> list[nn.Module]:
             if m is not None]
 
 
-def backbone_target_layer(backbone: nn.Module) -> nn.Module:
-    """The last feature layer of a backbone: timm's ``feature_info[-1]`` module, else the
+def backbone_target_layer(backbone: nn.Module, image_size: int | None = None,
+                          min_cells: int = 7) -> nn.Module:
+    """The Grad-CAM layer of a backbone: timm's last ``feature_info`` stage, or, given the
+    input ``image_size``, the deepest stage whose map still has ``min_cells`` a side (a
+    64 px input leaves ResNet's last stage 2x2, too coarse to locate a lesion); else the
     last Conv2d."""
     info = getattr(backbone, "feature_info", None)
     if info:
         try:
-            last = info[-1] if isinstance(info, (list, tuple)) else info.get_dicts()[-1]
-            return backbone.get_submodule(last["module"])
+            stages = list(info) if isinstance(info, (list, tuple)) else info.get_dicts()
+            chosen = stages[-1]
+            if image_size:
+                fine = [s for s in stages if image_size / s["reduction"] >= min_cells]
+                chosen = fine[-1] if fine else stages[0]
+            return backbone.get_submodule(chosen["module"])
         except (AttributeError, KeyError, IndexError, TypeError):
             pass
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
@@ -241,9 +248,10 @@ def backbone_target_layer(backbone: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def gradcam_target_layers(model: nn.Module, branch: int = 1) -> list[nn.Module]:
+def gradcam_target_layers(model: nn.Module, branch: int = 1,
+                          image_size: int | None = None) -> list[nn.Module]:
     """Grad-CAM target layer of image branch ``branch`` (2: the second image; with a shared
-    backbone both branches use the same layer)."""
+    backbone both branches use the same layer); ``image_size`` see `backbone_target_layer`."""
     if branch not in (1, 2):
         raise ConfigError(f"branch must be 1 or 2, got {branch}")
     backbone = getattr(model, "backbone", None)
@@ -253,7 +261,7 @@ def gradcam_target_layers(model: nn.Module, branch: int = 1) -> list[nn.Module]:
         if not getattr(model, "dual_image", False):
             raise ConfigError("branch=2 needs a dual-image model")
         backbone = getattr(model, "backbone2", None) or backbone
-    return [backbone_target_layer(backbone)]
+    return [backbone_target_layer(backbone, image_size)]
 
 
 # ------------------------------------------------------------- optimisation helpers

@@ -6,8 +6,8 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The synthetic default the demo and notebooks use: minutes on 2 CPU cores.
-    "synthetic_demo": dict(dataset="synthetic", synthetic_task="binary", synthetic_patients=60,
-                           image_size=64, backbone="resnet18", epochs=4, batch_size=32,
+    "synthetic_demo": dict(dataset="synthetic", synthetic_task="binary", synthetic_patients=120,
+                           image_size=64, backbone="resnet18", epochs=6, batch_size=32,
                            lr=1e-3, n_folds=5),
     # Smallest end-to-end configuration: seconds, for tests.
     "tiny": dict(dataset="synthetic", synthetic_patients=16, synthetic_image_size=32,
@@ -33,4 +33,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Metadata-only baseline (MetaMLP 64 -> 32).
     "meta_only": dict(use_image=False, meta_hidden=(64, 32), epochs=30, lr=3e-3,
                       batch_size=256),
+    # Real-data results (docs/results.md via benchmarks/real_results.py) on 2 CPU cores.
+    # HAM10000: timm ResNet-18 from scratch (no pretrained weights), images + metadata.
+    "ham10000_scratch_cpu": dict(dataset="ham10000", backbone="resnet18", pretrained=False,
+                                 image_size=28, epochs=4, batch_size=64, lr=1e-3,
+                                 weight_decay=1e-2, scheduler="cosine", warmup_epochs=1.0,
+                                 loss="ce", meta_hidden=(64, 32), n_folds=5, tta=1),
+    # Metadata-only MetaMLP baselines on the real tables (no images needed).
+    "ham10000_meta": dict(dataset="ham10000", use_image=False, meta_hidden=(64, 32), epochs=30,
+                          lr=3e-3, batch_size=256, loss="ce"),
+    "isic2020_meta_context": dict(dataset="isic2020", use_image=False, features="context",
+                                  fold_stratify="label+size", meta_hidden=(64, 32), epochs=30,
+                                  lr=3e-3, batch_size=256, loss="bce"),
+    "isic2019_meta": dict(dataset="isic2019", use_image=False, class_weighting="balanced",
+                          loss="ce", meta_hidden=(64, 32), epochs=30, lr=3e-3, batch_size=256),
+    "milk10k_meta": dict(dataset="milk10k", use_image=False, loss="bce", class_weighting="sqrt",
+                         meta_hidden=(64, 32), epochs=30, lr=3e-3, batch_size=256),
 }

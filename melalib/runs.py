@@ -90,13 +90,19 @@ class RunDir:
             if cfg.overwrite:
                 if write:
                     shutil.rmtree(path)
-            elif info.get("fingerprint") != cfg.fingerprint():
+            else:
                 old = run.load_config()
-                diff = _diff(old.to_flat(), cfg.to_flat()) if old else {}
-                raise RunExistsError(
-                    f"{path} holds a run with another config (changed: {diff or 'unknown'}); "
-                    "resume it with the same config, pick a new run name, or pass "
-                    "overwrite=True / --overwrite to replace it")
+                diff = (old.result_diff(cfg) if old is not None
+                        else {} if info.get("fingerprint") == cfg.fingerprint()
+                        else {"config.yaml": ("missing", "")})
+                if diff:
+                    changed = {k: v[::-1] for k, v in diff.items()}  # (now, before)
+                    raise RunExistsError(
+                        f"{path} holds a run with another config (changed, now vs before: "
+                        f"{changed}); resume it with the same config, pick a new run name, or "
+                        "pass overwrite=True / --overwrite to replace it")
+                if write and info.get("fingerprint") != cfg.fingerprint():
+                    run.update_info(fingerprint=cfg.fingerprint())  # fields added since
         if write:
             run.path.mkdir(parents=True, exist_ok=True)
             (run.path / "checkpoints").mkdir(exist_ok=True)
@@ -185,9 +191,3 @@ class RunDir:
     def load_test(self) -> list[pd.DataFrame]:
         return [pd.read_csv(self.test_path(k), dtype={"image_id": str, "group_id": str})
                 for k in self.done_folds() if self.test_path(k).is_file()]
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    skip = {"name", "output_dir", "fold", "overwrite", "num_workers", "device", "mlflow"}
-    return {k: (old.get(k), new.get(k)) for k in new
-            if k not in skip and old.get(k) != new.get(k)}

@@ -87,7 +87,8 @@ def test_existing_run_with_another_config_is_refused_then_overwritten(tiny_cfg) 
     cfg = tiny_cfg(fold=0)
     melalib.train(cfg)
     changed = tiny_cfg(fold=0, lr=0.05)
-    with pytest.raises(RunExistsError, match=r"another config \(changed: \{'lr'"):
+    with pytest.raises(RunExistsError, match=r"another config \(changed, now vs before: "
+                                             r"\{'lr': \(0\.05, 0\.001\)\}"):
         melalib.train(changed)
     marker = cfg.run_dir / "oof_fold0.csv"
     before = marker.read_bytes()
@@ -96,6 +97,31 @@ def test_existing_run_with_another_config_is_refused_then_overwritten(tiny_cfg) 
     melalib.train(tiny_cfg(fold=0, lr=0.05, overwrite=True))
     assert json.loads((cfg.run_dir / "run.json").read_text())["fingerprint"] == \
         changed.fingerprint()
+
+
+def test_a_run_saved_before_a_new_config_field_still_resumes(tiny_cfg) -> None:
+    """Fields added to the config later (absent from an old config.yaml) take their default
+    and must not make an old run or its checkpoints look foreign."""
+    import yaml
+
+    cfg = tiny_cfg(fold=0, epochs=2)
+    run = cfg.run_dir
+    melalib.train(cfg)
+    # pretend the run was written before `custom_split_column` existed
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["data"]["custom_split_column"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "fingerprint": "oldfingerprint00"}))
+    (run / "oof_fold0.csv").unlink()  # unfinished: the fold resumes from its checkpoint
+    again = tiny_cfg(fold=0, epochs=2)
+    melalib.train(again)
+    assert (run / "oof_fold0.csv").is_file()
+    assert json.loads((run / "run.json").read_text())["fingerprint"] == again.fingerprint()
+    state = load_checkpoint(run / "checkpoints/fold0_last.pt")
+    check_compatible(state, path="x", config=again)
+    with pytest.raises(CheckpointError, match=r"checkpoint vs now: \{'lr': \(0\.001, 0\.5\)\}"):
+        check_compatible(state, path="x", config=tiny_cfg(fold=0, epochs=2, lr=0.5))
 
 
 def test_foreign_folder_is_never_deleted(tiny_cfg) -> None:

@@ -67,7 +67,7 @@ def hand_cam(model: torch.nn.Module, b: dict[str, torch.Tensor], branch: int,
     """Grad-CAM by hand: gradient of the target score at the branch's activation."""
     dual = getattr(model, "dual_image", False)
     separate = getattr(model, "backbone2", None) is not None
-    layer = gradcam_target_layers(model, branch=branch if separate else 1)[0]
+    layer = gradcam_target_layers(model, branch=branch if separate else 1, image_size=SIZE)[0]
     acts: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda m, i, o: acts.append(o))
     meta = b["meta"] if getattr(model, "n_meta", 0) else None
@@ -333,11 +333,12 @@ def test_estimate_lesion_mask_finds_the_dark_centre() -> None:
 
 def test_degenerate_maps_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     model = tiny(MELANOMA, positive_head=True)
-    small = {"image": torch.randn(2, 3, 32, 32)}  # test_resnet reduces 32x: a 1 x 1 map
+    small = {"image": torch.randn(2, 3, 32, 32)}  # the last stage would be 1 x 1 here ...
     with caplog.at_level("WARNING", logger="melalib"):
         maps = grad_cam(model, small)
-    assert maps.shape == (2, 32, 32) and maps.max() == 0.0
-    assert "1 x 1" in caplog.text
+    assert maps.shape == (2, 32, 32)  # ... so an earlier, finer stage is explained
+    assert all(m.max() - m.min() > 0.1 for m in maps)
+    assert "constant" not in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="melalib"):
         grad_cam(model, batch(n=2), target_class=0)  # no evidence for benign at all

@@ -232,7 +232,7 @@ def test_run_dir_refuses_a_checkpoint_of_another_config(tmp_path: Path) -> None:
     run, table, _ = make_run(tmp_path)
     foreign = make_cfg(tmp_path / "elsewhere", lr=0.5)
     fold_checkpoint(foreign, table, 1, run.checkpoint(1, "best"), seed=3)
-    with pytest.raises(CheckpointError, match="fingerprint"):
+    with pytest.raises(CheckpointError, match=r"another config \(checkpoint vs now: \{'lr'"):
         load_predictor(run.path, device="cpu")
     assert load_predictor(run.checkpoint(1, "best"), device="cpu")  # alone it loads
 
