@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 import melalib
 from melalib.config import RunConfig, get_preset
 from melalib.explain import cam_mass_on_lesion, explain_errors, lesion_masks
@@ -38,16 +40,17 @@ def variants(patients: int, epochs: int) -> dict[str, dict[str, Any]]:
 
 def run_variant(params: dict[str, Any], out: Path, data_dir: Path, n_boot: int) -> dict[str, Any]:
     cfg = RunConfig.from_dict({**params, "output_dir": str(out), "data_dir": str(data_dir)})
-    started = time.perf_counter()
-    melalib.train(cfg)
-    seconds = time.perf_counter() - started
-    oof = RunDir(cfg.run_dir, cfg).load_oof()
+    melalib.train(cfg)  # resumes (or skips) a run this script made before
+    run = RunDir(cfg.run_dir, cfg)
+    # training time as recorded per epoch (true also when the run was only resumed here)
+    seconds = sum(pd.read_csv(run.history_path(k))["seconds"].sum() for k in run.done_folds())
+    oof = run.load_oof()
     y, p, g = oof["label"].to_numpy(), oof["prob_melanoma"].to_numpy(), oof["group_id"]
     auc = bootstrap_ci("roc_auc", y, p, groups=g, n_boot=n_boot)
     ap = bootstrap_ci("pr_auc", y, p, groups=g, n_boot=n_boot)
     return {"run_dir": str(cfg.run_dir), "n_images": len(oof), "n_positive": int(y.sum()),
             "n_patients": int(g.nunique()), "roc_auc": auc, "pr_auc": ap,
-            "seconds": round(seconds, 1), "flat_config": cfg.to_flat()}
+            "train_seconds": round(float(seconds), 1), "flat_config": cfg.to_flat()}
 
 
 def gradcam_mass(run_dir: str, top: int) -> dict[str, Any]:
@@ -81,7 +84,8 @@ def main() -> None:
         results["variants"][label] = run_variant(params, out, out / "data", args.n_boot)
         r = results["variants"][label]
         print(f"{label:<14} ROC-AUC {_ci(r['roc_auc'])}  PR-AUC {_ci(r['pr_auc'])}  "
-              f"({r['n_images']} images, {r['n_positive']} melanomas, {r['seconds']} s)",
+              f"({r['n_images']} images, {r['n_positive']} melanomas, "
+              f"{r['train_seconds']} s of training)",
               flush=True)
     results["gradcam"] = gradcam_mass(results["variants"]["image+meta"]["run_dir"], args.top)
     for kind, r in results["gradcam"].items():
