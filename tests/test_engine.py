@@ -193,3 +193,19 @@ def test_cosine_schedule_warms_up_then_decays(tiny_cfg) -> None:
     assert max(lrs) == pytest.approx(1.0, abs=0.02)
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[10:]))  # then decays
     assert lrs[-1] < 0.05
+
+
+def test_early_stopping_stops_after_patience_epochs(tiny_cfg) -> None:
+    # a vanishing learning rate: the validation metric never improves after epoch 1
+    cfg = tiny_cfg(fold=0, epochs=5, patience=2, lr=1e-12, warmup_epochs=0.0)
+    melalib.train(cfg)
+    history = pd.read_csv(cfg.run_dir / "history_fold0.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]  # best at 1, two stale epochs, stop
+    assert load_checkpoint(cfg.run_dir / "checkpoints/fold0_best.pt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(tiny_cfg) -> None:
+    cfg = tiny_cfg(fold=0, compile=True, channels_last=True)
+    melalib.train(cfg)
+    assert (cfg.run_dir / "oof_fold0.csv").is_file()
