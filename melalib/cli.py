@@ -91,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
     metrics = summary["metrics"]
-    print(f"demo finished in {summary['seconds']:.0f} s: executed notebooks in "
+    print(f"demo finished ({sum(summary['seconds'].values()):.0f} s of notebooks): executed in "
           f"{summary['output_dir']}, figures in {summary['run_dir'] / 'figures'}")
     print(f"OOF {metrics.get('primary_metric')}: image+metadata model "
           f"{_fmt(metrics.get('oof_primary'))}; metadata-only baseline "

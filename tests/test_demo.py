@@ -147,7 +147,8 @@ def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch,
 
     def fake_run_demo(**kw: Any) -> dict[str, Any]:
         seen.update(kw)
-        return {"seconds": 12.0, "output_dir": Path("somewhere"),
+        return {"seconds": {"01_eda.ipynb": 5.0, "02_features.ipynb": 7.0},
+                "output_dir": Path("somewhere"),
                 "run_dir": Path("somewhere/synthetic"),
                 "metrics": {"primary_metric": "roc_auc", "oof_primary": 0.912,
                             "baseline_oof": {"roc_auc": 0.701}}}
@@ -157,6 +158,7 @@ def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch,
     assert seen == {"output_dir": "somewhere", "quick": True, "overwrite": False}
     out = capsys.readouterr().out
     assert "image+metadata model 0.912" in out and "metadata-only baseline 0.701" in out
+    assert "(12 s of notebooks)" in out
 
 
 def test_the_python3_kernel_runs_this_interpreter() -> None:
