@@ -1,0 +1,187 @@
+"""benchmarks/real_results.py: docs/results.json <-> docs/results.md, the protocol-A table,
+the leak count on the real HAM10000 table, and (slow) a re-run of the smallest recorded
+configuration landing inside its recorded confidence interval."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melalib.errors import LeakageError
+from melalib.table import LesionTable
+from melalib.tasks import HAM7
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "real_results.py"
+RESULTS_JSON = REPO / "docs" / "results.json"
+RESULTS_MD = REPO / "docs" / "results.md"
+SMALLEST = "milk10k_lr"  # per-class sklearn logistic regression on metadata: seconds
+
+
+@pytest.fixture(scope="module")
+def rr() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("real_results", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["real_results"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recorded(rr: ModuleType) -> dict:
+    assert RESULTS_JSON.is_file(), "docs/results.json is missing: run benchmarks/real_results.py"
+    return rr.load_results(RESULTS_JSON)
+
+
+# ----------------------------------------------------------------- recorded files agree
+def test_results_md_is_rendered_from_results_json(rr: ModuleType, recorded: dict) -> None:
+    assert RESULTS_MD.read_text() == rr.render_markdown(recorded)
+
+
+def test_every_recorded_number_appears_in_results_md(recorded: dict) -> None:
+    text = RESULTS_MD.read_text()
+    assert recorded["experiments"], "no experiment recorded"
+    for name, r in recorded["experiments"].items():
+        assert not r["quick"], f"{name}: a --quick smoke result was recorded in docs/"
+        assert f"--only {name} " in text, f"{name}: its command is not in results.md"
+        for metric, m in r.get("metrics", {}).items():
+            cell = f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+            assert cell in text, f"{name} {metric}: {cell} not in results.md"
+
+
+def test_recorded_intervals_contain_their_estimates(recorded: dict) -> None:
+    for name, r in recorded["experiments"].items():
+        for metric, m in r.get("metrics", {}).items():
+            assert 0.0 <= m["low"] <= m["estimate"] <= m["high"] <= 1.0, (name, metric, m)
+        assert r["wall_seconds"] >= 0 and r["environment"]["versions"]["torch"]
+
+
+def test_published_rows_are_labelled_and_not_measured(rr: ModuleType) -> None:
+    text = rr.render_markdown({"experiments": {}})
+    for row in rr.MEDMNIST_ROWS:
+        line = next(ln for ln in text.splitlines() if row["model"] in ln)
+        assert "**published**" in line and "not measured here" in line
+        assert f"{row['accuracy']:.3f}" in line and f"{row['ovr_auc_macro']:.3f}" in line
+    assert "Reported, not measured here" in text and "0.2572" in text
+
+
+def test_figures_listed_in_results_exist(recorded: dict) -> None:
+    files = recorded["experiments"].get("figures", {}).get("files", [])
+    assert len(files) == 6
+    for path in files:
+        data = (REPO / path).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+# ----------------------------------------------------------- protocol-A table and leaks
+def _toy_table() -> LesionTable:
+    """20 lesions x 2 images, classes cycling through HAM7."""
+    rows = []
+    for lesion in range(20):
+        label = lesion % 7
+        for k in range(2):
+            rows.append({"image_id": f"I{lesion:02d}_{k}", "image_path": f"/x/I{lesion}_{k}.jpg",
+                         "group_id": f"L{lesion:02d}", "lesion_id": f"L{lesion:02d}",
+                         "label": label, "label_name": HAM7.classes[label], "age": 50.0,
+                         "sex": "male", "site": "torso", "source": "ham10000", "split": "train"})
+    return LesionTable(pd.DataFrame(rows), HAM7)
+
+
+def test_split_leak_counts_by_hand(rr: ModuleType) -> None:
+    df = pd.DataFrame({"lesion_id": ["a", "a", "b", "b", "c", "d", "d"]})
+    subset = pd.Series(["train", "test", "val", "test", "test", "test", "test"])
+    leak = rr.split_leak(df, subset)
+    assert leak["n_test"] == 5
+    assert leak["test_images_lesion_in_train"] == 1  # image of lesion a
+    assert leak["test_images_lesion_in_train_or_val"] == 2  # lesions a and b
+    assert leak["test_lesions"] == 4 and leak["test_lesions_shared"] == 2
+    assert leak["share_test_lesion_in_train_or_val"] == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_protocol_a_table_layout(rr: ModuleType, grouped: bool) -> None:
+    table, leak = rr.protocol_a_table(_toy_table(), grouped=grouped, seed=3)
+    df = table.df
+    test = df["split"] == "test"
+    assert (df.loc[test, "label"] == -1).all() and (df.loc[test, "label_name"] == "").all()
+    assert (df.loc[test, "fold"] == -1).all()
+    assert set(df.loc[~test, "fold"]) == {0, 1}
+    original = _toy_table().df.set_index("image_id")["label"]
+    assert (df.set_index("image_id")["true_label"] == original.reindex(df["image_id"])).all()
+    assert leak["n_test"] == int(test.sum())
+    assert leak["n_val"] == int((df["fold"] == 0).sum())
+    if grouped:
+        assert leak["test_images_lesion_in_train_or_val"] == 0
+        assert (df["group_id"] == df["lesion_id"]).all()
+    else:
+        assert (df["group_id"] == df["image_id"]).all()
+
+
+def test_lesion_groups_cannot_straddle_the_engine_split(rr: ModuleType) -> None:
+    """The image-level split only passes the engine's leakage audit because each image is
+    its own group there; keeping lesion groups must raise."""
+    table, leak = rr.protocol_a_table(_toy_table(), grouped=False, seed=3)
+    assert leak["test_images_lesion_in_train_or_val"] > 0
+    df = table.df.assign(group_id=table.df["lesion_id"])
+    with pytest.raises(LeakageError):
+        LesionTable(df, HAM7).validate()
+
+
+def test_sklearn_oof_aligns_probabilities_with_classes(rr: ModuleType) -> None:
+    """A model that can separate the classes perfectly by site must put its probability
+    mass on the true class column of every out-of-fold row."""
+    from melalib.folds import assign_folds
+
+    sites = ["head_neck", "torso", "upper_extremity"]
+    rows = [{"image_id": f"i{i}", "image_path": "", "group_id": f"g{i // 2}",
+             "label": (i // 2) % 3, "label_name": HAM7.classes[(i // 2) % 3],
+             "age": 40.0 + i % 5, "sex": "female", "site": sites[(i // 2) % 3],
+             "source": "custom", "split": "train"} for i in range(90)]
+    table = assign_folds(LesionTable(pd.DataFrame(rows), HAM7), n_folds=3, seed=0)
+    oof = rr.sklearn_oof(table, "default", rr.logistic())
+    assert sorted(oof["image_id"]) == sorted(table.df["image_id"])
+    probs = oof[HAM7.prob_columns].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert (probs.argmax(axis=1) == oof["label"].to_numpy()).all()
+    assert (probs[:, 3:] == 0).all()  # classes never seen in training get no mass
+    by_id = table.df.set_index("image_id")["fold"]
+    assert (oof["fold"].to_numpy() == by_id.reindex(oof["image_id"]).to_numpy()).all()
+
+
+@pytest.mark.realdata
+def test_recorded_leak_matches_the_real_table(rr: ModuleType, recorded: dict,
+                                              shared_data: Path) -> None:
+    """The protocol-A leak in results.json is recomputed from the HAM10000 metadata."""
+    exp = recorded["experiments"].get("ham_a_28")
+    if exp is None:
+        pytest.skip("ham_a_28 not recorded")
+    ctx = rr.Ctx(data=shared_data)
+    _table, leak = rr.protocol_a_table(rr.ham_table(ctx), grouped=False)
+    assert leak == exp["leak"]
+    assert leak["n_train"] + leak["n_val"] + leak["n_test"] == 10015
+    md = RESULTS_MD.read_text()
+    assert re.search(rf"\| ham_a_28 \| [^|]*\| {leak['test_images_lesion_in_train']} \|", md)
+
+
+# ------------------------------------------------------------------------- slow re-run
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_smallest_configuration_reproduces_within_recorded_ci(
+        rr: ModuleType, recorded: dict, shared_data: Path, tmp_path: Path) -> None:
+    exp = recorded["experiments"].get(SMALLEST)
+    assert exp is not None, f"{SMALLEST} is not recorded in docs/results.json"
+    ctx = rr.Ctx(data=shared_data, out=tmp_path / "real", n_boot=200, figures=tmp_path / "fig")
+    again = rr.run_experiment(SMALLEST, ctx)
+    for metric, m in exp["metrics"].items():
+        value = again["metrics"][metric]["estimate"]
+        assert m["low"] <= value <= m["high"], (metric, value, m)
+        assert value == pytest.approx(m["estimate"], abs=5e-3), (metric, value, m)
+    assert again["n"] == exp["n"] and again["n_groups"] == exp["n_groups"]
