@@ -25,6 +25,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny CPU models: one intra-op thread avoids oversubscription on a 2-core machine
+    (OMP_NUM_THREADS above covers processes started later; this covers torch if it was
+    imported before the variable was read)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

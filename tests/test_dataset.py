@@ -29,13 +29,6 @@ LABEL = Task("l", "multilabel", ("a", "b", "c", "d"), "thresholded_macro_f1")
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _write_jpeg(path: Path, w: int, h: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)

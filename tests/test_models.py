@@ -40,14 +40,6 @@ MODES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU models: one intra-op thread avoids oversubscription on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _targets(task: Task, n: int) -> torch.Tensor:
     labels = torch.arange(n) % task.n_classes
