@@ -298,7 +298,8 @@ def test_cli_rerun_with_another_config_is_refused_and_touches_nothing(tmp_path,
     assert main([*args, "--set", "lr=0.05"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("melalib train: error: ")
-    assert f"{run} holds a run with another config (changed: {{'lr': (0.001, 0.05)}})" in err
+    assert (f"{run} holds a run with another config (changed, now vs before: "
+            f"{{'lr': (0.05, 0.001)}})") in err
     assert "--overwrite" in err and "Traceback" not in err
     assert snapshot(run) == before  # refused before writing anything
     assert main(args) == 0  # the same config: the finished fold is kept as it is
