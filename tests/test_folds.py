@@ -298,3 +298,51 @@ def test_isic2020_triple_stratified_folds(shared_data: Path) -> None:
     buckets = pd.qcut(per_patient["n"], 4, labels=False, duplicates="drop")
     counts = pd.crosstab(per_patient["fold"], buckets)
     assert ((counts.max() - counts.min()) <= 0.1 * counts.mean()).all()
+
+
+def _sklearn_folds(strata: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.full(len(strata), -1)
+    splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for k, (_, val) in enumerate(splitter.split(np.zeros(len(strata)), strata, groups)):
+            out[val] = k
+    return out
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 7, 28])
+def test_fast_folds_equal_sklearn_stratified_group_kfold(n_classes: int) -> None:
+    from melalib.folds import stratified_group_folds
+
+    rng = np.random.default_rng(n_classes)
+    for trial in range(6):
+        n_groups = int(rng.integers(8, 300))
+        groups = np.repeat(np.arange(n_groups), rng.integers(1, int(rng.integers(2, 14)),
+                                                             n_groups))
+        probs = rng.dirichlet(np.ones(n_classes) * 0.5)
+        strata = rng.choice(n_classes, size=len(groups), p=probs)
+        n_folds = int(rng.integers(2, 8))
+        try:
+            expected = _sklearn_folds(strata, groups, n_folds, trial)
+        except ValueError:
+            with pytest.raises(ValueError):
+                stratified_group_folds(strata, groups, n_folds, trial)
+            continue
+        got = stratified_group_folds(strata, groups, n_folds, trial)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_assign_folds_matches_sklearn_on_the_table() -> None:
+    table = binary_table(n_groups=300, seed=9)
+    for stratify in ("label", "none"):
+        out, _ = assign_folds(table, 5, seed=7, stratify=stratify, return_info=True)
+        train = table.df.sort_values(["group_id", "image_id"], kind="mergesort")
+        codes = pd.factorize(train["group_id"], sort=True)[0]
+        labels = train["label"].to_numpy()
+        strata = labels if stratify == "label" else np.zeros(len(labels), dtype=int)
+        expected = pd.Series(_sklearn_folds(strata, codes, 5, 7), index=train["image_id"])
+        got = out.df.set_index("image_id")["fold"]
+        pd.testing.assert_series_equal(got.loc[expected.index], expected, check_names=False,
+                                       check_dtype=False)
