@@ -47,6 +47,8 @@ class DataConfig:
     custom_split_column: str = ""  # dataset=custom: column of train / test (default: all train)
     custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
     custom_classes: tuple[str, ...] = ()  # dataset=custom: class order (default: sorted)
+    image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
+    max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
 
 
 @dataclass
@@ -198,6 +200,8 @@ class RunConfig:
         _choice("synthetic_task", d.synthetic_task, ("binary", "multiclass", "paired"))
         _choice("fold_stratify", d.fold_stratify, ("label", "label+size", "none"))
         _choice("features", d.features, ("default", "isic11", "context", "none"))
+        _choice("image_alpha", d.image_alpha, _alpha_choices())
+        _check_name(self.name)
         _choice("scheduler", t.scheduler, ("cosine", "plateau", "none"))
         _choice("amp_dtype", t.amp_dtype, ("auto", "bf16", "fp16"))
         _choice("loss", t.loss, ("auto", "bce", "focal", "ce"))
@@ -217,6 +221,7 @@ class RunConfig:
             ("patience", t.patience, 0),
             ("freeze_epochs", t.freeze_epochs, 0),
             ("max_steps_per_epoch", t.max_steps_per_epoch, 0),
+            ("max_image_pixels", d.max_image_pixels, 0),
         ):
             if value < low:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
@@ -243,7 +248,7 @@ class RunConfig:
 
 #: Fields that never change a run's numbers (where it writes, which fold, how many workers).
 RESULT_NEUTRAL = frozenset({"name", "output_dir", "fold", "overwrite", "num_workers", "device",
-                            "mlflow"})
+                            "mlflow", "max_image_pixels"})
 DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom")
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
@@ -346,6 +351,27 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def _alpha_choices() -> tuple[str, ...]:
+    from .data.images import ALPHA_CHOICES
+
+    return ALPHA_CHOICES
+
+
+def _check_name(name: str) -> None:
+    """A run name is one printable path component: the run folder is <output_dir>/<name>."""
+    problem = (
+        "is empty" if not name.strip() else
+        "contains a NUL byte" if "\0" in name else
+        "contains non-printable characters" if not name.isprintable() else
+        "contains a path separator" if "/" in name or "\\" in name else
+        "is '.' or '..'" if name in (".", "..") else
+        "starts or ends with a space" if name != name.strip() else None)
+    if problem:
+        raise ConfigError(f"run name {name!r} {problem}; a run name is one folder name such as "
+                          "'effb3_384' (letters, digits, '-', '_', '.'); the run folder is "
+                          "<output_dir>/<name>")
 
 
 def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -115,6 +115,7 @@ def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> 
     Image files next to the listed ones that the table does not name are counted in
     run.json (``n_unlisted_images``) and listed in ``unlisted_images.csv``, never fatal."""
     from .data.dataset import check_images_readable, find_unlisted_images
+    from .data.images import ImageOptions
     from .errors import ImageError
 
     if not cfg.model.use_image:
@@ -127,7 +128,8 @@ def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> 
     if unlisted:
         log.warning("%d image file(s) next to the listed images are not in the table, e.g. %s",
                     len(unlisted), unlisted[0])
-    bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers))
+    bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers),
+                                options=ImageOptions.from_config(cfg.data))
     if bad.empty:
         if run is not None:
             run.update_info(n_skipped_images=0)
@@ -308,6 +310,7 @@ def fold_data(cfg: RunConfig, table: LesionTable, fold: int) -> FoldData:
 def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.ndarray | None,
                  *, train: bool, labelled: bool = True, seed: int = 0) -> Dataset:
     from .data.dataset import LesionDataset
+    from .data.images import ImageOptions
     from .transforms import build_transforms
 
     if cfg.model.dual_image and not table.paired:
@@ -315,7 +318,8 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
                           "or synthetic_task=paired")
     transform = build_transforms(cfg.data.image_size, train=train, seed=seed)
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
-                         paired=cfg.model.dual_image, labelled=labelled)
+                         paired=cfg.model.dual_image, labelled=labelled,
+                         image_options=ImageOptions.from_config(cfg.data))
 
 
 # --------------------------------------------------------------------------- training

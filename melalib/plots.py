@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .calibration import expected_calibration_error, reliability_curve
-from .errors import DataError, ImageError
+from .errors import DataError
 from .io import atomic_path
 from .metrics import (
     Resampler,
@@ -403,14 +403,9 @@ def site_by_label_plot(df: pd.DataFrame, task: Task | None = None, ax: Axes | No
 def _read_image(item: Any) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return item
-    path = Path(item)
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise ImageError("image not found", file=path) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"cannot read image: {exc}", file=path) from None
+    from .data.images import read_image
+
+    return read_image(item)
 
 
 def _grid_shape(n: int, ncols: int) -> tuple[int, int]:

@@ -28,21 +28,16 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, ImageError
 from ..tasks import Task
+from .images import ImageOptions, read_image
 
 IMAGE_COLUMNS = ("image_path", "image_path_2")
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode an image to uint8 RGB (H, W, 3).
-
-    With ``size``, a JPEG is decoded in draft mode at the smallest power-of-two reduction
-    whose sides stay >= ``size`` (much faster on full-size dermoscopy photographs).
-    Raises OSError / UnidentifiedImageError; `LesionDataset` turns them into ImageError.
-    """
-    with Image.open(path) as img:
-        if size and img.format == "JPEG":
-            img.draft("RGB", (size, size))
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+def load_image(path: str | Path, size: int | None = None,
+               options: ImageOptions | None = None) -> np.ndarray:
+    """Decode an image to uint8 RGB (H, W, 3) through `melalib.data.images.read_image`
+    (EXIF orientation, 16-bit scaling, alpha, pixel ceiling); raises ImageError."""
+    return read_image(path, size, options)
 
 
 class LesionDataset(Dataset):
@@ -62,6 +57,7 @@ class LesionDataset(Dataset):
         seed: int | None = None,
         load_size: int | None = None,
         origin: str | None = None,
+        image_options: ImageOptions | None = None,
     ) -> None:
         self.df = df.reset_index(drop=True)
         self.task = task
@@ -71,6 +67,7 @@ class LesionDataset(Dataset):
         self.image_cache = image_cache
         self.transform = transform
         self.origin = origin
+        self.image_options = image_options or ImageOptions()
         n = len(self.df)
         if use_image:
             if transform is None:
@@ -151,14 +148,9 @@ class LesionDataset(Dataset):
         if not isinstance(path, (str, Path)) or not str(path).strip():
             raise ImageError(f"no image path given{who}", **where)
         try:
-            image = load_image(str(path), self.load_size)
-        except FileNotFoundError:
-            raise ImageError(f"image {path} not found{who}", **where) from None
-        except UnidentifiedImageError as exc:
-            raise ImageError(f"{path} is not an image{who}: {exc}", **where) from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageError(f"cannot decode image {path} (corrupt or truncated){who}: {exc}",
-                             **where) from None
+            image = read_image(str(path), self.load_size, self.image_options)
+        except ImageError as exc:
+            raise ImageError(f"{path}: {exc.detail}{who}", **where) from None
         if self.image_cache is not None:
             self.image_cache[path] = image
         return image
@@ -196,8 +188,11 @@ class LesionDataset(Dataset):
 
 
 # ---------------------------------------------------------------- pre-flight check
-def image_problem(path: Any) -> str | None:
-    """Why the image at ``path`` cannot be used, or None when it decodes fully."""
+def image_problem(path: Any, options: ImageOptions | None = None) -> str | None:
+    """Why the image at ``path`` cannot be used, or None when it decodes fully.
+
+    The file is verified (PNG checksums), then decoded by `read_image` as training will
+    decode it (JPEGs at a reduced scale, which still reads every byte)."""
     if path is None or (isinstance(path, float) and np.isnan(path)) or not str(path).strip():
         return "no path given"
     p = Path(str(path))
@@ -208,19 +203,22 @@ def image_problem(path: Any) -> str | None:
     try:
         with Image.open(p) as img:
             img.verify()
-        with Image.open(p) as img:
-            if img.format == "JPEG":  # reduced-scale decode still reads every byte
-                img.draft("RGB", (64, 64))
-            img.load()
     except UnidentifiedImageError:
         return "not an image"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        pass  # read_image states the size and the ceiling
+    except (OSError, ValueError, SyntaxError) as exc:
         return f"corrupt or truncated: {exc}"
+    try:
+        read_image(p, 64, options)
+    except ImageError as exc:
+        return exc.detail
     return None
 
 
 def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUMNS,
-                          workers: int | None = None) -> pd.DataFrame:
+                          workers: int | None = None,
+                          options: ImageOptions | None = None) -> pd.DataFrame:
     """Every unreadable image the table names: DataFrame (row, column, path, reason).
 
     ``row`` is the 1-based position in ``df``; absent columns are skipped. Each file is
@@ -231,7 +229,7 @@ def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUM
             for pos, path in enumerate(df[column].tolist())]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(pool.map(lambda job: image_problem(job[2]), jobs))
+        reasons = list(pool.map(lambda job: image_problem(job[2], options), jobs))
     rows = [(row, column, str(path), reason)
             for (row, column, path), reason in zip(jobs, reasons, strict=True)
             if reason is not None]

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ImageError
 from ..io import write_csv, write_json
+from .images import ImageOptions, read_image
 
 PATTERNS = ("*.jpg", "*.jpeg", "*.png")
 SETTINGS_FILE = "prepare.json"
 SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
-_JPEG_FORMATS = ("JPEG", "MPO")
 
 
 @dataclass
@@ -75,41 +75,20 @@ def target_size(width: int, height: int, size: int, keep_aspect: bool = True) ->
     return max(1, round(width * scale)), size
 
 
-def decode_resized(path: str | os.PathLike[str], size: int, keep_aspect: bool = True) -> Image.Image:
-    """Decode an image to RGB with EXIF orientation applied and resize it.
+def decode_resized(path: str | os.PathLike[str], size: int, keep_aspect: bool = True,
+                   options: ImageOptions | None = None) -> Image.Image:
+    """Decode an image with `melalib.data.images.read_image` (EXIF orientation, 16-bit
+    scaling, alpha, pixel ceiling; JPEGs at a reduced DCT scale) and resize it.
 
     ``keep_aspect``: the shorter side becomes ``size`` (an image already smaller keeps its
     size; nothing is enlarged); otherwise the image is squashed to ``size`` x ``size``.
-    JPEGs are decoded at a reduced DCT scale first (``Image.draft``). Unreadable files raise
-    `ImageError` naming the file and the reason.
+    Unreadable files raise `ImageError` naming the file and the reason.
     """
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)", file=path)
-        with Image.open(path) as im:
-            if im.format in _JPEG_FORMATS:  # DCT-domain downscale, in stored orientation
-                im.draft("RGB", target_size(im.width, im.height, size, keep_aspect))
-            im = _to_rgb(ImageOps.exif_transpose(im))  # loads the (reduced) pixels
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image (Pillow cannot identify the format)", file=path) from None
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"image too large: {err}", file=path) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"truncated or corrupt image: {err}", file=path) from None
+    im = Image.fromarray(read_image(path, size, options))
     w, h = target_size(*im.size, size, keep_aspect)
     if (w, h) == im.size:
         return im
     return im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """RGB, with 16-bit greyscale scaled to 8 bits (Pillow's own conversion clips it)."""
-    if im.mode.startswith("I;16"):
-        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
-    return im.convert("RGB")
 
 
 def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],

@@ -1,0 +1,125 @@
+"""The one image reader: every part of melalib decodes a picture through `read_image`.
+
+The dataset (training, validation, `predict`, Grad-CAM), `prepare`, the pre-flight image
+check and the plots all call it, so an image looks the same everywhere:
+
+- EXIF orientation is applied (a phone photo stored sideways is turned upright);
+- 16-bit images are scaled to 8 bits (``>> 8``), not clipped to white;
+- transparency is composited on a stated background (``image_alpha``: white or black), or
+  refused (``image_alpha=error``); an alpha channel that is fully opaque changes nothing;
+- an image with more than ``max_image_pixels`` pixels is refused with an `ImageError`
+  before its pixels are decoded (a 179 Mpx image costs ~2 GB to decode);
+- with ``size``, a JPEG is decoded at the smallest power-of-two DCT reduction whose sides
+  stay >= ``size`` (much faster on full-size dermoscopy photographs).
+
+The result is a uint8 RGB array (H, W, 3); resizing is left to the transforms and `prepare`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ConfigError, ImageError
+
+#: image_alpha choices: background colour of transparent pixels, or refuse such images.
+ALPHA_CHOICES = ("white", "black", "error")
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+DEFAULT_MAX_PIXELS = 64_000_000
+_JPEG_FORMATS = ("JPEG", "MPO")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How `read_image` treats transparency and very large images."""
+
+    alpha: str = "white"  # white | black | error
+    max_pixels: int = DEFAULT_MAX_PIXELS  # 0 = no ceiling of melalib's own
+
+    def __post_init__(self) -> None:
+        if self.alpha not in ALPHA_CHOICES:
+            raise ConfigError(f"image_alpha must be one of {', '.join(ALPHA_CHOICES)}; "
+                              f"got {self.alpha!r}")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) \
+                or self.max_pixels < 0:
+            raise ConfigError(f"max_image_pixels must be an integer >= 0, got {self.max_pixels!r}")
+
+    @classmethod
+    def from_config(cls, data_cfg: object) -> ImageOptions:
+        """The options of a `DataConfig` (defaults where it lacks the fields)."""
+        return cls(alpha=getattr(data_cfg, "image_alpha", "white"),
+                   max_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_PIXELS))
+
+
+def read_image(path: str | os.PathLike[str], size: int | None = None,
+               options: ImageOptions | None = None) -> np.ndarray:
+    """Decode the image at ``path`` to uint8 RGB (H, W, 3) (see the module docstring).
+
+    Every failure is an `ImageError` naming the file: missing, empty, not an image,
+    truncated or corrupt, too many pixels, or transparent under ``image_alpha=error``.
+    """
+    options = options or ImageOptions()
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)", file=path)
+        with Image.open(path) as img:
+            _check_pixels(img, path, options)
+            if size and img.format in _JPEG_FORMATS:  # DCT-domain downscale
+                img.draft("RGB", (size, size))
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            return _to_rgb(img, path, options)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("image not found", file=path) from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image file", file=path) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify the format)", file=path) from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image too large: {err}; shrink it (melalib prepare)",
+                         file=path) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"corrupt or truncated: {err}", file=path) from None
+
+
+def _check_pixels(img: Image.Image, path: Path, options: ImageOptions) -> None:
+    """Refuse an image above the ceiling from its header, before decoding any pixel."""
+    width, height = img.size
+    if options.max_pixels and width * height > options.max_pixels:
+        raise ImageError(
+            f"image of {width} x {height} = {width * height / 1e6:.1f} Mpx is above "
+            f"max_image_pixels={options.max_pixels} ({options.max_pixels / 1e6:g} Mpx); "
+            "shrink it (melalib prepare) or raise max_image_pixels", file=path)
+
+
+def _to_rgb(img: Image.Image, path: Path, options: ImageOptions) -> np.ndarray:
+    """uint8 RGB: 16-bit and 32-bit integer greyscale scaled, alpha composited or refused."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        deep = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        img = Image.fromarray((deep >> 8).astype(np.uint8))
+    elif img.mode == "F":
+        flat = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(flat, initial=0.0) <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.nan_to_num(flat) * scale, 0, 255).astype(np.uint8))
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"))
+        alpha = rgba[..., 3:].astype(np.float32) / 255.0
+        if (alpha < 1.0).any():
+            if options.alpha == "error":
+                raise ImageError(
+                    "image has transparent pixels (alpha channel) and image_alpha=error "
+                    "refuses them; set image_alpha=white or black to composite them",
+                    file=path)
+            background = np.array(BACKGROUNDS[options.alpha], dtype=np.float32)
+            rgb = rgba[..., :3].astype(np.float32) * alpha + background * (1.0 - alpha)
+            return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
+        return np.ascontiguousarray(rgba[..., :3])
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
