@@ -1,38 +1,92 @@
-"""Checkpoints: atomic saves, and loads that refuse a checkpoint from another config."""
+"""Checkpoints: atomic saves, and loads that refuse a checkpoint from another config.
+
+A checkpoint holds only tensors and plain values (dicts, lists, strings, numbers, None), and
+is read with ``torch.load(weights_only=True)``: a file that asks the unpickler for anything
+else (a class, a function such as ``os.system``) is refused before any of it runs.
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .errors import CheckpointError
-from .io import atomic_path
+from .errors import CheckpointError, WriteError
+from .io import atomic_path, write_error
 
 FORMAT = 1
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """Numpy scalars and dtypes (rebuilt from a dtype and raw bytes, no code): older
+    checkpoints may hold a numpy float in their history."""
+    from numpy._core.multiarray import scalar
+
+    kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+             np.uint8, np.bool_)
+    return [scalar, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+
+
+def plain_state(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays made Python numbers and lists (tensors kept),
+    so that ``weights_only=True`` reads it back."""
+    if isinstance(obj, dict):
+        return {k: plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_state(v) for v in obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return obj
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` through a temp file: a crash never leaves half a file."""
-    state = {"format": FORMAT, **state}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` through a temp file: a crash never leaves half a file,
+    and a failed write (disk full, no permission) raises `WriteError` naming ``path`` with
+    the previous checkpoint intact."""
+    state = plain_state({"format": FORMAT, **state})
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except WriteError:
+        raise
+    except (OSError, RuntimeError) as exc:  # torch's stream writer raises RuntimeError
+        raise write_error(path, exc) from exc
     return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A melalib checkpoint read with ``weights_only=True`` (tensors and plain values only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds Python objects other than tensors and "
+            f"plain values{_unsafe_globals(path)}, and melalib never runs code from a "
+            "checkpoint (torch.load weights_only=True); only use checkpoints melalib wrote") from exc
     except Exception as exc:  # a truncated or foreign file
         raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); it may be truncated "
                               "or not a melalib checkpoint") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a melalib checkpoint (format {FORMAT})")
     return state
+
+
+def _unsafe_globals(path: Path) -> str:
+    """`` (it asks for: os.system)``, read from the file without running it."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # a description only; the refusal stands regardless
+        return ""
+    names = [n for n in names if n not in {f"{g.__module__}.{g.__name__}"
+                                           for g in _numpy_scalar_globals()}]
+    return f" (it asks for: {', '.join(names[:5])})" if names else ""
 
 
 def check_compatible(state: dict[str, Any], *, path: str | Path, config: Any = None,

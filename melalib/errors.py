@@ -52,3 +52,12 @@ class CheckpointError(MelalibError):
 
 class RunExistsError(MelalibError):
     """A run directory that would be overwritten without `overwrite=True`."""
+
+
+class WriteError(MelalibError):
+    """A file melalib writes could not be written (disk full, no permission); the
+    previous version of the file is left as it was."""
+
+
+class RunLockedError(MelalibError):
+    """Another process holds the run folder (a second `train` of the same run)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import WriteError
 
 
 @contextmanager
@@ -21,19 +25,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_error(path: str | Path, exc: BaseException) -> WriteError:
+    """A one-line `WriteError` naming ``path``, the reason and the free space left."""
+    path = Path(path)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    code = errno.errorcode.get(exc.errno, "") if isinstance(exc, OSError) and exc.errno else ""
+    try:
+        free = f"; {shutil.disk_usage(_existing(path)).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    hint = ("free disk space" if code in ("ENOSPC", "EDQUOT")
+            else "fix the folder's permissions" if code in ("EACCES", "EPERM", "EROFS")
+            else "check the disk")
+    return WriteError(f"cannot write {path}: {reason}{f' ({code})' if code else ''}{free}; "
+                      f"the previous version of {path.name}, if any, is intact; {hint} and "
+                      "rerun the same command")
+
+
+def _existing(path: Path) -> Path:
+    """The nearest existing folder at or above ``path``'s parent."""
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(".")
 
 
 def _umask() -> int:
