@@ -172,8 +172,9 @@ class RunConfig:
             raise ConfigError(f"{path}: {exc}") from exc
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> RunConfig:
-        return cls.from_dict(get_preset(name), **overrides)
+    def from_preset(cls, preset: str, /, **overrides: Any) -> RunConfig:
+        """The named preset (melalib.presets) with ``overrides`` (any field, ``name`` too)."""
+        return cls.from_dict(get_preset(preset), **overrides)
 
     def with_overrides(self, items: list[str] | dict[str, Any]) -> RunConfig:
         """A copy with ``key=value`` strings (CLI ``--set``) or a dict applied."""

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .checkpoints import check_compatible, load_checkpoint, load_model_weights, save_checkpoint

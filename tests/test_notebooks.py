@@ -47,9 +47,35 @@ def logic_in(source: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ committed notebooks
+def numbered_sources() -> list[Path]:
+    """The numbered sources ``NN_*.ipynb``; executed copies (``out.ipynb``) are ignored."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
 def test_the_series_is_complete() -> None:
-    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    assert [p.name for p in numbered_sources()] == sorted(NOTEBOOKS)
     assert nbh.notebooks_dir() == NOTEBOOK_DIR
+
+
+def test_git_ignores_executed_copies_but_not_the_sources() -> None:
+    """``cd notebooks && papermill 03_train.ipynb out.ipynb`` leaves nothing for git."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = ["notebooks/out.ipynb", "notebooks/Untitled1.ipynb", "notebooks/outputs/x.png",
+             *(f"notebooks/{n}" for n in NOTEBOOKS)]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *probe], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    ignored = set(done.stdout.split())
+    assert ignored == set(probe[:3]), done.stdout + done.stderr
+
+
+def nbstripout_extra_keys() -> str:
+    """The keys the repository's nbstripout filter strips on top of its defaults
+    (``.gitconfig``, included by ``make git-setup``)."""
+    done = subprocess.run(["git", "config", "-f", str(REPO / ".gitconfig"),
+                           "filter.nbstripout.extrakeys"], capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -67,10 +93,34 @@ def test_committed_notebook_is_stripped_with_kernelspec(name: str) -> None:
 
 
 def test_nbstripout_finds_nothing_to_strip() -> None:
-    done = subprocess.run([sys.executable, "-m", "nbstripout", "--verify",
-                           *map(str, sorted(NOTEBOOK_DIR.glob("*.ipynb")))],
+    done = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--extra-keys",
+                           nbstripout_extra_keys(), *map(str, numbered_sources())],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_nbstripout_undoes_what_jupyterlab_writes_on_save(tmp_path: Path) -> None:
+    """JupyterLab's autosave adds language_info, widget state, outputs and cell flags; the
+    repository's filter gives back the committed file byte for byte."""
+    source = NOTEBOOK_DIR / NOTEBOOKS[0]
+    nb = json.loads(source.read_text())
+    assert "language_info" not in nb["metadata"]
+    nb["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+        "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3", "version": "3.11.2"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["execution_count"] = 3
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]
+    nb["cells"][0]["metadata"]["jp-MarkdownHeadingCollapsed"] = True
+    edited = tmp_path / source.name
+    edited.write_text(json.dumps(nb, indent=1))
+    done = subprocess.run([sys.executable, "-m", "nbstripout", "--extra-keys",
+                           nbstripout_extra_keys(), str(edited)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert edited.read_text() == source.read_text()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -82,17 +132,20 @@ def test_one_parameters_cell_of_config_fields(name: str) -> None:
     assert len(cells) == 1, f"{name}: {len(cells)} cells tagged 'parameters'"
     tree = ast.parse(cells[0].source)
     names = []
-    for stmt in tree.body:
-        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.dump(stmt)
-        assert isinstance(stmt.targets[0], ast.Name)
-        ast.literal_eval(stmt.value)  # plain values only
-        names.append(stmt.targets[0].id)
+    for stmt in tree.body:  # `name: type = value`: papermill --help-notebook shows the type
+        assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name), \
+            ast.dump(stmt)
+        value = ast.literal_eval(stmt.value)  # plain values only
+        assert ast.unparse(stmt.annotation) == type(value).__name__, ast.unparse(stmt)
+        names.append(stmt.target.id)
     assert len(names) == len(set(names))
     assert set(names) <= nbh.parameter_names(), set(names) - nbh.parameter_names()
     assert {"dataset", "data_dir", "name", "output_dir"} <= set(names)
     # papermill must parse every line (a second '=' in a comment breaks its parser)
     inspected = papermill.inspect_notebook(str(NOTEBOOK_DIR / name))
     assert set(inspected) == set(names)
+    assert all(p["inferred_type_name"] in ("str", "int", "float", "bool")
+               for p in inspected.values()), inspected
     # the defaults are a valid config: the notebook runs with no parameters
     ns: dict[str, Any] = {}
     exec(compile(tree, name, "exec"), ns)

@@ -55,3 +55,22 @@ def test_readme_quick_start_has_two_commands_and_ci_runs_them() -> None:
     ci = (REPO / ".ci/run").read_text()
     for command in commands:
         assert command in ci, f"CI does not run the README command: {command}"
+
+
+def test_the_install_gives_jupyterlab_widgets_and_the_official_scorer() -> None:
+    """The README install (dependencies + dev extra) has `jupyter lab`, the widgets tqdm.auto
+    draws in Lab, and the ISIC scorer tests/test_isic_scorer.py compares against."""
+    project = _pyproject()["project"]
+    names = {re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0].lower() for r in project["dependencies"]}
+    assert {"jupyterlab", "ipywidgets", "tqdm"} <= names
+    dev = {re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0].lower()
+           for r in project["optional-dependencies"]["dev"]}
+    assert {"isic-challenge-scoring", "playwright", "nbstripout"} <= dev
+    assert '-e ".[dev]"' in _quick_start_commands()[0]
+
+
+def test_progress_bars_go_through_tqdm_auto() -> None:
+    """Widgets in Lab, text in logs: no module imports the plain console tqdm."""
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "melalib").rglob("*.py")
+                 if re.search(r"^\s*from tqdm import|^\s*import tqdm\b", p.read_text(), re.M)]
+    assert offenders == []
