@@ -1,4 +1,5 @@
-"""`melalib` command line: prepare | train | predict | ensemble | reproduce | demo | kaggle-bundle.
+"""`melalib` command line: prepare | train | predict | ensemble | reproduce | demo | presets |
+kaggle-bundle.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
@@ -53,16 +54,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     summary = train(cfg)
-    print(json.dumps({k: summary.get(k) for k in ("run_dir", "folds_done", "oof_primary",
-                                                   "primary_metric")}, indent=2))
+    if summary:  # empty on the other ranks under torchrun: rank 0 alone reports
+        print(json.dumps(train_report(summary, cfg.fold), indent=2))
     return 0
+
+
+def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
+    """What `melalib train` prints: the trained fold's metrics (``fold`` >= 0) or every
+    finished fold's, and the pooled OOF score once all folds are done."""
+    per_fold = summary.get("per_fold") or {}
+    shown = {k: v for k, v in per_fold.items() if fold < 0 or k == str(fold)}
+    report = {"run_dir": summary.get("run_dir"), "folds_done": summary.get("folds_done"),
+              "n_folds": summary.get("n_folds"),
+              "primary_metric": (summary.get("task") or {}).get("primary_metric"),
+              "fold_metrics": shown}
+    if summary.get("oof_primary") is not None:
+        report["oof_primary"] = summary["oof_primary"]
+    return report
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare_images
 
     report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers)
-    print(report)
+    print(report.summary())
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import PRESETS, describe
+
+    width = max(map(len, PRESETS))
+    for name in PRESETS:
+        print(f"{name:<{width}}  {describe(name)}")
+    print("\nUse: melalib train --preset NAME (overrides: --set key=value); the values: "
+          "melalib.presets.PRESETS")
     return 0
 
 
@@ -116,8 +142,10 @@ def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="melalib", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="melalib",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one fold or all folds (resumes an existing run)")
@@ -127,11 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare", help="resize a folder of JPEGs into a cache (resumable)")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="folder of the original images (searched recursively)")
+    p.add_argument("dst", help="cache folder to write (then train with image_dir=DST)")
     p.add_argument("--size", type=int, default=512, help="shorter side in pixels")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: CPU count, at most 8)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("presets", help="list the named recipes for --preset")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("predict", help="predict with a run or checkpoint (TTA)")
     p.add_argument("source", help="run folder or checkpoint file")
@@ -139,44 +171,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="metadata CSV of the images to predict (default: the run's "
                    "test split)")
     p.add_argument("--image-dir", dest="image_dir", help="folder of the images in --csv")
-    p.add_argument("--image-column", dest="image_column", default="image")
+    p.add_argument("--image-column", dest="image_column", default="image",
+                   help="column of --csv holding the image file names (default: image)")
     p.add_argument("--tta", type=int, default=None, help="1, 2, 4 or 8 views")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64,
+                   help="images per forward pass (default: 64)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ensemble", help="combine runs' OOF/test predictions; submission")
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--method", default="mean", choices=["mean", "rank", "geometric", "search"])
+    p.add_argument("--method", default="mean", choices=["mean", "rank", "geometric", "search"],
+                   help="mean, rank or geometric average, or weights searched on OOF")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("reproduce", help="re-run a finished run and compare its OOF")
-    p.add_argument("run_dir")
-    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("run_dir", help="finished run folder (outputs/<name>)")
+    p.add_argument("--atol", type=float, default=1e-5,
+                   help="largest allowed OOF probability difference (default: 1e-5)")
     p.add_argument("--output-dir", dest="output_dir", default=None,
                    help="where the re-run goes (default: a temporary folder)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="run the notebook series headless on synthetic data")
-    p.add_argument("--output-dir", dest="output_dir", default="outputs/demo")
+    p.add_argument("--output-dir", dest="output_dir", default="outputs/demo",
+                   help="folder for the executed notebooks and runs (default: outputs/demo)")
     p.add_argument("--quick", action="store_true", help="the tiny configuration (seconds)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a demo folder made with other parameters")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("kaggle-bundle", help="folder ready for `kaggle kernels push`")
-    p.add_argument("out")
+    p.add_argument("out", help="bundle folder to write")
     p.add_argument("--kernel-id", dest="kernel_id", required=True, help="user/kernel-slug")
-    p.add_argument("--title", default="melalib ISIC 2020 training")
-    p.add_argument("--notebook", default="03_train.ipynb")
-    p.add_argument("--competition", default="siim-isic-melanoma-classification")
-    p.add_argument("--weights-dataset", dest="weights_dataset", default=None)
+    p.add_argument("--title", default=None,
+                   help="kernel title (default: derived from the kernel slug, so Kaggle keeps "
+                   "the id)")
+    p.add_argument("--notebook", default="03_train.ipynb",
+                   help="numbered notebook to run (default: 03_train.ipynb)")
+    p.add_argument("--competition", default="siim-isic-melanoma-classification",
+                   help="competition whose data is attached (default: SIIM-ISIC 2020)")
+    p.add_argument("--weights-dataset", dest="weights_dataset", default=None,
+                   help="user/dataset-slug/file of pretrained weights (baked as "
+                   "pretrained_path)")
     p.add_argument("--wheel-dataset", dest="wheel_dataset", required=True,
                    help="user/dataset-slug holding the melalib wheel")
-    p.add_argument("--no-gpu", dest="no_gpu", action="store_true")
+    p.add_argument("--no-gpu", dest="no_gpu", action="store_true",
+                   help="run the kernel on CPU (default: a GPU kernel)")
     p.add_argument("-p", "--parameter", action="append", metavar="KEY=VALUE",
                    help="papermill parameter baked into the kernel notebook")
     p.set_defaults(func=cmd_kaggle_bundle)
     return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

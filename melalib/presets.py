@@ -50,3 +50,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "milk10k_meta": dict(dataset="milk10k", use_image=False, loss="bce", class_weighting="sqrt",
                          meta_hidden=(64, 32), epochs=30, lr=3e-3, batch_size=256),
 }
+
+#: One line per preset, shown by `melalib presets` (a test keeps the keys equal to PRESETS).
+DESCRIPTIONS: dict[str, str] = {
+    "synthetic_demo": "synthetic binary data, ResNet-18 64 px + metadata: `melalib demo`",
+    "tiny": "smallest end-to-end synthetic run (seconds): tests and `melalib demo --quick`",
+    "isic2020_effnet_meta": "SIIM-ISIC 2020 winners' recipe: EfficientNet-B3 384 px + "
+                            "metadata MLP, multi-sample dropout (GPU)",
+    "ham10000_densenet_focal": "HAM10000 7-class: DenseNet-121 224 px, focal loss, "
+                               "sqrt class-balanced sampler (GPU)",
+    "ham10000_resnet50_focal": "HAM10000 7-class: ResNet-50 224 px, focal loss, sqrt sampler "
+                               "(GPU)",
+    "milk10k_dual_effv2s": "MILK10k 11-class: dual EfficientNetV2-S on clinical + dermoscopic "
+                           "images, metadata + MONET scores (GPU)",
+    "meta_only": "metadata-only MetaMLP baseline (no images) on top of any dataset",
+    "ham10000_scratch_cpu": "HAM10000 on 2 CPU cores: ResNet-18 28 px from scratch + metadata "
+                            "(docs/results.md)",
+    "ham10000_meta": "HAM10000 metadata-only MetaMLP baseline (docs/results.md)",
+    "isic2020_meta_context": "ISIC 2020 metadata + label-free patient context, MetaMLP "
+                             "(docs/results.md)",
+    "isic2019_meta": "ISIC 2019 metadata-only MetaMLP, balanced class weights "
+                     "(docs/results.md)",
+    "milk10k_meta": "MILK10k metadata + MONET scores, MetaMLP (docs/results.md)",
+}
+
+
+def describe(name: str) -> str:
+    """The preset's one-line description ("" when it has none)."""
+    return DESCRIPTIONS.get(name, "")

@@ -458,12 +458,16 @@ def test_03_runs_from_the_notebooks_folder_with_relative_paths(
               "synthetic_image_size", "32", "-p", "image_size", "32", "-p", "backbone",
               "resnet10t", "-p", "epochs", "1", "-p", "n_folds", "2", "-p", "batch_size", "16",
               "-p", "max_steps_per_epoch", "1"]
-    env = {**os.environ, "MELALIB_PROGRESS": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "MELALIB_PROGRESS"}  # bars on
     done = subprocess.run([sys.executable, "-m", "papermill", "03_train.ipynb", "out.ipynb",
                            "-k", "python3", "--no-progress-bar", *params],
                           cwd=root / "notebooks", env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    # tqdm.auto draws widgets (ipywidgets installed): no "IProgress not found" warning block
+    executed = (root / "notebooks" / "out.ipynb").read_text()
+    assert "TqdmWarning" not in executed and "IProgress" not in executed
+    assert "fold 1 epoch 1/1" in executed  # the training bar's text form
     run = root / "outputs" / "cwd"
     assert (run / "oof_fold1.csv").is_file() and not (run / "oof_fold0.csv").exists()
     assert (run / "figures" / "03_learning_curves.png").is_file()
