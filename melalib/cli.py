@@ -135,6 +135,7 @@ def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
     path = build_bundle(args.out, kernel_id=args.kernel_id, title=args.title,
                         notebook=args.notebook, competition=args.competition,
                         weights_dataset=args.weights_dataset, wheel_dataset=args.wheel_dataset,
+                        weights_model=args.weights_model, weights_file=args.weights_file,
                         enable_gpu=not args.no_gpu, parameters=dict(
                             s.split("=", 1) for s in (args.parameter or [])))
     print(path)
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dataset", dest="weights_dataset", default=None,
                    help="user/dataset-slug/file of pretrained weights (baked as "
                    "pretrained_path)")
+    p.add_argument("--weights-model", dest="weights_model", default=None,
+                   help="user/model/framework/variation/version/file of weights published as a "
+                   "Kaggle Model (attached through model_sources)")
+    p.add_argument("--weights-file", dest="weights_file", default=None,
+                   help="local copy of the weights: loaded into the backbone now to check them")
     p.add_argument("--wheel-dataset", dest="wheel_dataset", required=True,
                    help="user/dataset-slug holding the melalib wheel")
     p.add_argument("--no-gpu", dest="no_gpu", action="store_true",

@@ -18,7 +18,14 @@ import pytest
 
 from melalib import cli
 from melalib.errors import ConfigError
-from melalib.kaggle import INSTALL_TAG, build_bundle, slugify
+from melalib.kaggle import (
+    INSTALL_TAG,
+    KAGGLE_LICENSES,
+    build_bundle,
+    build_wheel,
+    default_title,
+    slugify,
+)
 from melalib.presets import PRESETS
 
 COMPETITION = "siim-isic-melanoma-classification"
@@ -53,7 +60,7 @@ def test_bundle_structure(tmp_path: Path) -> None:
         "code_file": "03_train.ipynb", "language": "python", "kernel_type": "notebook",
         "is_private": True, "enable_gpu": True, "enable_tpu": False, "enable_internet": False,
         "dataset_sources": ["alice/melalib-wheel", "alice/effnet-weights"],
-        "competition_sources": [COMPETITION], "kernel_sources": []}
+        "competition_sources": [COMPETITION], "kernel_sources": [], "model_sources": []}
     nb = nbformat.read(out / "03_train.ipynb", as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -165,3 +172,87 @@ def test_bundled_notebook_runs_headless_like_kaggle(tmp_path: Path) -> None:
     run = tmp_path / "working" / "melalib-tiny"
     assert (run / "oof_fold0.csv").is_file() and not (run / "oof_fold1.csv").exists()
     assert (run / "figures" / "03_learning_curves.png").is_file()
+
+
+def test_default_title_keeps_the_kernel_id_and_the_licence_is_kaggles(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = build_bundle(tmp_path / "b", "alice/melalib-isic2020", wheel_dataset="alice/wheel",
+                       with_wheel=False)
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["title"] == default_title("melalib-isic2020") == "melalib isic2020"
+    assert slugify(meta["title"]) == "melalib-isic2020"
+    assert "slug" not in caplog.text  # no "Kaggle derives a kernel's slug" warning
+    wheel_meta = json.loads((out / "wheel" / "dataset-metadata.json").read_text())
+    assert [lic["name"] for lic in wheel_meta["licenses"]] == ["other"]
+    assert wheel_meta["licenses"][0]["name"] in KAGGLE_LICENSES and "MIT" in wheel_meta[
+        "description"]
+    assert "MIT" not in KAGGLE_LICENSES  # why "other": Kaggle's documented list has no MIT
+
+
+def test_weights_need_the_backbone_they_were_made_for(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no backbone"):
+        build_bundle(tmp_path / "b", "alice/k-one", wheel_dataset="alice/wheel",
+                     weights_dataset="alice/effnet/tf_efficientnet_b3.bin", with_wheel=False)
+    assert not (tmp_path / "b" / "kernel-metadata.json").exists()
+
+
+def test_weights_from_a_kaggle_model(tmp_path: Path) -> None:
+    out = build_bundle(tmp_path / "b", "alice/k-one", wheel_dataset="alice/wheel",
+                       weights_model="alice/effnet-b0/pytorch/default/3/b0.pth",
+                       parameters={"backbone": "efficientnet_b0"}, with_wheel=False)
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["model_sources"] == ["alice/effnet-b0/pytorch/default/3"]
+    assert meta["dataset_sources"] == ["alice/wheel"]
+    params = _injected(nbformat.read(out / "03_train.ipynb", as_version=4))
+    assert params["pretrained_path"] == "/kaggle/input/effnet-b0/pytorch/default/3/b0.pth"
+    assert "Kaggle Model `alice/effnet-b0/pytorch/default/3`" in (out / "README.md").read_text()
+    with pytest.raises(ConfigError, match="Kaggle Model file"):
+        build_bundle(tmp_path / "c", "alice/k-one", wheel_dataset="alice/wheel",
+                     weights_model="alice/effnet-b0/pytorch/default", with_wheel=False)
+
+
+def test_weights_are_checked_against_the_baked_backbone(tmp_path: Path) -> None:
+    import timm
+    import torch
+
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), weights)
+    common = dict(wheel_dataset="alice/wheel", weights_dataset="alice/r10-weights/resnet10t.pth",
+                  weights_file=weights, with_wheel=False)
+    out = build_bundle(tmp_path / "ok", "alice/k-one", parameters={"backbone": "resnet10t"},
+                       **common)
+    assert (out / "kernel-metadata.json").is_file()
+    with pytest.raises(ConfigError, match="does not fit the baked backbone 'resnet18'"):
+        build_bundle(tmp_path / "bad", "alice/k-one", parameters={"backbone": "resnet18"},
+                     **common)
+    assert not (tmp_path / "bad" / "kernel-metadata.json").exists()
+
+
+def test_the_wheel_ships_stripped_numbered_notebooks_only(tmp_path: Path) -> None:
+    """A notebook left open in Lab (outputs, language_info) and an executed copy in
+    notebooks/: the wheel holds the five sources, stripped."""
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(repo / "melalib", src / "melalib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "notebooks", src / "notebooks",
+                    ignore=shutil.ignore_patterns("out*.ipynb", ".ipynb_checkpoints"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(repo / name, src / name)
+    dirty = json.loads((src / "notebooks" / "03_train.ipynb").read_text())
+    dirty["metadata"]["language_info"] = {"name": "python", "version": "3.11.2"}
+    code = next(c for c in dirty["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["secret\\n"]}]
+    code["execution_count"] = 7
+    (src / "notebooks" / "03_train.ipynb").write_text(json.dumps(dirty))
+    (src / "notebooks" / "out.ipynb").write_text(json.dumps(dirty))
+    wheel = build_wheel(tmp_path / "dist", root=src)
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = sorted(n for n in zf.namelist() if n.endswith(".ipynb"))
+        nb = json.loads(zf.read("melalib/notebooks/03_train.ipynb"))
+    assert shipped == [f"melalib/notebooks/{n}" for n in sorted(
+        p.name for p in (repo / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    assert "language_info" not in nb["metadata"] and nb["metadata"]["kernelspec"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None
+               for c in nb["cells"] if c["cell_type"] == "code")
+    assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
