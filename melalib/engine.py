@@ -422,6 +422,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         _remove_stale_checkpoint_temps(run, fold)
     state = _resume_state(cfg, run, fold, fd.encoder.dim, task)
     start_epoch, best, best_epoch, stale, history = 0, -math.inf, -1, 0, []
+    best_val_probs: np.ndarray | None = None  # the best epoch's OOF, when made in this call
     if state is not None:
         load_model_weights(model, state, run.checkpoint(fold))
         optimizer.load_state_dict(state["optimizer"])
@@ -477,6 +478,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         improved = score > best
         if improved:
             best, best_epoch, stale = score, epoch + 1, 0
+            best_val_probs = val_probs
         else:
             stale += 1
         history.append({"fold": fold, "epoch": epoch + 1, "train_loss": train_loss,
@@ -497,7 +499,8 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
                      epoch + 1, train_loss, val_loss, task.primary_metric, score,
                      " (best)" if improved else "")
         ddp.barrier(info)
-    return _predict_fold(cfg, table, fd, fold, run, device, info, precision, per_rank_batch)
+    return _predict_fold(cfg, table, fd, fold, run, device, info, precision, per_rank_batch,
+                         val_probs=best_val_probs)
 
 
 def _make_ema(model: nn.Module, decay: float) -> nn.Module:
@@ -582,8 +585,15 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: Iterable[dict[str, An
 
 def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, run: RunDir,
                   device: torch.device, info: ddp.DistInfo, precision: Precision,
-                  batch_size: int) -> dict[str, Any]:
-    """Reload the best checkpoint and write the fold's OOF (and test) predictions."""
+                  batch_size: int, val_probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Reload the best checkpoint and write the fold's OOF (and test) predictions.
+
+    ``val_probs``: the validation predictions that the best epoch already made with the
+    weights of the best checkpoint (same model, batch size, precision, no TTA); they become
+    the OOF as they are instead of a second pass over the validation images. They are
+    recomputed when absent (the best epoch ran before a resume) or when ``tta`` > 1 (the
+    per-epoch validation uses one view).
+    """
     from .metrics import evaluate
     from .models import build_model
 
@@ -595,9 +605,10 @@ def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, r
     weights = state[key] if key == "model" else _ema_weights(state["ema"])
     load_model_weights(model, {"model": weights}, best_path)
     kwargs = dict(precision=precision, tta=cfg.train.tta, channels_last=cfg.train.channels_last)
-    val_ds = make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False)
-    val_probs, _ = predict_distributed(model, val_ds, task, device, info, batch_size * 2,
-                                       cfg.data.num_workers, **kwargs)
+    if val_probs is None or cfg.train.tta != 1:
+        val_ds = make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False)
+        val_probs, _ = predict_distributed(model, val_ds, task, device, info, batch_size * 2,
+                                           cfg.data.num_workers, **kwargs)
     oof = prediction_frame(fd.val_df, task, val_probs, fold, labelled=True)
     test = None
     if len(fd.test_df):

@@ -209,3 +209,44 @@ def test_torch_compile_trains(tiny_cfg) -> None:
     cfg = tiny_cfg(fold=0, compile=True, channels_last=True)
     melalib.train(cfg)
     assert (cfg.run_dir / "oof_fold0.csv").is_file()
+
+
+def _count_validation_passes(monkeypatch) -> dict[int, int]:
+    """Wrap engine.predict_probs: number of calls per dataset length."""
+    real = engine.predict_probs
+    calls: dict[int, int] = {}
+
+    def counting(model, loader, *args, **kwargs):
+        n = len(loader.dataset)
+        calls[n] = calls.get(n, 0) + 1
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "predict_probs", counting)
+    return calls
+
+
+@pytest.mark.parametrize("tta", [1, 2])
+def test_best_epoch_validation_predictions_are_reused(tiny_cfg, monkeypatch, tta) -> None:
+    cfg = tiny_cfg(name=f"reuse{tta}", epochs=3, fold=0, tta=tta)
+    calls = _count_validation_passes(monkeypatch)
+    melalib.train(cfg)
+    run = RunDir(cfg.run_dir, cfg)
+    table = run.load_table()
+    df = table.df
+    n_val = int(((df["split"] == "train") & (df["fold"] == 0)).sum())
+    n_test = int((df["split"] == "test").sum())
+    assert n_val != n_test
+    # one validation pass per epoch; the OOF pass again only with TTA (other views)
+    assert calls[n_val] == 3 + (tta > 1)
+    assert calls.get(n_test, 0) == (1 if n_test else 0)
+    # the reused predictions are those of the best checkpoint
+    from melalib.inference import load_predictor
+
+    predictor = load_predictor(run.checkpoint(0, "best"))
+    val = df[(df["split"] == "train") & (df["fold"] == 0)].reset_index(drop=True)
+    again = predictor.predict(val, tta=tta, progress=False, num_workers=0)
+    oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv", dtype={"image_id": str})
+    merged = oof.merge(again, on="image_id", suffixes=("", "_again"))
+    assert len(merged) == n_val
+    np.testing.assert_allclose(merged["prob_melanoma"], merged["prob_melanoma_again"],
+                               atol=1e-5)
