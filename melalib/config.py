@@ -38,6 +38,10 @@ class DataConfig:
     fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
     features: str = "default"  # default | isic11 | context | none
+    target: str = "label"  # label | diagnosis (binary melanoma: train on 9 diagnosis classes, report P(MEL))
+    pseudo_run: str = ""  # second round: run folder whose test predictions give pseudo-labels
+    pseudo_threshold: float = 0.95  # pseudo_run: test rows with P(class) >= this join training
+    pseudo_weight: float = 0.5  # pseudo_run: loss weight of a pseudo-labelled row (real rows 1)
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
     custom_csv: str = ""  # dataset=custom: CSV naming images, labels and metadata
@@ -203,6 +207,17 @@ class RunConfig:
         _choice("features", d.features, ("default", "isic11", "context", "none"))
         _choice("image_alpha", d.image_alpha, _alpha_choices())
         _check_name(self.name)
+        from .targets import TARGETS
+
+        _choice("target", d.target, TARGETS)
+        if d.pseudo_run:
+            if not 0.5 < d.pseudo_threshold <= 1:
+                raise ConfigError(f"pseudo_threshold must be in (0.5, 1], got {d.pseudo_threshold}")
+            if not 0 < d.pseudo_weight <= 1:
+                raise ConfigError(f"pseudo_weight must be in (0, 1], got {d.pseudo_weight}")
+            if d.target != "label":
+                raise ConfigError("pseudo_run needs target=label (pseudo-labels are of the "
+                                  "reported classes, not of the diagnosis classes)")
         _choice("scheduler", t.scheduler, ("cosine", "plateau", "none"))
         _choice("amp_dtype", t.amp_dtype, ("auto", "bf16", "fp16"))
         _choice("loss", t.loss, ("auto", "bce", "focal", "ce"))

@@ -385,8 +385,11 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     from .metrics import primary_metric
     from .models import build_model, param_groups, set_backbone_trainable
     from .samplers import build_sampler
+    from .targets import report_labels, report_probs, report_task, training_table
 
+    table = training_table(table, cfg.data.target)
     t, task = cfg.train, table.task
+    reported = report_task(task)
     set_deterministic(t.deterministic)
     seed_everything(derived_seed(t.seed, fold))
     fd = fold_data(cfg, table, fold)
@@ -467,9 +470,9 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         val_probs, val_loss = predict_distributed(
             eval_model, val_ds, task, device, info, per_rank_batch * 2, cfg.data.num_workers,
             precision=precision, channels_last=t.channels_last, loss_fn=loss_fn)
-        y_val = fd.val_df["label"].to_numpy().astype(int)
+        y_val = report_labels(fd.val_df, task)
         try:
-            score = float(primary_metric(task, y_val, val_probs))
+            score = float(primary_metric(reported, y_val, report_probs(val_probs, task)))
         except MelalibError as exc:
             log.warning("fold %d epoch %d: %s; selecting on -val_loss", fold, epoch + 1, exc)
             score = -val_loss
@@ -482,7 +485,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         else:
             stale += 1
         history.append({"fold": fold, "epoch": epoch + 1, "train_loss": train_loss,
-                        "val_loss": val_loss, task.primary_metric: score,
+                        "val_loss": val_loss, reported.primary_metric: score,
                         "lr": optimizer.param_groups[-1]["lr"], "frozen_backbone": frozen,
                         "seconds": round(time.perf_counter() - started, 2)})
         if info.is_main:
@@ -496,7 +499,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
             write_csv(run.history_path(fold), pd.DataFrame(history))
             _mlflow_log(cfg, run, fold, history[-1])
             log.info("fold %d epoch %d: train_loss %.4f val_loss %.4f %s %.4f%s", fold,
-                     epoch + 1, train_loss, val_loss, task.primary_metric, score,
+                     epoch + 1, train_loss, val_loss, reported.primary_metric, score,
                      " (best)" if improved else "")
         ddp.barrier(info)
     return _predict_fold(cfg, table, fd, fold, run, device, info, precision, per_rank_batch,
@@ -596,6 +599,7 @@ def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, r
     """
     from .metrics import evaluate
     from .models import build_model
+    from .targets import report_task
 
     task = table.task
     best_path = run.checkpoint(fold, "best")
@@ -617,7 +621,8 @@ def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, r
         test_probs, _ = predict_distributed(model, test_ds, task, device, info,
                                             batch_size * 2, cfg.data.num_workers, **kwargs)
         test = prediction_frame(fd.test_df, task, test_probs, fold, labelled=False)
-    metrics = evaluate(task, oof["label"].to_numpy(), oof[task.prob_columns].to_numpy())
+    reported = report_task(task)
+    metrics = evaluate(reported, oof["label"].to_numpy(), oof[reported.prob_columns].to_numpy())
     metrics["best_epoch"] = state["best_epoch"]
     if info.is_main:
         if test is not None:
@@ -633,12 +638,20 @@ def _ema_weights(ema_state: dict[str, Any]) -> dict[str, Any]:
 
 def prediction_frame(df: pd.DataFrame, task: Task, probs: np.ndarray, fold: int, *,
                      labelled: bool) -> pd.DataFrame:
+    """One fold's predictions in the reported task (`melalib.targets`): a diagnosis-trained
+    model's frame holds the binary label, ``prob_melanoma`` = the MEL softmax column and the
+    ``dx_<class>`` probabilities."""
+    from .targets import diagnosis_columns, report_labels, report_probs, report_task
+
     out = pd.DataFrame({"image_id": df["image_id"].to_numpy(),
                         "group_id": df["group_id"].to_numpy(), "fold": fold})
     if labelled:
-        out["label"] = df["label"].to_numpy().astype(int)
-    for j, col in enumerate(task.prob_columns):
-        out[col] = probs[:, j]
+        out["label"] = report_labels(df, task)
+    reported = report_probs(probs, task)
+    for j, col in enumerate(report_task(task).prob_columns):
+        out[col] = reported[:, j]
+    for col, values in diagnosis_columns(probs, task).items():
+        out[col] = values
     return out
 
 

@@ -24,7 +24,9 @@ assigned to classes by Gumbel top-k on the label model's log-probabilities, afte
 giving each non-dominant class up to 5 distinct training patients (grouped 5-fold CV).
 
 About 15 % of patients (whole patients) form the test split: ``label`` -1, ``label_name``
-"", their true labels kept in ``true_label`` for scoring. ``table.csv`` stores image paths
+"", their true labels kept in ``true_label`` for scoring. The binary table's training rows
+carry the lesion's look as an ISIC ``diagnosis`` (MEL, NV, BKL, DF, VASC) for
+``target=diagnosis``. ``table.csv`` stores image paths
 relative to ``out_dir``; the returned table holds absolute paths.
 """
 
@@ -49,7 +51,7 @@ from ..io import write_json
 from ..table import SITES, LesionTable
 from ..tasks import HAM7, MELANOMA, MILK11, Task
 
-VERSION = 2  # 2: true lesion masks under masks/
+VERSION = 3  # 2: true lesion masks under masks/; 3: binary diagnosis column
 GENERATOR = "melalib.data.synthetic"
 TASKS: dict[str, Task] = {"binary": MELANOMA, "multiclass": HAM7, "paired": MILK11}
 POSITIVE_RATE = 0.08  # binary: melanoma share of lesions (ISIC 2020 has 1.8 %; kept higher
@@ -428,6 +430,9 @@ def _table_frame(task: Task, draw: _Draw, files: pd.DataFrame, paired: bool,
     if paired:
         df["image_bytes_2"] = files["image_bytes_2"].to_numpy()
     df["true_label"] = true_label
+    if task.name == MELANOMA.name:  # the lesion's look as an ISIC diagnosis (training rows)
+        look = les["look"].to_numpy()[lesion].astype(str)
+        df["diagnosis"] = np.where(test, None, np.char.upper(look)).astype(object)
     if paired:
         df["skin_tone"] = np.round(pats["tone"].to_numpy()[pat]).astype(np.int64)
         for column, values in _monet(draw, lesion, seed).items():

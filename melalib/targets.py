@@ -1,0 +1,118 @@
+"""Training targets of a binary melanoma task: the label itself, or the diagnosis classes.
+
+``target=label`` (default) trains on the binary melanoma label. ``target=diagnosis`` trains a
+softmax over one shared 9-class diagnosis vocabulary (`DIAGNOSIS_CLASSES`, as the SIIM-ISIC
+2020 winners did) built from the ``diagnosis`` column the adapters keep (ISIC 2020
+``train.csv`` words, the ISIC 2019 classes in the merged 2019 + 2020 table, the synthetic
+generator's lesion looks) and reports the melanoma class's softmax probability as the run's
+``prob_melanoma``: prediction files, metrics and ensembles still see the binary task. The
+diagnosis probabilities are kept beside it as ``dx_<class>`` columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, DataError
+from .table import LesionTable
+from .tasks import MELANOMA, Task
+
+TARGETS = ("label", "diagnosis")
+DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "BKL", "AK", "SCC", "VASC", "DF", "UNK")
+DIAG9 = Task("diagnosis9", "multiclass", DIAGNOSIS_CLASSES, "balanced_accuracy")
+MELANOMA_CLASS = "MEL"
+BINARY_LABEL = "melanoma_label"  # the binary label kept beside the diagnosis label
+DX_PREFIX = "dx_"
+
+# Every diagnosis word of the public tables (lower-cased) -> the shared class.
+DIAGNOSIS_MAP: dict[str, str] = {
+    # ISIC 2020 train.csv `diagnosis`
+    "melanoma": "MEL", "nevus": "NV", "seborrheic keratosis": "BKL", "lentigo nos": "BKL",
+    "lichenoid keratosis": "BKL", "solar lentigo": "BKL", "cafe-au-lait macule": "UNK",
+    "atypical melanocytic proliferation": "UNK", "unknown": "UNK",
+    # ISIC 2019 ground-truth classes (kept as `diagnosis` by merge_isic2019_2020)
+    **{c.lower(): c for c in DIAGNOSIS_CLASSES},
+    # HAM10000 / synthetic looks
+    "mel": "MEL", "nv": "NV", "akiec": "AK", "bkl": "BKL", "df": "DF", "vasc": "VASC",
+}
+
+
+def check_target(target: str, task: Task) -> None:
+    """``target`` must be known; ``diagnosis`` needs the binary melanoma task."""
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    if target == "diagnosis" and task != MELANOMA:
+        raise ConfigError(f"target=diagnosis needs a binary melanoma dataset (isic2020, "
+                          f"isic2020+2019, synthetic binary); this table's task is "
+                          f"{task.name!r} {list(task.classes)}")
+
+
+def diagnosis_labels(table: LesionTable) -> np.ndarray:
+    """Class index in `DIAGNOSIS_CLASSES` per row (-1 for test rows); DataError names the
+    first row whose diagnosis is missing, unknown or contradicts the melanoma label."""
+    df = table.df
+    file = table.origin or None
+    if "diagnosis" not in df.columns:
+        raise DataError("target=diagnosis needs a 'diagnosis' column (ISIC 2020 train.csv, "
+                        "the merged 2019 + 2020 table or synthetic v3 data)", file=file,
+                        column="diagnosis")
+    train = (df["split"] == "train").to_numpy()
+    out = np.full(len(df), -1, dtype=np.int64)
+    words = df["diagnosis"].astype(object).where(df["diagnosis"].notna(), None)
+    for pos in np.flatnonzero(train):
+        word = words.iloc[pos]
+        key = str(word).strip().lower() if word is not None else ""
+        if key not in DIAGNOSIS_MAP:
+            raise DataError(f"diagnosis {word!r} is not in the shared vocabulary "
+                            f"{sorted(DIAGNOSIS_MAP)}", file=file, row=pos + 1,
+                            column="diagnosis")
+        out[pos] = DIAGNOSIS_CLASSES.index(DIAGNOSIS_MAP[key])
+    is_mel = out == DIAGNOSIS_CLASSES.index(MELANOMA_CLASS)
+    clash = train & (is_mel != (df["label"].to_numpy() == 1))
+    if clash.any():
+        pos = int(np.flatnonzero(clash)[0])
+        raise DataError(f"diagnosis {words.iloc[pos]!r} contradicts label "
+                        f"{int(df['label'].iloc[pos])}", file=file, row=pos + 1,
+                        column="diagnosis")
+    return out
+
+
+def training_table(table: LesionTable, target: str) -> LesionTable:
+    """The table a fold trains on: ``table`` itself for ``label``; for ``diagnosis`` a copy
+    with the 9-class labels (task `DIAG9`) and the binary label in ``melanoma_label``."""
+    check_target(target, table.task)
+    if target == "label":
+        return table
+    labels = diagnosis_labels(table)
+    df = table.df.copy()
+    df[BINARY_LABEL] = df["label"].to_numpy()
+    df["label"] = labels
+    df["label_name"] = np.array((*DIAGNOSIS_CLASSES, ""), dtype=object)[labels]
+    return LesionTable(df, DIAG9, origin=table.origin)
+
+
+def report_task(task: Task) -> Task:
+    """The task a run reports: MELANOMA for a diagnosis-trained model, else ``task``."""
+    return MELANOMA if task == DIAG9 else task
+
+
+def report_labels(df: pd.DataFrame, task: Task) -> np.ndarray:
+    """Labels of the reported task (the binary label for a diagnosis-trained model)."""
+    column = BINARY_LABEL if task == DIAG9 else "label"
+    return df[column].to_numpy().astype(int)
+
+
+def report_probs(probs: np.ndarray, task: Task) -> np.ndarray:
+    """Probabilities of the reported task: the melanoma softmax column (N, 1) for `DIAG9`."""
+    probs = np.asarray(probs)
+    if task != DIAG9:
+        return probs
+    return probs[:, [DIAGNOSIS_CLASSES.index(MELANOMA_CLASS)]]
+
+
+def diagnosis_columns(probs: np.ndarray, task: Task) -> dict[str, np.ndarray]:
+    """``dx_<class>`` columns of a diagnosis-trained model's softmax (empty otherwise)."""
+    if task != DIAG9:
+        return {}
+    return {f"{DX_PREFIX}{c}": np.asarray(probs)[:, j] for j, c in enumerate(DIAGNOSIS_CLASSES)}
