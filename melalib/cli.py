@@ -1,5 +1,5 @@
-"""`melalib` command line: prepare | train | predict | ensemble | reproduce | demo | presets |
-kaggle-bundle.
+"""`melalib` command line: prepare | train | predict | ensemble | stack | reproduce | demo |
+presets | kaggle-bundle.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
@@ -104,6 +104,12 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return ensemble_cli(args)
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from .stack import stack_cli
+
+    return stack_cli(args)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
@@ -185,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean, rank or geometric average, or weights searched on OOF")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("stack", help="boosted trees on runs' OOF scores + metadata + patient "
+                       "context; writes a run-like folder")
+    p.add_argument("runs", nargs="*", help="binary run folders (none: metadata alone, from "
+                   "the data config)")
+    _add_config_args(p)
+    p.add_argument("--model", default="hgb", help="hgb (HistGradientBoosting) or logistic")
+    p.add_argument("--seeds", type=int, default=3, help="seeds averaged per fold")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap draws")
+    p.add_argument("--no-meta", dest="no_meta", action="store_true", help="no metadata")
+    p.add_argument("--no-context", dest="no_context", action="store_true",
+                   help="no patient-context features")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("reproduce", help="re-run a finished run and compare its OOF")
     p.add_argument("run_dir", help="finished run folder (outputs/<name>)")
