@@ -103,6 +103,10 @@ def build_table(cfg: RunConfig, run: RunDir | None = None) -> LesionTable:
     table = preflight_images(table, cfg, run)
     table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
                          stratify=cfg.data.fold_stratify)
+    if cfg.data.pseudo_run:
+        from .pseudo import add_pseudo_labels
+
+        table = add_pseudo_labels(table, cfg.data.pseudo_run, cfg.data.pseudo_threshold)
     table.validate()
     if run is not None:
         run.save_table(table)
@@ -287,13 +291,17 @@ class FoldData:
 
 
 def fold_data(cfg: RunConfig, table: LesionTable, fold: int) -> FoldData:
-    """Split by fold and fit the metadata encoder on the training rows only."""
+    """Split by fold and fit the metadata encoder on the training rows only; pseudo-labelled
+    test rows (`melalib.pseudo`) join the training rows, never the validation rows."""
     from .features import MetaEncoder
+    from .pseudo import check_validation, with_pseudo_rows
 
     df = table.df
     train_df = df[(df["split"] == "train") & (df["fold"] != fold)].reset_index(drop=True)
     val_df = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
     test_df = df[df["split"] == "test"].reset_index(drop=True)
+    train_df = with_pseudo_rows(train_df, df, table.task)
+    check_validation(val_df, df)
     if train_df.empty or val_df.empty:
         raise ConfigError(f"fold {fold} has {len(train_df)} training and {len(val_df)} "
                           "validation rows; every fold needs both")
@@ -384,6 +392,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     from .losses import build_loss
     from .metrics import primary_metric
     from .models import build_model, param_groups, set_backbone_trainable
+    from .pseudo import row_weights
     from .samplers import build_sampler
     from .targets import report_labels, report_probs, report_task, training_table
 
@@ -409,6 +418,8 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     val_ds = make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False)
     labels = fd.train_df["label"].to_numpy().astype(int)
     loss_fn = build_loss(t, task, labels).to(device)
+    weights = row_weights(fd.train_df, cfg.data.pseudo_weight)
+    row_weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     per_rank_batch = max(1, t.batch_size // info.world_size)
     per_rank_items = math.ceil(len(train_ds) / info.world_size)
     # a last batch of one sample breaks BatchNorm: drop the incomplete batch when there is a
@@ -465,7 +476,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         train_loss = _train_epoch(net, model, loader, loss_fn, optimizer, scheduler, scaler, ema,
                                   precision, device, cfg, n_batches,
                                   desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}",
-                                  progress=progress)
+                                  progress=progress, row_weight=row_weight)
         eval_model = ema.module if ema is not None else model
         val_probs, val_loss = predict_distributed(
             eval_model, val_ds, task, device, info, per_rank_batch * 2, cfg.data.num_workers,
@@ -549,7 +560,9 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: Iterable[dict[str, An
                  loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  scaler: torch.amp.GradScaler, ema: Any, precision: Precision,
                  device: torch.device, cfg: RunConfig, n_batches: int, *, desc: str,
-                 progress: bool) -> float:
+                 progress: bool, row_weight: torch.Tensor | None = None) -> float:
+    from .losses import weighted_loss
+
     t = cfg.train
     net.train()
     optimizer.zero_grad(set_to_none=True)
@@ -561,7 +574,11 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: Iterable[dict[str, An
         batch = to_device(batch, device, t.channels_last)
         with precision.autocast(device):
             logits = forward(net, batch)
-        loss = loss_fn(logits.float(), batch["target"])
+        if row_weight is None:
+            loss = loss_fn(logits.float(), batch["target"])
+        else:  # pseudo-labelled rows count pseudo_weight times a real row
+            w = row_weight[batch["index"].cpu()].to(device)
+            loss = weighted_loss(loss_fn, logits.float(), batch["target"], w)
         if not torch.isfinite(loss):
             raise MelalibError(f"{desc}: the loss became {loss.item()} at batch {i}; lower lr "
                                "or enable clip_grad")

@@ -155,6 +155,21 @@ class SoftmaxLoss(_FocalBase):
         return loss / w[targets].sum()
 
 
+def weighted_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+    """``loss_fn`` with per-row weights of few distinct values (real rows 1, pseudo-labelled
+    rows ``pseudo_weight``): sum over weight groups of w * n_w * mean loss of the group,
+    divided by sum of w * n_w (for an unweighted loss: the weighted mean of row losses)."""
+    total = logits.new_zeros(())
+    norm = logits.new_zeros(())
+    for w in torch.unique(weights):
+        rows = weights == w
+        n = rows.sum().to(logits.dtype)
+        total = total + w * n * loss_fn(logits[rows], targets[rows])
+        norm = norm + w * n
+    return total / norm
+
+
 def build_loss(train_cfg: TrainConfig, task: Task, train_labels: np.ndarray) -> nn.Module:
     """The configured loss for ``task``, weighted from the training fold's labels.
 

@@ -87,6 +87,27 @@ def test_partial_auc_hand_cases() -> None:
     assert M.partial_auc(y, p, min_tpr=0.0) == pytest.approx(M.roc_auc(y, p))
 
 
+def _isic2024_official(solution: np.ndarray, submission: np.ndarray, min_tpr: float = 0.80
+                       ) -> float:
+    """The ISIC 2024 Kaggle metric's arithmetic (score(): flip labels and scores, sklearn's
+    McClish-standardised AUC up to max_fpr, then back to the raw area in [0, 0.2])."""
+    v_gt = abs(np.asarray(solution) - 1)
+    v_pred = np.array([1.0 - x for x in submission])
+    max_fpr = abs(1 - min_tpr)
+    scaled = skm.roc_auc_score(v_gt, v_pred, max_fpr=max_fpr)
+    return 0.5 * max_fpr**2 + (max_fpr - 0.5 * max_fpr**2) / (1.0 - 0.5) * (scaled - 0.5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_partial_auc_equals_the_isic2024_kaggle_metric(seed: int) -> None:
+    y, p = _binary(seed)
+    p = np.round(p, 2)  # ties
+    assert M.partial_auc(y, p) == pytest.approx(_isic2024_official(y, p), abs=1e-12)
+    assert M.evaluate(MELANOMA, y, p)["pauc_80"] == pytest.approx(_isic2024_official(y, p),
+                                                                 abs=1e-12)
+    assert 0.0 <= M.partial_auc(y, p) <= 0.2
+
+
 def test_threshold_metrics_and_operating_points_by_hand() -> None:
     y = [0, 0, 0, 0, 1, 1, 1, 1]
     p = [0.7, 0.5, 0.2, 0.1, 0.9, 0.8, 0.4, 0.3]
