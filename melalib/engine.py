@@ -34,7 +34,7 @@ from .checkpoints import check_compatible, load_checkpoint, load_model_weights, 
 from .config import RunConfig
 from .errors import ConfigError, MelalibError
 from .io import write_csv, write_json
-from .runs import RunDir
+from .runs import RunDir, RunLock
 from .table import LesionTable
 from .tasks import Task
 
@@ -349,24 +349,25 @@ def train(cfg: RunConfig, fold: int | None = None, *, progress: bool = True) -> 
         raise ConfigError("sampler != none is not supported under torchrun (DDP); use "
                           "class_weighting instead")
     progress = progress and info.is_main and os.environ.get("MELALIB_PROGRESS", "1") != "0"
+    lock = RunLock(cfg) if info.is_main else nullcontext()
     try:
-        if info.is_main:
-            run = RunDir.open(cfg)
-            table = build_table(cfg, run)
-        ddp.barrier(info)
-        if not info.is_main:
-            run = RunDir.open(cfg.with_overrides({"overwrite": False}), write=False)
-            table = run.load_table()
-        _setup_file_log(run, info)
-        folds = range(cfg.data.n_folds) if fold == -1 else [fold]
-        for k in folds:
-            if run.fold_done(k):
-                log.info("fold %d already finished in %s; skipping", k, run.path)
-                continue
-            train_fold(cfg, table, k, run, device=device, info=info, progress=progress)
-        summary = finalize(run, table.task) if info.is_main else {}
-        ddp.barrier(info)
-        return summary
+        with lock:
+            if info.is_main:
+                run, table = RunDir.start(cfg, lambda r: build_table(cfg, r))
+            ddp.barrier(info)
+            if not info.is_main:
+                run = RunDir.open(cfg.with_overrides({"overwrite": False}), write=False)
+                table = run.load_table()
+            _setup_file_log(run, info)
+            folds = range(cfg.data.n_folds) if fold == -1 else [fold]
+            for k in folds:
+                if run.fold_done(k):
+                    log.info("fold %d already finished in %s; skipping", k, run.path)
+                    continue
+                train_fold(cfg, table, k, run, device=device, info=info, progress=progress)
+            summary = finalize(run, table.task) if info.is_main else {}
+            ddp.barrier(info)
+            return summary
     finally:
         ddp.cleanup(info)
 

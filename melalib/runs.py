@@ -20,23 +20,26 @@ run.json also counts ``n_skipped_images`` and ``n_unlisted_images``.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import yaml
 
 from .config import RunConfig
-from .errors import ConfigError, DataError, RunExistsError
-from .io import write_json, write_yaml
+from .errors import ConfigError, DataError, RunExistsError, RunLockedError
+from .io import write_error, write_json, write_yaml
 from .table import LesionTable
 
 PACKAGES = ("melalib", "torch", "torchvision", "timm", "albumentations", "numpy", "pandas",
@@ -64,6 +67,105 @@ def git_commit(path: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+MARKER = ".melalib-run"  # melalib's own mark on a run folder it created (JSON: name)
+T = TypeVar("T")
+
+
+def run_path(cfg: RunConfig) -> Path:
+    """``<output_dir>/<name>``, checked: inside ``output_dir`` and not a symbolic link."""
+    out = Path(cfg.output_dir)
+    path = out / cfg.name  # the name is one path component (RunConfig.validate)
+    if path.is_symlink():
+        raise RunExistsError(
+            f"run folder {path} is a symbolic link (to {os.readlink(path)}); melalib does not "
+            "write through links: set output_dir to the folder that really holds the runs")
+    if out.exists() and path.resolve().parent != out.resolve():
+        raise RunExistsError(f"run folder {path} resolves outside output_dir {out}; pick "
+                             "another run name")
+    return path
+
+
+class RunLock:
+    """An advisory lock (``fcntl.flock``) on run ``<output_dir>/<name>``, held while one
+    process trains it; a second process gets `RunLockedError` naming the holder's PID.
+
+    The lock file is ``<output_dir>/.<name>.lock`` (beside the run folder, so it outlives
+    a replacement of the folder); the kernel releases the lock when the holder exits, even
+    on SIGKILL. Where ``fcntl`` does not exist (Windows) no lock is taken.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        path = run_path(cfg)
+        self.run = path
+        self.path = path.with_name(f".{cfg.name}.lock")
+        self._fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")  # held until __exit__
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunLockedError(
+                f"run {self.run} is being trained by another process (PID {holder}, lock "
+                f"{self.path}); wait for it to finish or stop it, then rerun") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock
+            self._fh = None
+
+
+def _write_marker(path: Path, name: str) -> None:
+    write_json(path / MARKER, {"melalib_run": name})
+
+
+def _owned(path: Path, name: str) -> bool:
+    """True when ``path`` is a real folder holding melalib's marker for run ``name``."""
+    marker = path / MARKER
+    if path.is_symlink() or not path.is_dir() or not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("melalib_run") == name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_owned(path: Path, name: str) -> None:
+    """Delete ``path`` if melalib's marker for run ``name`` identifies it; else leave it."""
+    if _owned(path, name):
+        shutil.rmtree(path)
+
+
+def _recover_swap(path: Path) -> None:
+    """Tidy what an interrupted replacement left beside ``path``: the old run is put back if
+    the process died between the two renames, leftovers of run ``name`` are deleted."""
+    name = path.name
+    if not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{glob.escape(name)}.old-*"))
+    if not path.exists() and olds and _owned(olds[-1], name):
+        os.rename(olds.pop(), path)
+    for leftover in [*olds, *path.parent.glob(f".{glob.escape(name)}.new-*")]:
+        _remove_owned(leftover, name)
+
+
 @dataclass
 class RunDir:
     """One run's folder; `open` decides between a fresh start, a resume and a refusal."""
@@ -74,42 +176,97 @@ class RunDir:
     # ---------------------------------------------------------------- opening
     @classmethod
     def open(cls, cfg: RunConfig, *, write: bool = True) -> RunDir:
-        """Create ``cfg.run_dir``, or resume it when it holds the same config.
+        """Create ``cfg.run_dir``, or resume it when it holds the same config (see `start`)."""
+        if not write:
+            return cls(run_path(cfg), cfg)
+        return cls.start(cfg, lambda run: None)[0]
 
-        A folder holding another config raises RunExistsError unless ``cfg.overwrite``;
-        a non-empty folder that is not a melalib run is never deleted.
+    @classmethod
+    def start(cls, cfg: RunConfig, build: Callable[[RunDir], T]) -> tuple[RunDir, T]:
+        """Open the run folder for writing and call ``build(run)`` (load and check the data).
+
+        - no folder: created (with melalib's marker ``.melalib-run``), then ``build``; a
+          ``build`` that fails leaves a folder the next command may replace;
+        - the same config: resumed; a folder whose run never started (no table stored, e.g.
+          a failed first attempt) with another config: replaced as below;
+        - another config: refused (RunExistsError naming what changed) unless
+          ``cfg.overwrite``; then the new run is built in ``.<name>.new-<pid>`` first, so a
+          bad config or data fails with the old run untouched; on success the old folder is
+          renamed aside and the new one into place (atomic renames), and only then is the
+          old one deleted, and only if melalib's marker identifies it;
+        - a folder that is not a melalib run, or a symbolic link: refused, never deleted.
         """
-        path = cfg.run_dir
+        path = run_path(cfg)
         run = cls(path, cfg)
-        if path.exists() and any(path.iterdir()):
-            info = run.info()
-            if info is None:
+        if path.exists() and not path.is_dir():
+            raise RunExistsError(f"{path} exists and is a file, not a run folder; pick another "
+                                 "run name or output_dir")
+        _recover_swap(path)
+        info = run.info() if path.is_dir() else None
+        if path.exists() and any(path.iterdir()) and info is None:
+            raise RunExistsError(
+                f"{path} exists and is not a melalib run (no run.json); choose another run "
+                "name or output_dir: melalib never deletes folders it did not write")
+        if info is not None and (cfg.overwrite or not run._same_config(info)):
+            if not _owned(path, cfg.name):
                 raise RunExistsError(
-                    f"{path} exists and is not a melalib run (no run.json); choose another "
-                    "run name or output_dir: melalib never deletes folders it did not write")
-            if cfg.overwrite:
-                if write:
-                    shutil.rmtree(path)
-            else:
-                old = run.load_config()
-                diff = (old.result_diff(cfg) if old is not None
-                        else {} if info.get("fingerprint") == cfg.fingerprint()
-                        else {"config.yaml": ("missing", "")})
-                if diff:
-                    changed = {k: v[::-1] for k, v in diff.items()}  # (now, before)
-                    raise RunExistsError(
-                        f"{path} holds a run with another config (changed, now vs before: "
-                        f"{changed}); resume it with the same config, pick a new run name, or "
-                        "pass overwrite=True / --overwrite to replace it")
-                if write and info.get("fingerprint") != cfg.fingerprint():
-                    run.update_info(fingerprint=cfg.fingerprint())  # fields added since
-        if write:
-            run.path.mkdir(parents=True, exist_ok=True)
-            (run.path / "checkpoints").mkdir(exist_ok=True)
-            if run.info() is None:
-                run._write_provenance()
-            write_yaml(run.path / "config.yaml", cfg.to_dict())
-        return run
+                    f"{path} has no melalib marker ({MARKER}; the run predates it or was "
+                    "copied), so melalib will not replace it; delete it yourself or pick "
+                    "another run name")
+            return cls._replace(cfg, build)
+        if info is None:
+            run._create()
+        else:
+            if info.get("fingerprint") != cfg.fingerprint():
+                run.update_info(fingerprint=cfg.fingerprint())  # fields added since
+            if not (path / MARKER).is_file():
+                _write_marker(path, cfg.name)  # a legacy run resumed with its own config
+            write_yaml(path / "config.yaml", cfg.to_dict())
+        return run, build(run)
+
+    def _same_config(self, info: dict[str, Any]) -> bool:
+        """True when the folder's config matches (a started run with another one is
+        refused here unless overwrite; an unstarted one is replaced)."""
+        old = self.load_config()
+        diff = (old.result_diff(self.cfg) if old is not None
+                else {} if info.get("fingerprint") == self.cfg.fingerprint()
+                else {"config.yaml": ("missing", "")})
+        if diff and "table_hash" in info and not self.cfg.overwrite:
+            changed = {k: v[::-1] for k, v in diff.items()}  # (now, before)
+            raise RunExistsError(
+                f"{self.path} holds a run with another config (changed, now vs before: "
+                f"{changed}); resume it with the same config, pick a new run name, or "
+                "pass overwrite=True / --overwrite to replace it")
+        return not diff
+
+    @classmethod
+    def _replace(cls, cfg: RunConfig, build: Callable[[RunDir], T]) -> tuple[RunDir, T]:
+        """Build the new run beside the old one, then swap them (see `start`)."""
+        path = run_path(cfg)
+        staging = cls(path.with_name(f".{cfg.name}.new-{os.getpid()}"), cfg)
+        _remove_owned(staging.path, cfg.name)
+        staging._create()
+        try:
+            result = build(staging)  # a failure leaves the old run as it was
+        except BaseException:
+            if not (staging.path / "bad_images.csv").exists():  # else kept for its report
+                _remove_owned(staging.path, cfg.name)
+            raise
+        aside = path.with_name(f".{cfg.name}.old-{os.getpid()}")
+        _remove_owned(aside, cfg.name)
+        os.rename(path, aside)
+        os.rename(staging.path, path)
+        staging.path = path
+        _remove_owned(aside, cfg.name)
+        return staging, result
+
+    def _create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        _write_marker(self.path, self.cfg.name)
+        if self.info() is None:
+            self._write_provenance()
+        write_yaml(self.path / "config.yaml", self.cfg.to_dict())
 
     def _write_provenance(self) -> None:
         write_json(self.path / "run.json", {
