@@ -51,6 +51,7 @@ class DataConfig:
     custom_split_column: str = ""  # dataset=custom: column of train / test (default: all train)
     custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
     custom_classes: tuple[str, ...] = ()  # dataset=custom: class order (default: sorted)
+    custom_fold_column: str = ""  # dataset=custom: column of predefined folds 0..n_folds-1 (audited for leakage)
     image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
     max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
 

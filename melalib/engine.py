@@ -97,12 +97,15 @@ def set_deterministic(flag: bool) -> None:
 def build_table(cfg: RunConfig, run: RunDir | None = None) -> LesionTable:
     """Load the dataset, pre-flight its images, assign grouped folds; store it in the run."""
     from .data.adapters import load_table
-    from .folds import assign_folds
+    from .folds import assign_folds, check_predefined_folds
 
     table = load_table(cfg.data)
     table = preflight_images(table, cfg, run)
-    table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
-                         stratify=cfg.data.fold_stratify)
+    if "fold" in table.df.columns:  # predefined (custom_fold_column)
+        table = check_predefined_folds(table, cfg.data.n_folds)
+    else:
+        table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
+                             stratify=cfg.data.fold_stratify)
     if cfg.data.pseudo_run:
         from .pseudo import add_pseudo_labels
 

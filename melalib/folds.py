@@ -118,6 +118,29 @@ def assign_folds(table: LesionTable, n_folds: int = 5, seed: int = 42, stratify:
     return (result, info) if return_info else result
 
 
+def check_predefined_folds(table: LesionTable, n_folds: int) -> LesionTable:
+    """A table whose ``fold`` column came with the data: every training fold in
+    0..n_folds-1, none empty, and no group in two folds or in both train and test
+    (`audit_leakage`, which raises LeakageError)."""
+    df, file = table.df, table.origin or None
+    train = (df["split"] == "train").to_numpy()
+    folds = pd.to_numeric(df["fold"], errors="coerce").fillna(-1).to_numpy(dtype=np.int64)
+    outside = train & ((folds < 0) | (folds >= n_folds))
+    if outside.any():
+        pos = int(np.flatnonzero(outside)[0])
+        raise DataError(f"fold {folds[pos]} is outside 0..{n_folds - 1} (n_folds={n_folds}); "
+                        "set n_folds to the number of folds in the file", file=file,
+                        row=pos + 1, column="fold")
+    empty = sorted(set(range(n_folds)) - set(folds[train].tolist()))
+    if empty:
+        raise DataError(f"fold(s) {empty} have no training rows; set n_folds to the number of "
+                        "folds in the file", file=file, column="fold")
+    out = df.copy()
+    out["fold"] = np.where(train, folds, -1)
+    audit_leakage(out)
+    return LesionTable(out, table.task, table.origin)
+
+
 def stratified_group_folds(strata: np.ndarray, groups: np.ndarray, n_folds: int,
                            seed: int | None) -> np.ndarray:
     """Fold (0..n_folds-1) per row: scikit-learn's ``StratifiedGroupKFold(n_folds,

@@ -47,7 +47,7 @@ INPUT_ROOT = "/kaggle/input"
 WORKING_DIR = "/kaggle/working"
 COMPETITION_DATASETS = {"siim-isic-melanoma-classification": "isic2020"}
 INSTALL_TAG = "melalib-install"
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*[a-z0-9]$")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*[a-z0-9]")  # used with fullmatch
 #: Licence names Kaggle's dataset-metadata.json accepts (kaggle-cli docs/datasets_metadata.md,
 #: "Licenses"). MIT is not among them: the wheel dataset says "other" and names MIT in its
 #: description.
@@ -74,7 +74,7 @@ def _model_parts(ref: str) -> tuple[str, str]:
     """``user/model/framework/variation/version/file`` -> (the kernel's ``model_sources``
     entry, the file's path under /kaggle/input)."""
     parts = ref.strip().strip("/").split("/")
-    if len(parts) < 6 or not _SLUG.match("/".join(parts[:2])) or not parts[4].isdigit():
+    if len(parts) < 6 or not _SLUG.fullmatch("/".join(parts[:2])) or not parts[4].isdigit():
         raise ConfigError("weights_model must be a Kaggle Model file 'user/model/framework/"
                           f"variation/version/file' (version a number), got {ref!r}")
     # Kaggle mounts a model version at /kaggle/input/<model>/<framework>/<variation>/<version>
@@ -85,7 +85,7 @@ def _dataset_parts(ref: str, what: str) -> tuple[str, str]:
     """``user/slug[/path/in/dataset]`` -> (``user/slug``, ``path/in/dataset`` or "")."""
     parts = ref.strip().strip("/").split("/")
     owner_slug = "/".join(parts[:2])
-    if len(parts) < 2 or not _SLUG.match(owner_slug):
+    if len(parts) < 2 or not _SLUG.fullmatch(owner_slug):
         raise ConfigError(f"{what} must be a Kaggle dataset 'user/dataset-slug', got {ref!r}")
     return owner_slug, "/".join(parts[2:])
 
@@ -262,7 +262,7 @@ def build_bundle(out: str | Path, kernel_id: str, title: str | None = None,
     Then: ``kaggle datasets create -p <out>/wheel``, (weights dataset), ``kaggle kernels
     push -p <out>`` - see the README.md written into ``out``.
     """
-    if not _SLUG.match(kernel_id or ""):
+    if not _SLUG.fullmatch(kernel_id or ""):
         raise ConfigError(f"kernel_id must be 'user/kernel-slug' (lower case, digits, '-'), "
                           f"got {kernel_id!r}")
     if not wheel_dataset:

@@ -100,6 +100,7 @@ def test_bundle_without_gpu_or_weights(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(kernel_id="no-slash"), "kernel_id"),
+    (dict(kernel_id="alice/k-one\n"), "kernel_id"),  # '$' matched before a final newline
     (dict(wheel_dataset=None), "wheel_dataset is required"),
     (dict(wheel_dataset="justaname"), "wheel_dataset"),
     (dict(parameters={"epoch": 3}), "unknown notebook parameter"),

@@ -10,7 +10,9 @@ is kept as ``image_bytes`` (NaN otherwise).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from csv import reader as csv_reader
@@ -98,7 +100,9 @@ def _require_ids(df: pd.DataFrame, column: str, file: Path, unique: bool = True)
     """The column as strings; empty or (if ``unique``) repeated values raise DataError."""
     values = df[column]
     if values.isna().any():
-        raise DataError(f"empty {column}", file=file, row=_first_row(values.isna()), column=column)
+        row = _first_row(values.isna())
+        raise DataError(f"{_missing_cell(file, column, row)} {column}", file=file, row=row,
+                        column=column)
     dup = values.duplicated()
     if unique and dup.any():
         first = values[dup].iloc[0]
@@ -106,6 +110,19 @@ def _require_ids(df: pd.DataFrame, column: str, file: Path, unique: bool = True)
         raise DataError(f"duplicate {column} {first!r} (rows {rows}); "
                         f"{int(dup.sum())} repeated row(s)", file=file, row=rows[1], column=column)
     return values.astype(str)
+
+
+def _missing_cell(file: Path, column: str, row: int) -> str:
+    """How a cell read as missing is described: 'empty', or the text pandas took for NA."""
+    try:
+        raw = pd.read_csv(file, dtype=str, keep_default_na=False, index_col=False,
+                          usecols=lambda c: str(c).strip() == column).iloc[row - 1, 0].strip()
+    except (OSError, ValueError, IndexError, pd.errors.ParserError):
+        return "empty"
+    if not raw:
+        return "empty"
+    return (f"{raw!r}, which CSV readers treat as a missing value (like NA, None, null, NaN), "
+            "is not a usable")
 
 
 def _numeric(df: pd.DataFrame, column: str, file: Path) -> np.ndarray:
@@ -530,7 +547,8 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
                     group_column: str | None = None,
                     meta_columns: Mapping[str, str] | None = None,
                     classes: Sequence[str] | None = None, image_dir: PathLike | None = None,
-                    image_ext: str = "", split_column: str | None = None) -> LesionTable:
+                    image_ext: str = "", split_column: str | None = None,
+                    fold_column: str | None = None) -> LesionTable:
     """A user CSV naming images and labels (task name ``custom``).
 
     ``meta_columns`` maps canonical names to the CSV's columns, e.g. ``{"age": "age_years",
@@ -541,10 +559,14 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
     CSV's folder), ``image_ext`` appended where missing. ``split_column`` holds train / test
     (test labels may be empty). Without ``group_column`` every image is its own group, so
     several images of one patient or lesion could land on both sides of a fold split.
+    Numeric-looking labels are normalised (``0`` and ``0.0`` are one class); without
+    ``classes``, a rare class named like a much larger one (``melanoma`` among ``mel``) is
+    refused as a likely typo. ``fold_column`` holds predefined folds (integers >= 0); a
+    column named ``fold`` that is not named there is refused, never silently ignored.
     """
     csv = Path(csv)
     meta_columns = dict(meta_columns or {})
-    optional = [c for c in (group_column, split_column) if c]
+    optional = [c for c in (group_column, split_column, fold_column) if c]
     df = _read_csv(csv, [image_column, label_column, *optional, *meta_columns.values()])
     names = _require_ids(df, image_column, csv)
     split = np.full(len(df), "train", dtype=object)
@@ -561,9 +583,11 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
     if not train.any():
         raise DataError(f"no training rows: none of the {len(df)} row(s) has split 'train' "
                         f"in column {split_column!r}", file=csv, column=split_column)
+    df[label_column] = df[label_column].map(_label_text, na_action="ignore")
     if classes is None:
         classes = sorted(df.loc[train, label_column].dropna().unique().tolist())
-    classes = tuple(str(c) for c in classes)
+        _check_label_typos(df.loc[train, label_column], csv, label_column)
+    classes = tuple(_label_text(str(c)) for c in classes)
     if len(classes) < 2:
         raise DataError(f"needs at least 2 classes, found {list(classes)}", file=csv,
                         column=label_column)
@@ -584,7 +608,68 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
     for name, column in meta_columns.items():
         if name not in ("age", "sex", "site"):
             out[f"meta_{name}"] = _numeric(df, column, csv)
+    if fold_column:
+        out["fold"] = _fold_values(df, fold_column, train, csv)
+    elif "fold" in df.columns:
+        raise DataError("the CSV has a 'fold' column, which melalib would ignore (it assigns "
+                        "grouped folds itself); set custom_fold_column=fold to use these folds "
+                        "(checked for patient leakage), or rename or drop the column",
+                        file=csv, column="fold")
     return _table([out], task, csv)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _label_text(value: str) -> str:
+    """A class name; numeric-looking ones normalised, so ``0``, ``0.0`` and ``+0`` are one
+    class (``0``) and ``1.50`` is ``1.5``."""
+    text = str(value).strip()
+    if not _NUMBER.fullmatch(text):
+        return text
+    number = float(text)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _check_label_typos(labels: pd.Series, file: Path, column: str, rare: int = 5,
+                       ratio: int = 10) -> None:
+    """Raise DataError when a class of at most ``rare`` rows has a name close to a class
+    ``ratio`` times larger (``melanoma`` among ``mel``): most likely a typo that would add
+    a class and change the task and its metric."""
+    counts = labels.value_counts()
+    for name, n in counts.items():
+        if n > rare:
+            continue
+        for other, m in counts.items():
+            if other != name and m >= ratio * n and _similar(str(name), str(other)):
+                row = _first_row((labels == name).to_numpy())
+                raise DataError(
+                    f"class {name!r} has only {n} row(s) and looks like a typo of class "
+                    f"{other!r} ({m} rows); fix the label, or, if {name!r} is a real class, "
+                    f"list every class in custom_classes (e.g. --set custom_classes="
+                    f"{','.join(map(str, sorted(counts.index)))})", file=file, row=row,
+                    column=column)
+
+
+def _similar(a: str, b: str) -> bool:
+    a, b = a.lower(), b.lower()
+    if a == b or (min(len(a), len(b)) >= 2 and (a.startswith(b) or b.startswith(a))):
+        return True
+    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+
+
+def _fold_values(df: pd.DataFrame, column: str, train: np.ndarray, file: Path) -> np.ndarray:
+    """Predefined folds: integers >= 0 on every training row, -1 on test rows."""
+    if column not in df.columns:
+        raise DataError(f"custom_fold_column {column!r} is not a column; the file has "
+                        f"{list(df.columns)}", file=file, column=column)
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = train & (values.isna() | (values < 0) | (values != values.round())).to_numpy()
+    if bad.any():
+        pos = _first_row(bad) - 1
+        raise DataError(f"fold {df[column].iloc[pos]!r} is not an integer >= 0 (training rows "
+                        "need their fold)", file=file, row=pos + 1, column=column)
+    return np.where(train, values.fillna(-1).to_numpy(), -1).astype(np.int64)
 
 
 def load_image_folder(root: PathLike, classes: Sequence[str] | None = None) -> LesionTable:
@@ -655,7 +740,8 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             group_column=data_cfg.custom_group_column or None,
             split_column=data_cfg.custom_split_column or None,
             meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
-            classes=data_cfg.custom_classes or None, image_dir=image_dir)
+            classes=data_cfg.custom_classes or None, image_dir=image_dir,
+            fold_column=data_cfg.custom_fold_column or None)
     if dataset not in (*LOADERS, "isic2020+2019"):
         raise DataError(f"unknown dataset {dataset!r}; known: synthetic, custom, isic2020+2019, "
                         f"{', '.join(LOADERS)}")
