@@ -139,3 +139,15 @@ def test_train_disk_full_is_one_line_and_resumes(tiny_cfg, monkeypatch, capsys) 
     monkeypatch.setattr(checkpoints.torch, "save", real_save)
     assert main(args) == 0
     assert load_checkpoint(cfg.run_dir / "checkpoints" / "fold0_last.pt")["epoch"] == 2
+
+
+def test_prepare_disk_full_names_the_output(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from melalib.data.prepare import convert_one
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image.Image, "save", _disk_full)
+    with pytest.raises(WriteError, match=r"out[/\\]a\.jpg: No space left on device"):
+        convert_one(tmp_path / "a.png", tmp_path / "out" / "a.jpg", 16)
+    assert list((tmp_path / "out").iterdir()) == []  # no temp file left

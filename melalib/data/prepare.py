@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ImageError
-from ..io import write_csv, write_json
+from ..io import write_csv, write_error, write_json
 from .images import ImageOptions, read_image
 
 PATTERNS = ("*.jpg", "*.jpeg", "*.png")
@@ -247,13 +247,16 @@ def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], 
     except ImageError as err:
         return err.detail
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    tmp = ""
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="JPEG", quality=quality)
         os.replace(tmp, output)
+    except OSError as exc:  # disk full / no permission: WriteError naming the output
+        raise write_error(output, exc) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return None
