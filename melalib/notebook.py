@@ -40,6 +40,7 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "baseline_epochs": "02: epochs of the metadata-only baseline (melalib.train)",
     "ensemble_method": "04: mean | rank | geometric | search (weights searched on OOF)",
     "n_boot": "04: bootstrap replicates of the confidence intervals",
+    "stack_seeds": "04: seeds per fold of the second-stage stacker (0 = no stacking)",
     "n_examples": "05: cases shown per error type (false negatives, false positives, ...)",
     "n_show": "01: images shown per class in the sample grid",
 }
@@ -664,6 +665,22 @@ def write_submission(test_pred: pd.DataFrame | None, task: Any,
     sub = submission(test_pred, task, format=fmt)
     write_csv(path, sub)
     return sub
+
+
+def stack_runs(paths: Sequence[str | os.PathLike[str]], task: Any, out_dir: str | os.PathLike[str],
+               n_seeds: int = 3, n_boot: int = 200) -> tuple[pd.DataFrame | None, Any]:
+    """Notebook 04's stacking section (`melalib.stack`): the runs' OOF scores + metadata +
+    patient context through boosted trees, written as a run-like folder ``out_dir``. Returns
+    (the runs / mean blend / stack table with CIs, the `StackResult`); (None, None) with a
+    note for a non-binary task or ``n_seeds`` = 0."""
+    from . import stack as stacking
+
+    if n_seeds < 1 or getattr(task, "kind", None) != "binary":
+        note("Stacking skipped: it needs binary runs and stack_seeds >= 1.")
+        return None, None
+    result = stacking.stack(stacking.load_inputs([Path(p) for p in paths]), out_dir,
+                            n_seeds=n_seeds, n_boot=n_boot, overwrite=True)
+    return stacking.summary_table(result), result
 
 
 def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:

@@ -22,7 +22,7 @@ folds. Everything is averaged over ``n_seeds`` seeds (feature subsampling differ
 
 `stack` writes a run-like folder (``table/``, ``oof_fold{k}.csv``, ``oof.csv``,
 ``test_fold{k}.csv``, ``metrics.json``) that `melalib ensemble` and the notebooks read like a
-training run, plus ``metrics_ci.csv`` (patient-grouped bootstrap CIs), ``baselines.json``
+training run, plus ``run.json`` (inputs, versions, git commit), ``metrics_ci.csv`` (patient-grouped bootstrap CIs), ``baselines.json``
 (each input run and their plain mean blend on the same rows) and ``feature_importance.csv``
 (mean drop of fold ROC-AUC when a feature is permuted).
 """
@@ -30,6 +30,7 @@ training run, plus ``metrics_ci.csv`` (patient-grouped bootstrap CIs), ``baselin
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError, LeakageError
+from .errors import ConfigError, DataError, LeakageError, MelalibError
 from .io import write_csv, write_json
 from .table import SITES, LesionTable
 from .tasks import Task
@@ -56,6 +57,7 @@ class StackInputs:
     table: LesionTable
     task: Task
     scores: pd.DataFrame  # index image_id, columns score_<run>: OOF (train) / fold mean (test)
+    runs: tuple[Path, ...] = ()  # the run folders the scores come from
 
 
 def make_model(name: str = "hgb") -> ModelFactory:
@@ -127,7 +129,7 @@ def load_inputs(run_dirs: Sequence[str | Path]) -> StackInputs:
             t = test.set_index("image_id")[prob]
             column[test_ids.to_numpy()] = t.reindex(test_ids.to_numpy()).to_numpy()
         scores[f"score_{_run_name(run_dir, used)}"] = column.to_numpy()
-    return StackInputs(table, task, scores)
+    return StackInputs(table, task, scores, tuple(dirs))
 
 
 def table_inputs(table: LesionTable) -> StackInputs:
@@ -286,8 +288,12 @@ def _metrics(inputs: StackInputs, oof: pd.DataFrame, df: pd.DataFrame, n_boot: i
     task, prob = inputs.task, inputs.task.prob_columns[0]
     y = oof["label"].to_numpy()
     groups = patient_key(df.set_index("image_id").loc[oof["image_id"]].reset_index())
-    per_fold = {str(k): evaluate(task, sub["label"].to_numpy(), sub[prob].to_numpy())
-                for k, sub in oof.groupby("fold")}
+    per_fold: dict[str, Any] = {}
+    for k, sub in oof.groupby("fold"):
+        try:
+            per_fold[str(k)] = evaluate(task, sub["label"].to_numpy(), sub[prob].to_numpy())
+        except MelalibError as exc:  # a fold with one class (tiny tables)
+            per_fold[str(k)] = {"error": str(exc)}
     ci = evaluate_with_ci(task, y, oof[prob].to_numpy(), groups=groups.to_numpy(),
                           n_boot=n_boot)
     baselines: dict[str, Any] = {}
@@ -320,8 +326,15 @@ def _baseline(task: Task, y: np.ndarray, p: pd.Series, groups: pd.Series, n_boot
 
 def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, pd.DataFrame],
            imp: pd.DataFrame, metrics: dict[str, Any]) -> None:
+    from .runs import git_commit, package_versions
+
     out.mkdir(parents=True, exist_ok=True)
     inputs.table.save(out / "table")
+    write_json(out / "run.json", {
+        "kind": "stack", "inputs": [str(r) for r in inputs.runs], "model": metrics["model"],
+        "n_seeds": metrics["n_seeds"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv), "versions": package_versions(),
+        "git_commit": git_commit(), "table_hash": inputs.table.content_hash()})
     for k, sub in oof.groupby("fold"):
         write_csv(out / f"oof_fold{k}.csv", sub.reset_index(drop=True))
     for k, test in tests.items():
@@ -331,6 +344,16 @@ def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, p
     rows = [{"metric": m, **v} for m, v in metrics["oof_ci"].items()]
     write_csv(out / "metrics_ci.csv", pd.DataFrame(rows))
     write_json(out / "metrics.json", {**metrics, "run_dir": str(out)})
+
+
+def summary_table(result: StackResult) -> pd.DataFrame:
+    """One row per input run, their mean blend and the stack: ROC-AUC, PR-AUC and pAUC80
+    with their CIs (``estimate [low, high]``)."""
+    rows = {**result.metrics["baselines"], "stack": result.metrics["oof_ci"]}
+    table = {name: {m: f"{v[m]['estimate']:.3f} [{v[m]['low']:.3f}, {v[m]['high']:.3f}]"
+                    for m in ("roc_auc", "pr_auc", "pauc_80") if m in v}
+             for name, v in rows.items()}
+    return pd.DataFrame(table).T.rename_axis("model")
 
 
 def stack_cli(args: Any) -> int:

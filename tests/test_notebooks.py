@@ -438,6 +438,21 @@ def test_ensemble_blends_both_runs_and_writes_a_submission(executed: dict[str, A
     np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-6)
 
 
+def test_ensemble_notebook_stacks_both_runs(executed: dict[str, Any]) -> None:
+    from melalib.ensemble import load_runs
+
+    run_dir = executed["summary"]["run_dir"]
+    stack_dir = run_dir / "stack"
+    metrics = json.loads((stack_dir / "metrics.json").read_text())
+    assert {run_dir.name, "synthetic_meta_only", "mean_blend"} <= set(metrics["baselines"]), \
+        metrics["baselines"].keys()
+    assert {"roc_auc", "pauc_80"} <= set(metrics["oof_ci"])
+    oofs, tests = load_runs([stack_dir])
+    image = pd.read_csv(run_dir / "oof.csv")
+    assert sorted(oofs[0]["image_id"]) == sorted(image["image_id"])
+    assert (stack_dir / "feature_importance.csv").is_file() and tests[0] is not None
+
+
 def test_gradcam_notebook_reports_errors(executed: dict[str, Any]) -> None:
     report = json.loads((executed["summary"]["run_dir"] / "errors.json").read_text())
     rates = pd.DataFrame(report["error_rates"])
