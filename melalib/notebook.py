@@ -40,7 +40,7 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "baseline_epochs": "02: epochs of the metadata-only baseline (melalib.train)",
     "ensemble_method": "04: mean | rank | geometric | search (weights searched on OOF)",
     "n_boot": "04: bootstrap replicates of the confidence intervals",
-    "stack_seeds": "04: seeds per fold of the second-stage stacker (0 = no stacking)",
+    "stack_seeds": "04: seeds per fold of the second-stage stacker (0: no stacking)",
     "n_examples": "05: cases shown per error type (false negatives, false positives, ...)",
     "n_show": "01: images shown per class in the sample grid",
 }

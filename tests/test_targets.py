@@ -94,3 +94,19 @@ def test_diagnosis_run_reports_the_melanoma_softmax_column(tiny_cfg) -> None:
     again = predictor.predict(val, tta=1, progress=False).set_index("image_id")
     np.testing.assert_allclose(again.loc[oof["image_id"], "prob_MEL"].to_numpy(),
                                oof["prob_melanoma"].to_numpy(), atol=1e-5)
+
+
+def test_merged_2019_2020_tables_map_to_the_nine_classes(shared_data) -> None:
+    from melalib.data.adapters import load_isic2019, load_isic2020, merge_isic2019_2020
+
+    merged = merge_isic2019_2020(load_isic2020(shared_data / "isic2020"),
+                                 load_isic2019(shared_data / "isic2019"))
+    table = training_table(merged, "diagnosis")
+    train = table.df[table.df["split"] == "train"]
+    counts = train["label_name"].value_counts().to_dict()
+    # ISIC 2019 ground truth + ISIC 2020 train.csv (data README): NV 12,875 + 5,193; BKL
+    # 2,624 + 135 seborrheic keratoses + 44 lentigo NOS + 37 lichenoid + 7 solar lentigo
+    assert counts == {"UNK": 27126, "NV": 18068, "MEL": 4522 + 584, "BCC": 3323, "BKL": 2847,
+                      "AK": 867, "SCC": 628, "VASC": 253, "DF": 239}
+    assert (train["melanoma_label"] == (train["label_name"] == "MEL")).all()
+    assert (table.df.loc[table.df["split"] == "test", "label"] == -1).all()
