@@ -15,7 +15,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
 install:  ## create .venv and install melalib + dev tools, pinned (torch 2.14.1 / torchvision 0.29.1)
-	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -c requirements/constraints.txt -e ".[dev]"
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -c requirements/constraints.txt -e ".[dev,weights]"
 
 git-setup:  ## once per clone: strip notebooks on commit (nbstripout filter + .gitconfig's extra keys)
 	$(BIN)/nbstripout --install

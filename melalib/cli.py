@@ -1,5 +1,5 @@
 """`melalib` command line: prepare | train | predict | ensemble | stack | reproduce | demo |
-presets | kaggle-bundle.
+presets | weights | kaggle-bundle.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
@@ -148,6 +148,21 @@ def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .weights import offline_table, write_timm_file
+
+    if args.write:
+        if not args.out:
+            raise ConfigError("melalib weights --write BACKBONE needs --out FILE")
+        path = write_timm_file(args.write, args.out)
+        print(f"wrote {args.write} ImageNet weights (timm key names) to {path}; use it as "
+              f"pretrained_path={path}")
+        return 0
+    for row in offline_table():
+        print(f"{row['backbone']:<24} {row['status']:<14} {row['package']} {row['version']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melalib",
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
@@ -221,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a demo folder made with other parameters")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("weights", help="list backbones with offline ImageNet weights; write one "
+                       "as a timm-format file")
+    p.add_argument("--write", metavar="BACKBONE", help="backbone whose weights to write")
+    p.add_argument("--out", help="file to write (with --write), e.g. for a Kaggle dataset")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("kaggle-bundle", help="folder ready for `kaggle kernels push`")
     p.add_argument("out", help="bundle folder to write")

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .transforms import ASPECTS
 
 
 @dataclass
@@ -34,6 +35,7 @@ class DataConfig:
     synthetic_seed: int = 0  # seed of the synthetic generator
     synthetic_image_size: int = 64  # pixels of the generated images
     image_size: int = 64  # model input size (square)
+    aspect: str = "squash"  # non-square image -> square input: squash | crop (centre) | pad (black)
     n_folds: int = 5  # grouped CV folds
     fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
@@ -42,6 +44,7 @@ class DataConfig:
     pseudo_run: str = ""  # second round: run folder whose test predictions give pseudo-labels
     pseudo_threshold: float = 0.95  # pseudo_run: test rows with P(class) >= this join training
     pseudo_weight: float = 0.5  # pseudo_run: loss weight of a pseudo-labelled row (real rows 1)
+    file_size_feature: bool = False  # default/context features: add the image file size (a shortcut across sources; isic11 always has it)
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
     custom_csv: str = ""  # dataset=custom: CSV naming images, labels and metadata
@@ -61,8 +64,8 @@ class ModelConfig:
     """The network: a timm backbone, optional metadata MLP, head."""
 
     backbone: str = "resnet18"  # any timm model name
-    pretrained: bool = False  # timm's pretrained weights (needs internet)
-    pretrained_path: str = ""  # local weights file (Kaggle, offline); implies pretrained
+    pretrained: bool = False  # ImageNet weights: pretrained_path, else a weight package (melalib weights), else timm's hub
+    pretrained_path: str = ""  # local timm-format weights file (Kaggle, offline); implies pretrained
     use_image: bool = True  # False: metadata-only MetaMLP baseline
     use_meta: bool = True  # fuse the metadata MLP (False: image only)
     meta_hidden: tuple[int, ...] = (128, 64)  # metadata MLP widths
@@ -205,6 +208,7 @@ class RunConfig:
         _choice("dataset", d.dataset, DATASETS)
         _choice("synthetic_task", d.synthetic_task, ("binary", "multiclass", "paired"))
         _choice("fold_stratify", d.fold_stratify, ("label", "label+size", "none"))
+        _choice("aspect", d.aspect, ASPECTS)
         _choice("features", d.features, ("default", "isic11", "context", "none"))
         _choice("image_alpha", d.image_alpha, _alpha_choices())
         _check_name(self.name)

@@ -310,7 +310,7 @@ def fold_data(cfg: RunConfig, table: LesionTable, fold: int) -> FoldData:
                           "validation rows; every fold needs both")
     use_meta = cfg.model.use_meta and cfg.data.features != "none"
     preset = cfg.data.features if use_meta else "none"
-    encoder = MetaEncoder(preset).fit(train_df)
+    encoder = MetaEncoder(preset, file_size=cfg.data.file_size_feature).fit(train_df)
     if cfg.model.use_meta and not cfg.model.use_image and encoder.dim == 0:
         raise ConfigError("a metadata-only model needs metadata features (features != none)")
     meta = [encoder.transform(d) if len(d) else np.zeros((0, encoder.dim), np.float32)
@@ -327,7 +327,11 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
     if cfg.model.dual_image and not table.paired:
         raise ConfigError("dual_image=true needs a paired dataset (image_path_2), e.g. milk10k "
                           "or synthetic_task=paired")
-    transform = build_transforms(cfg.data.image_size, train=train, seed=seed)
+    from .models import input_normalization
+
+    mean, std = input_normalization(cfg.model.backbone)
+    transform = build_transforms(cfg.data.image_size, train=train, seed=seed,
+                                 aspect=cfg.data.aspect, mean=mean, std=std)
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
                          paired=cfg.model.dual_image, labelled=labelled,
                          image_options=ImageOptions.from_config(cfg.data))
@@ -409,6 +413,11 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     precision = resolve_precision(cfg, device)
 
     model = build_model(cfg.model, task, fd.encoder.dim).to(device)
+    if info.is_main:  # what this fold's model sees: metadata features and weight source
+        write_csv(run.path / f"features_fold{fold}.csv", fd.encoder.describe())
+        source = getattr(getattr(model, "backbone", None), "weights_source", "")
+        run.update_info(weights_source=source or "random init" if cfg.model.use_image
+                        else "metadata only")
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     two_phase = t.freeze_epochs > 0

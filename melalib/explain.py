@@ -382,7 +382,8 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
         cams[at] = maps
         key = "image" if branch == 1 else "image2"
         for j, i in enumerate(at):
-            images[i] = denormalize(batch[key][j])
+            images[i] = denormalize(batch[key][j], dataset.transform.mean,
+                                    dataset.transform.std)
     return errors, images, cams
 
 

@@ -13,8 +13,10 @@ Presets (`PRESETS`):
 ``default``
     ``sex_male``, ``sex_female`` (unknown = zeros); ``site_<s>`` for the six known sites of
     `melalib.table.SITES` (unknown = zeros) + ``site_missing``; ``age`` standardised +
-    ``age_missing``; then, when present: ``n_images`` as log1p standardised, ``image_bytes``
-    (and ``image_bytes_2``) as log standardised, ``skin_tone_0`` .. ``skin_tone_5`` one-hot,
+    ``age_missing``; then, when present: ``n_images`` as log1p standardised, with
+    ``file_size=True`` only: ``image_bytes`` (and ``image_bytes_2``) as log standardised (the
+    JPEG file size is a shortcut that does not transfer across image sources, so it is
+    opt-in), ``skin_tone_0`` .. ``skin_tone_5`` one-hot,
     every ``monet_*`` column raw (scores in [0, 1]; missing -> training mean), every
     ``meta_*`` column (custom datasets): numeric ones standardised, text ones one-hot over the
     categories seen in training (``meta_x=value``; an unseen value raises DataError).
@@ -39,7 +41,7 @@ Presets (`PRESETS`):
     folds never split a patient, so a fold's frame holds every image of its patients):
     ``ctx_n_images`` (log1p count), ``ctx_same_site`` (log1p of the patient's OTHER images at
     the same site), ``ctx_site_share`` (share of the patient's images at that site),
-    ``ctx_age_offset`` (age minus the patient's mean age) and, with ``image_bytes``,
+    ``ctx_age_offset`` (age minus the patient's mean age) and, with ``file_size=True``,
     ``ctx_bytes_z`` (log size z-score within the patient), ``ctx_bytes_mean``,
     ``ctx_bytes_std`` (patient mean / std of the log size); all standardised with training
     statistics. No label column is ever read.
@@ -67,6 +69,10 @@ KNOWN_SITES = tuple(s for s in SITES if s != "unknown")
 ISIC11_SITES = (*sorted(KNOWN_SITES), "unknown")
 SKIN_TONES = tuple(range(6))
 BYTES_COLUMNS = ("image_bytes", "image_bytes_2")
+#: `MetaEncoder.drift` flags a feature whose mean moved more than this many training SDs...
+DRIFT_SHIFT_SD = 2.0
+#: ... or with more than this share of rows outside the training [0.5 %, 99.5 %] range.
+DRIFT_OUTSIDE_SHARE = 0.10
 
 
 @dataclass
@@ -84,13 +90,15 @@ class Feature:
 class MetaEncoder:
     """Encode sex, site, age and the optional extras; fit on training rows only."""
 
-    def __init__(self, preset: str = "default") -> None:
+    def __init__(self, preset: str = "default", *, file_size: bool = False) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown metadata preset {preset!r}; choose one of {PRESETS}")
         self.preset = preset
+        self.file_size = file_size  # default / context: use image_bytes (isic11 always does)
         self.columns: list[str] = []  # optional / derived columns chosen at fit
         self.categories: dict[str, list[str]] = {}  # text meta_* columns -> categories
         self.features: list[Feature] = []
+        self.train_stats: dict[str, tuple[float, float, float, float]] = {}
         self.fitted = preset == "none"
 
     # ------------------------------------------------------------------ public API
@@ -122,7 +130,34 @@ class MetaEncoder:
         self.features = [self._fit_feature(name, kind, column, raw[name].to_numpy())
                          for name, (kind, column) in self._kinds.items()]
         self.fitted = True
+        self.train_stats = _column_stats(self.transform(train_df), self.feature_names)
         return self
+
+    def drift(self, df: pd.DataFrame, *, shift_sd: float = DRIFT_SHIFT_SD,
+              outside_share: float = DRIFT_OUTSIDE_SHARE) -> pd.DataFrame:
+        """How far ``df``'s encoded metadata lies from the training rows, per feature.
+
+        Columns: ``feature``, ``train_mean``, ``train_std``, ``new_mean``, ``shift_sd``
+        (mean shift in training standard deviations), ``share_outside`` (share of rows
+        outside the training rows' [0.5 %, 99.5 %] range) and ``flagged`` (``|shift_sd| >
+        shift_sd`` or ``share_outside > outside_share``). Empty without training statistics
+        (an encoder saved before melalib recorded them) or without features."""
+        self._require_fitted("drift")
+        columns = ["feature", "train_mean", "train_std", "new_mean", "shift_sd",
+                   "share_outside", "flagged"]
+        if not self.train_stats or not self.features or len(df) == 0:
+            return pd.DataFrame(columns=columns)
+        encoded = self.transform(df)
+        rows = []
+        for j, name in enumerate(self.feature_names):
+            mean, std, low, high = self.train_stats[name]
+            values = encoded[:, j]
+            shift = (float(values.mean()) - mean) / std if std > 1e-12 else (
+                0.0 if abs(float(values.mean()) - mean) < 1e-12 else math.inf)
+            outside = float(((values < low - 1e-9) | (values > high + 1e-9)).mean())
+            rows.append([name, mean, std, float(values.mean()), shift, outside,
+                         abs(shift) > shift_sd or outside > outside_share])
+        return pd.DataFrame(rows, columns=columns)
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode ``df`` with the fitted statistics -> float32 (N, dim), all finite."""
@@ -158,9 +193,10 @@ class MetaEncoder:
         """JSON-serialisable state (stored in checkpoints)."""
         self._require_fitted("to_dict")
         return {"format": FORMAT, "version": VERSION, "preset": self.preset,
-                "columns": list(self.columns),
+                "file_size": self.file_size, "columns": list(self.columns),
                 "categories": {k: list(v) for k, v in self.categories.items()},
-                "features": [asdict(f) for f in self.features]}
+                "features": [asdict(f) for f in self.features],
+                "train_stats": {k: list(v) for k, v in self.train_stats.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaEncoder:
@@ -169,10 +205,12 @@ class MetaEncoder:
         if d.get("version") != VERSION:
             raise ConfigError(f"MetaEncoder state version {d.get('version')!r}; this melalib "
                               f"reads version {VERSION}")
-        enc = cls(d["preset"])
+        enc = cls(d["preset"], file_size=bool(d.get("file_size", True)))
         enc.columns = list(d["columns"])
         enc.categories = {k: list(v) for k, v in d["categories"].items()}
         enc.features = [Feature(**f) for f in d["features"]]
+        enc.train_stats = {k: tuple(float(x) for x in v)  # type: ignore[misc]
+                           for k, v in (d.get("train_stats") or {}).items()}
         names = list(enc._kinds)
         if [f.name for f in enc.features] != names:
             raise ConfigError(f"MetaEncoder state lists features {[f.name for f in enc.features]}"
@@ -205,7 +243,9 @@ class MetaEncoder:
         chosen = []
         if _usable_numeric(df, "n_images"):
             chosen.append("n_images")
-        chosen += [c for c in BYTES_COLUMNS if c in df.columns and _usable(_log_positive(df, c))]
+        if self.file_size:
+            chosen += [c for c in BYTES_COLUMNS
+                       if c in df.columns and _usable(_log_positive(df, c))]
         if "skin_tone" in df.columns and df["skin_tone"].notna().any():
             chosen.append("skin_tone")
         chosen += [c for c in df.columns if c.lower().startswith("monet_")
@@ -438,3 +478,13 @@ def _patient_context(df: pd.DataFrame, site: np.ndarray, age: np.ndarray,
         out.update({"ctx_bytes_z": np.nan_to_num(z, nan=0.0), "ctx_bytes_mean": mean,
                     "ctx_bytes_std": np.nan_to_num(std, nan=0.0)})
     return out
+
+
+def _column_stats(encoded: np.ndarray, names: list[str]
+                  ) -> dict[str, tuple[float, float, float, float]]:
+    """Per encoded column: mean, population std, 0.5 % and 99.5 % quantiles."""
+    if encoded.size == 0:
+        return {}
+    low, high = np.quantile(encoded, [0.005, 0.995], axis=0)
+    return {name: (float(encoded[:, j].mean()), float(encoded[:, j].std()), float(low[j]),
+                   float(high[j])) for j, name in enumerate(names)}

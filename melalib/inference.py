@@ -128,6 +128,8 @@ class Predictor:
     device: torch.device
     run: RunDir | None = None
     sources: list[Path] = field(default_factory=list)
+    #: per-feature drift of the last `predict` call's metadata (`MetaEncoder.drift`)
+    last_drift: pd.DataFrame | None = None
 
     @property
     def cfg(self) -> RunConfig:
@@ -186,6 +188,9 @@ class Predictor:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         tta = self.tta if tta is None else int(tta)
         table = LesionTable(df, self.task, origin=origin or "")
+        self.last_drift = self.members[0].encoder.drift(df)
+        for line in drift_warnings(self.last_drift):
+            log.warning("%s", line)
         total = np.zeros((len(df), self.task.n_outputs), dtype=np.float64)
         for i, member in enumerate(self.members):
             if len(df) == 0:
@@ -470,4 +475,22 @@ def predict_cli(args: argparse.Namespace) -> int:
     path = write_csv(args.out, out)
     views = predictor.tta if tta is None else tta
     print(f"wrote {len(out)} predictions ({len(predictor)} model(s), tta={views}) to {path}")
+    if predictor.last_drift is not None and not predictor.last_drift.empty:
+        drift_path = write_csv(drift_file(path), predictor.last_drift)
+        for line in drift_warnings(predictor.last_drift):
+            print(f"WARNING: {line}")
+        print(f"metadata drift per feature: {drift_path}")
     return 0
+
+
+def drift_file(predictions: Path) -> Path:
+    """Where the metadata drift table of a predictions file goes (next to it)."""
+    return predictions.with_name(f"{predictions.stem}_metadata_drift.csv")
+
+
+def drift_warnings(drift: pd.DataFrame) -> list[str]:
+    """One line per flagged feature of a `MetaEncoder.drift` table."""
+    return [f"metadata feature {r.feature!r} lies outside the training distribution "
+            f"(mean shift {r.shift_sd:+.1f} SD, {r.share_outside:.0%} of rows outside the "
+            "training range); predictions for these rows may be unreliable"
+            for r in drift.itertuples() if r.flagged]

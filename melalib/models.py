@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -22,30 +21,23 @@ from torch import nn
 from .config import ModelConfig
 from .errors import ConfigError
 from .tasks import Task
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .weights import load_backbone_weights, no_weights_message, resolve_weights
 
 log = logging.getLogger(__name__)
-_TIMM_BUILDER_LOG = "timm.models._builder"
 
 
 # ---------------------------------------------------------------------- backbones
-class _LogCapture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def create_backbone(name: str, pretrained: bool = False, pretrained_path: str = "",
                     drop_path_rate: float = 0.0, in_chans: int = 3,
                     **kwargs: Any) -> nn.Module:
     """A timm model without classifier (``num_classes=0``): (N, C, H, W) -> (N, features).
 
-    ``pretrained_path`` loads a local weights file through timm's own loader
-    (``pretrained_cfg_overlay=dict(file=path)``: classifier keys dropped, input convs
-    adapted); a missing file, or one whose weights leave backbone parameters unset, raises
-    ConfigError.
+    With ``pretrained`` (or a ``pretrained_path``), the weights come from
+    `melalib.weights.resolve_weights`: the local file, else an installed weight package
+    (converted to timm's key names), else timm's hub. A file is read as tensors only and
+    must fit the backbone; every failure is a one-line ConfigError. The source used is kept
+    as ``model.weights_source`` ("" when randomly initialised).
     """
     if not (timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -53,33 +45,34 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str = 
         raise ConfigError(f"unknown timm backbone {name!r}{hint}")
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
-    if pretrained_path:
-        path = Path(pretrained_path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"pretrained_path {path} does not exist (backbone {name!r})")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        pretrained = True
-    logger = logging.getLogger(_TIMM_BUILDER_LOG)
-    capture, old_level = _LogCapture(), logger.level
-    logger.addHandler(capture)
-    logger.setLevel(logging.INFO)
-    try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans,
+    source = resolve_weights(name, pretrained_path) if pretrained or pretrained_path else None
+    if source is not None and source.kind == "hub":
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans,
+                                      **kwargs)
+        except Exception as exc:
+            raise ConfigError(no_weights_message(name, exc)) from exc
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans,
                                   **kwargs)
-    except Exception as exc:
-        if not pretrained:
-            raise
-        source = f"file {pretrained_path}" if pretrained_path else "timm's hub (needs internet)"
-        raise ConfigError(f"cannot load pretrained weights for {name!r} from {source}: "
-                          f"{exc}") from exc
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(old_level)
-    missing = [m for m in capture.messages if m.startswith("Missing keys")]
-    if pretrained_path and missing:
-        raise ConfigError(f"pretrained_path {pretrained_path} does not fit backbone {name!r}: "
-                          f"{missing[0][:300]}")
+        if source is not None and source.path is not None:
+            if in_chans != 3:
+                raise ConfigError(f"weights from a file need in_chans=3, got {in_chans}")
+            load_backbone_weights(model, source.path, name)
+    model.weights_source = source.describe() if source is not None else ""
     return model
+
+
+def input_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a timm backbone's pretrained weights expect (ImageNet's by default;
+    0.5 for the TF EfficientNet-Lite family)."""
+    try:
+        cfg = timm.get_pretrained_cfg(backbone.split(":")[-1])
+    except Exception:  # hub or unknown names: fall back to ImageNet statistics
+        cfg = None
+    mean = tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(cfg, "std", None) or IMAGENET_STD)
+    return mean, std
 
 
 def feature_dim(backbone: nn.Module) -> int:

@@ -36,6 +36,8 @@ from .errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STRENGTHS = ("none", "light", "medium", "heavy")
+#: How a non-square image becomes the square model input (config field ``aspect``).
+ASPECTS = ("squash", "crop", "pad")
 
 
 class ImageTransform:
@@ -48,12 +50,17 @@ class ImageTransform:
     seedable = True
 
     def __init__(self, transforms: Sequence[A.BasicTransform], image_size: int, train: bool,
-                 strength: str, seed: int | None = None) -> None:
+                 strength: str, seed: int | None = None, *, aspect: str = "squash",
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         self.compose = A.Compose(list(transforms))
         self.image_size = image_size
         self.train = train
         self.strength = strength
         self.seed = seed
+        self.aspect = aspect
+        self.mean = tuple(mean)
+        self.std = tuple(std)
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -72,18 +79,39 @@ class ImageTransform:
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.compose.transforms)
         return (f"ImageTransform(size={self.image_size}, train={self.train}, "
-                f"strength={self.strength!r}: {names})")
+                f"strength={self.strength!r}, aspect={self.aspect!r}: {names})")
 
 
-def _train_ops(size: int, strength: str) -> list[A.BasicTransform]:
-    """Augmentations before normalisation for one strength level."""
-    if strength == "none":
+def square_ops(size: int, aspect: str) -> list[A.BasicTransform]:
+    """A (H, W) image -> (size, size): ``squash`` resizes both sides (the aspect ratio
+    changes), ``crop`` scales the shorter side to ``size`` and keeps the centre square,
+    ``pad`` scales the longer side to ``size`` and pads the rest with black, centred."""
+    if aspect == "squash":
         return [A.Resize(height=size, width=size)]
+    if aspect == "crop":
+        return [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
+    if aspect == "pad":
+        return [A.LongestMaxSize(max_size=size),
+                A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT,
+                              fill=0)]
+    raise ConfigError(f"aspect must be one of {', '.join(ASPECTS)}; got {aspect!r}")
+
+
+def _train_ops(size: int, strength: str, aspect: str = "squash") -> list[A.BasicTransform]:
+    """Augmentations before normalisation for one strength level.
+
+    ``squash`` crops the random resized crop from the raw image (melalib's original
+    pipeline); ``crop`` and ``pad`` first make the square of `square_ops`, so training sees
+    the same framing as validation."""
+    square = square_ops(size, aspect)
+    if strength == "none":
+        return square
     flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
     if strength == "light":
-        return [A.Resize(height=size, width=size), *flips]
+        return [*square, *flips]
     heavy = strength == "heavy"
-    ops: list[A.BasicTransform] = [
+    ops: list[A.BasicTransform] = [] if aspect == "squash" else square
+    ops += [
         A.RandomResizedCrop(size=(size, size), scale=(0.5 if heavy else 0.7, 1.0),
                             ratio=(0.85, 1.15) if heavy else (0.9, 1.1)),
         *flips,
@@ -102,21 +130,25 @@ def _train_ops(size: int, strength: str) -> list[A.BasicTransform]:
 
 
 def build_transforms(image_size: int, train: bool, strength: str = "medium",
-                     seed: int | None = None) -> ImageTransform:
-    """The train (augmenting) or validation/test (resize only) pipeline, ImageNet-normalised.
+                     seed: int | None = None, *, aspect: str = "squash",
+                     mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> ImageTransform:
+    """The train (augmenting) or validation/test pipeline, normalised with ``mean``/``std``
+    (ImageNet's by default; the backbone's own via `melalib.models.input_normalization`).
 
-    ``strength``: ``none`` (resize only), ``light`` (resize, flips, rot90), ``medium``
+    ``strength``: ``none`` (square only), ``light`` (square, flips, rot90), ``medium``
     (random resized crop 70-100 %, flips, rot90, affine, colour jitter) or ``heavy``
-    (wider ranges plus coarse dropout). Validation ignores ``strength``.
+    (wider ranges plus coarse dropout). Validation ignores ``strength``. ``aspect``: how a
+    non-square image becomes square (`square_ops`), the same at training and validation.
     """
     if strength not in STRENGTHS:
         raise ConfigError(f"augmentation strength must be one of {STRENGTHS}, got {strength!r}")
     if image_size < 8:
         raise ConfigError(f"image_size must be >= 8, got {image_size}")
-    ops = _train_ops(image_size, strength) if train else [A.Resize(height=image_size,
-                                                                     width=image_size)]
-    ops.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
-    return ImageTransform(ops, image_size, train, strength if train else "none", seed)
+    ops = _train_ops(image_size, strength, aspect) if train else square_ops(image_size, aspect)
+    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    return ImageTransform(ops, image_size, train, strength if train else "none", seed,
+                          aspect=aspect, mean=mean, std=std)
 
 
 # ------------------------------------------------------------------ test-time augmentation

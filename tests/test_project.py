@@ -21,7 +21,8 @@ def _pyproject() -> dict:
 
 def test_environment_yml_lists_the_same_dependencies() -> None:
     project = _pyproject()["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = set(project["dependencies"]) | set(extras["dev"]) | set(extras["weights"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {p for p in pip if not p.startswith("-")}
@@ -34,7 +35,8 @@ def test_constraints_pin_every_dependency_and_the_tested_torch_pair() -> None:
                 if "==" in line and not line.startswith("#"))
     pins = {k.lower().replace("_", "-"): v for k, v in pins.items()}
     project = _pyproject()["project"]
-    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    extras = project["optional-dependencies"]
+    for req in project["dependencies"] + extras["dev"] + extras["weights"]:
         name = re.split(r"[<>=!~\[ ]", req, maxsplit=1)[0].lower()
         assert name in pins, f"{name} is not pinned in requirements/constraints.txt"
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
