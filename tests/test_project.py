@@ -68,7 +68,7 @@ def test_the_install_gives_jupyterlab_widgets_and_the_official_scorer() -> None:
     dev = {re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0].lower()
            for r in project["optional-dependencies"]["dev"]}
     assert {"isic-challenge-scoring", "playwright", "nbstripout"} <= dev
-    assert '-e ".[dev]"' in _quick_start_commands()[0]
+    assert '-e ".[dev,weights]"' in _quick_start_commands()[0]  # weights: melalib weights
 
 
 def test_progress_bars_go_through_tqdm_auto() -> None:
