@@ -46,18 +46,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_error(path: str | Path, exc: BaseException) -> WriteError:
     """A one-line `WriteError` naming ``path``, the reason and the free space left."""
     path = Path(path)
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     code = errno.errorcode.get(exc.errno, "") if isinstance(exc, OSError) and exc.errno else ""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = f"{exc.strerror}{f' ({code})' if code else ''}"
+    else:  # torch's writer: "[enforce fail at inline_container.cc:672] . unexpected pos ..."
+        reason = f"the write failed ({str(exc).split('] . ')[-1].strip()})"
     try:
-        free = f"; {shutil.disk_usage(_existing(path)).free / 2**20:.0f} MiB free there"
+        free_bytes: int | None = shutil.disk_usage(_existing(path)).free
     except OSError:
-        free = ""
-    hint = ("free disk space" if code in ("ENOSPC", "EDQUOT")
+        free_bytes = None
+    free = "" if free_bytes is None else f"; {free_bytes / 2**20:.0f} MiB free there"
+    full = code in ("ENOSPC", "EDQUOT") or (free_bytes is not None and free_bytes < 2**24)
+    hint = ("the disk is full: free space" if full
             else "fix the folder's permissions" if code in ("EACCES", "EPERM", "EROFS")
             else "check the disk")
-    return WriteError(f"cannot write {path}: {reason}{f' ({code})' if code else ''}{free}; "
-                      f"the previous version of {path.name}, if any, is intact; {hint} and "
-                      "rerun the same command")
+    return WriteError(f"cannot write {path}: {reason}{free}; the previous version of "
+                      f"{path.name}, if any, is intact; {hint} and rerun the same command")
 
 
 def _existing(path: Path) -> Path:
