@@ -524,3 +524,16 @@ def learning_curves(history_df: pd.DataFrame, metric: str | None = None,
         a.set_title(f"{label} per epoch ({len(folds)} fold{'s' if len(folds) > 1 else ''})")
         a.legend(fontsize=7)
     return _finish(fig, save, owned)
+
+
+def aspect_plot(image: Any, size: int = 128, save: str | Path | None = None) -> Figure:
+    """One image as read, then as the model sees it under each ``aspect`` (squash, crop,
+    pad) at ``size`` pixels: the validation transform, de-normalised."""
+    from .transforms import ASPECTS, build_transforms, denormalize
+
+    raw = _read_image(image)
+    views = [raw] + [denormalize(build_transforms(size, train=False, aspect=a)(raw))
+                     for a in ASPECTS]
+    height, width = raw.shape[:2]
+    titles = [f"image {width}x{height}"] + [f"aspect={a} ({size}x{size})" for a in ASPECTS]
+    return image_grid(views, titles=titles, ncols=len(views), save=save)

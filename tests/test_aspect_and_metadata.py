@@ -129,3 +129,12 @@ def test_file_size_is_opt_in() -> None:
     drift = MetaEncoder("default", file_size=True).fit(df).drift(big).set_index("feature")
     assert drift.loc["image_bytes", "flagged"] and drift.loc["image_bytes", "shift_sd"] > 6
     assert not drift.drop(index="image_bytes")["flagged"].any()
+
+
+def test_aspect_plot_shows_every_setting(tmp_path: Path) -> None:
+    from melalib.plots import aspect_plot
+
+    fig = aspect_plot(_striped(), size=16, save=tmp_path / "aspect.png")
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == ["image 80x40", *(f"aspect={a} (16x16)" for a in ASPECTS)]
+    assert (tmp_path / "aspect.png").stat().st_size > 0
