@@ -137,14 +137,15 @@ def main() -> None:
     args = ap.parse_args()
     out, commit = Path(args.out), git_commit(REPO)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    results["command"] = ("python benchmarks/stack_results.py " + " ".join(sys.argv[1:])).strip()
-    results["date"] = time.strftime("%Y-%m-%d")
+    command = ("python benchmarks/stack_results.py " + " ".join(sys.argv[1:])).strip()
     only = set(args.only.split(","))
-    if "isic2020" in only:
-        results["isic2020"] = isic2020_rows(Path(args.data), out, args.n_boot, commit)
-    if "synthetic" in only:
-        results["synthetic"] = synthetic_rows(out, args.patients, args.epochs, args.n_boot,
-                                              commit)
+    sections = {"isic2020": lambda: isic2020_rows(Path(args.data), out, args.n_boot, commit),
+                "synthetic": lambda: synthetic_rows(out, args.patients, args.epochs,
+                                                    args.n_boot, commit)}
+    for section, rows in sections.items():
+        if section in only:
+            results[section] = {"command": command, "date": time.strftime("%Y-%m-%d"),
+                                "rows": rows()}
     write_json(args.json, results)
     print(f"wrote {args.json}")
 
