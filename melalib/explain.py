@@ -375,6 +375,8 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
                                labelled=False)
         batch = default_collate([dataset[i] for i in range(len(dataset))])
         which = errors["pred" if target == "pred" else "label"].to_numpy()[at]
+        if predictor.task != task:  # target=diagnosis: a 9-class model behind a binary run
+            which = _diagnosis_targets(which, oof, errors["image_id"].iloc[at])
         maps = grad_cam(member.model, batch, method=method, target_class=which.tolist(),
                         branch=branch)
         if cams.shape[1:] != maps.shape[1:]:
@@ -385,6 +387,15 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
             images[i] = denormalize(batch[key][j], dataset.transform.mean,
                                     dataset.transform.std)
     return errors, images, cams
+
+
+def _diagnosis_targets(which: np.ndarray, oof: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """Binary CAM targets of a diagnosis-trained run as its 9 classes (`melalib.targets`)."""
+    from .targets import DIAGNOSIS_CLASSES, DX_PREFIX, diagnosis_cam_classes
+
+    dx = oof.assign(image_id=oof["image_id"].astype(str)).set_index("image_id")
+    columns = [f"{DX_PREFIX}{c}" for c in DIAGNOSIS_CLASSES]
+    return diagnosis_cam_classes(which, dx.loc[ids.astype(str), columns].to_numpy())
 
 
 # -------------------------------------------------------------------------- lesion masks

@@ -171,6 +171,7 @@ class Predictor:
         TTA-averaged probabilities are averaged.
         """
         from .engine import make_dataset, make_loader, predict_probs, resolve_precision
+        from .targets import report_probs, report_task
 
         df = (df_or_table.df if isinstance(df_or_table, LesionTable) else df_or_table)
         df = df.reset_index(drop=True)
@@ -212,6 +213,9 @@ class Predictor:
         out = pd.DataFrame({"image_id": df["image_id"].to_numpy()})
         for j, column in enumerate(self.task.prob_columns):
             out[column] = probs[:, j]
+        reported = report_task(self.task)
+        if reported != self.task:  # target=diagnosis: also the melanoma score the run reports
+            out[reported.prob_columns[0]] = report_probs(probs, self.task)[:, 0]
         return out
 
     def predict_folder(self, image_dir: Source | None, metadata_csv: Source | None = None,

@@ -116,3 +116,13 @@ def diagnosis_columns(probs: np.ndarray, task: Task) -> dict[str, np.ndarray]:
     if task != DIAG9:
         return {}
     return {f"{DX_PREFIX}{c}": np.asarray(probs)[:, j] for j, c in enumerate(DIAGNOSIS_CLASSES)}
+
+
+def diagnosis_cam_classes(binary: np.ndarray, dx_probs: np.ndarray) -> np.ndarray:
+    """Grad-CAM classes of a diagnosis-trained model for binary targets: 1 -> MEL; 0 -> the
+    most probable non-melanoma class of that image (``dx_probs`` (N, 9), `DIAGNOSIS_CLASSES`
+    order)."""
+    mel = DIAGNOSIS_CLASSES.index(MELANOMA_CLASS)
+    other = np.asarray(dx_probs, dtype=float).copy()
+    other[:, mel] = -np.inf
+    return np.where(np.asarray(binary) == 1, mel, other.argmax(axis=1))

@@ -94,6 +94,20 @@ def test_diagnosis_run_reports_the_melanoma_softmax_column(tiny_cfg) -> None:
     again = predictor.predict(val, tta=1, progress=False).set_index("image_id")
     np.testing.assert_allclose(again.loc[oof["image_id"], "prob_MEL"].to_numpy(),
                                oof["prob_melanoma"].to_numpy(), atol=1e-5)
+    np.testing.assert_array_equal(again["prob_melanoma"], again["prob_MEL"])
+    # Grad-CAM of the binary run's errors explains MEL (positives) / the top benign class
+    from melalib.explain import explain_errors
+
+    errors, _images, cams = explain_errors(run.path, kind="wrong", top=3, device="cpu")
+    assert 0 < len(errors) == len(cams) and cams.shape[1] > 0
+
+
+def test_diagnosis_cam_classes() -> None:
+    from melalib.targets import diagnosis_cam_classes
+
+    dx = np.full((3, 9), 0.05)
+    dx[1, 3] = dx[2, 0] = 0.6
+    assert diagnosis_cam_classes(np.array([1, 0, 0]), dx).tolist() == [0, 3, 1]
 
 
 def test_merged_2019_2020_tables_map_to_the_nine_classes(shared_data) -> None:
