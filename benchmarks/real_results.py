@@ -258,11 +258,13 @@ def protocol_a_table(table: LesionTable, grouped: bool, seed: int = 0
     return LesionTable(df, table.task, table.origin), info
 
 
-def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: bool
+def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: bool,
+                   cfg: RunConfig | None = None, preset: str = HAM_IMAGE_PRESET
                    ) -> dict[str, Any]:
+    """Protocol A with `ham_image_cfg` (from scratch), or ``cfg`` made from ``preset``."""
     started = time.perf_counter()
     table, leak = protocol_a_table(ham_table(ctx), grouped=grouped)
-    cfg = ham_image_cfg(ctx, name, image_size, epochs, n_folds=2, use_meta=True)
+    cfg = cfg or ham_image_cfg(ctx, name, image_size, epochs, n_folds=2, use_meta=True)
     summary, run = train_table(cfg, table, folds=[0])
     test = pd.read_csv(run.test_path(0), dtype={"image_id": str, "group_id": str})
     truth = table.df.set_index("image_id")
@@ -281,7 +283,7 @@ def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: b
         "n_groups": int(pd.Series(lesions).nunique()), "ci_groups": "lesion_id",
         "val_balanced_accuracy": float(val["balanced_accuracy"]),
         "val_accuracy": float(val["accuracy"]),
-        "leak": leak, "preset": HAM_IMAGE_PRESET, "config": config_record(cfg, IMAGE_KEYS),
+        "leak": leak, "preset": preset, "config": config_record(cfg, IMAGE_KEYS + RECIPE_KEYS),
         **run_summary(cfg, run.path), "wall_seconds": time.perf_counter() - started,
     }
 
@@ -300,6 +302,61 @@ def ham_a_64(ctx: Ctx) -> dict[str, Any]:
             "ResNet-18 from scratch, 28 px, image+meta, lesion-grouped split")
 def ham_a_grouped_28(ctx: Ctx) -> dict[str, Any]:
     return ham_protocol_a(ctx, "ham_a_grouped_28", 28, 10, grouped=True)
+
+
+# EfficientNet-Lite0 at 128 px: ImageNet weights from the offline weight package
+# (`melalib weights`) against the same recipe from random weights.
+RECIPE_KEYS = ("aspect", "freeze_epochs", "backbone_lr_mult", "class_weighting", "tta")
+
+
+def lite0_cfg(ctx: Ctx, name: str, preset: str, **overrides: Any) -> RunConfig:
+    """A ``ham10000_lite0_*`` preset on HAM10000 (quick: 2 epochs of 2 steps, no TTA)."""
+    params = {**get_preset(preset), **COMMON, "data_dir": str(ctx.data / "ham10000"),
+              **overrides}
+    if ctx.quick:
+        params.update(epochs=2, max_steps_per_epoch=2, tta=1)
+    return ctx.run_cfg(name, **params)
+
+
+def ham_lite0_b(ctx: Ctx, name: str, preset: str) -> dict[str, Any]:
+    """Protocol B (5-fold CV grouped by lesion) through `melalib.engine.train` unchanged."""
+    from melalib.engine import train
+    from melalib.runs import RunDir
+
+    started = time.perf_counter()
+    cfg = lite0_cfg(ctx, name, preset)
+    summary = train(cfg, progress=False)
+    run = RunDir(cfg.run_dir, cfg)
+    oof = run.load_oof()
+    task = Task.from_dict(summary["task"])
+    return {"protocol": "B", "split": "5-fold CV grouped by lesion_id",
+            "inputs": "images + metadata (age, sex, site)",
+            "metrics": oof_with_ci(oof, task, ctx.n_boot), "scored_on": "pooled OOF",
+            "n": len(oof), "n_groups": int(oof["group_id"].nunique()), "ci_groups": "lesion_id",
+            "preset": preset, "weights": (run.info() or {}).get("weights_source"),
+            "config": config_record(cfg, IMAGE_KEYS + RECIPE_KEYS),
+            **run_summary(cfg, run.path), "wall_seconds": time.perf_counter() - started}
+
+
+@experiment("ham_b_lite0_pretrained", "ham_b",
+            "EfficientNet-Lite0, ImageNet weights (offline package), 128 px, image+meta, TTA 8")
+def ham_b_lite0_pretrained(ctx: Ctx) -> dict[str, Any]:
+    return ham_lite0_b(ctx, "ham10000_lite0_pretrained", "ham10000_lite0_pretrained")
+
+
+@experiment("ham_b_lite0_scratch", "ham_b",
+            "EfficientNet-Lite0 from random weights, same recipe (what the weights buy)")
+def ham_b_lite0_scratch(ctx: Ctx) -> dict[str, Any]:
+    return ham_lite0_b(ctx, "ham10000_lite0_scratch", "ham10000_lite0_scratch")
+
+
+@experiment("ham_a_lite0_pretrained", "ham_a",
+            "EfficientNet-Lite0, ImageNet weights, 128 px, image+meta, random split")
+def ham_a_lite0_pretrained(ctx: Ctx) -> dict[str, Any]:
+    preset = "ham10000_lite0_pretrained"
+    cfg = lite0_cfg(ctx, "ham_a_lite0_pretrained", preset, n_folds=2)
+    return ham_protocol_a(ctx, "ham_a_lite0_pretrained", 128, cfg.train.epochs, grouped=False,
+                          cfg=cfg, preset=preset)
 
 
 def ham_image_cfg(ctx: Ctx, name: str, image_size: int, epochs: int, n_folds: int,
