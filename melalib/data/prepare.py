@@ -3,7 +3,14 @@
 Decoding a 6000x4000 ISIC JPEG only to shrink it to 512 px wastes most of the time; libjpeg
 can decode at 1/2, 1/4 or 1/8 scale directly from the DCT coefficients. `decode_resized`
 asks Pillow for that (``Image.draft``) with the smallest scale that still covers the target,
-then finishes with a LANCZOS ``resize`` (``reducing_gap``). PNGs are decoded normally.
+then finishes with `resize_final`: OpenCV bilinear when less than 1.5x remains (the usual
+case: the DCT scaling did the rest; 43-49 dB PSNR from a full-decode LANCZOS resize on
+generated and real sources), else Pillow's LANCZOS (``reducing_gap=3``, e.g. large PNGs
+or a 1.5-2x step the DCT scales cannot take). On 2 cores that is >= 8x a naive full decode
++ LANCZOS on 4000x3000 sources and not slower on small ones, where the LANCZOS kernel alone
+cost more than the naive path's decode (``benchmarks/prepare_bench.py``, docs/benchmarks.md).
+A JPEG that needs no resize (already at or below the target, RGB, no EXIF rotation) is
+decoded once to check it, then copied byte for byte: lossless, and no re-encoding.
 
 `prepare_images` walks a folder (recursively; sub-folders are kept), writes each output as
 ``<dst>/<relative path>.jpg`` through a temporary name and ``os.replace`` (so a file that
@@ -16,7 +23,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import tempfile
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -30,12 +37,14 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ImageError
 from ..io import write_csv, write_error, write_json
-from .images import ImageOptions, read_image
+from .images import DEFAULT_MAX_PIXELS, ImageOptions, read_image
 
 PATTERNS = ("*.jpg", "*.jpeg", "*.png")
 SETTINGS_FILE = "prepare.json"
 SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
+LINEAR_BELOW = 1.5  # bilinear while the remaining downscale is below this; LANCZOS above
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -84,11 +93,73 @@ def decode_resized(path: str | os.PathLike[str], size: int, keep_aspect: bool = 
     size; nothing is enlarged); otherwise the image is squashed to ``size`` x ``size``.
     Unreadable files raise `ImageError` naming the file and the reason.
     """
-    im = Image.fromarray(read_image(path, size, options))
-    w, h = target_size(*im.size, size, keep_aspect)
-    if (w, h) == im.size:
-        return im
-    return im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    pixels = read_image(path, size, options)
+    height, width = pixels.shape[:2]
+    return Image.fromarray(resize_final(pixels, target_size(width, height, size, keep_aspect)))
+
+
+def resize_final(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, C) ``pixels`` at ``size`` (width, height): unchanged when equal;
+    OpenCV bilinear when no axis shrinks by `LINEAR_BELOW` or more (the usual case after a
+    JPEG's DCT scaling); else Pillow's LANCZOS after an integer box reduce while more than
+    3x remains (``reducing_gap=3``)."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    if (width, height) == tuple(size):
+        return pixels
+    if max(width / size[0], height / size[1]) < LINEAR_BELOW:
+        return cv2.resize(pixels, tuple(size), interpolation=cv2.INTER_LINEAR)
+    image = Image.fromarray(pixels).resize(tuple(size), Image.Resampling.LANCZOS,
+                                           reducing_gap=3.0)
+    return np.asarray(image)
+
+
+def copies_unchanged(path: str | os.PathLike[str], size: int, keep_aspect: bool = True) -> bool:
+    """True when ``path`` is a 3-component JPEG without EXIF (so no rotation) that is
+    already at its target size: `prepare` may copy it as it is. Decided from the markers
+    before the frame header (a few hundred bytes), cheaper than Pillow opening the file."""
+    header = _jpeg_frame(path)
+    if header is None:
+        return False
+    width, height, components, has_exif = header
+    return (components == 3 and not has_exif and width * height <= DEFAULT_MAX_PIXELS
+            and target_size(width, height, size, keep_aspect) == (width, height))
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_frame(path: str | os.PathLike[str]) -> tuple[int, int, int, bool] | None:
+    """(width, height, components, has an EXIF segment) from a JPEG's markers, or None."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(1 << 16)
+    except OSError:
+        return None
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, has_exif = 2, False
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _SOF:
+            if pos + 10 > len(data):
+                return None
+            height = int.from_bytes(data[pos + 5:pos + 7], "big")
+            width = int.from_bytes(data[pos + 7:pos + 9], "big")
+            return width, height, data[pos + 9], has_exif
+        if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00":
+            has_exif = True
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not ours
+            return None
+        pos += 2 + length
+    return None
 
 
 def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],
@@ -100,7 +171,8 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     ``size``: shorter side of the outputs (``keep_aspect=True``, never enlarged) or their
     width and height (``keep_aspect=False``, squashed). ``workers``: processes
     (default ``min(os.cpu_count(), 8)``; 1 = in this process). ``pattern``: file-name
-    globs, case-insensitive. Outputs are JPEGs of ``quality``. ``dst_dir`` may not be
+    globs, case-insensitive. Outputs are JPEGs of ``quality`` (a JPEG source that needs no
+    resize is copied as it is). ``dst_dir`` may not be
     ``src_dir``, lie inside it or contain it. A folder prepared earlier with other settings
     (size, keep_aspect, quality) is refused, so a resume never mixes two sizes.
     """
@@ -241,22 +313,30 @@ def _convert_chunk(chunk: list[tuple[str, str]], size: int, quality: int,
 
 def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], size: int,
                 quality: int = 95, keep_aspect: bool = True) -> str | None:
-    """Write ``source`` resized to ``output`` (JPEG, atomically); the failure reason or None."""
+    """Write ``source`` resized to ``output`` (JPEG, atomically); the failure reason or None.
+
+    A JPEG that `copies_unchanged` is decoded (to refuse a corrupt file as the resize path
+    would) and then copied byte for byte instead of re-encoded."""
+    copy = copies_unchanged(source, size, keep_aspect)
     try:
-        image = decode_resized(source, size, keep_aspect)
+        pixels = read_image(source, size)
     except ImageError as err:
         return err.detail
     output = Path(output)
-    tmp = ""
+    # one writer per process at a time: the pid keeps temporary names apart
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="JPEG", quality=quality)
+        if copy:
+            shutil.copyfile(source, tmp)
+        else:
+            height, width = pixels.shape[:2]
+            resized = resize_final(pixels, target_size(width, height, size, keep_aspect))
+            Image.fromarray(resized).save(tmp, format="JPEG", quality=quality)
         os.replace(tmp, output)
     except OSError as exc:  # disk full / no permission: WriteError naming the output
         raise write_error(output, exc) from exc
     finally:
-        if tmp and os.path.exists(tmp):
+        if os.path.exists(tmp):
             os.unlink(tmp)
     return None
