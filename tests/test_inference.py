@@ -325,3 +325,25 @@ def test_dual_image_model_reads_both_images(tmp_path: Path) -> None:
     np.testing.assert_allclose(from_csv[HAM7.prob_columns], out[HAM7.prob_columns], atol=1e-7)
     with pytest.raises(ConfigError, match="two images"):
         predictor.predict_folder(tmp_path / "data" / "images", progress=False)
+
+
+def test_tta_decodes_each_image_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TTA views are tensor flips / transposes of one decoded, resized batch: 8 views still
+    read each image file once."""
+    from melalib.data import dataset
+
+    run, table, _ = make_run(tmp_path, tta=1)
+    predictor = load_predictor(run.checkpoint(0, "best"), device="cpu")
+    real = dataset.read_image
+    reads: list[str] = []
+
+    def counting(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "read_image", counting)
+    test = table.test
+    for tta in (1, 8):
+        reads.clear()
+        predictor.predict(test, tta=tta, progress=False, num_workers=0)
+        assert sorted(reads) == sorted(test["image_path"].astype(str))
