@@ -3,10 +3,9 @@
 Decoding a 6000x4000 ISIC JPEG only to shrink it to 512 px wastes most of the time; libjpeg
 can decode at 1/2, 1/4 or 1/8 scale directly from the DCT coefficients. `decode_resized`
 asks Pillow for that (``Image.draft``) with the smallest scale that still covers the target,
-then finishes with `resize_final`: OpenCV bilinear when less than 1.5x remains (the usual
-case: the DCT scaling did the rest; 43-49 dB PSNR from a full-decode LANCZOS resize on
-generated and real sources), else Pillow's LANCZOS (``reducing_gap=3``, e.g. large PNGs
-or a 1.5-2x step the DCT scales cannot take). On 2 cores that is >= 8x a naive full decode
+then finishes with `resize_final`: OpenCV bilinear when less than 2x remains (always the
+case after the DCT scaling; 40-49 dB PSNR from a full-decode LANCZOS resize on generated
+and real sources), else Pillow's LANCZOS (``reducing_gap=3``, e.g. large PNGs). On 2 cores that is >= 8x a naive full decode
 + LANCZOS on 4000x3000 sources and not slower on small ones, where the LANCZOS kernel alone
 cost more than the naive path's decode (``benchmarks/prepare_bench.py``, docs/benchmarks.md).
 A JPEG that needs no resize (already at or below the target, RGB, no EXIF rotation) is
@@ -43,7 +42,7 @@ PATTERNS = ("*.jpg", "*.jpeg", "*.png")
 SETTINGS_FILE = "prepare.json"
 SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
-LINEAR_BELOW = 1.5  # bilinear while the remaining downscale is below this; LANCZOS above
+LINEAR_BELOW = 2.0  # bilinear while the remaining downscale is below this; LANCZOS above
 _EXIF_ORIENTATION = 0x0112
 
 
