@@ -66,10 +66,13 @@ def isic2020_rows(data: Path, out: Path, n_boot: int, commit: str | None) -> lis
 
 def _train(params: dict[str, Any], out: Path, n_boot: int, commit: str | None
            ) -> tuple[RunConfig, dict[str, Any]]:
+    """Train (or read the finished) run; its OOF metrics with CIs; its commit from run.json."""
     cfg = RunConfig.from_dict({**params, "output_dir": str(out), "data_dir": str(out / "data")})
     started = time.perf_counter()
-    melalib.train(cfg)  # resumes (or skips) a run this script made before
     run = RunDir(cfg.run_dir, cfg)
+    if len(run.done_folds()) < cfg.data.n_folds:  # a finished run is read, not re-opened
+        melalib.train(cfg)
+    commit = (run.info() or {}).get("git_commit") or commit  # the code that trained it
     seconds = sum(pd.read_csv(run.history_path(k))["seconds"].sum() for k in run.done_folds())
     oof = run.load_oof()
     ci = evaluate_with_ci(run.load_table().task, oof["label"].to_numpy(),
