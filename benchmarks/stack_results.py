@@ -103,21 +103,26 @@ def synthetic_rows(out: Path, patients: int, epochs: int, n_boot: int, commit: s
         rows.append({**row, "kind": "run"})
         print(json.dumps({k: row[k] for k in ("name", "roc_auc", "pauc_80", "seconds")}),
               flush=True)
-    for name, members, context in (
-            ("syn_stack", ("syn_image", "syn_meta"), True),
-            ("syn_stack_noctx", ("syn_image", "syn_meta"), False),
-            ("syn_stack_dx", ("syn_image_dx", "syn_meta"), True)):
+    for name, members, context, model in (
+            ("syn_stack", ("syn_image", "syn_meta"), True, "hgb"),
+            ("syn_stack_noctx", ("syn_image", "syn_meta"), False, "hgb"),
+            ("syn_stack_logistic", ("syn_image", "syn_meta"), True, "logistic"),
+            ("syn_stack_dx", ("syn_image_dx", "syn_meta"), True, "hgb")):
         started = time.perf_counter()
         dirs = [cfgs[m].run_dir for m in members]
         result = stack(load_inputs(dirs), out / name, n_seeds=3, context=context,
-                       n_boot=n_boot, overwrite=True)
-        flag = "" if context else " --no-context"
+                       n_boot=n_boot, overwrite=True, model=model)
+        flag = ("" if context else " --no-context") + \
+            ("" if model == "hgb" else f" --model {model}")
         blend = result.metrics["baselines"]["mean_blend"]
-        rows.append({"name": f"{'+'.join(members)} mean blend", "kind": "blend",
-                     "n": len(result.oof), "n_pos": int(result.oof["label"].sum()), **blend,
-                     "seconds": None, "commit": commit,
-                     "command": f"python -m melalib ensemble {' '.join(map(str, dirs))} "
-                                f"--method mean --out {out}/{name}_blend.csv"})
+        if model != "hgb" or not context:  # the same blend as syn_stack's: listed once
+            blend = None
+        if blend is not None:
+            rows.append({"name": f"{'+'.join(members)} mean blend", "kind": "blend",
+                         "n": len(result.oof), "n_pos": int(result.oof["label"].sum()), **blend,
+                         "seconds": None, "commit": commit,
+                         "command": f"python -m melalib ensemble {' '.join(map(str, dirs))} "
+                                    f"--method mean --out {out}/{name}_blend.csv"})
         rows.append({"name": name, "kind": "stack", "n": len(result.oof),
                      "n_pos": int(result.oof["label"].sum()), **_cis(result.metrics),
                      "top_features": result.importance["feature"].head(5).tolist(),
