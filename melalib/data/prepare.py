@@ -314,11 +314,12 @@ def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], 
                 quality: int = 95, keep_aspect: bool = True) -> str | None:
     """Write ``source`` resized to ``output`` (JPEG, atomically); the failure reason or None.
 
-    A JPEG that `copies_unchanged` is decoded (to refuse a corrupt file as the resize path
-    would) and then copied byte for byte instead of re-encoded."""
+    A JPEG that `copies_unchanged` is decoded at 1/8 scale (every byte is still entropy-
+    decoded, so a corrupt or truncated file is refused as on the resize path) and then
+    copied byte for byte instead of re-encoded."""
     copy = copies_unchanged(source, size, keep_aspect)
-    try:
-        pixels = read_image(source, size)
+    try:  # a copy is only checked: decoding at the smallest DCT scale reads every byte too
+        pixels = read_image(source, 1 if copy else size)
     except ImageError as err:
         return err.detail
     output = Path(output)
