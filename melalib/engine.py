@@ -616,6 +616,18 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader: Iterable[dict[str, An
     return total / max(count, 1)
 
 
+def train_epoch(net: nn.Module, model: nn.Module, batches: Iterable[dict[str, Any]],
+                loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler, precision: Precision, device: torch.device,
+                cfg: RunConfig, n_batches: int, ema: Any = None) -> float:
+    """One epoch of the loop `train_fold` runs, over any iterable of batch dicts (``image``,
+    ``meta``, ``target``): the mean training loss. ``net`` is what is called (compiled or
+    DDP-wrapped), ``model`` the module underneath. benchmarks/gpu_check.py times it against
+    a bare loop on the same batches."""
+    return _train_epoch(net, model, batches, loss_fn, optimizer, scheduler, scaler, ema,
+                        precision, device, cfg, n_batches, desc="train", progress=False)
+
+
 def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, run: RunDir,
                   device: torch.device, info: ddp.DistInfo, precision: Precision,
                   batch_size: int, val_probs: np.ndarray | None = None) -> dict[str, Any]:
