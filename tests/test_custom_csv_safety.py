@@ -40,8 +40,11 @@ def test_rare_class_named_like_another_is_refused(tmp_path: Path, typo: str, oth
     assert len(table.task.classes) == 3
 
 
-def test_rare_but_distinct_class_is_accepted(tmp_path: Path) -> None:
-    rows = [f"m{i},mel" for i in range(12)] + [f"n{i},nev" for i in range(12)] + ["x,bcc"]
+@pytest.mark.parametrize("common, rare", [(("mel", "nev"), "bcc"), (("10", "2"), "1"),
+                                          (("ab", "cd"), "a")])
+def test_rare_but_distinct_class_is_accepted(tmp_path: Path, common: tuple[str, str],
+                                             rare: str) -> None:
+    rows = [f"{c}{i},{c}" for c in common for i in range(12)] + [f"x,{rare}"]
     assert load_custom_csv(_csv(tmp_path / "t.csv", "image,label", rows)).task.n_classes == 3
 
 

@@ -652,10 +652,14 @@ def _check_label_typos(labels: pd.Series, file: Path, column: str, rare: int = 5
 
 
 def _similar(a: str, b: str) -> bool:
+    """Names a typo could turn into each other: equal but for case, one a prefix of the
+    other, or (3+ letters) a close spelling. Numbers (class 1 beside 10) never are."""
+    if _NUMBER.fullmatch(a) and _NUMBER.fullmatch(b):
+        return False
     a, b = a.lower(), b.lower()
     if a == b or (min(len(a), len(b)) >= 2 and (a.startswith(b) or b.startswith(a))):
         return True
-    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+    return min(len(a), len(b)) >= 3 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
 
 
 def _fold_values(df: pd.DataFrame, column: str, train: np.ndarray, file: Path) -> np.ndarray:
