@@ -187,8 +187,9 @@ class RunDir:
 
         - no folder: created (with melalib's marker ``.melalib-run``), then ``build``; a
           ``build`` that fails leaves a folder the next command may replace;
-        - the same config: resumed; a folder whose run never started (no table stored, e.g.
-          a failed first attempt) with another config: replaced as below;
+        - the same config: resumed; a folder whose start failed (``failed_start`` in
+          run.json, no table stored: e.g. a missing data_dir) with another config: replaced
+          as below, so it never blocks the corrected command;
         - another config: refused (RunExistsError naming what changed) unless
           ``cfg.overwrite``; then the new run is built in ``.<name>.new-<pid>`` first, so a
           bad config or data fails with the old run untouched; on success the old folder is
@@ -222,16 +223,32 @@ class RunDir:
             if not (path / MARKER).is_file():
                 _write_marker(path, cfg.name)  # a legacy run resumed with its own config
             write_yaml(path / "config.yaml", cfg.to_dict())
-        return run, build(run)
+        return run, run._build(build)
+
+    def _build(self, build: Callable[[RunDir], T]) -> T:
+        """``build(self)``; a failure before the table is stored is recorded in run.json
+        (``failed_start``), so the corrected command may replace this folder."""
+        try:
+            result = build(self)
+        except BaseException as exc:
+            if "table_hash" not in (self.info() or {}):
+                self.update_info(failed_start=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        info = self.info() or {}
+        if "failed_start" in info:
+            info.pop("failed_start")
+            write_json(self.path / "run.json", info)
+        return result
 
     def _same_config(self, info: dict[str, Any]) -> bool:
-        """True when the folder's config matches (a started run with another one is
-        refused here unless overwrite; an unstarted one is replaced)."""
+        """True when the folder's config matches; another config is refused here unless
+        ``overwrite`` or the folder's start failed (then it is replaced)."""
         old = self.load_config()
         diff = (old.result_diff(self.cfg) if old is not None
                 else {} if info.get("fingerprint") == self.cfg.fingerprint()
                 else {"config.yaml": ("missing", "")})
-        if diff and "table_hash" in info and not self.cfg.overwrite:
+        replaceable = "table_hash" not in info and info.get("failed_start")
+        if diff and not replaceable and not self.cfg.overwrite:
             changed = {k: v[::-1] for k, v in diff.items()}  # (now, before)
             raise RunExistsError(
                 f"{self.path} holds a run with another config (changed, now vs before: "

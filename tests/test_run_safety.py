@@ -97,8 +97,11 @@ def test_failed_start_does_not_block_the_corrected_command(tiny_cfg, tmp_path: P
     bad = tiny_cfg(fold=0, dataset="custom", custom_csv=str(tmp_path / "nope" / "t.csv"))
     with pytest.raises(DataError):
         melalib.train(bad)
+    info = json.loads((bad.run_dir / "run.json").read_text())
+    assert "does not exist" in info["failed_start"] and "table_hash" not in info
     summary = melalib.train(tiny_cfg(fold=0))
     assert summary["folds_done"] == [0]
+    assert "failed_start" not in json.loads((bad.run_dir / "run.json").read_text())
 
 
 def test_interrupted_swap_puts_the_old_run_back(tiny_cfg) -> None:
