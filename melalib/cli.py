@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from .config import RunConfig
+from .data.prepare import PREPARE_ASPECTS
 from .errors import ConfigError, MelalibError
 
 
@@ -76,7 +77,8 @@ def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare_images
 
-    report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers)
+    report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers,
+                            aspect=args.aspect)
     print(report.summary())
     return 0
 
@@ -182,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="shorter side in pixels")
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: CPU count, at most 8)")
+    p.add_argument("--aspect", default="keep", choices=PREPARE_ASPECTS,
+                   help="keep: shorter side = --size (default); squash / crop / pad: square "
+                   "outputs framed as training's aspect option")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("presets", help="list the named recipes for --preset")

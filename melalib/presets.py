@@ -85,6 +85,10 @@ DESCRIPTIONS: dict[str, str] = {
     "isic2019_meta": "ISIC 2019 metadata-only MetaMLP, balanced class weights "
                      "(docs/results.md)",
     "milk10k_meta": "MILK10k metadata + MONET scores, MetaMLP (docs/results.md)",
+    "ham10000_lite0_pretrained": "HAM10000 on 2 CPU cores: EfficientNet-Lite0 128 px from "
+                                 "offline ImageNet weights (`melalib weights`) + metadata, TTA 8",
+    "ham10000_lite0_scratch": "the same EfficientNet-Lite0 recipe from random weights (what "
+                              "the ImageNet weights buy)",
 }
 
 

@@ -138,3 +138,39 @@ def test_aspect_plot_shows_every_setting(tmp_path: Path) -> None:
     titles = [a.get_title() for a in fig.axes]
     assert titles == ["image 80x40", *(f"aspect={a} (16x16)" for a in ASPECTS)]
     assert (tmp_path / "aspect.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("aspect", ["crop", "pad", "squash"])
+def test_prepare_frames_as_training_does(tmp_path: Path, aspect: str) -> None:
+    """A cache prepared with ``--aspect A`` gives the model the same picture as training with
+    ``aspect=A`` on the original image (up to resampling and JPEG noise)."""
+    from melalib.data.prepare import prepare_images
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.repeat(np.repeat(_striped(), 4, axis=0), 4, axis=1)).save(
+        src / "wide.png")
+    report = prepare_images(src, tmp_path / "cache", size=32, aspect=aspect, workers=1,
+                            progress=False)
+    assert report.n_done == 1
+    cached = np.asarray(Image.open(tmp_path / "cache" / "wide.jpg").convert("RGB"))
+    assert cached.shape == (32, 32, 3)
+    transform = build_transforms(32, train=False, aspect=aspect)
+    from_raw = denormalize(transform(np.asarray(Image.open(src / "wide.png"))))
+    from_cache = denormalize(transform(cached))
+    assert np.abs(from_raw.astype(int) - from_cache.astype(int)).mean() < 12
+    with pytest.raises(ConfigError, match="aspect must be one of keep"):
+        prepare_images(src, tmp_path / "bad", size=32, aspect="stretch", progress=False)
+
+
+def test_prepare_resumes_a_cache_recorded_by_an_older_melalib(tmp_path: Path) -> None:
+    from melalib.data.prepare import SETTINGS_FILE, prepare_images
+
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    cache.mkdir()
+    Image.fromarray(_striped()).save(src / "a.png")
+    (cache / SETTINGS_FILE).write_text('{"size": 32, "keep_aspect": true, "quality": 95}')
+    assert prepare_images(src, cache, size=32, workers=1, progress=False).n_done == 1
+    with pytest.raises(Exception, match="other settings"):
+        prepare_images(src, cache, size=32, aspect="crop", workers=1, progress=False)

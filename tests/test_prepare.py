@@ -178,7 +178,7 @@ def test_square_outputs_and_name_collision(src: Path, tmp_path: Path) -> None:
     _photo(rng, 300, 200).save(raw / "a.jpg")
     _photo(rng, 300, 200).save(raw / "a.png")  # same output name a.jpg
     _photo(rng, 50, 40).save(raw / "small.jpg")
-    report = prepare_images(raw, tmp_path / "sq", size=64, keep_aspect=False, workers=1,
+    report = prepare_images(raw, tmp_path / "sq", size=64, aspect="squash", workers=1,
                             progress=False)
     assert (report.n_done, report.n_failed) == (2, 1)
     assert "same output name" in report.failures[0][1]
@@ -192,7 +192,7 @@ def test_decode_resized_and_target_size(src: Path) -> None:
     assert target_size(800, 600, 128) == (171, 128)
     assert target_size(600, 800, 128) == (128, 171)
     assert target_size(100, 50, 128) == (100, 50)  # never enlarged
-    assert target_size(800, 600, 128, keep_aspect=False) == (128, 128)
+    assert target_size(800, 600, 128, aspect="squash") == (128, 128)
     im = decode_resized(src / "img_001.jpg", 100)
     assert im.mode == "RGB" and im.size == (133, 100)
     for name, reason in (("empty.jpg", "empty"), ("text.jpg", "not an image"),

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ImageError
 from ..io import write_csv, write_error, write_json
+from ..transforms import ASPECTS
 from .images import DEFAULT_MAX_PIXELS, ImageOptions, read_image
 
 PATTERNS = ("*.jpg", "*.jpeg", "*.png")
@@ -44,6 +45,8 @@ SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
 LINEAR_BELOW = 2.0  # bilinear while the remaining downscale is below this; LANCZOS above
 _EXIF_ORIENTATION = 0x0112
+#: ``keep`` (shorter side = size, aspect ratio kept) or a training ``aspect`` baked in.
+PREPARE_ASPECTS = ("keep", *ASPECTS)
 
 
 @dataclass
@@ -70,31 +73,50 @@ class PrepareReport:
                 f"({self.seconds:.1f} s, {self.images_per_second:.1f} images/s) -> {self.dst_dir}")
 
 
-def target_size(width: int, height: int, size: int, keep_aspect: bool = True) -> tuple[int, int]:
-    """Output (width, height): shorter side ``size`` (never enlarged) or ``size`` x ``size``."""
-    if not keep_aspect:
+def target_size(width: int, height: int, size: int, aspect: str = "keep") -> tuple[int, int]:
+    """The (width, height) an image is resized to before `square`: ``keep`` shorter side
+    ``size`` (never enlarged); ``squash`` ``size`` x ``size``; ``crop`` shorter side
+    ``size``; ``pad`` longer side ``size`` (``crop`` and ``pad`` enlarge small images, as
+    the training transform does)."""
+    if aspect == "squash":
         return size, size
-    short = min(width, height)
-    if short <= size:
+    short, long = min(width, height), max(width, height)
+    if aspect == "keep" and short <= size:
         return width, height
-    scale = size / short
-    if width <= height:
-        return size, max(1, round(height * scale))
-    return max(1, round(width * scale)), size
+    scale = size / (long if aspect == "pad" else short)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def decode_resized(path: str | os.PathLike[str], size: int, keep_aspect: bool = True,
+def square(pixels: np.ndarray, size: int, aspect: str) -> np.ndarray:
+    """``crop``: the centred ``size`` x ``size`` square; ``pad``: centred on black to
+    ``size`` x ``size``; ``keep`` / ``squash``: unchanged (the framing of
+    `melalib.transforms.square_ops`)."""
+    height, width = pixels.shape[:2]
+    if aspect == "crop":
+        top, left = (height - size) // 2, (width - size) // 2
+        return pixels[top: top + size, left: left + size]
+    if aspect == "pad":
+        out = np.zeros((size, size, *pixels.shape[2:]), dtype=pixels.dtype)
+        top, left = (size - height) // 2, (size - width) // 2
+        out[top: top + height, left: left + width] = pixels
+        return out
+    return pixels
+
+
+def decode_resized(path: str | os.PathLike[str], size: int, aspect: str = "keep",
                    options: ImageOptions | None = None) -> Image.Image:
     """Decode an image with `melalib.data.images.read_image` (EXIF orientation, 16-bit
     scaling, alpha, pixel ceiling; JPEGs at a reduced DCT scale) and resize it.
 
-    ``keep_aspect``: the shorter side becomes ``size`` (an image already smaller keeps its
-    size; nothing is enlarged); otherwise the image is squashed to ``size`` x ``size``.
+    ``aspect``: ``keep`` makes the shorter side ``size`` (an image already smaller keeps its
+    size); ``squash``, ``crop`` and ``pad`` make a ``size`` x ``size`` square as training's
+    ``aspect`` does (`target_size`, `square`).
     Unreadable files raise `ImageError` naming the file and the reason.
     """
     pixels = read_image(path, size, options)
     height, width = pixels.shape[:2]
-    return Image.fromarray(resize_final(pixels, target_size(width, height, size, keep_aspect)))
+    resized = resize_final(pixels, target_size(width, height, size, aspect))
+    return Image.fromarray(square(resized, size, aspect))
 
 
 def resize_final(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -114,7 +136,7 @@ def resize_final(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image)
 
 
-def copies_unchanged(path: str | os.PathLike[str], size: int, keep_aspect: bool = True) -> bool:
+def copies_unchanged(path: str | os.PathLike[str], size: int, aspect: str = "keep") -> bool:
     """True when ``path`` is a 3-component JPEG without EXIF (so no rotation) that is
     already at its target size: `prepare` may copy it as it is. Decided from the markers
     before the frame header (a few hundred bytes), cheaper than Pillow opening the file."""
@@ -122,8 +144,9 @@ def copies_unchanged(path: str | os.PathLike[str], size: int, keep_aspect: bool 
     if header is None:
         return False
     width, height, components, has_exif = header
-    return (components == 3 and not has_exif and width * height <= DEFAULT_MAX_PIXELS
-            and target_size(width, height, size, keep_aspect) == (width, height))
+    unchanged = target_size(width, height, size, aspect) == (width, height) and (
+        aspect in ("keep", "squash") or width == height == size)
+    return components == 3 and not has_exif and width * height <= DEFAULT_MAX_PIXELS and unchanged
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -164,22 +187,25 @@ def _jpeg_frame(path: str | os.PathLike[str]) -> tuple[int, int, int, bool] | No
 def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],
                    size: int = 512, workers: int | None = None,
                    pattern: Sequence[str] | str = PATTERNS, quality: int = 95,
-                   keep_aspect: bool = True, progress: bool = True) -> PrepareReport:
+                   aspect: str = "keep", progress: bool = True) -> PrepareReport:
     """Resize every image under ``src_dir`` into ``dst_dir`` (see the module docstring).
 
-    ``size``: shorter side of the outputs (``keep_aspect=True``, never enlarged) or their
-    width and height (``keep_aspect=False``, squashed). ``workers``: processes
+    ``size``: shorter side of the outputs (``aspect=keep``, never enlarged) or the side of
+    square outputs framed as training's ``aspect`` (``squash``, ``crop``, ``pad``; a cache
+    made so trains with the same ``aspect`` or any, since it is square). ``workers``: processes
     (default ``min(os.cpu_count(), 8)``; 1 = in this process). ``pattern``: file-name
     globs, case-insensitive. Outputs are JPEGs of ``quality`` (a JPEG source that needs no
     resize is copied as it is). ``dst_dir`` may not be
     ``src_dir``, lie inside it or contain it. A folder prepared earlier with other settings
-    (size, keep_aspect, quality) is refused, so a resume never mixes two sizes.
+    (size, aspect, quality) is refused, so a resume never mixes two sizes.
     """
     src, dst = Path(src_dir).expanduser().absolute(), Path(dst_dir).expanduser().absolute()
     patterns = (pattern,) if isinstance(pattern, str) else tuple(pattern)
     _check_args(src, dst, size, quality, workers, patterns)
     n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
-    settings = {"size": int(size), "keep_aspect": bool(keep_aspect), "quality": int(quality)}
+    if aspect not in PREPARE_ASPECTS:
+        raise ConfigError(f"aspect must be one of {', '.join(PREPARE_ASPECTS)}; got {aspect!r}")
+    settings = {"size": int(size), "aspect": aspect, "quality": int(quality)}
     _claim(dst, settings)
     report = PrepareReport(src_dir=src, dst_dir=dst, size=int(size))
     start = time.perf_counter()
@@ -188,7 +214,7 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     outputs: dict[str, str] = {}  # output name -> its source (two sources, one output: fail)
     try:
         todo = _pending(src, dst, patterns, report, outputs, bar)
-        args = (int(size), int(quality), bool(keep_aspect))
+        args = (int(size), int(quality), aspect)
         for results in _run(todo, args, n_workers):
             for source, reason in results:
                 if reason is None:
@@ -233,7 +259,7 @@ def _claim(dst: Path, settings: dict[str, object]) -> None:
     marker = dst / SETTINGS_FILE
     if marker.is_file():
         try:
-            old = json.loads(marker.read_text())
+            old = _current_settings(json.loads(marker.read_text()))
         except (OSError, ValueError):
             old = None
         if old != settings:
@@ -242,6 +268,14 @@ def _claim(dst: Path, settings: dict[str, object]) -> None:
         return
     dst.mkdir(parents=True, exist_ok=True)
     write_json(marker, settings)
+
+
+def _current_settings(old: object) -> object:
+    """Settings recorded by an older melalib (``keep_aspect``) in today's terms (``aspect``)."""
+    if isinstance(old, dict) and "keep_aspect" in old and "aspect" not in old:
+        old = {**old, "aspect": "keep" if old.pop("keep_aspect") else "squash"}
+        return {k: old[k] for k in ("size", "aspect", "quality") if k in old}
+    return old
 
 
 def _walk(src: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
@@ -284,7 +318,7 @@ def _chunks(items: Iterator[tuple[str, str]], n: int) -> Iterator[list[tuple[str
         yield chunk
 
 
-def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, bool],
+def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, str],
          workers: int) -> Iterator[list[tuple[str, str | None]]]:
     """Results per chunk; at most ``4 * workers`` chunks in flight (bounded memory)."""
     if workers <= 1:
@@ -304,20 +338,20 @@ def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, bool],
 
 
 def _convert_chunk(chunk: list[tuple[str, str]], size: int, quality: int,
-                   keep_aspect: bool) -> list[tuple[str, str | None]]:
+                   aspect: str) -> list[tuple[str, str | None]]:
     """Worker: convert each (source, output); reason None on success."""
-    return [(source, convert_one(source, output, size, quality, keep_aspect))
+    return [(source, convert_one(source, output, size, quality, aspect))
             for source, output in chunk]
 
 
 def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], size: int,
-                quality: int = 95, keep_aspect: bool = True) -> str | None:
+                quality: int = 95, aspect: str = "keep") -> str | None:
     """Write ``source`` resized to ``output`` (JPEG, atomically); the failure reason or None.
 
     A JPEG that `copies_unchanged` is decoded at 1/8 scale (every byte is still entropy-
     decoded, so a corrupt or truncated file is refused as on the resize path) and then
     copied byte for byte instead of re-encoded."""
-    copy = copies_unchanged(source, size, keep_aspect)
+    copy = copies_unchanged(source, size, aspect)
     try:  # a copy is only checked: decoding at the smallest DCT scale reads every byte too
         pixels = read_image(source, 1 if copy else size)
     except ImageError as err:
@@ -331,8 +365,9 @@ def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], 
             shutil.copyfile(source, tmp)
         else:
             height, width = pixels.shape[:2]
-            resized = resize_final(pixels, target_size(width, height, size, keep_aspect))
-            Image.fromarray(resized).save(tmp, format="JPEG", quality=quality)
+            resized = resize_final(pixels, target_size(width, height, size, aspect))
+            Image.fromarray(square(resized, size, aspect)).save(tmp, format="JPEG",
+                                                                quality=quality)
         os.replace(tmp, output)
     except OSError as exc:  # disk full / no permission: WriteError naming the output
         raise write_error(output, exc) from exc
