@@ -23,7 +23,10 @@ FORMAT = 1
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalars and dtypes (rebuilt from a dtype and raw bytes, no code): older
     checkpoints may hold a numpy float in their history."""
-    from numpy._core.multiarray import scalar
+    try:  # numpy >= 2
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x (e.g. an older Kaggle image)
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
 
     kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
              np.uint8, np.bool_)
