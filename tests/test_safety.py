@@ -128,6 +128,7 @@ def test_train_disk_full_is_one_line_and_resumes(tiny_cfg, monkeypatch, capsys) 
         real_save(obj, f)
 
     monkeypatch.setattr(checkpoints.torch, "save", filling_disk)
+    monkeypatch.setenv("MELALIB_PROGRESS", "0")  # the error line alone on stderr, no bars
     args = ["train", "--preset", "tiny", "--set", f"data_dir={cfg.data.data_dir}",
             "--set", "epochs=2", "--output-dir", cfg.output_dir, "--name", cfg.name,
             "--fold", "0"]
