@@ -19,11 +19,13 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import progress as live
 from .config import get_preset
 from .errors import ConfigError, MelalibError, RunExistsError
 from .io import write_json
@@ -82,7 +84,9 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
     source = notebooks_dir()
     _check_kernel()
     seconds: dict[str, float] = dict(state.get("seconds", {}))
-    with _quiet_papermill(), _env(MELALIB_PROGRESS=os.environ.get("MELALIB_PROGRESS", "0")):
+    live_file = out / ".progress.json"
+    with _quiet_papermill(), _env(MELALIB_PROGRESS=os.environ.get("MELALIB_PROGRESS", "0"),
+                                  **{live.ENV: str(live_file)}):
         bar = tqdm(NOTEBOOKS, desc="melalib demo", unit="notebook", disable=not progress)
         for name in bar:
             bar.set_postfix_str(name)
@@ -91,10 +95,11 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
                 continue
             started = time.perf_counter()
             try:
-                papermill.execute_notebook(
-                    str(source / name), str(target), parameters=params, kernel_name=KERNEL,
-                    progress_bar=progress, cwd=str(out), log_output=False,
-                    extra_arguments=KERNEL_ARGS)
+                with _live_postfix(bar, name, live_file, enabled=progress):
+                    papermill.execute_notebook(
+                        str(source / name), str(target), parameters=params,
+                        kernel_name=KERNEL, progress_bar=False, cwd=str(out),
+                        log_output=False, extra_arguments=KERNEL_ARGS)
             except papermill.PapermillExecutionError as exc:
                 raise MelalibError(
                     f"demo notebook {name} failed at cell {exc.exec_count}: {exc.ename}: "
@@ -202,6 +207,33 @@ def _quiet_papermill() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(flt)
+
+
+@contextlib.contextmanager
+def _live_postfix(bar: Any, notebook: str, path: Path, enabled: bool = True,
+                  interval: float = 1.0) -> Iterator[None]:
+    """While the block runs, refresh ``bar``'s postfix every ``interval`` seconds with the
+    notebook and the training's fold, epoch and ETA (`melalib.progress`), so a long notebook
+    never looks frozen."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+    started = time.time()
+
+    def poll() -> None:
+        while not stop.wait(interval):
+            detail = live.describe(live.read(path), since=started)
+            bar.set_postfix_str(f"{notebook} | {detail}" if detail else notebook)
+
+    thread = threading.Thread(target=poll, name="melalib-demo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.set_postfix_str(notebook)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
+from . import progress as live
 from .checkpoints import check_compatible, load_checkpoint, load_model_weights, save_checkpoint
 from .config import RunConfig
 from .errors import ConfigError, MelalibError
@@ -371,7 +372,8 @@ def train(cfg: RunConfig, fold: int | None = None, *, progress: bool = True) -> 
                 if run.fold_done(k):
                     log.info("fold %d already finished in %s; skipping", k, run.path)
                     continue
-                train_fold(cfg, table, k, run, device=device, info=info, progress=progress)
+                train_fold(cfg, table, k, run, device=device, info=info, progress=progress,
+                           folds=list(folds))
             summary = finalize(run, table.task) if info.is_main else {}
             ddp.barrier(info)
             return summary
@@ -395,8 +397,9 @@ def _setup_file_log(run: RunDir, info: ddp.DistInfo) -> None:
 
 def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
                device: torch.device, info: ddp.DistInfo = ddp.DistInfo(),
-               progress: bool = True) -> dict[str, Any]:
-    """Train one fold to its end, resuming from ``run``'s last checkpoint when present."""
+               progress: bool = True, folds: list[int] | None = None) -> dict[str, Any]:
+    """Train one fold to its end, resuming from ``run``'s last checkpoint when present;
+    ``folds``: every fold this training call covers (for the progress ETA)."""
     from .losses import build_loss
     from .metrics import primary_metric
     from .models import build_model, param_groups, set_backbone_trainable
@@ -525,6 +528,8 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
             log.info("fold %d epoch %d: train_loss %.4f val_loss %.4f %s %.4f%s", fold,
                      epoch + 1, train_loss, val_loss, reported.primary_metric, score,
                      " (best)" if improved else "")
+            live.report(cfg.name, fold, folds or [fold], epoch + 1, t.epochs,
+                        [h["seconds"] for h in history if h["fold"] == fold])
         ddp.barrier(info)
     return _predict_fold(cfg, table, fd, fold, run, device, info, precision, per_rank_batch,
                          val_probs=best_val_probs)

@@ -1,0 +1,91 @@
+"""Live progress: the engine's per-epoch record and what `melalib demo` shows from it."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+import tqdm.auto as tqdm_auto
+from tqdm import tqdm as console_tqdm
+
+from melalib import demo as demo_mod
+from melalib import progress as live
+from melalib.engine import train
+
+
+def test_report_writes_fold_epoch_and_an_eta(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "p.json"
+    live.report("r", 1, [0, 1, 2], 2, 4, [10.0, 20.0])
+    assert not path.exists()  # no variable: nothing written
+    monkeypatch.setenv(live.ENV, str(path))
+    live.report("r", 1, [0, 1, 2], 2, 4, [10.0, 20.0])
+    record = live.read(path)
+    # fold 2 of 3: 2 epochs left here + 4 in the last fold, 15 s each
+    assert record["fold_position"] == 2 and record["n_folds"] == 3
+    assert record["eta_seconds"] == pytest.approx(6 * 15.0)
+    text = live.describe(record)
+    assert text.startswith("r fold 2/3 epoch 2/4 | ETA 1:")
+    assert live.describe(record, since=time.time() + 5) == ""  # an older run's record
+    assert live.format_seconds(3700) == "1:01:40" and live.format_seconds(75) == "1:15"
+    assert live.read(tmp_path / "absent.json") is None
+
+
+def test_training_reports_each_epoch(tiny_cfg, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "live.json"
+    monkeypatch.setenv(live.ENV, str(path))
+    train(tiny_cfg(epochs=2), fold=1, progress=False)
+    record = live.read(path)
+    assert (record["run"], record["fold"], record["epoch"], record["epochs"]) == ("tiny", 1, 2, 2)
+    assert record["n_folds"] == 1 and record["eta_seconds"] == 0.0
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.postfixes: list[str] = []
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfixes.append(text)
+
+
+def test_live_postfix_shows_the_kernels_progress(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "live.json"
+    bar = _Recorder()
+    monkeypatch.setenv(live.ENV, str(path))
+    with demo_mod._live_postfix(bar, "03_train.ipynb", path, interval=0.02):
+        live.report("synthetic", 0, [0, 1], 1, 3, [4.0])
+        time.sleep(0.3)
+    assert any(p.startswith("03_train.ipynb | synthetic fold 1/2 epoch 1/3 | ETA 0:")
+               for p in bar.postfixes), bar.postfixes
+    assert bar.postfixes[-1] == "03_train.ipynb"
+
+
+def test_demo_passes_the_progress_file_to_the_kernels(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels inherit $MELALIB_PROGRESS_FILE; what they report shows in the demo bar."""
+    import papermill
+
+    seen: list[str | None] = []
+
+    def fake(source: str, target: str, **kwargs: Any) -> None:
+        seen.append(os.environ.get(live.ENV))
+        if Path(source).name == "03_train.ipynb":
+            live.report("synthetic", 2, [0, 1, 2], 3, 6, [1.0])
+            time.sleep(1.5)
+        nbformat.write(nbformat.v4.new_notebook(), target)
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    monkeypatch.setattr(demo_mod, "_check_kernel", lambda: None)
+    stream = io.StringIO()
+    monkeypatch.setattr(tqdm_auto, "tqdm",
+                        lambda *a, **k: console_tqdm(*a, **{**k, "file": stream}))
+    demo_mod.run_demo(tmp_path / "demo", quick=True, data_dir=tmp_path / "data")
+    assert seen and all(s == str(tmp_path / "demo" / ".progress.json") for s in seen)
+    assert "03_train.ipynb | synthetic fold 3/3 epoch 3/6 | ETA" in stream.getvalue()
