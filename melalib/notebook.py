@@ -753,7 +753,7 @@ def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
         return errors, None
     titles = [f"{t} -> {p} ({c:.2f})" for t, p, c in
               zip(errors["label_name"], errors["pred_name"], errors["confidence"], strict=True)]
-    fig = plots.cam_grid(images, cams, titles=titles, ncols=min(4, len(images)), save=save)
+    fig = plots.cam_grid(images, cams, titles=titles, ncols=min(2, len(images)), save=save)
     shown = ["image_id", "fold", "label_name", "pred_name", "confidence", "group_id", "age",
              "sex", "site"]
     return errors[[c for c in shown if c in errors.columns]], fig

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from .calibration import expected_calibration_error, reliability_curve
@@ -213,7 +214,10 @@ def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
         cols.append("tie")
     with np.errstate(invalid="ignore", divide="ignore"):
         shown = m / m.sum(axis=1, keepdims=True) if normalize else m.astype(float)
-    fig, axes, owned = _figure(ax, figsize=(1.0 + 0.75 * len(cols), 1.0 + 0.7 * k))
+    # at least ~5 x 4 in: the title and the colour bar's label fit at the size the notebook
+    # shows the figure, for two classes too
+    fig, axes, owned = _figure(ax, figsize=(max(6.0, 2.8 + 0.8 * len(cols)),
+                                            max(4.4, 1.6 + 0.7 * k)))
     a = axes[0, 0]
     im = a.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0,
                   vmax=1 if normalize else max(shown.max(), 1))
@@ -223,14 +227,15 @@ def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
             v = shown[i, j]
             text = f"{v:.2f}\n({m[i, j]})" if normalize else f"{m[i, j]}"
             dark = np.nan_to_num(v) > (0.5 if normalize else shown.max() / 2)
-            a.text(j, i, text, ha="center", va="center", fontsize=8,
+            a.text(j, i, text, ha="center", va="center", fontsize=9,
                    color="white" if dark else "black")
     a.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     a.set_yticks(range(k), [f"{c} (n={n})" for c, n in zip(class_names, m.sum(axis=1),
                                                              strict=True)])
     a.set(xlabel="predicted", ylabel="true")
     a.set_title(title or f"Confusion matrix (n={int(m.sum())})")
-    fig.colorbar(im, ax=a, fraction=0.046, label="share of true class" if normalize else "count")
+    bar = fig.colorbar(im, ax=a, fraction=0.046, pad=0.03)
+    bar.set_label("share of true class" if normalize else "count", labelpad=8)
     return _finish(fig, save, owned)
 
 
@@ -388,8 +393,8 @@ def site_by_label_plot(df: pd.DataFrame, task: Task | None = None, ax: Axes | No
     a = axes[0, 0]
     left = np.zeros(len(order))
     for j, site in enumerate(shares.columns):
-        a.barh(range(len(order)), shares[site], left=left, label=site,
-               color=plt.get_cmap("tab20")(j % 20))
+        a.barh(range(len(order)), shares[site], left=left, label=site, edgecolor="white",
+               linewidth=0.5, **category_style(j, unknown=site == "unknown"))
         left += shares[site].to_numpy()
     a.set_yticks(range(len(order)), [f"{c} (n={n})" for c, n in
                                      zip(order, table.sum(axis=1), strict=True)])
@@ -398,6 +403,20 @@ def site_by_label_plot(df: pd.DataFrame, task: Task | None = None, ax: Axes | No
     a.set_title(f"Anatomical site by diagnosis (n={int(table.to_numpy().sum())})")
     a.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return _finish(fig, save, owned)
+
+
+#: Hatches that tell apart categories beyond the eight Okabe-Ito colours.
+HATCHES = ("", "//", "..", "xx")
+UNKNOWN_COLOR = "#BBBBBB"
+
+
+def category_style(j: int, unknown: bool = False) -> dict[str, Any]:
+    """Fill of the ``j``-th category: the Okabe-Ito colours in order, then again with a
+    hatch; grey for "unknown"."""
+    if unknown:
+        return {"color": UNKNOWN_COLOR}
+    return {"color": COLORS[j % len(COLORS)],
+            "hatch": HATCHES[(j // len(COLORS)) % len(HATCHES)] or None}
 
 
 def _read_image(item: Any) -> np.ndarray:
@@ -429,7 +448,7 @@ def image_grid(paths: Sequence[Any], titles: Sequence[str] | None = None, ncols:
         if i < len(paths):
             a.imshow(_read_image(paths[i]))
             if titles is not None:
-                a.set_title(titles[i], fontsize=8)
+                a.set_title(titles[i], fontsize=10)
     return _finish(fig, save, owned)
 
 
@@ -457,11 +476,12 @@ def _fit_cam(cam: Any, shape: tuple[int, int], i: int) -> np.ndarray:
 
 @_styled
 def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] | None = None,
-             ncols: int = 4, alpha: float = 0.45, show_original: bool = True,
+             ncols: int = 2, alpha: float = 0.45, show_original: bool = True,
              save: str | Path | None = None, tile: float = 2.6) -> Figure:
     """Grad-CAM heatmaps (H x W in [0, 1], resized to the image) over H x W x 3 images
     (uint8 or float in [0, 1]); with ``show_original`` each image is shown beside its
-    overlay, so a row holds ``ncols`` pairs."""
+    overlay, so a row holds ``ncols`` pairs (two pairs: about 10 in wide, so titles stay
+    readable where a notebook scales the figure to its width)."""
     if len(images) != len(cams):
         raise DataError(f"{len(images)} images but {len(cams)} cams")
     if titles is not None and len(titles) != len(images):
@@ -484,7 +504,7 @@ def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] |
             cells[0].imshow(img)
         cells[-1].imshow(np.clip(overlay, 0, 1))
         if titles is not None:
-            cells[0].set_title(titles[i], fontsize=8)
+            cells[0].set_title(titles[i], fontsize=11, loc="left")
     return _finish(fig, save, owned)
 
 
@@ -521,6 +541,7 @@ def learning_curves(history_df: pd.DataFrame, metric: str | None = None,
                 a.plot(part["epoch"], part[col], ls=styles[ci % len(styles)],
                        color=COLORS[fi % len(COLORS)], marker="o", ms=3, label=name)
         a.set(xlabel="epoch", ylabel=label)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_title(f"{label} per epoch ({len(folds)} fold{'s' if len(folds) > 1 else ''})")
         a.legend(fontsize=7)
     return _finish(fig, save, owned)

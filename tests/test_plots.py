@@ -196,3 +196,89 @@ def test_cam_grid_overlays(tmp_path: Path) -> None:
     assert len(overlay_only.axes) == 3
     with pytest.raises(DataError, match=r"cam 0 must hold values in \[0, 1\]"):
         plots.cam_grid(images[:1], [np.full((4, 4), 2.0)])
+
+
+def _renderer(fig: Figure):
+    """A drawn Agg canvas for a figure the plot function already closed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _text_inside(fig: Figure) -> list[str]:
+    """Texts (titles, labels, tick labels) that reach outside the saved figure."""
+    renderer = _renderer(fig)
+    box = fig.bbox
+    outside = []
+    for text in fig.findobj(lambda o: hasattr(o, "get_text") and hasattr(o, "get_window_extent")):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        ext = text.get_window_extent(renderer)
+        if ext.x0 < box.x0 - 1 or ext.x1 > box.x1 + 1 or ext.y0 < box.y0 - 1 or \
+                ext.y1 > box.y1 + 1:
+            outside.append(text.get_text())
+    return outside
+
+
+@pytest.mark.parametrize("k", [2, 7])
+def test_confusion_matrix_is_readable(k: int) -> None:
+    """Issue 12: the binary matrix was 2.5 in wide, its title cut, the colour-bar label over
+    the ticks. Every text now lies inside the figure, which is at least 6 x 4.4 in."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, k, 200)
+    names = ["benign", "melanoma"] if k == 2 else list(HAM7.classes)
+    fig = plots.confusion_matrix_plot(y, rng.integers(0, k, 200), names)
+    width, height = fig.get_size_inches()
+    assert width >= 6.0 and height >= 4.4
+    assert _text_inside(fig) == []
+    bar_axes = fig.axes[1]
+    label = bar_axes.yaxis.label
+    ticks = [t for t in bar_axes.get_yticklabels() if t.get_text()]
+    renderer = _renderer(fig)
+    assert label.get_window_extent(renderer).x0 > max(t.get_window_extent(renderer).x1
+                                                      for t in ticks)
+
+
+def test_learning_curves_have_integer_epoch_ticks() -> None:
+    h = pd.DataFrame({"fold": 0, "epoch": [1, 2], "train_loss": [1.0, 0.5], "auc": [0.6, 0.7]})
+    fig = plots.learning_curves(h)
+    _renderer(fig)
+    for a in fig.axes:
+        ticks = [t for t in a.get_xticks() if a.get_xlim()[0] <= t <= a.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_site_plot_uses_okabe_ito_then_hatches_and_grey_for_unknown() -> None:
+    sites = [f"site{i}" for i in range(9)] + ["unknown"]
+    df = pd.DataFrame({"label": [0, 1] * 10, "label_name": ["benign", "melanoma"] * 10,
+                       "site": sites * 2, "split": "train"})
+    fig = plots.site_by_label_plot(df, MELANOMA)
+    a = fig.axes[0]
+    fills = {}
+    for patch, label in zip(a.patches, [s for s in sorted(set(sites)) for _ in range(2)],
+                            strict=True):
+        fills[label] = (mpl_hex(patch.get_facecolor()), patch.get_hatch())
+    assert [fills[f"site{i}"][0] for i in range(8)] == [c.lower() for c in plots.COLORS]
+    assert fills["site8"] == (plots.COLORS[0].lower(), "//")
+    assert fills["unknown"][0] == plots.UNKNOWN_COLOR.lower()
+
+
+def mpl_hex(rgba: tuple[float, ...]) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(rgba)
+
+
+def test_cam_grid_titles_stay_readable_when_scaled_to_a_notebook() -> None:
+    """Lab shows a figure at most ~1000 px wide: the grid is at most ~10.5 in wide (1260 px
+    at DPI 120), so 11 pt titles stay >= 9 px high on screen."""
+    images = [np.zeros((32, 32, 3), np.uint8)] * 8
+    cams = [np.zeros((4, 4))] * 8
+    fig = plots.cam_grid(images, cams, titles=["mel -> nevus (0.91)"] * 8)
+    width_px = fig.get_size_inches()[0] * plots.DPI
+    titles = [a.title for a in fig.axes if a.title.get_text()] + \
+        [a._left_title for a in fig.axes if a._left_title.get_text()]
+    size_px = min(t.get_fontsize() for t in titles) * plots.DPI / 72
+    assert size_px * min(1.0, 1000 / width_px) >= 9

@@ -76,3 +76,10 @@ def test_progress_bars_go_through_tqdm_auto() -> None:
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "melalib").rglob("*.py")
                  if re.search(r"^\s*from tqdm import|^\s*import tqdm\b", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_seaborn_is_neither_declared_nor_imported() -> None:
+    """Dropped (docs/architecture.md says why): plots are plain matplotlib."""
+    project = _pyproject()["project"]
+    assert not any(r.startswith("seaborn") for r in project["dependencies"])
+    assert not [p for p in (REPO / "melalib").rglob("*.py") if "import seaborn" in p.read_text()]

@@ -1,0 +1,211 @@
+"""Every shell and Python example in README.md and docs/*.md is executed here on tiny
+synthetic data, or names the test that runs it, or is marked as needing real data. A new
+example that is none of these fails `test_every_documented_example_is_accounted_for`.
+
+Examples are the fenced ``bash`` / ``sh`` / ``python`` blocks (one shell command per line,
+backslash continuations joined) and the "headless example" column of the README's notebook
+table. Shell examples run in a scratch folder as written (``melalib ...`` through
+`melalib.cli.main`); only the data behind them is made tiny.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import runpy
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+from melalib import cli
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+# ---------------------------------------------------------------- the examples
+QUICK_START_INSTALL = ('python3 -m venv .venv && .venv/bin/pip install -c '
+                       'requirements/constraints.txt -e ".[dev]"')
+PYTHON_EXAMPLE = "RunConfig.from_preset(\"isic2020_effnet_meta\""
+RUN_HERE = {  # executed below, as written, in a scratch folder with tiny data
+    "melalib prepare data/isic2020/jpeg/train data/isic2020-512/train --size 512",
+    "melalib train --config my.yaml --set epochs=3 --set backbone=resnet50 --name r50",
+    "melalib predict outputs/r50 --out outputs/r50/test_pred.csv --tta 8",
+    "melalib ensemble outputs/effb3_512 outputs/r50 --method search --out submission.csv",
+    "melalib reproduce outputs/r50",
+    "melalib kaggle-bundle kaggle_bundle --kernel-id you/melalib-isic2020 --wheel-dataset "
+    "you/melalib-wheel --weights-dataset you/effnet-weights/tf_efficientnet_b3.ns_jft_in1k.bin"
+    " -p backbone=tf_efficientnet_b3.ns_jft_in1k -p image_size=384 -p epochs=15",
+    PYTHON_EXAMPLE,
+    "papermill --help-notebook notebooks/03_train.ipynb",
+}
+RUN_ELSEWHERE = {  # the test that executes it
+    QUICK_START_INSTALL: ".ci/run (test_project: CI runs the README Quick start)",
+    ".venv/bin/python -m pytest": ".ci/run",
+    ".venv/bin/melalib demo": "tests/test_demo.py::test_full_demo_on_the_synthetic_default "
+                              "(slow); the quick series in tests/test_notebooks.py",
+    ".venv/bin/jupyter lab notebooks/": "tests/test_browser.py (-m browser)",
+    "papermill notebooks/03_train.ipynb out/03.ipynb -p fold 2":
+        "tests/test_notebooks.py::test_03_runs_from_the_notebooks_folder_with_relative_paths",
+    "papermill notebooks/04_ensemble.ipynb out/04.ipynb -p runs demo,demo_effb0 -p "
+    "ensemble_method search": "tests/test_notebooks.py (04 on two runs, the quick series)",
+    "papermill notebooks/05_gradcam.ipynb out/05.ipynb -p name demo":
+        "tests/test_notebooks.py::test_gradcam_notebook_reports_errors",
+    "torchrun --nproc_per_node=4 -m melalib train --config my.yaml":
+        "tests/test_distributed.py (torchrun, 2 processes on a 2-core machine)",
+}
+REAL_DATA = {  # needs data (or weights) that are not in the repository
+    "melalib train --preset isic2020_effnet_meta --set data_dir=data/isic2020 --fold 2":
+        "the ISIC 2020 images and EfficientNet-B3 weights",
+    "papermill notebooks/01_eda.ipynb out/01.ipynb -p dataset ham10000 -p data_dir "
+    "../shared/data/ham10000": "tests/test_notebooks.py (slow, realdata) runs it on HAM10000",
+    "papermill notebooks/02_features.ipynb out/02.ipynb -p dataset isic2020 -p data_dir "
+    "data/isic2020": "the ISIC 2020 tables (tests/test_notebooks.py runs 02 on them, slow)",
+}
+BENCHMARKS = {  # minutes of CPU each; their flags are parsed by the script's own parser
+    "python benchmarks/prepare_bench.py --n 60 --src-size 2000x1500 --size 256 --workers 2",
+    "OMP_NUM_THREADS=2 python benchmarks/train_bench.py --backbones resnet18,efficientnet_b0 "
+    "--sizes 64,128 --steps 4 --warmup 1",
+    "python benchmarks/load_bench.py --n 20000 --workers 2 --json load20k.json",
+}
+
+
+def documented_examples() -> list[tuple[str, str]]:
+    """(file, example) for every shell command line and Python block in the docs."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for lang, body in re.findall(r"```(bash|sh|python)\n(.*?)```", text, re.S):
+            if lang == "python":
+                found.append((path.name, body))
+                continue
+            for line in body.replace("\\\n", " ").splitlines():
+                command = re.sub(r"\s+#.*$", "", line).strip()
+                if command and not command.startswith("#"):
+                    found.append((path.name, " ".join(command.split())))
+        if path.name == "README.md":
+            table = text.split("## The notebooks", 1)[1].split("\n## ", 1)[0]
+            found += [(path.name, c) for c in re.findall(r"`(papermill [^`]+)`", table)]
+    return found
+
+
+def _key(example: str) -> str:
+    return PYTHON_EXAMPLE if PYTHON_EXAMPLE in example else example
+
+
+def test_every_documented_example_is_accounted_for() -> None:
+    known = RUN_HERE | set(RUN_ELSEWHERE) | set(REAL_DATA) | BENCHMARKS
+    examples = documented_examples()
+    unknown = [(f, e) for f, e in examples if _key(e) not in known]
+    assert unknown == [], "document how each new example is tested (tests/test_docs.py)"
+    stale = known - {_key(e) for _, e in examples}
+    assert stale == set(), f"examples no longer in the docs: {stale}"
+
+
+# ------------------------------------------------------------ executed as written
+def _melalib(command: str) -> None:
+    argv = shlex.split(command)
+    assert argv[0] == "melalib"
+    assert cli.main(argv[1:]) == 0, command
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_root: Path) -> Path:
+    """A project folder holding the tiny inputs the examples name: my.yaml (the tiny
+    synthetic config) and a few JPEGs under data/isic2020/jpeg/train."""
+    from conftest import TINY
+
+    monkeypatch.chdir(tmp_path)
+    tiny = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({**tiny, "data_dir": str(synthetic_root)}))
+    jpegs = tmp_path / "data" / "isic2020" / "jpeg" / "train"
+    jpegs.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (640, 600), (40 * i, 90, 120)).save(jpegs / f"ISIC_{i:07d}.jpg")
+    return tmp_path
+
+
+def test_cli_examples_run_as_written(scratch: Path) -> None:
+    examples = [e for _, e in documented_examples()]
+    commands = [e for e in examples if e in RUN_HERE and e.startswith("melalib ")]
+    by_verb = {shlex.split(c)[1]: c for c in commands}
+    _melalib(by_verb["prepare"])
+    assert sorted(p.name for p in (scratch / "data/isic2020-512/train").glob("*.jpg")) == [
+        f"ISIC_{i:07d}.jpg" for i in range(3)]
+    _melalib(next(c for c in commands if "--name r50" in c))
+    assert (scratch / "outputs/r50/oof.csv").is_file()
+    _melalib(by_verb["predict"])
+    assert (scratch / "outputs/r50/test_pred.csv").is_file()
+    # the ensemble example combines r50 with the run of the Python example: a tiny stand-in
+    _melalib("melalib train --config my.yaml --name effb3_512")
+    _melalib(by_verb["ensemble"])
+    assert (scratch / "submission.csv").is_file()
+    _melalib(by_verb["reproduce"])
+
+
+def test_kaggle_example_runs_as_written(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import melalib.kaggle as kaggle
+
+    monkeypatch.setattr(kaggle, "build_wheel", lambda dest: Path(dest))  # tests/test_kaggle.py
+    command = next(e for _, e in documented_examples() if e.startswith("melalib kaggle-bundle"))
+    _melalib(command)
+    meta = json.loads((scratch / "kaggle_bundle/kernel-metadata.json").read_text())
+    assert meta["id"] == "you/melalib-isic2020" and meta["title"] == "melalib isic2020"
+    assert meta["dataset_sources"] == ["you/melalib-wheel", "you/effnet-weights"]
+
+
+def test_python_example_builds_its_config_and_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python block, executed; `melalib.train` is replaced (the example needs
+    the ISIC 2020 images), so what is checked is what it hands to training."""
+    import melalib
+
+    block = next(e for _, e in documented_examples() if PYTHON_EXAMPLE in e)
+    calls: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(melalib, "train", lambda cfg, fold=None: calls.append((cfg, fold)) or {})
+    exec(compile(block, "README.md", "exec"), {})
+    (cfg, fold), = calls
+    assert fold == 2 and cfg.name == "effb3_512"
+    assert cfg.data.dataset == "isic2020" and cfg.data.image_dir == "data/isic2020-512"
+    assert cfg.model.backbone == "tf_efficientnet_b3.ns_jft_in1k"
+
+
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command", sorted(BENCHMARKS))
+def test_benchmark_examples_parse(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented flags exist in the script's parser (the run itself is minutes)."""
+    argv = [a for a in shlex.split(command) if "=" not in a or a.startswith("-")]
+    script = REPO / argv[1]
+    parse = argparse.ArgumentParser.parse_args
+    seen: list[argparse.Namespace] = []
+
+    def parse_only(self: argparse.ArgumentParser, args: Any = None, namespace: Any = None):
+        seen.append(parse(self, args, namespace))
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    monkeypatch.setattr(sys, "argv", [str(script), *argv[2:]])
+    monkeypatch.syspath_prepend(str(script.parent))
+    with pytest.raises(_Parsed):
+        runpy.run_path(str(script), run_name="__main__")
+    assert seen
+
+
+def test_papermill_help_notebook_shows_typed_parameters() -> None:
+    import subprocess
+
+    command = "papermill --help-notebook notebooks/03_train.ipynb"
+    assert command in [e for _, e in documented_examples()]
+    done = subprocess.run([sys.executable, "-m", *shlex.split(command)], cwd=REPO,
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "fold: int (default -1)" in done.stdout and "lr: float" in done.stdout
+    assert "Unknown type" not in done.stdout
