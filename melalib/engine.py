@@ -471,6 +471,9 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     if t.compile:
         net = torch.compile(net)
 
+    if info.is_main:
+        live.report(cfg.name, fold, folds or [fold], start_epoch, t.epochs,
+                    [h["seconds"] for h in history if h["fold"] == fold])
     for epoch in range(start_epoch, t.epochs):
         if t.patience and stale >= t.patience:
             break

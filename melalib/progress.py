@@ -21,14 +21,18 @@ ENV = "MELALIB_PROGRESS_FILE"
 
 def report(run: str, fold: int, folds: Sequence[int], epoch: int, epochs: int,
            epoch_seconds: Sequence[float]) -> None:
-    """Record that ``run`` finished ``epoch`` (1-based) of ``epochs`` in ``fold``, one of
-    ``folds`` (those this call trains); ``epoch_seconds``: this fold's epoch durations."""
+    """Record that ``run`` finished ``epoch`` (1-based; 0 = the fold starts) of ``epochs``
+    in ``fold``, one of ``folds`` (those this call trains); ``epoch_seconds``: this fold's
+    epoch durations (none yet: the pace of the run's previous record)."""
     target = os.environ.get(ENV)
     if not target:
         return
     order = list(folds)
     position = order.index(fold) if fold in order else 0
     mean = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None
+    if mean is None:  # a fold's start: the run's pace so far, from the last record
+        last = read(target) or {}
+        mean = last.get("seconds_per_epoch") if last.get("run") == run else None
     left = (len(order) - position - 1) * epochs + (epochs - epoch)
     record = {"run": run, "fold": fold, "fold_position": position + 1, "n_folds": len(order),
               "epoch": epoch, "epochs": epochs, "seconds_per_epoch": mean,

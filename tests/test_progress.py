@@ -34,6 +34,10 @@ def test_report_writes_fold_epoch_and_an_eta(tmp_path: Path,
     assert live.describe(record, since=time.time() + 5) == ""  # an older run's record
     assert live.format_seconds(3700) == "1:01:40" and live.format_seconds(75) == "1:15"
     assert live.read(tmp_path / "absent.json") is None
+    # the next fold starts: no epoch of it yet, the run's pace so far gives the ETA
+    live.report("r", 2, [0, 1, 2], 0, 4, [])
+    assert live.read(path)["eta_seconds"] == pytest.approx(4 * 15.0)
+    assert live.describe(live.read(path)).startswith("r fold 3/3 epoch 0/4 | ETA 1:0")
 
 
 def test_training_reports_each_epoch(tiny_cfg, tmp_path: Path,
