@@ -29,8 +29,9 @@ from melalib.runs import RunDir
 REPO = Path(__file__).resolve().parents[1]
 
 
-def variants(patients: int, epochs: int) -> dict[str, dict[str, Any]]:
-    base = {**get_preset("synthetic_demo"), "synthetic_patients": patients, "epochs": epochs}
+def variants(patients: int, epochs: int, folds: int = 5) -> dict[str, dict[str, Any]]:
+    base = {**get_preset("synthetic_demo"), "synthetic_patients": patients, "epochs": epochs,
+            "n_folds": folds}
     return {
         "image+meta": {**base, "name": "syn_fusion"},
         "image only": {**base, "name": "syn_image", "use_meta": False},
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/synthetic-results")
     ap.add_argument("--patients", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--folds", type=int, default=5,
+                    help="CV folds (5: docs/results.md; `melalib demo` uses the preset's 3)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--top", type=int, default=16, help="images per kind for Grad-CAM")
     ap.add_argument("--json", default=str(REPO / "docs" / "results_synthetic.json"))
@@ -80,7 +83,7 @@ def main() -> None:
     command = "python benchmarks/synthetic_results.py " + " ".join(sys.argv[1:])
     results: dict[str, Any] = {"command": command.strip(), "machine": _machine(),
                                "variants": {}}
-    for label, params in variants(args.patients, args.epochs).items():
+    for label, params in variants(args.patients, args.epochs, args.folds).items():
         results["variants"][label] = run_variant(params, out, out / "data", args.n_boot)
         r = results["variants"][label]
         print(f"{label:<14} ROC-AUC {_ci(r['roc_auc'])}  PR-AUC {_ci(r['pr_auc'])}  "
