@@ -14,11 +14,11 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit, logsumexp, softmax
 
-from .metrics import (
+from .arrays import (
     MetricError,
-    _check_labels,
-    _float_array,
     binary_inputs,
+    check_labels,
+    float_array,
     multiclass_inputs,
     multilabel_inputs,
     predict_labels,
@@ -110,14 +110,14 @@ class TemperatureScaler:
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _prepare(logits: Any, y: Any, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        z = _float_array(logits, "TemperatureScaler.fit", "logits")
+        z = float_array(logits, "TemperatureScaler.fit", "logits")
         if kind == "binary":
             if z.ndim == 2 and z.shape[1] == 1:
                 z = z[:, 0]
             if z.ndim != 1:
                 raise MetricError(f"TemperatureScaler.fit: binary logits must be (N,) or "
                                   f"(N, 1), got {z.shape}")
-            t = _check_labels(y, "TemperatureScaler.fit", 2).astype(np.float64)
+            t = check_labels(y, "TemperatureScaler.fit", 2).astype(np.float64)
         elif z.ndim != 2 or z.shape[1] < 2:
             raise MetricError(f"TemperatureScaler.fit: {kind} logits must be (N, K), got "
                               f"{z.shape}")
@@ -169,7 +169,7 @@ class TemperatureScaler:
         if self.temperature is None:
             raise MetricError("TemperatureScaler is not fitted; call fit(logits, y, task) on "
                               "out-of-fold logits first")
-        z = _float_array(logits, "TemperatureScaler.transform", "logits") / self.temperature
+        z = float_array(logits, "TemperatureScaler.transform", "logits") / self.temperature
         if not np.isfinite(z).all():
             raise MetricError("TemperatureScaler.transform: logits contain NaN or inf")
         if self.kind == "multiclass":

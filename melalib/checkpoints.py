@@ -126,6 +126,11 @@ def check_compatible(state: dict[str, Any], *, path: str | Path, config: Any = N
             "or start a new run")
 
 
+def ema_weights(ema_state: dict[str, Any]) -> dict[str, Any]:
+    """The model state dict inside a saved `AveragedModel` state (its ``module.`` prefix off)."""
+    return {k.removeprefix("module."): v for k, v in ema_state.items()}
+
+
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
                        key: str = "model") -> None:
     try:

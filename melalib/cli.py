@@ -109,7 +109,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_stack(args: argparse.Namespace) -> int:
     from .stack import stack_cli
 
-    return stack_cli(args)
+    return stack_cli(args, load_config(args))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

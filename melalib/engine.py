@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from . import progress as live
-from .checkpoints import check_compatible, load_checkpoint, load_model_weights, save_checkpoint
+from .checkpoints import (
+    check_compatible,
+    ema_weights,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .errors import ConfigError, MelalibError
 from .io import write_csv, write_json
@@ -656,7 +662,7 @@ def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, r
     state = load_checkpoint(best_path)
     model = build_model(cfg.model, task, fd.encoder.dim).to(device)
     key = "model" if state.get("ema") is None else "ema"
-    weights = state[key] if key == "model" else _ema_weights(state["ema"])
+    weights = state[key] if key == "model" else ema_weights(state["ema"])
     load_model_weights(model, {"model": weights}, best_path)
     kwargs = dict(precision=precision, tta=cfg.train.tta, channels_last=cfg.train.channels_last)
     if val_probs is None or cfg.train.tta != 1:
@@ -680,10 +686,6 @@ def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, r
         write_json(run.path / f"metrics_fold{fold}.json", metrics)
         write_csv(run.oof_path(fold), oof)  # written last: its presence marks the fold done
     return metrics
-
-
-def _ema_weights(ema_state: dict[str, Any]) -> dict[str, Any]:
-    return {k.removeprefix("module."): v for k, v in ema_state.items()}
 
 
 def prediction_frame(df: pd.DataFrame, task: Task, probs: np.ndarray, fold: int, *,

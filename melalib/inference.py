@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoints import check_compatible, load_checkpoint, load_model_weights
+from .checkpoints import check_compatible, ema_weights, load_checkpoint, load_model_weights
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, DataError, MelalibError
 from .io import write_csv
@@ -85,7 +85,6 @@ class Member:
 def load_member(path: Source, device: torch.device, *, config: RunConfig | None = None
                 ) -> tuple[Member, Task]:
     """Rebuild the model and encoder of one checkpoint; CheckpointError if it does not fit."""
-    from .engine import _ema_weights
     from .features import MetaEncoder
     from .models import build_model
 
@@ -111,7 +110,7 @@ def load_member(path: Source, device: torch.device, *, config: RunConfig | None 
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {exc}") from exc
     ema = state.get("ema")
-    weights = _ema_weights(ema) if ema is not None else state["model"]
+    weights = ema_weights(ema) if ema is not None else state["model"]
     load_model_weights(model, {"model": weights}, path)
     model.to(device).eval()
     fold = state.get("fold")

@@ -29,168 +29,24 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .errors import MelalibError
+from .arrays import (
+    MetricError,
+    binary_inputs,
+    check_labels,
+    group_weights,
+    multiclass_inputs,
+    multilabel_inputs,
+    positions,
+    predict_labels,
+    tie_groups,
+)
+from .calibration import brier_score, expected_calibration_error
 from .tasks import Task
 
 MetricFn = Callable[[Any, Any], float]
-_PROB_TOL = 1e-6  # softmax / float32 round-off allowed outside [0, 1] before clipping
-
-
-class MetricError(MelalibError, ValueError):
-    """A metric that cannot be computed on this input (shape, NaN, range, one class...)."""
-
-
-# --------------------------------------------------------------------------- validation
-def _positions(mask: np.ndarray) -> str:
-    rows = np.flatnonzero(mask)
-    return f"{len(rows)} (first at position {int(rows[0])})"
-
-
-def _float_array(x: Any, name: str, what: str = "probs") -> np.ndarray:
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise MetricError(f"{name}: {what} must be numeric ({exc})") from None
-
-
-def _check_prob_values(p: np.ndarray, name: str) -> np.ndarray:
-    """NaN / inf / outside [0, 1] raise; round-off within 1e-6 is clipped."""
-    if p.size == 0:
-        return p
-    flat = p.reshape(len(p), -1)
-    bad = ~np.isfinite(flat).all(axis=1)
-    if bad.any():
-        raise MetricError(f"{name}: probs contain NaN or inf in rows {_positions(bad)}")
-    out = (flat < -_PROB_TOL).any(axis=1) | (flat > 1 + _PROB_TOL).any(axis=1)
-    if out.any():
-        raise MetricError(f"{name}: probs must lie in [0, 1]; rows outside: {_positions(out)}, "
-                          f"min {flat.min():.4g}, max {flat.max():.4g}")
-    return np.clip(p, 0.0, 1.0)
-
-
-def _check_labels(y: Any, name: str, n_classes: int) -> np.ndarray:
-    a = np.asarray(y)
-    if a.ndim == 2 and a.shape[1] == 1:
-        a = a[:, 0]
-    if a.ndim != 1:
-        raise MetricError(f"{name}: y_true must be 1-D integer labels, got shape {a.shape}")
-    if a.dtype.kind == "b":
-        a = a.astype(np.int64)
-    if a.dtype.kind not in "iuf":
-        raise MetricError(f"{name}: y_true must be integer labels, got dtype {a.dtype}")
-    if a.dtype.kind == "f":
-        bad = ~np.isfinite(a) | (a != np.round(a))
-        if bad.any():
-            raise MetricError(f"{name}: y_true has non-integer or NaN labels: {_positions(bad)}")
-    a = a.astype(np.int64)
-    bad = (a < 0) | (a >= n_classes)
-    if bad.any():
-        raise MetricError(f"{name}: labels must be in 0..{n_classes - 1}; found "
-                          f"{sorted(set(a[bad].tolist()))[:5]} in rows {_positions(bad)}")
-    return a
-
-
-def _check_lengths(y: np.ndarray, p: np.ndarray, name: str) -> None:
-    if len(y) != len(p):
-        raise MetricError(f"{name}: y_true has {len(y)} rows but probs has {len(p)}")
-    if len(y) == 0:
-        raise MetricError(f"{name}: no rows to score")
-
-
-def _need_both(y: np.ndarray, name: str) -> None:
-    if y.min() == y.max():
-        raise MetricError(f"{name} needs both classes; y_true has only class {int(y[0])} "
-                          f"(n={len(y)})")
-
-
-def binary_inputs(y: Any, p: Any, name: str = "metric", need_both: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Validated (labels int (N,), P(positive) float (N,)) for a binary metric."""
-    p = _float_array(p, name)
-    if p.ndim == 2 and p.shape[1] == 1:
-        p = p[:, 0]
-    if p.ndim != 1:
-        raise MetricError(f"{name}: binary probs must have shape (N,) or (N, 1) = P(positive), "
-                          f"got {p.shape}")
-    y = _check_labels(y, name, 2)
-    _check_lengths(y, p, name)
-    p = _check_prob_values(p, name)
-    if need_both:
-        _need_both(y, name)
-    return y, p
-
-
-def _prob_matrix(probs: Any, name: str) -> np.ndarray:
-    """(N, K) class probabilities; binary (N,) / (N, 1) becomes [1 - p, p]."""
-    P = _float_array(probs, name)
-    if P.ndim == 1 or (P.ndim == 2 and P.shape[1] == 1):
-        p = _check_prob_values(P.reshape(-1), name)
-        return np.column_stack([1.0 - p, p])
-    if P.ndim != 2 or P.shape[1] < 2:
-        raise MetricError(f"{name}: probs must have shape (N, K) with K >= 2, got {P.shape}")
-    return _check_prob_values(P, name)
-
-
-def multiclass_inputs(y: Any, probs: Any, name: str = "metric"
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Validated (labels int (N,), probs (N, K)); a one-hot (N, K) y is turned into labels."""
-    P = _prob_matrix(probs, name)
-    a = np.asarray(y)
-    if a.ndim == 2 and a.shape[1] > 1:
-        if a.shape != P.shape:
-            raise MetricError(f"{name}: y_true shape {a.shape} does not match probs {P.shape}")
-        onehot = np.isin(a, (0, 1)).all(axis=1) & (a.sum(axis=1) == 1)
-        if not onehot.all():
-            raise MetricError(f"{name}: a 2-D y_true must be one-hot; rows that are not: "
-                              f"{_positions(~onehot)}")
-        a = a.argmax(axis=1)
-    y = _check_labels(a, name, P.shape[1])
-    _check_lengths(y, P, name)
-    return y, P
-
-
-def multilabel_inputs(y: Any, probs: Any, name: str = "metric"
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Validated (targets int (N, K) 0/1, probs (N, K)); integer labels become one-hot."""
-    P = _float_array(probs, name)
-    if P.ndim != 2 or P.shape[1] < 2:
-        raise MetricError(f"{name}: multilabel probs must have shape (N, K) with K >= 2, "
-                          f"got {P.shape}")
-    a = np.asarray(y)
-    if a.ndim == 2 and a.shape[1] > 1:
-        if a.shape != P.shape:
-            raise MetricError(f"{name}: y_true shape {a.shape} does not match probs {P.shape}")
-        bad = ~np.isin(a, (0, 1)).all(axis=1)
-        if bad.any():
-            raise MetricError(f"{name}: a 2-D y_true must hold 0/1 only; rows that do not: "
-                              f"{_positions(bad)}")
-        Y = a.astype(np.int64)
-    else:
-        Y = np.eye(P.shape[1], dtype=np.int64)[_check_labels(a, name, P.shape[1])]
-    _check_lengths(Y, P, name)
-    return Y, _check_prob_values(P, name)
 
 
 # ------------------------------------------------------------------------ binary metrics
-def _tie_groups(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Order by descending score; start index and value of each run of equal scores."""
-    order = np.argsort(-p, kind="mergesort")
-    ps = p[order]
-    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
-    return order, starts, ps[starts]
-
-
-def _group_weights(y: np.ndarray, order: np.ndarray, starts: np.ndarray,
-                   counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Positive and negative weight per tie group, (b, G); counts (b, N) are row weights."""
-    w = np.ones((1, len(y))) if counts is None else counts
-    ws = w[:, order].astype(np.float64)
-    pos = (y[order] == 1)
-    P = np.add.reduceat(ws * pos, starts, axis=1)
-    N = np.add.reduceat(ws * ~pos, starts, axis=1)
-    return P, N
-
-
 def _auc_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
     """Mann-Whitney AUC (ties count 1/2) from per-tie-group weights in descending score."""
     cn = np.cumsum(N, axis=1)
@@ -215,15 +71,15 @@ def _ap_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
 def roc_auc(y_true: Any, probs: Any) -> float:
     """Area under the ROC curve (ties count one half; equals scikit-learn's)."""
     y, p = binary_inputs(y_true, probs, "roc_auc")
-    order, starts, _ = _tie_groups(p)
-    return float(_auc_from_groups(*_group_weights(y, order, starts))[0])
+    order, starts, _ = tie_groups(p)
+    return float(_auc_from_groups(*group_weights(y, order, starts))[0])
 
 
 def pr_auc(y_true: Any, probs: Any) -> float:
     """Average precision (scikit-learn's ``average_precision_score``, no interpolation)."""
     y, p = binary_inputs(y_true, probs, "pr_auc")
-    order, starts, _ = _tie_groups(p)
-    return float(_ap_from_groups(*_group_weights(y, order, starts))[0])
+    order, starts, _ = tie_groups(p)
+    return float(_ap_from_groups(*group_weights(y, order, starts))[0])
 
 
 def partial_auc(y_true: Any, probs: Any, min_tpr: float = 0.8) -> float:
@@ -280,8 +136,8 @@ def _roc_points(y_true: Any, probs: Any, name: str
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds descending, TPR, FPR) at every distinct score (``p >= t`` positive)."""
     y, p = binary_inputs(y_true, probs, name)
-    order, starts, values = _tie_groups(p)
-    P, N = _group_weights(y, order, starts)
+    order, starts, values = tie_groups(p)
+    P, N = group_weights(y, order, starts)
     tp, fp = np.cumsum(P[0]), np.cumsum(N[0])
     return values, tp / tp[-1], fp / fp[-1]
 
@@ -305,15 +161,6 @@ def youden_threshold(y_true: Any, probs: Any) -> float:
 
 
 # -------------------------------------------------------------------- multiclass metrics
-def predict_labels(probs: Any) -> np.ndarray:
-    """Argmax class per row; -1 where the maximum is shared by several classes (a tie)."""
-    P = _prob_matrix(probs, "predict_labels")
-    top = P.max(axis=1, keepdims=True)
-    pred = P.argmax(axis=1)
-    pred[np.equal(P, top).sum(axis=1) > 1] = -1
-    return pred
-
-
 def _per_class_counts(y: np.ndarray, pred: np.ndarray, k: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(true positives, predicted count, support) per class; ties (-1) predict nothing."""
@@ -392,13 +239,13 @@ def ovr_pr_auc_macro(y_true: Any, probs: Any) -> float:
 def confusion(y_true: Any, pred: Any, k: int, include_ties: bool = False) -> np.ndarray:
     """Counts (k, k): rows true class, columns predicted class. Predictions of -1 (argmax
     ties) raise unless ``include_ties``, which adds a last column counting them."""
-    y = _check_labels(y_true, "confusion", k)
+    y = check_labels(y_true, "confusion", k)
     pr = np.asarray(pred)
     if pr.ndim != 1 or len(pr) != len(y):
         raise MetricError(f"confusion: pred must be 1-D with {len(y)} labels, got {pr.shape}")
-    pr = _check_labels(np.where(pr == -1, k, pr), "confusion", k + 1)
+    pr = check_labels(np.where(pr == -1, k, pr), "confusion", k + 1)
     if (pr == k).any() and not include_ties:
-        raise MetricError(f"confusion: pred holds -1 (tied argmax) in rows {_positions(pr == k)}"
+        raise MetricError(f"confusion: pred holds -1 (tied argmax) in rows {positions(pr == k)}"
                           "; pass include_ties=True to count them in an extra column")
     m = np.bincount(y * (k + 1) + pr, minlength=k * (k + 1)).reshape(k, k + 1)
     return m if include_ties else m[:, :k]
@@ -534,8 +381,6 @@ def evaluate(task: Task, y_true: Any, probs: Any, threshold: float = 0.5) -> dic
     at ``threshold``), ovr_auc_macro, and accuracy, balanced_accuracy, macro_f1 of the
     argmax when every row has one true class.
     """
-    from .calibration import brier_score, expected_calibration_error
-
     check_task_probs(task, probs)
     out: dict[str, float] = {}
     if task.kind == "binary":
@@ -598,7 +443,7 @@ class Resampler:
                 raise MetricError(f"bootstrap: groups has {len(g)} rows but y_true has {n}")
             if g.isna().any():
                 raise MetricError(f"bootstrap: groups are missing in rows "
-                                  f"{_positions(g.isna().to_numpy())}")
+                                  f"{positions(g.isna().to_numpy())}")
             self.group_index = pd.factorize(g)[0]
         n_groups = int(self.group_index.max()) + 1 if n else 0
         if binary is None:
@@ -636,8 +481,8 @@ class Resampler:
 def _binary_groups(y: Any, probs: Any, counts: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
     yb, p = binary_inputs(y, probs, "bootstrap", need_both=False)
-    order, starts, _ = _tie_groups(p)
-    return _group_weights(yb, order, starts, counts)
+    order, starts, _ = tie_groups(p)
+    return group_weights(yb, order, starts, counts)
 
 
 def _pauc_from_groups(P: np.ndarray, N: np.ndarray, min_tpr: float = 0.8) -> np.ndarray:
@@ -701,8 +546,8 @@ def _batched_ovr_auc(y: Any, probs: Any, counts: np.ndarray) -> np.ndarray:
     Y, P = _ovr_targets(y, probs, "bootstrap")
     per_class = []
     for k in range(P.shape[1]):
-        order, starts, _ = _tie_groups(P[:, k])
-        per_class.append(_auc_from_groups(*_group_weights(Y[:, k], order, starts, counts)))
+        order, starts, _ = tie_groups(P[:, k])
+        per_class.append(_auc_from_groups(*group_weights(Y[:, k], order, starts, counts)))
     vals = np.column_stack(per_class)
     ok = np.isfinite(vals)
     # defined when >= 2 classes have an AUC (>= 1 for a 0/1 multilabel matrix), as the scalar

@@ -24,17 +24,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .arrays import binary_inputs, group_weights, predict_labels, tie_groups
 from .calibration import expected_calibration_error, reliability_curve
 from .errors import DataError
 from .io import atomic_path
-from .metrics import (
-    Resampler,
-    _group_weights,
-    _tie_groups,
-    binary_inputs,
-    confusion,
-    predict_labels,
-)
+from .metrics import Resampler, confusion
 from .tasks import Task
 
 DPI = 120
@@ -93,12 +87,12 @@ def _as_curves(p: Any, curves: Mapping[str, Any] | None) -> dict[str, Any]:
 def _replicate_curves(y: np.ndarray, p: np.ndarray, groups: Any, n_boot: int, seed: int
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cumulative (true positives, false positives) per tie group for each replicate."""
-    order, starts, _ = _tie_groups(p)
+    order, starts, _ = tie_groups(p)
     out = []
     if n_boot <= 0:
         return out
     for counts in Resampler(y, groups, binary=True).chunks(n_boot, seed):
-        P, N = _group_weights(y, order, starts, counts)
+        P, N = group_weights(y, order, starts, counts)
         out.extend(zip(np.cumsum(P, axis=1), np.cumsum(N, axis=1), strict=True))
     return out
 
@@ -131,8 +125,8 @@ def roc_curve_plot(y: Any, p: Any = None, groups: Any = None, n_boot: int = 200,
     grid = np.linspace(0.0, 1.0, 101)
     for i, (name, probs) in enumerate(_as_curves(p, curves).items()):
         yb, pb = binary_inputs(y, probs, f"roc_curve_plot[{name}]")
-        order, starts, _ = _tie_groups(pb)
-        P, N = _group_weights(yb, order, starts)
+        order, starts, _ = tie_groups(pb)
+        P, N = group_weights(yb, order, starts)
         fpr, tpr = _roc_xy(np.cumsum(P[0]), np.cumsum(N[0]))
         color = COLORS[i % len(COLORS)]
         reps = [_roc_xy(tp, fp) for tp, fp in _replicate_curves(yb, pb, groups, n_boot, seed)]
@@ -174,8 +168,8 @@ def pr_curve_plot(y: Any, p: Any = None, groups: Any = None, n_boot: int = 200,
     for i, (name, probs) in enumerate(_as_curves(p, curves).items()):
         yb, pb = binary_inputs(y, probs, f"pr_curve_plot[{name}]")
         prevalence = float(yb.mean())
-        order, starts, _ = _tie_groups(pb)
-        P, N = _group_weights(yb, order, starts)
+        order, starts, _ = tie_groups(pb)
+        P, N = group_weights(yb, order, starts)
         recall, precision = _pr_xy(np.cumsum(P[0]), np.cumsum(N[0]))
         color = COLORS[i % len(COLORS)]
         reps = [_pr_xy(tp, fp) for tp, fp in _replicate_curves(yb, pb, groups, n_boot, seed)]

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import RunConfig
 from .errors import ConfigError, DataError, LeakageError, MelalibError
 from .io import write_csv, write_json
 from .table import SITES, LesionTable
@@ -356,11 +357,9 @@ def summary_table(result: StackResult) -> pd.DataFrame:
     return pd.DataFrame(table).T.rename_axis("model")
 
 
-def stack_cli(args: Any) -> int:
-    """``melalib stack RUN... --name NAME`` (or no runs + a data config: metadata alone)."""
-    from .cli import load_config
-
-    cfg = load_config(args)
+def stack_cli(args: Any, cfg: RunConfig) -> int:
+    """``melalib stack RUN... --name NAME`` (or no runs + a data config: metadata alone);
+    ``cfg`` is the command line's config (`melalib.cli.load_config`)."""
     if args.runs:
         inputs = load_inputs(args.runs)
     else:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from .errors import DataError, ImageError
 from .io import write_csv, write_json
+from .leakage import audit_leakage
 from .tasks import Task
 
 REQUIRED = ("image_id", "image_path", "group_id", "label", "label_name", "age", "sex", "site",
@@ -186,8 +187,6 @@ class LesionTable:
                             f"{int(labels.iloc[pos])} ({names[pos]!r})", file=file, row=pos + 1,
                             column="label_name")
         if "fold" in df.columns:
-            from .folds import audit_leakage
-
             audit_leakage(df)
         if check_images:
             self.check_images()

@@ -1,0 +1,140 @@
+"""The package's import graph: no cycles and no imports of another module's private names.
+
+Both checks read melalib's sources with `ast` (nothing is imported), counting module-level
+AND function-level imports, so a lazy import inside a function cannot hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "melalib"
+
+
+def _modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the package."""
+    out = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _target(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from X import ...`` statement reads from."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if path.name != "__init__.py":
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + (node.module.split(".") if node.module else []))
+
+
+def _imports(modules: dict[str, Path]) -> list[tuple[str, str, str, int]]:
+    """(importer, imported module, imported name or "", line) for every melalib import."""
+    found = []
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                target = _target(module, path, node)
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    if full in modules:  # ``from . import plots``: a module, not a name
+                        found.append((module, full, "", node.lineno))
+                    elif target in modules:
+                        found.append((module, target, alias.name, node.lineno))
+            elif isinstance(node, ast.Import):
+                found += [(module, a.name, "", node.lineno) for a in node.names
+                          if a.name in modules]
+    return found
+
+
+def _graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for importer, imported, _, _ in _imports(modules):
+        if imported != importer:
+            edges[importer].add(imported)
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_melalib_has_no_import_cycle() -> None:
+    cycles = _cycles(_graph(_modules()))
+    assert cycles == [], f"import cycles among melalib modules: {cycles}"
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = [f"{importer}:{line} imports {imported}.{name}"
+               for importer, imported, name, line in _imports(_modules())
+               if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+               and imported != importer]
+    assert private == [], "\n".join(private)
+
+
+@pytest.mark.parametrize(("sources", "cycle"), [
+    ({"a.py": "from . import b\n", "b.py": "def f():\n    from .a import g\n"},
+     [["pkg.a", "pkg.b"]]),
+    ({"a.py": "from .b import x\n", "b.py": "import os\n"}, []),
+    ({"a.py": "import pkg.b\n", "b.py": "from .sub.c import y\n",
+      "sub/__init__.py": "", "sub/c.py": "from ..a import z\n"},
+     [["pkg.a", "pkg.b", "pkg.sub.c"]]),
+])
+def test_the_checks_see_lazy_and_relative_imports(tmp_path: Path, sources: dict[str, str],
+                                                  cycle: list[list[str]]) -> None:
+    """The graph builder on a toy package: a function-level import closes a cycle, and
+    ``..`` relative imports from a sub-package resolve."""
+    package = tmp_path / "pkg"
+    for name, text in {"__init__.py": "", **sources}.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    assert _cycles(_graph(_modules(package))) == cycle
+
+
+def test_private_import_check_finds_one(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .b import __version__\n")
+    (package / "a.py").write_text("def f():\n    from .b import _helper, public\n")
+    (package / "b.py").write_text("__version__ = '1'\n")
+    found = [(m, t, n) for m, t, n, _ in _imports(_modules(package)) if n.startswith("_")]
+    assert ("pkg.a", "pkg.b", "_helper") in found
