@@ -496,8 +496,7 @@ def sklearn_oof(table: LesionTable, features: str, make_model: Callable[[], Any]
     train = df[df["split"] == "train"]
     frames = []
     for k in sorted(train["fold"].unique()):
-        fit_df = train[train["fold"] != k]
-        val_df = train[train["fold"] == k]
+        fit_df, val_df = table.fold(k)
         encoder = MetaEncoder(features).fit(fit_df)
         x_fit, x_val = encoder.transform(fit_df), encoder.transform(val_df)
         y_fit = fit_df["label"].to_numpy(dtype=np.int64)

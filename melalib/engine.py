@@ -307,8 +307,7 @@ def fold_data(cfg: RunConfig, table: LesionTable, fold: int) -> FoldData:
     from .pseudo import check_validation, with_pseudo_rows
 
     df = table.df
-    train_df = df[(df["split"] == "train") & (df["fold"] != fold)].reset_index(drop=True)
-    val_df = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
+    train_df, val_df = (d.reset_index(drop=True) for d in table.fold(fold))
     test_df = df[df["split"] == "test"].reset_index(drop=True)
     train_df = with_pseudo_rows(train_df, df, table.task)
     check_validation(val_df, df)

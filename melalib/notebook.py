@@ -376,17 +376,19 @@ def _oof_probs(table: LesionTable, features: str, model: str, seed: int
     folds, the labels, and the share of validation images whose group is also in training."""
     from .features import MetaEncoder
 
-    df = table.df[table.df["split"] == "train"].reset_index(drop=True)
+    df = table.train
     task = table.task
     y = df["label"].to_numpy().astype(int)
     probs = np.zeros((len(df), task.n_classes))
     shared = 0
     for k in sorted(df["fold"].unique()):
-        val = (df["fold"] == k).to_numpy()
-        encoder = MetaEncoder(features).fit(df[~val])
-        clf = _classifier(model, seed).fit(encoder.transform(df[~val]), y[~val])
-        probs[np.ix_(val, clf.classes_)] = clf.predict_proba(encoder.transform(df[val]))
-        shared += int(df.loc[val, "group_id"].isin(set(df.loc[~val, "group_id"])).sum())
+        fit_df, val_df = table.fold(k)
+        val = df.index.get_indexer(val_df.index)  # positions among the training rows
+        encoder = MetaEncoder(features).fit(fit_df)
+        clf = _classifier(model, seed).fit(encoder.transform(fit_df),
+                                           fit_df["label"].to_numpy().astype(int))
+        probs[np.ix_(val, clf.classes_)] = clf.predict_proba(encoder.transform(val_df))
+        shared += int(val_df["group_id"].isin(set(fit_df["group_id"])).sum())
     out = probs[:, 1] if task.kind == "binary" else probs
     return out, y, shared / len(df)
 

@@ -123,6 +123,16 @@ class LesionTable:
     def test(self) -> pd.DataFrame:
         return self.df[self.df["split"] == "test"]
 
+    def fold(self, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(training rows of the other folds, training rows of fold ``k``) for cross-validation
+        fold ``k``; both keep the table's row index (the row's position in ``df``)."""
+        if "fold" not in self.df.columns:
+            raise DataError("the table has no 'fold' column; call assign_folds first",
+                            file=self.origin or None, column="fold")
+        train = self.df[self.df["split"] == "train"]
+        in_fold = train["fold"] == k
+        return train[~in_fold], train[in_fold]
+
     @property
     def paired(self) -> bool:
         return "image_path_2" in self.df.columns

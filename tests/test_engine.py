@@ -233,7 +233,7 @@ def test_best_epoch_validation_predictions_are_reused(tiny_cfg, monkeypatch, tta
     run = RunDir(cfg.run_dir, cfg)
     table = run.load_table()
     df = table.df
-    n_val = int(((df["split"] == "train") & (df["fold"] == 0)).sum())
+    n_val = len(table.fold(0)[1])
     n_test = int((df["split"] == "test").sum())
     assert n_val != n_test
     # one validation pass per epoch; the OOF pass again only with TTA (other views)
@@ -243,7 +243,7 @@ def test_best_epoch_validation_predictions_are_reused(tiny_cfg, monkeypatch, tta
     from melalib.inference import load_predictor
 
     predictor = load_predictor(run.checkpoint(0, "best"))
-    val = df[(df["split"] == "train") & (df["fold"] == 0)].reset_index(drop=True)
+    val = table.fold(0)[1].reset_index(drop=True)
     again = predictor.predict(val, tta=tta, progress=False, num_workers=0)
     oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv", dtype={"image_id": str})
     merged = oof.merge(again, on="image_id", suffixes=("", "_again"))

@@ -266,14 +266,13 @@ def _run(root: Path) -> tuple[RunDir, LesionTable]:
     run.save_table(table)
     p = [0.1, 0.2, 0.3, 0.9, 0.8, 0.4, 0.05, 0.3]  # FN: r6 (0.05, fold 1), r0 (0.1, fold 0)
     for k in range(2):
-        train = df[df["fold"] != k]
+        train, val = table.fold(k)
         enc = MetaEncoder("default").fit(train)
         torch.manual_seed(k)
         model = build_model(cfg.model, MELANOMA, enc.dim)
         save_checkpoint(run.checkpoint(k, "best"),
                         _checkpoint_state(cfg, MELANOMA, k, model, enc, [{"epoch": 1}], 0.5, 1,
                                           0, None))
-        val = df[df["fold"] == k]
         pd.DataFrame({"image_id": val["image_id"], "group_id": val["group_id"], "fold": k,
                       "label": val["label"], "prob_melanoma": np.array(p)[val.index]}
                      ).to_csv(run.oof_path(k), index=False)

@@ -74,8 +74,7 @@ def make_cfg(out: Path, **overrides) -> RunConfig:
 def fold_checkpoint(cfg: RunConfig, table: LesionTable, fold: int, path: Path, seed: int,
                     ema_seed: int | None = None) -> tuple[torch.nn.Module, MetaEncoder]:
     """Save a checkpoint in the engine's format for an untrained model of ``fold``."""
-    df = table.df
-    train = df[(df["split"] == "train") & (df["fold"] != fold)]
+    train, _ = table.fold(fold)
     encoder = MetaEncoder(cfg.data.features if cfg.model.use_meta else "none").fit(train)
     torch.manual_seed(seed)
     model = build_model(cfg.model, table.task, encoder.dim)
@@ -110,7 +109,7 @@ def make_run(root: Path, task: Task = MELANOMA, **overrides) -> tuple[RunDir, Le
     for k in range(2):
         model, _ = fold_checkpoint(cfg, table, k, run.checkpoint(k, "best"), seed=10 + k)
         models.append(model)
-        val = table.df[(table.df["split"] == "train") & (table.df["fold"] == k)]
+        _, val = table.fold(k)
         pd.DataFrame({"image_id": val["image_id"], "fold": k}).to_csv(run.oof_path(k),
                                                                       index=False)
     return run, table, models
@@ -144,8 +143,7 @@ def test_predict_checkpoint_columns_order_and_reference(tmp_path: Path) -> None:
     assert list(out.columns) == ["image_id", "prob_melanoma"]
     assert out["image_id"].tolist() == test["image_id"].tolist()
     # encoded with the fold-0 encoder (fitted on fold 1's training rows) and fold 0's model
-    encoder = MetaEncoder("default").fit(table.df[(table.df["split"] == "train")
-                                                  & (table.df["fold"] != 0)])
+    encoder = MetaEncoder("default").fit(table.fold(0)[0])
     ref = manual_probs(models[0], encoder, test, 32)
     # albumentations resizes with cv2 (INTER_LINEAR) and PIL differs by a few grey levels
     np.testing.assert_allclose(out["prob_melanoma"].to_numpy(), ref[:, 0], atol=2e-3)
@@ -248,8 +246,7 @@ def test_metadata_only_model_needs_no_images(tmp_path: Path) -> None:
     run, table, models = make_run(tmp_path, use_image=False)
     test = table.test.drop(columns=["image_path"])
     out = load_predictor(run.checkpoint(0, "best"), device="cpu").predict(test, progress=False)
-    enc = MetaEncoder("default").fit(table.df[(table.df["split"] == "train")
-                                              & (table.df["fold"] != 0)])
+    enc = MetaEncoder("default").fit(table.fold(0)[0])
     with torch.no_grad():
         ref = torch.sigmoid(models[0](meta=torch.from_numpy(enc.transform(test)))).numpy()
     np.testing.assert_allclose(out["prob_melanoma"], ref[:, 0], atol=1e-6)

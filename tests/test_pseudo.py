@@ -69,7 +69,7 @@ def test_no_pseudo_labelled_row_enters_a_validation_fold(tiny_cfg) -> None:
 
 def test_with_pseudo_rows_and_weights() -> None:
     df = _folded()
-    train = df[(df["split"] == "train") & (df["fold"] != 0)]
+    train, _ = LesionTable(df, MELANOMA).fold(0)
     out = with_pseudo_rows(train, df, MELANOMA)
     assert len(out) == len(train) + 7 and out["pseudo"].sum() == 7
     assert out.loc[out["pseudo"], "label"].tolist() == [1, 0, 1, 0, 1, 0, 0]

@@ -76,6 +76,21 @@ def test_fold_column_triggers_the_leakage_audit() -> None:
         LesionTable(df, MELANOMA).validate()
 
 
+def test_fold_gives_the_other_folds_and_fold_k_of_the_training_rows() -> None:
+    df = make_df().assign(split=["train", "train", "train", "train", "test", "test"],
+                          fold=[1, 1, 0, 0, -1, -1])
+    table = LesionTable(df, MELANOMA)
+    train, val = table.fold(0)
+    assert train["image_id"].tolist() == ["img0", "img1"]  # test rows are in neither
+    assert val["image_id"].tolist() == ["img2", "img3"]
+    assert val.index.tolist() == [2, 3]  # the rows' positions in table.df
+    train, val = table.fold(1)
+    assert (train["image_id"].tolist(), val["image_id"].tolist()) == (["img2", "img3"],
+                                                                      ["img0", "img1"])
+    with pytest.raises(DataError, match="no 'fold' column"):
+        LesionTable(make_df(), MELANOMA).fold(0)
+
+
 def test_missing_images_are_reported_with_a_count(tmp_path) -> None:
     df = make_df()
     (tmp_path / "img0.jpg").write_bytes(b"x")
