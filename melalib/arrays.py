@@ -169,9 +169,9 @@ def group_weights(y: np.ndarray, order: np.ndarray, starts: np.ndarray,
     return P, N
 
 
-def predict_labels(probs: Any) -> np.ndarray:
+def argmax_labels(probs: Any) -> np.ndarray:
     """Argmax class per row; -1 where the maximum is shared by several classes (a tie)."""
-    P = prob_matrix(probs, "predict_labels")
+    P = prob_matrix(probs, "argmax_labels")
     top = P.max(axis=1, keepdims=True)
     pred = P.argmax(axis=1)
     pred[np.equal(P, top).sum(axis=1) > 1] = -1

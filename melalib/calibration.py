@@ -16,12 +16,12 @@ from scipy.special import expit, log_expit, logsumexp, softmax
 
 from .arrays import (
     MetricError,
+    argmax_labels,
     binary_inputs,
     check_labels,
     float_array,
     multiclass_inputs,
     multilabel_inputs,
-    predict_labels,
 )
 from .tasks import Task
 
@@ -40,7 +40,7 @@ def _pairs(y_true: Any, probs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
         y, p = binary_inputs(y_true, probs, name, need_both=False)
         return y.astype(np.float64), p
     y, P = multiclass_inputs(y_true, probs, name)
-    return (predict_labels(P) == y).astype(np.float64), P.max(axis=1)
+    return (argmax_labels(P) == y).astype(np.float64), P.max(axis=1)
 
 
 def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:

@@ -179,9 +179,6 @@ class MetaEncoder:
             raise DataError(f"non-finite value in encoded feature {self.features[j].name!r}")
         return out.astype(np.float32)
 
-    def fit_transform(self, train_df: pd.DataFrame) -> np.ndarray:
-        return self.fit(train_df).transform(train_df)
-
     def describe(self) -> pd.DataFrame:
         """One row per feature: name, kind, source column, fitted mean / std / fill."""
         self._require_fitted("describe")

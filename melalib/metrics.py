@@ -11,7 +11,7 @@ Conventions:
 - binary thresholds: ``p >= threshold`` is a positive call (scikit-learn's ROC convention,
   so a threshold returned by `threshold_for_sensitivity` is one of the scores);
 - multiclass predictions are the argmax; a row whose maximum is shared by several classes
-  (an exact tie) is scored as wrong, as the ISIC scorer does (`predict_labels` gives -1);
+  (an exact tie) is scored as wrong, as the ISIC scorer does (`argmax_labels` gives -1);
 - multilabel (MILK10k): each class is positive when its probability is *above* its
   threshold (``p > t``, the ISIC scorer's ``gt(0.5)``); a lesion with no class above
   threshold is predicted negative for every class and so misses its true class.
@@ -31,13 +31,13 @@ from sklearn.metrics import roc_auc_score
 
 from .arrays import (
     MetricError,
+    argmax_labels,
     binary_inputs,
     check_labels,
     group_weights,
     multiclass_inputs,
     multilabel_inputs,
     positions,
-    predict_labels,
     tie_groups,
 )
 from .calibration import brier_score, expected_calibration_error
@@ -172,21 +172,21 @@ def _per_class_counts(y: np.ndarray, pred: np.ndarray, k: int
 def accuracy(y_true: Any, probs: Any) -> float:
     """Share of rows whose argmax is the true class (ties wrong)."""
     y, P = multiclass_inputs(y_true, probs, "accuracy")
-    return float(np.mean(predict_labels(P) == y))
+    return float(np.mean(argmax_labels(P) == y))
 
 
 def balanced_accuracy(y_true: Any, probs: Any) -> float:
     """Mean per-class recall over the classes present in y_true (ISIC's balanced multiclass
     accuracy = scikit-learn's ``balanced_accuracy_score``); argmax ties count as wrong."""
     y, P = multiclass_inputs(y_true, probs, "balanced_accuracy")
-    tp, _, support = _per_class_counts(y, predict_labels(P), P.shape[1])
+    tp, _, support = _per_class_counts(y, argmax_labels(P), P.shape[1])
     present = support > 0
     return float(np.mean(tp[present] / support[present]))
 
 
 def _f1_per_class(y: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """F1 per class, support, and the mask of classes in y_true or predicted."""
-    tp, n_pred, support = _per_class_counts(y, predict_labels(P), P.shape[1])
+    tp, n_pred, support = _per_class_counts(y, argmax_labels(P), P.shape[1])
     den = n_pred + support
     f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1), 0.0)
     return f1, support, (support > 0) | (n_pred > 0)
@@ -260,7 +260,7 @@ def per_class_report(y_true: Any, probs: Any, class_names: Sequence[str] | None 
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
         raise MetricError(f"per_class_report: {len(names)} class names for {k} columns")
-    tp, n_pred, support = _per_class_counts(y, predict_labels(P), k)
+    tp, n_pred, support = _per_class_counts(y, argmax_labels(P), k)
     precision = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
     recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
     den = n_pred + support
@@ -410,7 +410,7 @@ def evaluate(task: Task, y_true: Any, probs: Any, threshold: float = 0.5) -> dic
                        macro_f1=macro_f1(y, P))
         return out
     y, P = multiclass_inputs(y_true, probs, "evaluate")
-    out.update(n=len(y), n_tied=int(np.sum(predict_labels(P) == -1)),
+    out.update(n=len(y), n_tied=int(np.sum(argmax_labels(P) == -1)),
                accuracy=accuracy(y, P), balanced_accuracy=balanced_accuracy(y, P),
                macro_f1=macro_f1(y, P), weighted_f1=weighted_f1(y, P),
                ovr_auc_macro=ovr_auc_macro(y, P), brier=brier_score(y, P),
@@ -513,7 +513,7 @@ def _batched_confusion(y: Any, probs: Any, counts: np.ndarray, which: str) -> np
     """accuracy / balanced_accuracy / macro_f1 / weighted_f1 from weighted confusions."""
     yl, P = multiclass_inputs(y, probs, "bootstrap")
     k = P.shape[1]
-    pred = np.where(predict_labels(P) < 0, k, predict_labels(P))
+    pred = np.where(argmax_labels(P) < 0, k, argmax_labels(P))
     codes = np.zeros((len(yl), k * (k + 1)))
     codes[np.arange(len(yl)), yl * (k + 1) + pred] = 1.0
     C = (counts.astype(np.float64) @ codes).reshape(len(counts), k, k + 1)

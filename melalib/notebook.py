@@ -491,12 +491,12 @@ def class_probs(task: Any, probs: Any) -> np.ndarray:
 
 def predicted_labels(task: Any, probs: Any, threshold: float = 0.5) -> np.ndarray:
     """Binary: ``p >= threshold``; otherwise the argmax (ties -1, scored wrong)."""
-    from .metrics import predict_labels
+    from .metrics import argmax_labels
 
     p = np.asarray(probs, dtype=np.float64)
     if task.kind == "binary":
         return (p.reshape(-1) >= threshold).astype(np.int64)
-    return predict_labels(p)
+    return argmax_labels(p)
 
 
 def scores(task: Any, frame: pd.DataFrame) -> np.ndarray:

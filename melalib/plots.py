@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from .arrays import binary_inputs, group_weights, predict_labels, tie_groups
+from .arrays import argmax_labels, binary_inputs, group_weights, tie_groups
 from .calibration import expected_calibration_error, reliability_curve
 from .errors import DataError
 from .io import atomic_path
@@ -199,7 +199,7 @@ def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
     brackets). ``pred`` is labels or (N, K) probabilities; argmax ties get a 'tie' column."""
     k = len(class_names)
     pr = np.asarray(pred)
-    labels = predict_labels(pr) if pr.ndim == 2 else pr
+    labels = argmax_labels(pr) if pr.ndim == 2 else pr
     m = confusion(y, labels, k, include_ties=True)
     cols = list(class_names)
     if m[:, k].sum() == 0:

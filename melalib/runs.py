@@ -361,7 +361,3 @@ class RunDir:
         if not frames:
             raise ConfigError(f"{self.path}: no fold has finished (no oof_fold*.csv)")
         return pd.concat(frames, ignore_index=True)
-
-    def load_test(self) -> list[pd.DataFrame]:
-        return [pd.read_csv(self.test_path(k), dtype={"image_id": str, "group_id": str})
-                for k in self.done_folds() if self.test_path(k).is_file()]

@@ -19,10 +19,10 @@ from .errors import DataError
 from .metrics import (
     MetricError,
     MetricFn,
+    argmax_labels,
     bootstrap_many,
     check_task_probs,
     metric_for,
-    predict_labels,
 )
 from .tasks import Task
 
@@ -200,7 +200,7 @@ def error_rates(df: pd.DataFrame, task: Task, probs: Any = None,
     if task.kind == "binary":
         pred = (P.reshape(-1) >= threshold).astype(np.int64)
     else:
-        pred = predict_labels(P)
+        pred = argmax_labels(P)
     wrong = pred != y
     cols = _subgroup_columns(df, by, P, n_conf_bins, default=(*DEFAULT_BY, "confidence_bin"))
     rows = []

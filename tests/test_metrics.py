@@ -153,14 +153,14 @@ def test_argmax_ties_count_as_wrong() -> None:
          [0.1, 0.8, 0.1],   # right
          [0.3, 0.3, 0.4],   # wrong (2)
          [0.2, 0.4, 0.4]]   # tie 1/2 -> wrong
-    np.testing.assert_array_equal(M.predict_labels(P), [0, -1, 1, 2, -1])
+    np.testing.assert_array_equal(M.argmax_labels(P), [0, -1, 1, 2, -1])
     assert M.accuracy(y, P) == pytest.approx(2 / 5)
     assert M.balanced_accuracy(y, P) == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
     # F1: class 0 tp1 pred1 sup2 -> 2/3; class 1 tp1 pred1 sup2 -> 2/3; class 2 tp0 pred1 sup1
     assert M.macro_f1(y, P) == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
     with pytest.raises(MetricError, match=r"tied argmax\) in rows 2 \(first at position 1\)"):
-        M.confusion(y, M.predict_labels(P), 3)
-    m = M.confusion(y, M.predict_labels(P), 3, include_ties=True)
+        M.confusion(y, M.argmax_labels(P), 3)
+    m = M.confusion(y, M.argmax_labels(P), 3, include_ties=True)
     np.testing.assert_array_equal(m, [[1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 0, 1]])
 
 
