@@ -128,9 +128,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo finished ({sum(summary['seconds'].values()):.0f} s of notebooks): executed in "
           f"{summary['output_dir']}, figures in {summary['run_dir'] / 'figures'}")
     print(f"OOF {metrics.get('primary_metric')}: image+metadata model "
-          f"{_fmt(metrics.get('oof_primary'))}; metadata-only baseline "
-          f"{_fmt((metrics.get('baseline_oof') or {}).get(metrics.get('primary_metric') or ''))}")
+          f"{_fmt(metrics.get('oof_primary'))}{_ci(metrics.get('oof_ci'))}; metadata-only "
+          f"baseline {_fmt((metrics.get('baseline_oof') or {}).get(metrics.get('primary_metric') or ''))}"
+          f"{_ci(metrics.get('baseline_ci'))}")
     return 0
+
+
+def _ci(ci: dict[str, float] | None) -> str:
+    """`` [low, high]`` (95 % CI) or ``""``."""
+    return f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
 
 
 def _fmt(value: Any) -> str:

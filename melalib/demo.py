@@ -161,6 +161,8 @@ def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
         "training_oof": training.get("oof"),
         "baseline_oof": features.get("baseline"),
         "cv_check": features.get("cv_check"),
+        "oof_ci": oof_ci(run_dir, training.get("primary_metric")),
+        "baseline_ci": oof_ci(out / f"{RUN_NAME}_meta_only", training.get("primary_metric")),
         "ensemble_weights": ensemble.get("weights"),
         "ensemble_oof": ensemble.get("oof"),
         "ensemble_ci": ensemble.get("ci"),
@@ -171,6 +173,28 @@ def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
             "notebooks": [out / name for name in NOTEBOOKS],
             "figures": sorted((run_dir / "figures").glob("*.png")),
             "submission": run_dir / "submission.csv", "metrics": metrics, "seconds": seconds}
+
+
+def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, float] | None:
+    """The run's pooled out-of-fold ``metric`` with a 95 % bootstrap CI resampling its
+    groups (patients), or None when the run has no complete OOF."""
+    import pandas as pd
+
+    from .metrics import bootstrap_ci
+
+    oof_path, table_path = run_dir / "oof.csv", run_dir / "table" / "table.csv"
+    if not metric or not oof_path.is_file() or not table_path.is_file():
+        return None
+    oof = pd.read_csv(oof_path)
+    groups = pd.read_csv(table_path).set_index("image_id").loc[oof["image_id"], "group_id"]
+    probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
+    try:
+        return bootstrap_ci(metric, oof["label"].to_numpy(),
+                            probs[:, 0] if probs.shape[1] == 1 else probs,
+                            groups=groups.to_numpy(), n_boot=n_boot)
+    except MelalibError as exc:
+        log.warning("no CI for %s: %s", run_dir.name, exc)
+        return None
 
 
 def _check_kernel() -> None:

@@ -66,6 +66,11 @@ def test_quick_demo_runs_the_series_into_one_folder(executed: dict[str, Any]) ->
     assert metrics == json.loads(json.dumps(summary["metrics"]))
     assert metrics["primary_metric"] == "roc_auc"
     assert 0.0 <= metrics["oof_primary"] <= 1.0
+    ci = metrics["oof_ci"]  # patient-level bootstrap of the same OOF score
+    assert ci["estimate"] == pytest.approx(metrics["oof_primary"])
+    assert ci["low"] <= ci["estimate"] <= ci["high"]
+    assert metrics["baseline_ci"]["estimate"] == pytest.approx(
+        metrics["baseline_oof"]["roc_auc"])
     assert metrics["ensemble_weights"] == [0.5, 0.5]
     assert (out / "synthetic_meta_only" / "oof.csv").is_file()
 
@@ -151,13 +156,15 @@ def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch,
                 "output_dir": Path("somewhere"),
                 "run_dir": Path("somewhere/synthetic"),
                 "metrics": {"primary_metric": "roc_auc", "oof_primary": 0.912,
-                            "baseline_oof": {"roc_auc": 0.701}}}
+                            "oof_ci": {"low": 0.85, "high": 0.95},
+                            "baseline_oof": {"roc_auc": 0.701}, "baseline_ci": None}}
 
     monkeypatch.setattr(demo_mod, "run_demo", fake_run_demo)
     assert cli.main(["demo", "--quick", "--output-dir", "somewhere"]) == 0
     assert seen == {"output_dir": "somewhere", "quick": True, "overwrite": False}
     out = capsys.readouterr().out
-    assert "image+metadata model 0.912" in out and "metadata-only baseline 0.701" in out
+    assert "image+metadata model 0.912 [0.850, 0.950]" in out
+    assert "metadata-only baseline 0.701;" not in out and out.rstrip().endswith("baseline 0.701")
     assert "(12 s of notebooks)" in out
 
 
