@@ -974,8 +974,38 @@ def render_stack(results: dict[str, Any]) -> list[str]:
         for r in rows:
             kind = {"run": "run", "blend": "mean blend", "stack": "stack"}[r["kind"]]
             lines.append(_stack_row(r, f"{r['name']} ({kind})"))
-        lines.append("")
+        lines += ["", _stack_verdict(rows), ""]
     return lines
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any], m: str = "roc_auc") -> bool:
+    return a[m]["low"] <= b[m]["high"] and b[m]["low"] <= a[m]["high"]
+
+
+def _stack_verdict(rows: list[dict[str, Any]]) -> str:
+    """One sentence comparing the image+metadata stack with its plain blend (from the JSON)."""
+    by = {r["name"]: r for r in rows}
+    stack_row, blend = by.get("syn_stack"), by.get("syn_image+syn_meta mean blend")
+    image = by.get("syn_image")
+    if not (stack_row and blend and image):
+        return ""
+
+    def cmp(a: dict[str, Any], b: dict[str, Any], m: str) -> str:
+        return "above" if a[m]["estimate"] > b[m]["estimate"] else "below"
+
+    return (f"On {stack_row['n']} images ({stack_row['n_pos']} melanomas) the stack of the "
+            f"image and metadata runs scores ROC-AUC {stack_row['roc_auc']['estimate']:.3f} / "
+            f"pAUC80 {stack_row['pauc_80']['estimate']:.3f}, {cmp(stack_row, blend, 'roc_auc')} "
+            f"/ {cmp(stack_row, blend, 'pauc_80')} the plain blend "
+            f"({blend['roc_auc']['estimate']:.3f} / {blend['pauc_80']['estimate']:.3f}) and "
+            f"{cmp(stack_row, image, 'roc_auc')} / {cmp(stack_row, image, 'pauc_80')} the image "
+            f"run alone ({image['roc_auc']['estimate']:.3f} / "
+            f"{image['pauc_80']['estimate']:.3f}); its ROC-AUC interval "
+            f"{'overlaps' if _overlap(stack_row, blend) else 'does not overlap'} the blend's. "
+            "Trees fitted on a "
+            "few hundred rows with a few dozen positives (ISIC 2024 had 400,000 images) have "
+            "little to learn beyond the image score; the real-data row above shows what the "
+            "patient context adds at scale.")
 
 
 def _ci_text(d: dict[str, float]) -> str:
