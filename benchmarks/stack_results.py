@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,11 @@ def isic2020_rows(data: Path, out: Path, n_boot: int, commit: str | None) -> lis
     return rows
 
 
+def _cli_value(value: Any) -> str:
+    """A config value as `--set` takes it (tuples comma-joined)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def _train(params: dict[str, Any], out: Path, n_boot: int, commit: str | None
            ) -> tuple[RunConfig, dict[str, Any]]:
     """Train (or read the finished) run; its OOF metrics with CIs; its commit from run.json."""
@@ -78,7 +84,8 @@ def _train(params: dict[str, Any], out: Path, n_boot: int, commit: str | None
     ci = evaluate_with_ci(run.load_table().task, oof["label"].to_numpy(),
                           oof[["prob_melanoma"]].to_numpy(), groups=oof["group_id"].to_numpy(),
                           metrics=METRICS, n_boot=n_boot)
-    sets = " ".join(f"--set {k}={v}" for k, v in params.items() if k not in ("name",))
+    sets = " ".join(f"--set {shlex.quote(f'{k}={_cli_value(v)}')}"
+                    for k, v in params.items() if k != "name")
     row = {"name": cfg.name, "n": len(oof), "n_pos": int(oof["label"].sum()),
            **{r["metric"]: {k: r[k] for k in ("estimate", "low", "high")}
               for r in ci.to_dict("records")},
