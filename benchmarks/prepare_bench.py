@@ -18,6 +18,8 @@ folder, and its CPU time is measured (``time.process_time``):
   covering the target, OpenCV bilinear (< 1.5x left) or area final resize, JPEG save; a
   JPEG needing no resize is checked by a decode and copied byte for byte);
 * ``draft+LANCZOS``: the previous melalib path (draft decoding, LANCZOS, re-encode);
+* ``decode only``: `read_image` at the target (the draft decode alone, nothing resized or
+  written): the ceiling of any path that has to decode the file;
 * ``naive``: ``Image.open(p).convert("RGB").resize(size, LANCZOS)`` + the same JPEG save.
 
 Prints the median seconds per method and the speed ratios vs naive (median over the
@@ -85,6 +87,10 @@ def draft_lanczos_one(source: Path, output: Path, size: int, quality: int) -> No
     im.save(output, format="JPEG", quality=quality)
 
 
+def decode_only(source: Path, output: Path, size: int, quality: int) -> None:
+    read_image(source, size)  # the draft decode alone: no resize, no encode, no write
+
+
 def per_file(fn: Callable[[Path, Path, int, int], None]) -> Callable[..., None]:
     def run(paths: list[Path], src: Path, dst: Path, size: int, quality: int) -> None:
         dst.mkdir(parents=True)
@@ -100,7 +106,7 @@ def run_melalib(paths: list[Path], src: Path, dst: Path, size: int, quality: int
 
 
 METHODS = {"melalib": run_melalib, "draft+LANCZOS": per_file(draft_lanczos_one),
-           "naive": per_file(naive_one)}
+           "decode only": per_file(decode_only), "naive": per_file(naive_one)}
 
 
 def quality(paths: list[Path], size: int) -> tuple[float, int]:
@@ -134,7 +140,7 @@ def bench_case(label: str, paths: list[Path], size: int, repeats: int, root: Pat
             times[name].append(time.process_time() - start)
     psnr, max_diff = quality(paths, size)
     naive = np.array(times["naive"])
-    for name in ("melalib", "draft+LANCZOS"):
+    for name in ("melalib", "draft+LANCZOS", "decode only"):
         ratio = naive / np.array(times[name])
         print(f"{label:<34}{size:>5}{name:>15}{np.median(times[name]):>9.2f}"
               f"{np.median(naive):>9.2f}{np.median(ratio):>8.2f}x [{ratio.min():.2f}, "

@@ -122,4 +122,4 @@ def _to_rgb(img: Image.Image, path: Path, options: ImageOptions) -> np.ndarray:
             rgb = rgba[..., :3].astype(np.float32) * alpha + background * (1.0 - alpha)
             return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
         return np.ascontiguousarray(rgba[..., :3])
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
