@@ -19,16 +19,25 @@ from typing import Any
 
 import yaml
 
+from .data.adapters import DATASETS
+from .data.images import ALPHA_CHOICES
+from .data.synthetic import TASKS as SYNTHETIC_TASKS
 from .errors import ConfigError
-from .transforms import ASPECTS
+from .features import PRESETS as FEATURE_PRESETS
+from .folds import STRATIFY
+from .losses import LOSSES
+from .losses import MODES as CLASS_WEIGHTING
+from .samplers import MODES as SAMPLERS
+from .targets import TARGETS
+from .transforms import ASPECTS, STRENGTHS, TTA_COUNTS
 
 
 @dataclass
 class DataConfig:
     """Where the data comes from and how it is split and encoded."""
 
-    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | custom
-    data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached
+    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | custom | image_folder
+    data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached; image_folder: <data_dir>/<class>/*.jpg
     image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
     synthetic_task: str = "binary"  # binary | multiclass | paired
     synthetic_patients: int = 60  # patients of the synthetic dataset (several lesions each)
@@ -36,6 +45,7 @@ class DataConfig:
     synthetic_image_size: int = 64  # pixels of the generated images
     image_size: int = 64  # model input size (square)
     aspect: str = "squash"  # non-square image -> square input: squash | crop (centre) | pad (black)
+    augment: str = "medium"  # training augmentation: none | light (flips, rot90) | medium (+ crop, affine, colour) | heavy (wider + dropout)
     n_folds: int = 5  # grouped CV folds
     fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
@@ -53,7 +63,7 @@ class DataConfig:
     custom_group_column: str = ""  # dataset=custom: patient column (default: image)
     custom_split_column: str = ""  # dataset=custom: column of train / test (default: all train)
     custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
-    custom_classes: tuple[str, ...] = ()  # dataset=custom: class order (default: sorted)
+    custom_classes: tuple[str, ...] = ()  # dataset=custom / image_folder: class order (default: sorted)
     custom_fold_column: str = ""  # dataset=custom: column of predefined folds 0..n_folds-1 (audited for leakage)
     image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
     max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
@@ -206,14 +216,13 @@ class RunConfig:
         """Check values that types alone cannot (choices and ranges)."""
         d, m, t = self.data, self.model, self.train
         _choice("dataset", d.dataset, DATASETS)
-        _choice("synthetic_task", d.synthetic_task, ("binary", "multiclass", "paired"))
-        _choice("fold_stratify", d.fold_stratify, ("label", "label+size", "none"))
+        _choice("synthetic_task", d.synthetic_task, tuple(SYNTHETIC_TASKS))
+        _choice("fold_stratify", d.fold_stratify, STRATIFY)
         _choice("aspect", d.aspect, ASPECTS)
-        _choice("features", d.features, ("default", "isic11", "context", "none"))
-        _choice("image_alpha", d.image_alpha, _alpha_choices())
+        _choice("augment", d.augment, STRENGTHS)
+        _choice("features", d.features, FEATURE_PRESETS)
+        _choice("image_alpha", d.image_alpha, ALPHA_CHOICES)
         _check_name(self.name)
-        from .targets import TARGETS
-
         _choice("target", d.target, TARGETS)
         if d.pseudo_run:
             if not 0.5 < d.pseudo_threshold <= 1:
@@ -225,10 +234,10 @@ class RunConfig:
                                   "reported classes, not of the diagnosis classes)")
         _choice("scheduler", t.scheduler, ("cosine", "plateau", "none"))
         _choice("amp_dtype", t.amp_dtype, ("auto", "bf16", "fp16"))
-        _choice("loss", t.loss, ("auto", "bce", "focal", "ce"))
-        _choice("class_weighting", t.class_weighting, ("none", "balanced", "sqrt"))
-        _choice("sampler", t.sampler, ("none", "balanced", "sqrt"))
-        _choice("tta", t.tta, (1, 2, 4, 8))
+        _choice("loss", t.loss, LOSSES)
+        _choice("class_weighting", t.class_weighting, CLASS_WEIGHTING)
+        _choice("sampler", t.sampler, SAMPLERS)
+        _choice("tta", t.tta, TTA_COUNTS)
         for name, value, low in (
             ("image_size", d.image_size, 8),
             ("n_folds", d.n_folds, 2),
@@ -263,12 +272,13 @@ class RunConfig:
             raise ConfigError("use_image and use_meta are both false: the model has no input")
         if d.dataset == "custom" and not d.custom_csv:
             raise ConfigError("dataset=custom needs custom_csv (a CSV naming images and labels)")
+        if d.dataset == "image_folder" and not d.data_dir:
+            raise ConfigError("dataset=image_folder needs data_dir (<data_dir>/<class>/*.jpg)")
 
 
 #: Fields that never change a run's numbers (where it writes, which fold, how many workers).
 RESULT_NEUTRAL = frozenset({"name", "output_dir", "fold", "overwrite", "num_workers", "device",
                             "mlflow", "max_image_pixels"})
-DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom")
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
@@ -370,12 +380,6 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
-
-
-def _alpha_choices() -> tuple[str, ...]:
-    from .data.images import ALPHA_CHOICES
-
-    return ALPHA_CHOICES
 
 
 def _check_name(name: str) -> None:

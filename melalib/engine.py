@@ -336,8 +336,8 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
     from .models import input_normalization
 
     mean, std = input_normalization(cfg.model)
-    transform = build_transforms(cfg.data.image_size, train=train, seed=seed,
-                                 aspect=cfg.data.aspect, mean=mean, std=std)
+    transform = build_transforms(cfg.data.image_size, train=train, strength=cfg.data.augment,
+                                 seed=seed, aspect=cfg.data.aspect, mean=mean, std=std)
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
                          paired=cfg.model.dual_image, labelled=labelled,
                          image_options=ImageOptions.from_config(cfg.data))

@@ -15,18 +15,22 @@ Focal losses use the same weights, so ``focal_gamma=0`` equals the plain weighte
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
 from .errors import ConfigError
 from .tasks import Task
 
+if TYPE_CHECKING:  # type only: config reads this module's LOSSES and MODES
+    from .config import TrainConfig
+
 log = logging.getLogger(__name__)
-MODES = ("none", "balanced", "sqrt")
+LOSSES = ("auto", "bce", "focal", "ce")  # auto: bce for binary / multilabel, ce for multiclass
+MODES = ("none", "balanced", "sqrt")  # class weighting
 
 
 def _check_mode(mode: str) -> None:
@@ -182,8 +186,8 @@ def build_loss(train_cfg: TrainConfig, task: Task, train_labels: np.ndarray) -> 
     _check_mode(mode)
     if name == "auto":
         name = "ce" if kind == "multiclass" else "bce"
-    if name not in ("bce", "ce", "focal"):
-        raise ConfigError(f"loss must be auto, bce, ce or focal, got {name!r}")
+    if name not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
     if name == "ce" and kind != "multiclass":
         raise ConfigError(f"loss=ce needs a multiclass task; task {task.name!r} is {kind} "
                           "(use bce or focal)")

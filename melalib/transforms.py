@@ -38,6 +38,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 STRENGTHS = ("none", "light", "medium", "heavy")
 #: How a non-square image becomes the square model input (config field ``aspect``).
 ASPECTS = ("squash", "crop", "pad")
+TTA_COUNTS = (1, 2, 4, 8)  # views averaged at prediction (`tta_views`)
 
 
 class ImageTransform:
@@ -189,7 +190,7 @@ _VIEWS = (
 
 def tta_views(n: int) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     """The first ``n`` views: 1 identity, 2 +hflip, 4 +vflip and both, 8 +the transposed four."""
-    if n not in (1, 2, 4, 8):
+    if n not in TTA_COUNTS:
         raise ConfigError(f"tta must be 1, 2, 4 or 8 views, got {n}")
     return list(_VIEWS[:n])
 

@@ -557,3 +557,21 @@ def test_load_table_synthetic_generates_under_data_dir(tmp_path):
     assert (folder / "meta.json").is_file() and table.paired
     assert all(Path(p).parent == folder / "images" for p in table.df["image_path"])
     assert load_table(cfg).content_hash() == table.content_hash()  # cached, identical
+
+
+def test_image_folder_is_a_dataset(tmp_path):
+    """``dataset=image_folder`` with data_dir = root/<class>/*.jpg reaches load_image_folder;
+    custom_classes sets the class order."""
+    for cls, names in (("benign", ("b1.jpg", "b2.jpg")), ("melanoma", ("m1.jpg",))):
+        for name in names:
+            image(tmp_path / cls / name)
+    table = load_table(DataConfig(dataset="image_folder", data_dir=str(tmp_path)))
+    assert table.task.classes == ("benign", "melanoma")
+    assert table.df["image_id"].tolist() == ["benign/b1.jpg", "benign/b2.jpg", "melanoma/m1.jpg"]
+    assert table.df["label"].tolist() == [0, 0, 1]
+    swapped = load_table(DataConfig(dataset="image_folder", data_dir=str(tmp_path),
+                                    custom_classes=("melanoma", "benign")))
+    assert swapped.task.classes == ("melanoma", "benign")
+    assert swapped.df["label"].tolist() == [0, 1, 1]
+    with pytest.raises(DataError, match="needs data_dir"):
+        load_table(DataConfig(dataset="image_folder"))

@@ -1,7 +1,10 @@
 """The package's import graph: no cycles and no imports of another module's private names.
 
 Both checks read melalib's sources with `ast` (nothing is imported), counting module-level
-AND function-level imports, so a lazy import inside a function cannot hide a cycle.
+AND function-level imports, so a lazy import inside a function cannot hide a cycle. Imports
+under ``if TYPE_CHECKING:`` are left out: they never run, so they are no runtime dependency
+(e.g. `losses` names `config.TrainConfig` in a type hint while `config` reads
+`losses.LOSSES`); every other import counts.
 """
 
 from __future__ import annotations
@@ -36,11 +39,31 @@ def _target(module: str, path: Path, node: ast.ImportFrom) -> str:
     return ".".join(base + (node.module.split(".") if node.module else []))
 
 
+def _type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` or ``if typing.TYPE_CHECKING:``."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks (their
+    ``else`` branches are kept)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        children = node.orelse if _type_checking(node) else ast.iter_child_nodes(node)
+        todo.extend(children)
+    return out
+
+
 def _imports(modules: dict[str, Path]) -> list[tuple[str, str, str, int]]:
     """(importer, imported module, imported name or "", line) for every melalib import."""
     found = []
     for module, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 target = _target(module, path, node)
                 for alias in node.names:
@@ -115,14 +138,21 @@ def test_no_module_imports_another_modules_private_names() -> None:
     ({"a.py": "from . import b\n", "b.py": "def f():\n    from .a import g\n"},
      [["pkg.a", "pkg.b"]]),
     ({"a.py": "from .b import x\n", "b.py": "import os\n"}, []),
+    ({"a.py": "from .b import x\n",
+      "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import T\n"},
+     []),
+    ({"a.py": "from .b import x\n",
+      "b.py": "import typing\nif typing.TYPE_CHECKING:\n    pass\nelse:\n    from .a import T\n"},
+     [["pkg.a", "pkg.b"]]),
     ({"a.py": "import pkg.b\n", "b.py": "from .sub.c import y\n",
       "sub/__init__.py": "", "sub/c.py": "from ..a import z\n"},
      [["pkg.a", "pkg.b", "pkg.sub.c"]]),
 ])
 def test_the_checks_see_lazy_and_relative_imports(tmp_path: Path, sources: dict[str, str],
                                                   cycle: list[list[str]]) -> None:
-    """The graph builder on a toy package: a function-level import closes a cycle, and
-    ``..`` relative imports from a sub-package resolve."""
+    """The graph builder on a toy package: a function-level import closes a cycle, ``..``
+    relative imports from a sub-package resolve, a type-checking-only import does not count
+    (its ``else`` branch does)."""
     package = tmp_path / "pkg"
     for name, text in {"__init__.py": "", **sources}.items():
         (package / name).parent.mkdir(parents=True, exist_ok=True)

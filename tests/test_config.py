@@ -108,3 +108,30 @@ def test_config_reference_doc_is_current() -> None:
         "print(reference_markdown())' > docs/config.md")
     for name in field_index():
         assert f"`{name}`" in doc.read_text()
+
+
+def test_choices_are_the_owners_registries() -> None:
+    """validate accepts every choice its owner lists (and only those): a value added to an
+    owner's registry is a valid config value without editing config.py."""
+    from melalib import features, folds, losses, samplers, targets, transforms
+    from melalib.data import adapters, images, synthetic
+
+    owners = {"dataset": adapters.DATASETS, "synthetic_task": tuple(synthetic.TASKS),
+              "fold_stratify": folds.STRATIFY, "aspect": transforms.ASPECTS,
+              "augment": transforms.STRENGTHS, "features": features.PRESETS,
+              "image_alpha": images.ALPHA_CHOICES, "target": targets.TARGETS,
+              "loss": losses.LOSSES, "class_weighting": losses.MODES,
+              "sampler": samplers.MODES, "tta": transforms.TTA_COUNTS}
+    needs = {"custom": {"custom_csv": "x.csv"}, "image_folder": {"data_dir": "imgs"}}
+    for key, choices in owners.items():
+        for value in choices:
+            RunConfig.from_dict({key: value, **needs.get(str(value), {})})
+        with pytest.raises(ConfigError, match=rf"{key} must be one of {re.escape(', '.join(map(str, choices)))}"):
+            RunConfig.from_dict({key: "no-such-choice" if key != "tta" else 3})
+
+
+def test_augment_and_image_folder_fields() -> None:
+    assert RunConfig().data.augment == "medium"  # today's training pipeline
+    assert RunConfig.from_dict({"augment": "heavy"}).data.augment == "heavy"
+    with pytest.raises(ConfigError, match="dataset=image_folder needs data_dir"):
+        RunConfig.from_dict({"dataset": "image_folder"})

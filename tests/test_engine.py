@@ -250,3 +250,19 @@ def test_best_epoch_validation_predictions_are_reused(tiny_cfg, monkeypatch, tta
     assert len(merged) == n_val
     np.testing.assert_allclose(merged["prob_melanoma"], merged["prob_melanoma_again"],
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("augment", ["none", "light", "heavy"])
+def test_augment_reaches_the_training_transform(tiny_cfg, augment: str) -> None:
+    """``augment`` sets the training pipeline's strength; validation never augments, and the
+    default (medium) is the pipeline training always used."""
+    from melalib.data.adapters import load_table
+
+    cfg = tiny_cfg(augment=augment)
+    table = load_table(cfg.data)
+    df = table.train.head(4)
+    train_ds = engine.make_dataset(cfg, table, df, None, train=True)
+    assert train_ds.transform.strength == augment
+    assert engine.make_dataset(cfg, table, df, None, train=False).transform.strength == "none"
+    default = engine.make_dataset(tiny_cfg(), table, df, None, train=True)
+    assert default.transform.strength == "medium"

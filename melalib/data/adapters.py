@@ -717,6 +717,9 @@ def load_image_folder(root: PathLike, classes: Sequence[str] | None = None) -> L
 # ----------------------------------------------------------------------------------- dispatch
 LOADERS = {"isic2020": load_isic2020, "isic2019": load_isic2019, "ham10000": load_ham10000,
            "milk10k": load_milk10k}
+#: every ``dataset`` that `load_table` serves (`melalib.config` validates against it)
+DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom",
+            "image_folder")
 
 
 def load_table(data_cfg: DataConfig) -> LesionTable:
@@ -746,9 +749,13 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
             classes=data_cfg.custom_classes or None, image_dir=image_dir,
             fold_column=data_cfg.custom_fold_column or None)
+    if dataset == "image_folder":
+        if not data_cfg.data_dir:
+            raise DataError("dataset=image_folder needs data_dir, a folder of class folders "
+                            "(<data_dir>/<class>/*.jpg)")
+        return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None)
     if dataset not in (*LOADERS, "isic2020+2019"):
-        raise DataError(f"unknown dataset {dataset!r}; known: synthetic, custom, isic2020+2019, "
-                        f"{', '.join(LOADERS)}")
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if dataset == "isic2020+2019":
         expected = f"isic2020/{MAIN_FILE['isic2020']} and isic2019/{MAIN_FILE['isic2019']}"
         hint = f"{DOWNLOAD['isic2020']}; {DOWNLOAD['isic2019']}"
