@@ -46,6 +46,8 @@ RUN_HERE = {  # executed below, as written, in a scratch folder with tiny data
     "papermill --help-notebook notebooks/03_train.ipynb",
 }
 RUN_ELSEWHERE = {  # the test that executes it
+    "bash benchmarks/gpu_check.sh": "tests/test_gpu_check.py (slow; without CUDA: the dry run)",
+    "bash benchmarks/gpu_check.sh --dry-run": "tests/test_gpu_check.py (slow)",
     QUICK_START_INSTALL: ".ci/run (test_project: CI runs the README Quick start)",
     ".venv/bin/python -m pytest": ".ci/run",
     ".venv/bin/melalib demo": "tests/test_demo.py::test_full_demo_on_the_synthetic_default "
@@ -90,7 +92,10 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     STACK_PYTHON: "the ISIC 2020 runs above (tests/test_stack.py calls stack on tiny runs)",
 }
 BENCHMARKS = {  # minutes of CPU each; their flags are parsed by the script's own parser
-    "python benchmarks/prepare_bench.py --n 60 --src-size 2000x1500 --size 256 --workers 2",
+    "OMP_NUM_THREADS=1 python benchmarks/prepare_bench.py --n 8 --repeats 3 --real "
+    "../shared/data/ham10000/images_200x150 --real-n 300 --real-sizes 64,128,256",
+    "OMP_NUM_THREADS=1 python benchmarks/folds_bench.py --rows 100000 --repeats 3",
+    "OMP_NUM_THREADS=1 python benchmarks/tta_bench.py --n 64 --size 128 --repeats 3",
     "OMP_NUM_THREADS=2 python benchmarks/train_bench.py --backbones resnet18,efficientnet_b0 "
     "--sizes 64,128 --steps 4 --warmup 1",
     "python benchmarks/load_bench.py --n 20000 --workers 2 --json load20k.json",
@@ -204,15 +209,7 @@ class _Parsed(Exception):
     pass
 
 
-#: Found by this test: docs/benchmarks.md still shows prepare_bench.py flags the script
-#: dropped in 35e49c0 (--src-size, --size, --workers); the example needs its new command.
-STALE_BENCHMARK = ("python benchmarks/prepare_bench.py --n 60 --src-size 2000x1500 --size 256 "
-                   "--workers 2")
-
-
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(raises=SystemExit, reason="stale flags (35e49c0)"))
-    if c == STALE_BENCHMARK else c for c in sorted(BENCHMARKS)])
+@pytest.mark.parametrize("command", sorted(BENCHMARKS))
 def test_benchmark_examples_parse(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented flags exist in the script's parser (the run itself is minutes)."""
     argv = [a for a in shlex.split(command) if "=" not in a or a.startswith("-")]
