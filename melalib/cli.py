@@ -8,7 +8,6 @@ Every subcommand maps onto the same typed config as the Python API and the noteb
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from .config import RunConfig
 from .data.prepare import PREPARE_ASPECTS
 from .errors import ConfigError, MelalibError
+from .io import json_text
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     summary = train(cfg)
     if summary:  # empty on the other ranks under torchrun: rank 0 alone reports
-        print(json.dumps(train_report(summary, cfg.fold), indent=2))
+        print(json_text(train_report(summary, cfg.fold), sort_keys=False))
     return 0
 
 
@@ -116,7 +116,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     result = reproduce(args.run_dir, atol=args.atol, output_dir=args.output_dir)
-    print(json.dumps(result, indent=2))
+    print(json_text(result, sort_keys=False))
     return 0 if result["match"] else 1
 
 

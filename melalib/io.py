@@ -89,10 +89,15 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def json_text(obj: Any, sort_keys: bool = True) -> str:
+    """Strict JSON text: NaN and infinities (undefined metrics) become null."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=sort_keys, default=_jsonable,
+                      allow_nan=False)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Strict JSON: NaN and infinities (undefined metrics) are written as null."""
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
-    return write_text(path, text + "\n")
+    """`json_text` of ``obj`` written atomically to ``path``."""
+    return write_text(path, json_text(obj) + "\n")
 
 
 def _finite(obj: Any) -> Any:

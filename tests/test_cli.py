@@ -95,6 +95,24 @@ def test_train_fold_prints_real_fold_metrics(tiny_cfg, tmp_path: Path,
     assert 0.0 <= report["fold_metrics"]["1"][report["primary_metric"]] <= 1.0
 
 
+def test_train_output_is_strict_json(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """An undefined metric (PPV with no positive call) prints as null, never as NaN, so
+    `jq` and strict parsers read the summary."""
+    import melalib.engine
+
+    summary = _summary([1])
+    summary["per_fold"]["1"]["ppv"] = float("nan")
+    monkeypatch.setattr(melalib.engine, "train", lambda cfg: summary)
+    assert cli.main(["train", "--preset", "tiny", "--fold", "1"]) == 0
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    report = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert report["fold_metrics"]["1"]["ppv"] is None
+
+
 def test_prepare_prints_a_human_summary(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "src"
