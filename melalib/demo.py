@@ -95,7 +95,8 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
                 continue
             started = time.perf_counter()
             try:
-                with _live_postfix(bar, name, live_file, enabled=progress):
+                with _live_postfix(bar, name, live_file, enabled=progress,
+                                   interval=1.0 if sys.stderr.isatty() else 30.0):
                     papermill.execute_notebook(
                         str(source / name), str(target), parameters=params,
                         kernel_name=KERNEL, progress_bar=False, cwd=str(out),
