@@ -9,7 +9,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # epochs: 3 folds instead of 5 halve the training, which took ~12 CPU-minutes in 03).
     "synthetic_demo": dict(dataset="synthetic", synthetic_task="binary", synthetic_patients=120,
                            image_size=64, backbone="resnet18", epochs=6, batch_size=32,
-                           lr=1e-3, n_folds=3),
+                           lr=1e-3, n_folds=5),
     # Smallest end-to-end configuration: seconds, for tests.
     "tiny": dict(dataset="synthetic", synthetic_patients=16, synthetic_image_size=32,
                  image_size=32, backbone="resnet10t", epochs=1, batch_size=16, n_folds=2,
