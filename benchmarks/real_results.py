@@ -897,7 +897,7 @@ def render_synthetic() -> list[str]:
     lines = ["## Synthetic default (what `melalib demo` trains)", "",
              "Binary melanoma on the built-in synthetic data (120 patients, 64 px, ~8 % "
              "melanoma lesions), 5-fold CV grouped by patient, ResNet-18 from scratch for 6 "
-             "epochs (the `synthetic_demo` recipe with 5 folds; `melalib demo` runs 3); CIs "
+             "epochs (the `synthetic_demo` recipe, as `melalib demo` runs it); CIs "
              "resample patients. Command: "
              f"`{syn['command']}` ({syn['machine']['cpu']}, {syn['machine']['cores']} cores, "
              f"torch {syn['machine']['torch']}, {syn['machine']['date']}).", "",

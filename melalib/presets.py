@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The synthetic default the demo and notebooks use: minutes on 2 CPU cores (3 folds x 6
-    # epochs: 3 folds instead of 5 halve the training, which took ~12 CPU-minutes in 03).
+    # The synthetic default the demo and notebooks use: about 2 minutes on 2 idle CPU cores
+    # (5 folds x 6 epochs; 03_train took 80 s of the demo's 125 s).
     "synthetic_demo": dict(dataset="synthetic", synthetic_task="binary", synthetic_patients=120,
                            image_size=64, backbone="resnet18", epochs=6, batch_size=32,
                            lr=1e-3, n_folds=5),
