@@ -96,7 +96,7 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
             started = time.perf_counter()
             try:
                 with _live_postfix(bar, name, live_file, enabled=progress,
-                                   interval=1.0 if sys.stderr.isatty() else 30.0):
+                                   interval=refresh_interval()):
                     papermill.execute_notebook(
                         str(source / name), str(target), parameters=params,
                         kernel_name=KERNEL, progress_bar=False, cwd=str(out),
@@ -232,6 +232,12 @@ def _quiet_papermill() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(flt)
+
+
+def refresh_interval() -> float:
+    """Seconds between live-progress refreshes: 1 in a terminal, 30 otherwise (CI and
+    papermill logs keep every refresh as a line)."""
+    return 1.0 if sys.stderr.isatty() else 30.0
 
 
 @contextlib.contextmanager

@@ -87,9 +87,26 @@ def test_demo_passes_the_progress_file_to_the_kernels(tmp_path: Path,
 
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     monkeypatch.setattr(demo_mod, "_check_kernel", lambda: None)
+    monkeypatch.setattr(demo_mod, "refresh_interval", lambda: 0.2)
     stream = io.StringIO()
     monkeypatch.setattr(tqdm_auto, "tqdm",
                         lambda *a, **k: console_tqdm(*a, **{**k, "file": stream}))
     demo_mod.run_demo(tmp_path / "demo", quick=True, data_dir=tmp_path / "data")
     assert seen and all(s == str(tmp_path / "demo" / ".progress.json") for s in seen)
     assert "03_train.ipynb | synthetic fold 3/3 epoch 3/6 | ETA" in stream.getvalue()
+
+
+def test_live_progress_refreshes_slowly_outside_a_terminal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.setattr("sys.stderr", Stream(True))
+    assert demo_mod.refresh_interval() == 1.0
+    monkeypatch.setattr("sys.stderr", Stream(False))
+    assert demo_mod.refresh_interval() == 30.0
