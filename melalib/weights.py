@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
@@ -118,9 +120,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"weight file {path} cannot be read as tensors ({reason}); it is "
-                          "corrupt or not a weights file") from exc
+        raise ConfigError(f"weight file {path} cannot be read as tensors ({first_line(exc)}); "
+                          "it is corrupt or not a weights file") from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -157,8 +158,6 @@ def convert_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module,
 
 def converted_file(package: WeightPackage) -> Path:
     """The package's weights as a timm-format file in `cache_dir` (converted once)."""
-    import timm
-
     src = package.file()
     if src is None:
         raise ConfigError(f"{package.distribution} is not installed")
@@ -242,10 +241,6 @@ def write_timm_file(backbone: str, out: str | Path) -> Path:
 
     An unknown backbone or one without an installed package raises ConfigError before
     anything is written."""
-    import shutil
-
-    import timm
-
     if not timm.is_model(split_name(backbone)[0]):
         raise ConfigError(f"unknown timm backbone {backbone!r}")
     package = package_for(backbone)
