@@ -183,11 +183,11 @@ def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, f
 
     from .metrics import bootstrap_ci
 
-    oof_path, table_path = run_dir / "oof.csv", run_dir / "table" / "table.csv"
-    if not metric or not oof_path.is_file() or not table_path.is_file():
+    oof_path = run_dir / "oof.csv"
+    if not metric or not oof_path.is_file():
         return None
-    oof = pd.read_csv(oof_path)
-    groups = pd.read_csv(table_path).set_index("image_id").loc[oof["image_id"], "group_id"]
+    oof = pd.read_csv(oof_path, dtype={"image_id": str, "group_id": str})
+    groups = oof["group_id"]  # the engine's prediction frame carries each row's group
     probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
     try:
         return bootstrap_ci(metric, oof["label"].to_numpy(),
