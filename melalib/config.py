@@ -23,7 +23,7 @@ from .data.adapters import DATASETS
 from .data.images import ALPHA_CHOICES
 from .data.synthetic import TASKS as SYNTHETIC_TASKS
 from .errors import ConfigError
-from .features import PRESETS as FEATURE_PRESETS
+from .features import FEATURE_SETS
 from .folds import STRATIFY
 from .losses import LOSSES
 from .losses import MODES as CLASS_WEIGHTING
@@ -220,7 +220,7 @@ class RunConfig:
         _choice("fold_stratify", d.fold_stratify, STRATIFY)
         _choice("aspect", d.aspect, ASPECTS)
         _choice("augment", d.augment, STRENGTHS)
-        _choice("features", d.features, FEATURE_PRESETS)
+        _choice("features", d.features, FEATURE_SETS)
         _choice("image_alpha", d.image_alpha, ALPHA_CHOICES)
         _check_name(self.name)
         _choice("target", d.target, TARGETS)

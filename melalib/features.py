@@ -8,7 +8,7 @@ non-finite value is imputed with the training mean (0 after standardisation). Na
 reaches the output. Optional columns are used when present in the training frame with at
 least one usable value; once used they are required at `transform`.
 
-Presets (`PRESETS`):
+Feature sets (`FEATURE_SETS`; the `features` config field):
 
 ``default``
     ``sex_male``, ``sex_female`` (unknown = zeros); ``site_<s>`` for the six known sites of
@@ -62,7 +62,7 @@ import pandas as pd
 from .errors import ConfigError, DataError, LeakageError
 from .table import SEXES, SITES
 
-PRESETS = ("default", "isic11", "context", "none")
+FEATURE_SETS = ("default", "isic11", "context", "none")
 FORMAT = "melalib.MetaEncoder"
 VERSION = 1
 KNOWN_SITES = tuple(s for s in SITES if s != "unknown")
@@ -91,8 +91,8 @@ class MetaEncoder:
     """Encode sex, site, age and the optional extras; fit on training rows only."""
 
     def __init__(self, preset: str = "default", *, file_size: bool = False) -> None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown metadata preset {preset!r}; choose one of {PRESETS}")
+        if preset not in FEATURE_SETS:
+            raise ConfigError(f"unknown metadata preset {preset!r}; choose one of {FEATURE_SETS}")
         self.preset = preset
         self.file_size = file_size  # default / context: use image_bytes (isic11 always does)
         self.columns: list[str] = []  # optional / derived columns chosen at fit

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from melalib.errors import ConfigError, DataError, LeakageError, MelalibError
-from melalib.features import PRESETS, MetaEncoder
+from melalib.features import FEATURE_SETS, MetaEncoder
 from melalib.table import SITE_MAP
 
 
@@ -77,9 +77,9 @@ def test_validation_rows_never_change_the_statistics() -> None:
 
 def test_dims_and_names_per_preset() -> None:
     df = five_rows().assign(image_bytes=[1e5, 2e5, 3e5, 4e5, 5e5])
-    dims = {p: MetaEncoder(p, file_size=True).fit(df).dim for p in PRESETS}
+    dims = {p: MetaEncoder(p, file_size=True).fit(df).dim for p in FEATURE_SETS}
     assert dims == {"default": 13, "isic11": 11, "context": 20, "none": 0}
-    dims = {p: MetaEncoder(p).fit(df).dim for p in PRESETS}  # the file size is opt-in
+    dims = {p: MetaEncoder(p).fit(df).dim for p in FEATURE_SETS}  # the file size is opt-in
     assert dims == {"default": 12, "isic11": 11, "context": 16, "none": 0}
     isic = MetaEncoder("isic11").fit(df)
     assert isic.feature_names == [
@@ -123,7 +123,7 @@ def test_roundtrip_through_json_gives_identical_output() -> None:
                             monet_hair=[0.1, np.nan, 0.3, 0.9, 0.5],
                             meta_depth=[1.0, 2.0, 4.0, 3.0, np.nan],
                             meta_scanner=["A", "B", "A", "B", np.nan])
-    for preset in PRESETS:
+    for preset in FEATURE_SETS:
         enc = MetaEncoder(preset, file_size=True).fit(df.iloc[:3])
         state = json.loads(json.dumps(enc.to_dict()))
         again = MetaEncoder.from_dict(state)
@@ -207,7 +207,7 @@ def test_outputs_are_finite_with_missing_values() -> None:
     df = five_rows().assign(age=[np.nan, 40.0, np.nan, np.nan, np.nan],
                             image_bytes=[np.nan, 2e5, 0.0, np.inf, 5e5],
                             n_images=[2, np.nan, 1, 2, 2])
-    for preset in PRESETS:
+    for preset in FEATURE_SETS:
         x = MetaEncoder(preset).fit(df.iloc[:3]).transform(df)
         assert np.isfinite(x).all(), preset
     all_missing = five_rows().assign(age=np.nan)

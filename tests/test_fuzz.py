@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from melalib.config import RunConfig, field_index
 from melalib.data.adapters import load_custom_csv, load_ham10000
 from melalib.errors import DataError, LeakageError, MelalibError
-from melalib.features import PRESETS, MetaEncoder
+from melalib.features import FEATURE_SETS, MetaEncoder
 from melalib.folds import STRATIFY, assign_folds, audit_leakage
 from melalib.table import LesionTable
 from melalib.tasks import HAM7, MELANOMA
@@ -175,7 +175,7 @@ def retype(draw: st.DrawFn, df: pd.DataFrame) -> pd.DataFrame:
 
 
 @FUZZ
-@given(preset=st.sampled_from(PRESETS), train=meta_frames(), other=meta_frames())
+@given(preset=st.sampled_from(FEATURE_SETS), train=meta_frames(), other=meta_frames())
 def test_meta_encoder_never_crashes(preset, train, other) -> None:
     enc = MetaEncoder(preset)
     try:
