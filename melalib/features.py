@@ -440,7 +440,10 @@ def _patient_keys(df: pd.DataFrame) -> np.ndarray:
         return groups
     patients = df["patient_id"]
     known = (patients.notna() & (patients.astype(str).str.strip() != "")).to_numpy()
-    return np.where(known, "p:" + patients.astype(str).to_numpy(dtype=object), "g:" + groups)
+    # element-wise: pandas 3 keeps a missing value missing through astype(str)
+    ids = patients.to_numpy(dtype=object)
+    return np.array([f"p:{p}" if k else f"g:{g}" for p, k, g in zip(ids, known, groups,
+                                                                     strict=True)], dtype=object)
 
 
 def _patient_sizes(df: pd.DataFrame) -> np.ndarray:

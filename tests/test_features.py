@@ -142,6 +142,17 @@ def test_roundtrip_through_json_gives_identical_output() -> None:
         MetaEncoder.from_dict({"format": "something else"})
 
 
+def test_context_patient_keys_fall_back_to_group_when_patient_id_missing() -> None:
+    """A missing patient_id (None / NaN / blank) counts the image under its group_id; the
+    same frame with the ids filled in agrees (found by the fuzz test under pandas 3)."""
+    df = pd.DataFrame({"image_id": ["a", "b", "c"], "group_id": ["g1", "g1", "g2"],
+                       "sex": "male", "site": "torso", "age": [40.0, 41.0, 50.0],
+                       "patient_id": [None, None, ""]})
+    x = MetaEncoder("context").fit(df).transform(df)
+    filled = df.assign(patient_id=["g1", "g1", "g2"])
+    np.testing.assert_array_equal(MetaEncoder("context").fit(filled).transform(filled), x)
+
+
 def test_context_features_ignore_labels_and_count_patient_images() -> None:
     df = pd.DataFrame({
         "image_id": [f"i{k}" for k in range(6)],
