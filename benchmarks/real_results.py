@@ -374,6 +374,78 @@ def ham_a_lite0_pretrained(ctx: Ctx) -> dict[str, Any]:
                           cfg=cfg, preset=preset)
 
 
+def lite0_features(ctx: Ctx, table: LesionTable, image_size: int = 128) -> np.ndarray:
+    """Pooled ImageNet features (1280) of the pretrained Lite0 for every row of ``table``
+    (validation transform: centre crop, the weights' normalisation), cached in ``ctx.out``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from melalib.config import ModelConfig
+    from melalib.data.dataset import LesionDataset
+    from melalib.models import create_backbone, input_normalization
+    from melalib.transforms import build_transforms
+
+    ids = table.df["image_id"].astype(str).to_numpy()
+    cache = ctx.out / f"ham_lite0_features_{image_size}{'_quick' if ctx.quick else ''}.npz"
+    if cache.is_file():
+        stored = np.load(cache, allow_pickle=False)
+        if np.array_equal(stored["image_id"], ids):
+            return stored["features"]
+    model_cfg = ModelConfig(backbone="tf_efficientnet_lite0", pretrained=True)
+    mean, std = input_normalization(model_cfg)
+    transform = build_transforms(image_size, train=False, aspect="crop", mean=mean, std=std)
+    data = LesionDataset(table.df, table.task, None, transform, labelled=False)
+    backbone = create_backbone(model_cfg.backbone, pretrained=True).eval()
+    chunks = []
+    with torch.inference_mode():
+        for batch in DataLoader(data, batch_size=64, shuffle=False):
+            chunks.append(backbone(batch["image"]).numpy())
+    features = np.concatenate(chunks).astype(np.float32)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, image_id=ids, features=features)
+    return features
+
+
+@experiment("ham_b_lite0_probe", "ham_b",
+            "EfficientNet-Lite0 ImageNet features, frozen (cached), + metadata: logistic "
+            "regression")
+def ham_b_lite0_probe(ctx: Ctx) -> dict[str, Any]:
+    """The cheapest use of the weights: frozen 128 px features + the metadata encoding,
+    a class-balanced logistic regression per fold (the engine's folds); what fine-tuning
+    must beat."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from melalib.features import MetaEncoder
+    from melalib.folds import assign_folds
+
+    started = time.perf_counter()
+    table = assign_folds(ham_table(ctx), n_folds=5, seed=COMMON["fold_seed"], stratify="label")
+    features = lite0_features(ctx, table)
+    frames = []
+    for k in range(5):
+        fit_df, val_df = table.fold(k)
+        encoder = MetaEncoder("default").fit(fit_df)
+        x_fit, x_val = (np.hstack([features[d.index.to_numpy()], encoder.transform(d)])
+                        for d in (fit_df, val_df))
+        model = make_pipeline(StandardScaler(), LogisticRegression(
+            max_iter=3000, C=0.05, class_weight="balanced"))
+        model.fit(x_fit, fit_df["label"].to_numpy(dtype=np.int64))
+        out = val_df[["image_id", "group_id", "label"]].assign(fold=k)
+        probs = np.zeros((len(val_df), table.task.n_classes))
+        probs[:, model.classes_.astype(int)] = model.predict_proba(x_val)
+        frames.append(out.assign(**dict(zip(table.task.prob_columns, probs.T, strict=True))))
+    oof = pd.concat(frames, ignore_index=True)
+    return {"protocol": "B", "split": "5-fold CV grouped by lesion_id",
+            "inputs": "images (frozen features) + metadata (age, sex, site)",
+            "metrics": oof_with_ci(oof, table.task, ctx.n_boot), "scored_on": "pooled OOF",
+            "n": len(oof), "n_groups": int(oof["group_id"].nunique()), "ci_groups": "lesion_id",
+            "config": {"image_size": 128, "epochs": 0, "aspect": "crop",
+                       "model": "StandardScaler + LogisticRegression(C=0.05, balanced)"},
+            "wall_seconds": time.perf_counter() - started}
+
+
 def ham_image_cfg(ctx: Ctx, name: str, image_size: int, epochs: int, n_folds: int,
                   use_meta: bool) -> RunConfig:
     """Preset ``ham10000_scratch_cpu`` at this size / epochs / folds (quick: capped steps)."""
