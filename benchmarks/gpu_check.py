@@ -5,7 +5,7 @@
 
 Sections, each printed as it finishes:
 
-1. training throughput of melalib's own loop (`engine.train_epoch`: autocast, GradScaler,
+1. training throughput of melalib's own loop (`engine.Trainer.epoch`: autocast, GradScaler,
    finite-loss check, loss bookkeeping) vs a bare timm-style loop (autocast, forward,
    BCE, scaler, step) on the SAME pre-made batches on the device, with the same
    `FusionNet` (timm backbone + metadata MLP) at 256 px: bf16 and fp16 (GradScaler),
@@ -46,8 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 from melalib import engine  # noqa: E402
 from melalib.config import ModelConfig, RunConfig  # noqa: E402
+from melalib.device import Precision  # noqa: E402
 from melalib.losses import build_loss  # noqa: E402
 from melalib.models import build_model  # noqa: E402
+from melalib.schedules import build_scheduler  # noqa: E402
 from melalib.tasks import MELANOMA  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared/data/ham10000/images_200x150"
@@ -136,16 +138,17 @@ def throughput_row(precision: str, channels_last: bool, compiled: bool, sizes: S
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compiled else model
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    prec = engine.Precision(True, dtype, precision == "fp16")
+    prec = Precision(True, dtype, precision == "fp16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=prec.scaler)
-    scheduler = engine.build_scheduler(cfg, optimizer, sizes.steps)
+    scheduler = build_scheduler(cfg.train, optimizer, sizes.steps)
     batches = make_batches(sizes, n_meta, device)
     labels = np.array([0, 1])
     loss_fn = build_loss(cfg.train, MELANOMA, labels).to(device)
+    trainer = engine.Trainer(cfg.train, model, optimizer, scheduler, scaler, loss_fn, prec, device,
+                             net=net)
     runs = {
-        "melalib": lambda bs: engine.train_epoch(net, model, bs, loss_fn, optimizer, scheduler,
-                                                 scaler, prec, device, cfg, len(bs)),
+        "melalib": lambda bs: trainer.epoch(bs, len(bs)),
         "bare": lambda bs: bare_epoch(net, bs, optimizer, scaler, dtype, device,
                                       channels_last)}
     warm = batches[: sizes.warmup]

@@ -11,7 +11,7 @@ sizes, wall time, the command that made it); results are merged into ``docs/resu
     python benchmarks/real_results.py --render                      # JSON -> results.md only
 
 Everything goes through melalib: adapters, folds (`assign_folds`, `random_split`,
-`grouped_split`), `MetaEncoder`, the engine's `train` / `train_fold`, `evaluate_with_ci`
+`grouped_split`), `MetaEncoder`, the engine's `train` (with a table built here), `evaluate_with_ci`
 and the plots. Image models are trained from scratch (no pretrained weights here).
 ``--quick`` subsamples HAM10000 and caps the steps, and writes to ``<out>/results_quick.*``
 instead of ``docs/``.
@@ -158,31 +158,6 @@ def oof_with_ci(oof: pd.DataFrame, task: Task, n_boot: int) -> dict[str, dict[st
                    oof[task.prob_columns].to_numpy(dtype=np.float64), oof["group_id"], n_boot)
 
 
-def train_table(cfg: RunConfig, table: LesionTable, folds: Sequence[int] | None = None
-                ) -> tuple[dict[str, Any], Any]:
-    """`melalib.engine.train` for a table built here (the engine reads its table from the
-    config): same steps (run dir, image pre-flight, grouped folds unless ``table`` has a
-    ``fold`` column, `train_fold` per fold with resume, `finalize`), single process."""
-    from melalib.engine import finalize, preflight_images, resolve_device, train_fold
-    from melalib.folds import assign_folds
-    from melalib.runs import RunDir
-
-    run = RunDir.open(cfg)
-    table = preflight_images(table, cfg, run)
-    if "fold" not in table.df.columns:
-        table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
-                             stratify=cfg.data.fold_stratify)
-    table.validate()
-    run.save_table(table)
-    device = resolve_device(cfg.train.device)
-    for k in range(cfg.data.n_folds) if folds is None else folds:
-        if run.fold_done(k):
-            log.info("%s fold %d already finished; reusing it", cfg.name, k)
-            continue
-        train_fold(cfg, table, k, run, device=device, progress=False)
-    return finalize(run, table.task), run
-
-
 def run_summary(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Epochs actually run and best epochs per fold, from the run's history files."""
     epochs, best, seconds = [], [], 0.0
@@ -277,10 +252,14 @@ def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: b
                    cfg: RunConfig | None = None, preset: str = HAM_IMAGE_PRESET
                    ) -> dict[str, Any]:
     """Protocol A with `ham_image_cfg` (from scratch), or ``cfg`` made from ``preset``."""
+    from melalib.engine import train
+    from melalib.runs import RunDir
+
     started = time.perf_counter()
     table, leak = protocol_a_table(ham_table(ctx), grouped=grouped)
     cfg = cfg or ham_image_cfg(ctx, name, image_size, epochs, n_folds=2, use_meta=True)
-    summary, run = train_table(cfg, table, folds=[0])
+    summary = train(cfg, 0, table=table, progress=False)  # fold 0 = val, fold 1 = train
+    run = RunDir(cfg.run_dir, cfg)
     test = pd.read_csv(run.test_path(0), dtype={"image_id": str, "group_id": str})
     truth = table.df.set_index("image_id")
     ids = test["image_id"].to_numpy()
@@ -524,6 +503,9 @@ def ham_io_cost(ctx: Ctx) -> dict[str, Any]:
 def ham_protocol_b(ctx: Ctx, name: str, *, use_image: bool, use_meta: bool = True,
                    image_size: int = 28, epochs: int = 4, image_bytes: bool = False
                    ) -> dict[str, Any]:
+    from melalib.engine import train
+    from melalib.runs import RunDir
+
     started = time.perf_counter()
     table = ham_table(ctx, image_bytes=image_bytes)
     if use_image:
@@ -531,7 +513,8 @@ def ham_protocol_b(ctx: Ctx, name: str, *, use_image: bool, use_meta: bool = Tru
     else:
         cfg = ham_meta_cfg(ctx, name)
     keys = IMAGE_KEYS if use_image else META_KEYS
-    _summary, run = train_table(cfg, table)
+    train(cfg, -1, table=table, progress=False)
+    run = RunDir(cfg.run_dir, cfg)
     oof = run.load_oof()
     inputs = ("images + metadata (age, sex, site)" if use_image and use_meta else
               "images only" if use_image else
@@ -566,8 +549,8 @@ def ham_b_meta_bytes(ctx: Ctx) -> dict[str, Any]:
 
 # ------------------------------------------------------- metadata-only, sklearn baselines
 def folded_table(cfg: RunConfig) -> LesionTable:
-    """The table and folds the engine builds for ``cfg`` (`melalib.engine.build_table`)."""
-    from melalib.engine import build_table
+    """The table and folds the engine builds for ``cfg`` (`melalib.data.build.build_table`)."""
+    from melalib.data.build import build_table
 
     return build_table(cfg)
 

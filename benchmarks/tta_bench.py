@@ -3,7 +3,7 @@
     python benchmarks/tta_bench.py --n 128 --size 128 --backbone resnet18 --repeats 3
 
 Predicts ``--n`` real JPEGs (``--images``, default ../shared/data/ham10000/images_200x150;
-generated synthetic lesions when absent) with melalib's `engine.predict_probs` and a
+generated synthetic lesions when absent) with melalib's `runtime.predict_probs` and a
 `FusionNet` (random weights, 8 metadata features), one process, DataLoader without
 workers. Each interleaved round measures (CPU seconds, ``time.process_time``):
 
@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from melalib.data import dataset as dataset_mod
 from melalib.data.dataset import LesionDataset
-from melalib.engine import make_loader, predict_probs
 from melalib.models import FusionNet
+from melalib.runtime import make_loader, predict_probs
 from melalib.tasks import MELANOMA
 from melalib.transforms import build_transforms
 

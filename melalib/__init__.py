@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 
-def train(cfg: RunConfig, fold: int | None = None):
-    """Train ``cfg`` on one fold (or every fold); see `melalib.engine.train`."""
-    from .engine import train as _train
+def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None = None,
+          progress: bool = True):
+    """Train ``cfg`` on one fold (or every fold), on its dataset or on ``table``; see
+    `melalib.engine.train`."""
+    from .engine import train as _train  # the engine imports timm: not on `import melalib`
 
-    return _train(cfg, fold=fold)
+    return _train(cfg, fold=fold, table=table, progress=progress)

@@ -7,22 +7,32 @@ else (a class, a function such as ``os.system``) is refused before any of it run
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .errors import CheckpointError, WriteError
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError, WriteError
+from .features import MetaEncoder
 from .io import atomic_path, write_error
+from .models import build_model
+from .tasks import Task
 
 FORMAT = 1
+#: what a checkpoint of melalib's training loop holds besides the optimizer state
+MODEL_KEYS = ("model", "config", "task", "n_meta", "meta_encoder", "backbone", "n_outputs")
 
 
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalars and dtypes (rebuilt from a dtype and raw bytes, no code): older
     checkpoints may hold a numpy float in their history."""
+    # imported here: the module moved in numpy 2 (numpy.core -> numpy._core)
     try:  # numpy >= 2
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x (e.g. an older Kaggle image)
@@ -106,9 +116,6 @@ def check_compatible(state: dict[str, Any], *, path: str | Path, config: Any = N
     if diffs:
         raise CheckpointError(f"checkpoint {path} was made for another model ({'; '.join(diffs)})")
     if config is not None:
-        from .config import RunConfig
-        from .errors import ConfigError
-
         try:
             saved = RunConfig.from_dict(state.get("config") or {})
         except ConfigError as exc:
@@ -137,3 +144,50 @@ def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str 
         model.load_state_dict(state[key])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
+
+
+@dataclass
+class CheckpointModel:
+    """A model rebuilt from a checkpoint, with what it was trained with."""
+
+    model: nn.Module
+    encoder: MetaEncoder
+    cfg: RunConfig
+    task: Task
+    fold: int | None
+    best_epoch: int | None
+
+
+def load_model(path: str | Path, device: torch.device, *, config: RunConfig | None = None
+               ) -> CheckpointModel:
+    """The model of checkpoint ``path`` on ``device`` in eval mode (its EMA weights when it
+    holds them), rebuilt from its own config, task and metadata encoder; ``config``: the run's
+    config, which the checkpoint's must match. CheckpointError when it does not fit."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    missing = [k for k in MODEL_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by "
+                              "melalib's training loop")
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+        task = Task.from_dict(state["task"])
+        encoder = MetaEncoder.from_dict(state["meta_encoder"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds an unreadable config, task or metadata "
+                              f"encoder: {exc}") from exc
+    check_compatible(state, path=path, config=config, backbone=cfg.model.backbone,
+                     n_outputs=task.n_outputs, n_meta=encoder.dim)
+    # the checkpoint's weights replace any pretrained ones: never download or read them
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path="")
+    try:
+        model = build_model(model_cfg, task, encoder.dim)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {exc}") from exc
+    ema = state.get("ema")
+    weights = ema_weights(ema) if ema is not None else state["model"]
+    load_model_weights(model, {"model": weights}, path)
+    model.to(device).eval()
+    fold, best_epoch = state.get("fold"), state.get("best_epoch")
+    return CheckpointModel(model, encoder, cfg, task, None if fold is None else int(fold),
+                           None if best_epoch is None else int(best_epoch))

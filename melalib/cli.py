@@ -12,16 +12,22 @@ import logging
 import sys
 from typing import Any
 
-from .config import RunConfig
-from .data.prepare import PREPARE_ASPECTS
+from . import __version__
+from .config import RunConfig, get_preset, read_yaml_config
+from .data.prepare import PREPARE_ASPECTS, prepare_images
+from .ensemble import ensemble_cli
 from .errors import ConfigError, MelalibError
 from .io import json_text
+from .presets import PRESETS, describe
+from .reproduce import reproduce
+from .stack import stack_cli
+
+# engine, inference and weights (timm), demo and kaggle (the Jupyter stack) are imported by
+# their subcommands: `melalib --help`, `melalib presets` and `melalib prepare` stay quick.
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
     """Config from --preset, then --config YAML on top, then --set overrides and flags."""
-    from .config import get_preset, read_yaml_config
-
     flat: dict[str, Any] = get_preset(args.preset) if getattr(args, "preset", None) else {}
     if getattr(args, "config", None):
         flat.update(read_yaml_config(args.config))
@@ -75,8 +81,6 @@ def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare_images
-
     report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers,
                             aspect=args.aspect)
     print(report.summary())
@@ -84,8 +88,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .presets import PRESETS, describe
-
     width = max(map(len, PRESETS))
     for name in PRESETS:
         print(f"{name:<{width}}  {describe(name)}")
@@ -101,20 +103,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble import ensemble_cli
-
     return ensemble_cli(args)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from .stack import stack_cli
-
     return stack_cli(args, load_config(args))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
-
     result = reproduce(args.run_dir, atol=args.atol, output_dir=args.output_dir)
     print(json_text(result, sort_keys=False))
     return 0 if result["match"] else 1
@@ -175,9 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melalib",
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    for add in (_add_training_commands, _add_prediction_commands, _add_run_commands,
+                _add_kaggle_command):
+        add(sub)
+    return parser
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, prepare, presets."""
     p = sub.add_parser("train", help="train one fold or all folds (resumes an existing run)")
     _add_config_args(p)
     p.add_argument("--fold", type=int, help="fold to train (-1 = all; default from config)")
@@ -198,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named recipes for --preset")
     p.set_defaults(func=cmd_presets)
 
+
+def _add_prediction_commands(sub: argparse._SubParsersAction) -> None:
+    """predict, ensemble, stack."""
     p = sub.add_parser("predict", help="predict with a run or checkpoint (TTA)")
     p.add_argument("source", help="run folder or checkpoint file")
     p.add_argument("--out", required=True, help="CSV to write")
@@ -232,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_stack)
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """reproduce, demo, weights."""
     p = sub.add_parser("reproduce", help="re-run a finished run and compare its OOF")
     p.add_argument("run_dir", help="finished run folder (outputs/<name>)")
     p.add_argument("--atol", type=float, default=1e-5,
@@ -254,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file to write (with --write), e.g. for a Kaggle dataset")
     p.set_defaults(func=cmd_weights)
 
+
+def _add_kaggle_command(sub: argparse._SubParsersAction) -> None:
+    """kaggle-bundle."""
     p = sub.add_parser("kaggle-bundle", help="folder ready for `kaggle kernels push`")
     p.add_argument("out", help="bundle folder to write")
     p.add_argument("--kernel-id", dest="kernel_id", required=True, help="user/kernel-slug")
@@ -279,13 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--parameter", action="append", metavar="KEY=VALUE",
                    help="papermill parameter baked into the kernel notebook")
     p.set_defaults(func=cmd_kaggle_bundle)
-    return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

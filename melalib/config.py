@@ -22,12 +22,14 @@ import yaml
 from .data.adapters import DATASETS
 from .data.images import ALPHA_CHOICES
 from .data.synthetic import TASKS as SYNTHETIC_TASKS
+from .device import AMP_DTYPES
 from .errors import ConfigError
 from .features import FEATURE_SETS
 from .folds import STRATIFY
 from .losses import LOSSES
 from .losses import MODES as CLASS_WEIGHTING
 from .samplers import MODES as SAMPLERS
+from .schedules import SCHEDULERS
 from .targets import TARGETS
 from .transforms import ASPECTS, STRENGTHS, TTA_COUNTS
 
@@ -232,8 +234,8 @@ class RunConfig:
             if d.target != "label":
                 raise ConfigError("pseudo_run needs target=label (pseudo-labels are of the "
                                   "reported classes, not of the diagnosis classes)")
-        _choice("scheduler", t.scheduler, ("cosine", "plateau", "none"))
-        _choice("amp_dtype", t.amp_dtype, ("auto", "bf16", "fp16"))
+        _choice("scheduler", t.scheduler, SCHEDULERS)
+        _choice("amp_dtype", t.amp_dtype, AMP_DTYPES)
         _choice("loss", t.loss, LOSSES)
         _choice("class_weighting", t.class_weighting, CLASS_WEIGHTING)
         _choice("sampler", t.sampler, SAMPLERS)

@@ -25,11 +25,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from tqdm.auto import tqdm
+
 from . import progress as live
 from .config import get_preset
 from .errors import ConfigError, MelalibError, RunExistsError
 from .io import write_json
-from .notebook import NOTEBOOKS, notebooks_dir, project_root, resolve_path
+from .metrics import bootstrap_ci
+from .notebook import NOTEBOOKS, notebooks_dir, parameter_names, project_root, resolve_path
 
 log = logging.getLogger("melalib")
 
@@ -73,8 +77,7 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
     ``notebooks``, the ``figures``, the ``metrics`` (also in ``metrics.json``) and the
     seconds per notebook.
     """
-    import papermill
-    from tqdm.auto import tqdm
+    import papermill  # the Jupyter stack: imported when the demo runs, not with melalib
 
     params = demo_parameters(output_dir, quick, data_dir)
     params.update(dict(parameters or {}))
@@ -115,8 +118,6 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
 
 
 def _check_parameters(params: Mapping[str, Any]) -> None:
-    from .notebook import parameter_names
-
     unknown = sorted(set(params) - parameter_names())
     if unknown:
         raise ConfigError(f"unknown demo parameter(s) {unknown}; use config fields or "
@@ -179,10 +180,6 @@ def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
 def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, float] | None:
     """The run's pooled out-of-fold ``metric`` with a 95 % bootstrap CI resampling its
     groups (patients), or None when the run has no complete OOF."""
-    import pandas as pd
-
-    from .metrics import bootstrap_ci
-
     oof_path = run_dir / "oof.csv"
     if not metric or not oof_path.is_file():
         return None
@@ -200,7 +197,10 @@ def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, f
 
 def _check_kernel() -> None:
     """Warn when the ``python3`` kernel would not run this interpreter."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_client.kernelspec import (  # the Jupyter stack, as papermill above
+        KernelSpecManager,
+        NoSuchKernel,
+    )
 
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL)

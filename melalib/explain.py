@@ -27,11 +27,19 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from scipy import ndimage
 from torch import nn
+from torch.utils.data import default_collate
 
+from .data.synthetic import lesion_mask
 from .errors import ConfigError, DataError, MelalibError
+from .inference import load_predictor, open_run
 from .io import atomic_path
+from .models import gradcam_target_layers
+from .runtime import make_dataset
+from .targets import DIAGNOSIS_CLASSES, DX_PREFIX, diagnosis_cam_classes
 from .tasks import Task
+from .transforms import denormalize
 
 log = logging.getLogger("melalib")
 
@@ -94,6 +102,8 @@ def _has_image_branch(model: nn.Module) -> bool:
 
 
 def _cam_class(method: str) -> type:
+    # pytorch_grad_cam (grad-cam) is imported where a map is drawn: it is heavy (it pulls in
+    # scikit-learn, matplotlib and ttach) and nothing else in melalib needs it
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
 
     classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
@@ -103,7 +113,9 @@ def _cam_class(method: str) -> type:
 
 
 def _targets(n_outputs: int, n: int, target_class: int | Sequence[int] | None) -> list[Any]:
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import (  # heavy: see _cam_class
+        ClassifierOutputTarget,
+    )
 
     if target_class is None or isinstance(target_class, (int, np.integer)):
         classes = [target_class] * n
@@ -132,8 +144,6 @@ def grad_cam(model: nn.Module, batch: dict[str, Any] | torch.Tensor, method: str
     an int or one int per image picks the class (binary: 1 melanoma, 0 the benign
     direction). A metadata-only model raises MelalibError.
     """
-    from .models import gradcam_target_layers
-
     if not _has_image_branch(model):
         raise MelalibError(f"{type(model).__name__} is a metadata-only model: there is no "
                            "image to explain")
@@ -216,7 +226,7 @@ def _n_outputs(wrapper: nn.Module, x: torch.Tensor) -> int:
 def overlay(image_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """The map as a jet heatmap over the image: uint8 (H, W, 3); ``alpha`` is the heatmap's
     weight. A map of another size is resized to the image."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.image import show_cam_on_image  # heavy: see _cam_class
 
     image = np.asarray(image_uint8)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -346,12 +356,6 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
     `error_table`, the images as the model saw them (uint8 H x W x 3, de-normalised) and the
     maps (N, H, W), in table order.
     """
-    from torch.utils.data import default_collate
-
-    from .engine import make_dataset
-    from .inference import load_predictor, open_run
-    from .transforms import denormalize
-
     if target not in ("pred", "true"):
         raise ConfigError(f"target must be 'pred' or 'true', got {target!r}")
     run = open_run(run_dir)
@@ -391,8 +395,6 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
 
 def _diagnosis_targets(which: np.ndarray, oof: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     """Binary CAM targets of a diagnosis-trained run as its 9 classes (`melalib.targets`)."""
-    from .targets import DIAGNOSIS_CLASSES, DX_PREFIX, diagnosis_cam_classes
-
     dx = oof.assign(image_id=oof["image_id"].astype(str)).set_index("image_id")
     columns = [f"{DX_PREFIX}{c}" for c in DIAGNOSIS_CLASSES]
     return diagnosis_cam_classes(which, dx.loc[ids.astype(str), columns].to_numpy())
@@ -418,8 +420,6 @@ def estimate_lesion_mask(image_uint8: np.ndarray) -> np.ndarray:
     """A stand-in lesion mask (H, W) bool: the dark region by Otsu's threshold, keeping
     the dark component under the image centre, else the largest one not touching the
     border (the dermoscope's dark rim touches it), else the largest."""
-    from scipy import ndimage
-
     image = np.asarray(image_uint8, dtype=np.float64)
     gray = image @ np.array([0.299, 0.587, 0.114]) if image.ndim == 3 else image
     dark = gray <= otsu_threshold(gray)
@@ -442,8 +442,6 @@ def estimate_lesion_mask(image_uint8: np.ndarray) -> np.ndarray:
 def lesion_masks(image_paths: Sequence[str | Path], images: Sequence[np.ndarray]) -> np.ndarray:
     """Lesion masks (N, H, W) bool for explained images: the true mask where the data has
     one (synthetic data keeps them), else `estimate_lesion_mask`."""
-    from .data.synthetic import lesion_mask
-
     out = []
     for path, image in zip(image_paths, images, strict=True):
         mask = lesion_mask(path)

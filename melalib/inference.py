@@ -16,7 +16,6 @@ metadata_csv)` builds one from a folder of images and an optional metadata CSV.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -30,18 +29,20 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoints import check_compatible, ema_weights, load_checkpoint, load_model_weights
+from .checkpoints import load_model
 from .config import RunConfig
+from .device import resolve_device, resolve_precision
 from .errors import CheckpointError, ConfigError, DataError, MelalibError
 from .io import write_csv
 from .runs import RunDir
+from .runtime import make_dataset, make_loader, predict_probs
 from .table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
+from .targets import report_probs, report_task
 from .tasks import Task
 
 log = logging.getLogger("melalib")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-CHECKPOINT_KEYS = ("model", "config", "task", "n_meta", "meta_encoder", "backbone", "n_outputs")
 # Column names accepted for the canonical metadata in a user's CSV (first match wins).
 ALIASES = {
     "age": ("age", "age_approx"),
@@ -84,37 +85,10 @@ class Member:
 
 def load_member(path: Source, device: torch.device, *, config: RunConfig | None = None
                 ) -> tuple[Member, Task]:
-    """Rebuild the model and encoder of one checkpoint; CheckpointError if it does not fit."""
-    from .features import MetaEncoder
-    from .models import build_model
-
-    path = Path(path)
-    state = load_checkpoint(path)
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by "
-                              "melalib's training loop")
-    try:
-        cfg = RunConfig.from_dict(state["config"])
-        task = Task.from_dict(state["task"])
-        encoder = MetaEncoder.from_dict(state["meta_encoder"])
-    except (ConfigError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} holds an unreadable config, task or metadata "
-                              f"encoder: {exc}") from exc
-    check_compatible(state, path=path, config=config, backbone=cfg.model.backbone,
-                     n_outputs=task.n_outputs, n_meta=encoder.dim)
-    # the checkpoint's weights replace any pretrained ones: never download or read them
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path="")
-    try:
-        model = build_model(model_cfg, task, encoder.dim)
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {exc}") from exc
-    ema = state.get("ema")
-    weights = ema_weights(ema) if ema is not None else state["model"]
-    load_model_weights(model, {"model": weights}, path)
-    model.to(device).eval()
-    fold = state.get("fold")
-    return Member(model, encoder, cfg, path, int(fold) if fold is not None else None), task
+    """Rebuild the model and encoder of one checkpoint (`checkpoints.load_model`);
+    CheckpointError if it does not fit."""
+    loaded = load_model(path, device, config=config)
+    return Member(loaded.model, loaded.encoder, loaded.cfg, Path(path), loaded.fold), loaded.task
 
 
 # ------------------------------------------------------------------------------ predictor
@@ -169,9 +143,6 @@ class Predictor:
         Each member encodes the metadata with its own fold's encoder; the members'
         TTA-averaged probabilities are averaged.
         """
-        from .engine import make_dataset, make_loader, predict_probs, resolve_precision
-        from .targets import report_probs, report_task
-
         df = (df_or_table.df if isinstance(df_or_table, LesionTable) else df_or_table)
         df = df.reset_index(drop=True)
         origin = df_or_table.origin if isinstance(df_or_table, LesionTable) else None
@@ -278,8 +249,6 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
     A run folder contributes the best checkpoint of every finished fold (fold averaging);
     each must come from the run's config (compared field by field). Several checkpoints must share a task.
     """
-    from .engine import resolve_device
-
     dev = resolve_device(device)
     run: RunDir | None = None
     run_cfg: RunConfig | None = None

@@ -161,6 +161,7 @@ def bundle_notebook(notebook: str | Path, parameters: Mapping[str, Any], wheel_d
                     input_root: str = INPUT_ROOT) -> nbformat.NotebookNode:
     """The kernel notebook: install cell, then ``notebook`` parameterised papermill-style
     (kernelspec kept: Kaggle runs pushed notebooks with papermill)."""
+    # papermill (the Jupyter stack) only when a bundle is built
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
@@ -186,7 +187,7 @@ def bundle_notebook(notebook: str | Path, parameters: Mapping[str, Any], wheel_d
 def check_weights(backbone: str, weights_file: str | Path) -> None:
     """Load a local copy of the weights into ``backbone`` (ConfigError when they do not fit),
     so a mismatch shows at bundle time, not hours into a Kaggle session."""
-    from .models import create_backbone
+    from .models import create_backbone  # timm: only --weights-file needs it
 
     try:
         create_backbone(backbone, pretrained=True, pretrained_path=str(weights_file))

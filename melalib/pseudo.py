@@ -1,7 +1,7 @@
 """Pseudo-labels: confident test predictions of a finished run join a second training round.
 
 ``pseudo_run=<run folder>`` (with ``pseudo_threshold``, ``pseudo_weight``) makes
-`engine.build_table` call `add_pseudo_labels`: the run's fold-averaged test predictions give
+`data.build.build_table` call `add_pseudo_labels`: the run's fold-averaged test predictions give
 each test row of the new table a ``pseudo_label`` (binary: 1 where P(positive) >=
 threshold, 0 where P(positive) <= 1 - threshold; multiclass: the argmax where its probability
 >= threshold; -1 otherwise). The rows stay test rows (``split`` test, ``fold`` -1, predicted

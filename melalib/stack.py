@@ -41,8 +41,13 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
+from .data.adapters import load_table
+from .ensemble import load_runs, run_task
 from .errors import ConfigError, DataError, LeakageError, MelalibError
+from .folds import assign_folds
 from .io import write_csv, write_json
+from .metrics import evaluate, evaluate_with_ci
+from .runs import git_commit, package_versions
 from .table import SITES, LesionTable
 from .tasks import Task
 
@@ -65,6 +70,8 @@ def make_model(name: str = "hgb") -> ModelFactory:
     """Factory of the named model (``hgb``: HistGradientBoosting, ``logistic``)."""
     if name not in MODELS:
         raise ConfigError(f"stack model must be one of {', '.join(MODELS)}; got {name!r}")
+    # scikit-learn is imported where a stack is fitted: it is slow to import and only
+    # `melalib stack` needs it
     if name == "logistic":
         from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression
@@ -73,7 +80,7 @@ def make_model(name: str = "hgb") -> ModelFactory:
 
         return lambda seed: make_pipeline(SimpleImputer(), StandardScaler(),
                                           LogisticRegression(C=0.1, max_iter=2000))
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier  # see above
 
     return lambda seed: HistGradientBoostingClassifier(
         learning_rate=0.03, max_iter=250, max_leaf_nodes=15, min_samples_leaf=40,
@@ -94,8 +101,6 @@ def load_inputs(run_dirs: Sequence[str | Path]) -> StackInputs:
 
     Every run must be binary, list OOF predictions for every training row of the table,
     and agree with the table on each row's fold (the same grouped folds)."""
-    from .ensemble import load_runs, run_task
-
     if not run_dirs:
         raise ConfigError("stack needs at least one run folder (or a data config)")
     dirs = [Path(r) for r in run_dirs]
@@ -214,7 +219,7 @@ def _fit_predict(make: ModelFactory, X: pd.DataFrame, y: np.ndarray, folds: np.n
                  test_X: pd.DataFrame, n_seeds: int, importance: bool
                  ) -> tuple[np.ndarray, dict[int, np.ndarray], pd.DataFrame]:
     """Fold-wise fit on the other folds' rows only; OOF and per-fold test probabilities."""
-    from sklearn.inspection import permutation_importance
+    from sklearn.inspection import permutation_importance  # see make_model
 
     oof = np.zeros(len(X))
     test: dict[int, np.ndarray] = {}
@@ -284,8 +289,6 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
 def _metrics(inputs: StackInputs, oof: pd.DataFrame, df: pd.DataFrame, n_boot: int
              ) -> dict[str, Any]:
     """Training-run-shaped metrics.json, plus CIs and the input runs / their mean blend."""
-    from .metrics import evaluate, evaluate_with_ci
-
     task, prob = inputs.task, inputs.task.prob_columns[0]
     y = oof["label"].to_numpy()
     groups = patient_key(df.set_index("image_id").loc[oof["image_id"]].reset_index())
@@ -317,8 +320,6 @@ def _metrics(inputs: StackInputs, oof: pd.DataFrame, df: pd.DataFrame, n_boot: i
 
 def _baseline(task: Task, y: np.ndarray, p: pd.Series, groups: pd.Series, n_boot: int
               ) -> dict[str, Any]:
-    from .metrics import evaluate_with_ci
-
     ci = evaluate_with_ci(task, y, p.to_numpy(), groups=groups.to_numpy(), n_boot=n_boot,
                           metrics=("roc_auc", "pr_auc", "pauc_80"))
     return {r["metric"]: {k: r[k] for k in ("estimate", "low", "high")}
@@ -327,8 +328,6 @@ def _baseline(task: Task, y: np.ndarray, p: pd.Series, groups: pd.Series, n_boot
 
 def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, pd.DataFrame],
            imp: pd.DataFrame, metrics: dict[str, Any]) -> None:
-    from .runs import git_commit, package_versions
-
     out.mkdir(parents=True, exist_ok=True)
     inputs.table.save(out / "table")
     write_json(out / "run.json", {
@@ -363,9 +362,6 @@ def stack_cli(args: Any, cfg: RunConfig) -> int:
     if args.runs:
         inputs = load_inputs(args.runs)
     else:
-        from .data.adapters import load_table
-        from .folds import assign_folds
-
         table = assign_folds(load_table(cfg.data), n_folds=cfg.data.n_folds,
                              seed=cfg.data.fold_seed, stratify=cfg.data.fold_stratify)
         inputs = table_inputs(table)

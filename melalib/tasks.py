@@ -73,24 +73,17 @@ class Task:
 
     def targets(self, labels: np.ndarray) -> np.ndarray:
         """Training targets from integer labels: float (N,) binary, int (N,) multiclass,
-        float one-hot (N, K) multilabel."""
+        float one-hot (N, K) multilabel; an unknown label (< 0) stays -1 (a zero row when
+        multilabel)."""
         labels = np.asarray(labels, dtype=np.int64)
         if self.kind == "binary":
             return labels.astype(np.float32)
         if self.kind == "multiclass":
             return labels
-        return np.eye(self.n_classes, dtype=np.float32)[labels]
-
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Logits (N, n_outputs) to probabilities of the same shape."""
-        logits = np.asarray(logits, dtype=np.float64)
-        if logits.ndim == 1:
-            logits = logits[:, None]
-        if self.kind == "multiclass":
-            z = logits - logits.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(axis=1, keepdims=True)
-        return 1.0 / (1.0 + np.exp(-logits))
+        onehot = np.zeros((len(labels), self.n_classes), dtype=np.float32)
+        known = np.flatnonzero(labels >= 0)
+        onehot[known, labels[known]] = 1.0
+        return onehot
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

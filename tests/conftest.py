@@ -66,3 +66,20 @@ def tiny_cfg(tmp_path: Path, synthetic_root: Path):
         return RunConfig.from_dict(params)
 
     return make
+
+
+def untrained_checkpoint(cfg, task, fold: int, model, encoder, ema=None) -> dict:
+    """The engine's ``best`` checkpoint (`FoldState.checkpoint`) of an untrained ``model``
+    recorded as one finished epoch scoring 0.5; ``ema``: anything with ``state_dict()``."""
+    import torch
+
+    from melalib.device import FP32
+    from melalib.engine import FoldState, Trainer
+    from melalib.schedules import build_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters())
+    trainer = Trainer(cfg.train, model, optimizer, build_scheduler(cfg.train, optimizer, 1),
+                      torch.amp.GradScaler("cpu", enabled=False), torch.nn.BCEWithLogitsLoss(),
+                      FP32, torch.device("cpu"), ema=ema)
+    return FoldState(cfg, task, fold, encoder, trainer, epoch=1, best=0.5, best_epoch=1,
+                     history=[{"epoch": 1}]).checkpoint()

@@ -168,3 +168,36 @@ def test_private_import_check_finds_one(tmp_path: Path) -> None:
     (package / "b.py").write_text("__version__ = '1'\n")
     found = [(m, t, n) for m, t, n, _ in _imports(_modules(package)) if n.startswith("_")]
     assert ("pkg.a", "pkg.b", "_helper") in found
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``module:line name (n lines)`` for every function or method longer than ``limit``
+    lines (decorators excluded, docstring and blank lines included)."""
+    found = []
+    for module, path in _modules(package).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    found.append(f"{module}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_the_limit() -> None:
+    """Small functions: none in melalib over `MAX_FUNCTION_LINES` lines; split a longer one
+    into named steps."""
+    assert _long_functions() == []
+
+
+def test_the_length_check_counts_methods_and_nested_functions(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(5))
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text(f"def short():\n{body}\n\nclass C:\n    def long(self):\n"
+                                  + body.replace("    ", "        ") * 2
+                                  + "        def inner():\n" + body.replace("    ", "            "))
+    assert _long_functions(package, limit=6) == ["pkg.a:10 long (17 lines)"]

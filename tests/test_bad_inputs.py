@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import melalib
-from melalib import engine
+from melalib import device, engine
 from melalib.cli import main
 from melalib.config import DataConfig
 from melalib.data.adapters import load_custom_csv, load_table
@@ -331,7 +331,7 @@ def _env() -> dict[str, str]:
 
 # ------------------------------------------------------------------ swapped checkpoints
 def _crash_in_second_epoch(monkeypatch) -> None:
-    real = engine._train_epoch
+    real = engine.Trainer.epoch
     calls = {"n": 0}
 
     def crash(*args, **kwargs):
@@ -340,7 +340,7 @@ def _crash_in_second_epoch(monkeypatch) -> None:
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_epoch", crash)
+    monkeypatch.setattr(engine.Trainer, "epoch", crash)
 
 
 @pytest.mark.parametrize(("other", "words"), [
@@ -379,7 +379,7 @@ def test_auto_precision_uses_bf16_only_where_it_is_native(tiny_cfg, monkeypatch,
         return native or (including_emulation and emulated)
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    precision = engine.resolve_precision(tiny_cfg(amp=True, amp_dtype="auto"),
+    precision = device.resolve_precision(tiny_cfg(amp=True, amp_dtype="auto"),
                                          torch.device("cuda"))
     assert precision.enabled and precision.dtype == getattr(torch, dtype)
     assert precision.scaler == (dtype == "float16")  # fp16 needs a gradient scaler

@@ -113,7 +113,7 @@ def test_config_reference_doc_is_current() -> None:
 def test_choices_are_the_owners_registries() -> None:
     """validate accepts every choice its owner lists (and only those): a value added to an
     owner's registry is a valid config value without editing config.py."""
-    from melalib import features, folds, losses, samplers, targets, transforms
+    from melalib import device, features, folds, losses, samplers, schedules, targets, transforms
     from melalib.data import adapters, images, synthetic
 
     owners = {"dataset": adapters.DATASETS, "synthetic_task": tuple(synthetic.TASKS),
@@ -121,7 +121,8 @@ def test_choices_are_the_owners_registries() -> None:
               "augment": transforms.STRENGTHS, "features": features.FEATURE_SETS,
               "image_alpha": images.ALPHA_CHOICES, "target": targets.TARGETS,
               "loss": losses.LOSSES, "class_weighting": losses.MODES,
-              "sampler": samplers.MODES, "tta": transforms.TTA_COUNTS}
+              "sampler": samplers.MODES, "tta": transforms.TTA_COUNTS,
+              "scheduler": schedules.SCHEDULERS, "amp_dtype": device.AMP_DTYPES}
     needs = {"custom": {"custom_csv": "x.csv"}, "image_folder": {"data_dir": "imgs"}}
     for key, choices in owners.items():
         for value in choices:

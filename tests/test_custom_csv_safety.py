@@ -76,7 +76,7 @@ def _cfg(tiny_cfg, csv: Path, **kw: object) -> melalib.RunConfig:
 
 
 def test_predefined_folds_are_used_and_audited(tiny_cfg, image_csv) -> None:
-    from melalib.engine import build_table
+    from melalib.data.build import build_table
 
     folds = [(i // 4) % 2 for i in range(16)]  # patients whole, two folds
     table = build_table(_cfg(tiny_cfg, image_csv(folds)))

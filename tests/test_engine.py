@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import melalib
-from melalib import engine
+from melalib import device, engine, runtime
 from melalib.checkpoints import check_compatible, load_checkpoint
 from melalib.errors import CheckpointError, ConfigError, RunExistsError
 from melalib.runs import RunDir
+from melalib.schedules import build_scheduler
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -58,7 +59,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_cfg, monkeypatch) -> N
     whole = tiny_cfg(name="whole", epochs=3, fold=0)
     melalib.train(whole)
     crashed = tiny_cfg(name="crashed", epochs=3, fold=0)
-    real_epoch = engine._train_epoch
+    real_epoch = engine.Trainer.epoch
     calls = {"n": 0}
 
     def crash_on_third_epoch(*args, **kwargs):
@@ -67,12 +68,12 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_cfg, monkeypatch) -> N
             raise KeyboardInterrupt("simulated crash")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_epoch", crash_on_third_epoch)
+    monkeypatch.setattr(engine.Trainer, "epoch", crash_on_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         melalib.train(crashed)
     assert load_checkpoint(crashed.run_dir / "checkpoints/fold0_last.pt")["epoch"] == 2
     assert not (crashed.run_dir / "oof_fold0.csv").exists()
-    monkeypatch.setattr(engine, "_train_epoch", real_epoch)
+    monkeypatch.setattr(engine.Trainer, "epoch", real_epoch)
     melalib.train(crashed)  # resumes at epoch 3
     a = load_checkpoint(whole.run_dir / "checkpoints/fold0_last.pt")
     b = load_checkpoint(crashed.run_dir / "checkpoints/fold0_last.pt")
@@ -175,7 +176,7 @@ def test_bad_requests_fail_before_training(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match="dual_image=true needs a paired dataset"):
         melalib.train(tiny_cfg(fold=0, dual_image=True))
     with pytest.raises(ConfigError, match="CUDA is not available"):
-        engine.resolve_device("cuda") if not torch.cuda.is_available() else \
+        device.resolve_device("cuda") if not torch.cuda.is_available() else \
             (_ for _ in ()).throw(ConfigError("CUDA is not available"))
 
 
@@ -183,7 +184,7 @@ def test_cosine_schedule_warms_up_then_decays(tiny_cfg) -> None:
     cfg = tiny_cfg(epochs=4, warmup_epochs=1.0, lr=1.0)
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    sched = engine.build_scheduler(cfg, opt, steps_per_epoch=10)
+    sched = build_scheduler(cfg.train, opt, steps_per_epoch=10)
     lrs = []
     for _ in range(40):
         lrs.append(opt.param_groups[0]["lr"])
@@ -212,8 +213,8 @@ def test_torch_compile_trains(tiny_cfg) -> None:
 
 
 def _count_validation_passes(monkeypatch) -> dict[int, int]:
-    """Wrap engine.predict_probs: number of calls per dataset length."""
-    real = engine.predict_probs
+    """Wrap runtime.predict_probs: number of calls per dataset length."""
+    real = runtime.predict_probs
     calls: dict[int, int] = {}
 
     def counting(model, loader, *args, **kwargs):
@@ -221,7 +222,7 @@ def _count_validation_passes(monkeypatch) -> dict[int, int]:
         calls[n] = calls.get(n, 0) + 1
         return real(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "predict_probs", counting)
+    monkeypatch.setattr(runtime, "predict_probs", counting)
     return calls
 
 
@@ -261,8 +262,124 @@ def test_augment_reaches_the_training_transform(tiny_cfg, augment: str) -> None:
     cfg = tiny_cfg(augment=augment)
     table = load_table(cfg.data)
     df = table.train.head(4)
-    train_ds = engine.make_dataset(cfg, table, df, None, train=True)
+    train_ds = runtime.make_dataset(cfg, table, df, None, train=True)
     assert train_ds.transform.strength == augment
-    assert engine.make_dataset(cfg, table, df, None, train=False).transform.strength == "none"
-    default = engine.make_dataset(tiny_cfg(), table, df, None, train=True)
+    assert runtime.make_dataset(cfg, table, df, None, train=False).transform.strength == "none"
+    default = runtime.make_dataset(tiny_cfg(), table, df, None, train=True)
     assert default.transform.strength == "medium"
+
+
+# ------------------------------------------------------------------- a table handed in
+def _hand_made(cfg, patients: int) -> pd.DataFrame:
+    """The first ``patients`` patients of the tiny synthetic data, as a caller's own frame."""
+    from melalib.data.adapters import load_table
+
+    df = load_table(cfg.data).df
+    keep = sorted(df["group_id"].unique())[:patients]
+    return df[df["group_id"].isin(keep)].reset_index(drop=True)
+
+
+def test_train_on_a_table_without_folds_assigns_grouped_folds(tiny_cfg) -> None:
+    from melalib.table import LesionTable
+    from melalib.tasks import MELANOMA
+
+    cfg = tiny_cfg(name="handed", fold=0)
+    df = _hand_made(cfg, 12)
+    summary = melalib.train(cfg, table=LesionTable(df, MELANOMA, origin="mine"), progress=False)
+    stored = RunDir(cfg.run_dir, cfg).load_table().df
+    assert sorted(stored["image_id"]) == sorted(df["image_id"])  # this table, not cfg's data
+    train = stored[stored["split"] == "train"]
+    assert set(train["fold"]) == {0, 1}
+    assert train.groupby("group_id")["fold"].nunique().max() == 1  # grouped by patient
+    oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv", dtype={"image_id": str})
+    assert sorted(oof["image_id"]) == sorted(train.loc[train["fold"] == 0, "image_id"])
+    assert summary["folds_done"] == [0]
+
+
+def test_train_on_a_table_keeps_its_fold_column(tiny_cfg) -> None:
+    from melalib.errors import LeakageError
+    from melalib.table import LesionTable
+    from melalib.tasks import MELANOMA
+
+    cfg = tiny_cfg(name="own-folds", fold=1)
+    df = _hand_made(cfg, 12)
+    patients = sorted(df["group_id"].unique())
+    df["fold"] = np.where(df["split"] == "train",
+                          df["group_id"].map({g: i % 2 for i, g in enumerate(patients)}), -1)
+    melalib.train(cfg, table=LesionTable(df, MELANOMA), progress=False)
+    stored = RunDir(cfg.run_dir, cfg).load_table().df.set_index("image_id")
+    assert (stored.loc[df["image_id"], "fold"].to_numpy() == df["fold"].to_numpy()).all()
+    oof = pd.read_csv(cfg.run_dir / "oof_fold1.csv", dtype={"image_id": str})
+    assert sorted(oof["image_id"]) == sorted(df.loc[df["fold"] == 1, "image_id"])
+    train = df[df["split"] == "train"]
+    sizes = train.groupby("group_id").size()
+    rows = train.index[train["group_id"] == sizes[sizes >= 2].index[0]]
+    leaky = df.copy()
+    leaky.loc[rows[0], "fold"] = 1 - leaky.loc[rows[0], "fold"]  # one patient in both folds
+    with pytest.raises(LeakageError):  # refused, as for a custom_fold_column
+        melalib.train(tiny_cfg(name="leaky", fold=0), table=LesionTable(leaky, MELANOMA))
+
+
+# ------------------------------------------------------------------------- fold state
+def _meta_only_state(cfg, seed: int):
+    """A metadata-only model's FoldState on the tiny data, and its training batches."""
+    from melalib.data.adapters import load_table
+    from melalib.features import MetaEncoder
+    from melalib.losses import build_loss
+    from melalib.models import build_model
+    from melalib.tasks import MELANOMA
+
+    df = load_table(cfg.data).train.reset_index(drop=True)
+    encoder = MetaEncoder("default").fit(df)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, MELANOMA, encoder.dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    labels = df["label"].to_numpy()
+    trainer = engine.Trainer(cfg.train, model, optimizer,
+                             build_scheduler(cfg.train, optimizer, 2),
+                             torch.amp.GradScaler("cpu", enabled=False),
+                             build_loss(cfg.train, MELANOMA, labels), device.FP32,
+                             torch.device("cpu"))
+    meta = torch.from_numpy(encoder.transform(df))
+    batches = [{"meta": meta[i::2], "target": torch.from_numpy(labels[i::2]).float(),
+                "index": torch.arange(len(df))[i::2]} for i in range(2)]
+    return engine.FoldState(cfg, MELANOMA, 0, encoder, trainer), batches
+
+
+def _epoch(state, batches, epoch: int, score: float) -> None:
+    torch.manual_seed(100 + epoch)  # dropout: the engine re-seeds every epoch the same way
+    loss = state.trainer.epoch(batches, len(batches))
+    state.record({"fold": 0, "epoch": epoch, "train_loss": loss, "seconds": 0.0}, score,
+                 np.zeros((1, 1)))
+
+
+def test_fold_state_save_and_resume_continue_bit_identically(tiny_cfg, tmp_path) -> None:
+    cfg = tiny_cfg(use_image=False, epochs=3)
+    run = RunDir(tmp_path / "run", cfg)
+    (run.path / "checkpoints").mkdir(parents=True)
+    whole, batches = _meta_only_state(cfg, seed=0)
+    _epoch(whole, batches, 1, 0.7)
+    whole.save(run, best=True)
+    _epoch(whole, batches, 2, 0.6)
+    _epoch(whole, batches, 3, 0.8)
+
+    resumed, _ = _meta_only_state(cfg, seed=1)  # other initial weights: all come from the file
+    assert resumed.resume(run)
+    assert (resumed.epoch, resumed.best, resumed.best_epoch, resumed.stale) == (1, 0.7, 1, 0)
+    assert resumed.history == whole.history[:1] and resumed.best_val_probs is None
+    _epoch(resumed, batches, 2, 0.6)
+    _epoch(resumed, batches, 3, 0.8)
+    assert (resumed.epoch, resumed.best_epoch, resumed.stale) == (3, 3, 0)
+    a, b = whole.trainer.model.state_dict(), resumed.trainer.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.trainer.scheduler.state_dict() == resumed.trainer.scheduler.state_dict()
+    best = load_checkpoint(run.checkpoint(0, "best"))
+    assert best["epoch"] == best["best_epoch"] == 1 and "optimizer" not in best
+    assert "optimizer" in load_checkpoint(run.checkpoint(0, "last"))
+
+
+def test_fold_state_without_a_checkpoint_starts_fresh(tiny_cfg, tmp_path) -> None:
+    cfg = tiny_cfg(use_image=False)
+    state, _ = _meta_only_state(cfg, seed=0)
+    assert not state.resume(RunDir(tmp_path / "none", cfg))
+    assert (state.epoch, state.best, state.history) == (0, -np.inf, [])

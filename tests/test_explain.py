@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import untrained_checkpoint
 from PIL import Image
 
 from melalib.checkpoints import save_checkpoint
 from melalib.config import ModelConfig, RunConfig
-from melalib.engine import _checkpoint_state
 from melalib.errors import MelalibError
 from melalib.explain import (
     ImageOnlyWrapper,
@@ -271,8 +271,7 @@ def _run(root: Path) -> tuple[RunDir, LesionTable]:
         torch.manual_seed(k)
         model = build_model(cfg.model, MELANOMA, enc.dim)
         save_checkpoint(run.checkpoint(k, "best"),
-                        _checkpoint_state(cfg, MELANOMA, k, model, enc, [{"epoch": 1}], 0.5, 1,
-                                          0, None))
+                        untrained_checkpoint(cfg, MELANOMA, k, model, enc))
         pd.DataFrame({"image_id": val["image_id"], "group_id": val["group_id"], "fold": k,
                       "label": val["label"], "prob_melanoma": np.array(p)[val.index]}
                      ).to_csv(run.oof_path(k), index=False)
@@ -280,8 +279,8 @@ def _run(root: Path) -> tuple[RunDir, LesionTable]:
 
 
 def test_explain_errors_uses_each_rows_fold(tmp_path: Path) -> None:
-    from melalib.engine import make_dataset
     from melalib.inference import load_predictor
+    from melalib.runtime import make_dataset
 
     run, table = _run(tmp_path)
     errors, images, cams = explain_errors(run.path, kind="fn", top=2, target="true")

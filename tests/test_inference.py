@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import untrained_checkpoint
 from PIL import Image
 
 from melalib.checkpoints import save_checkpoint
 from melalib.config import RunConfig
-from melalib.engine import _checkpoint_state
 from melalib.errors import CheckpointError, ConfigError, DataError, ImageError
 from melalib.features import MetaEncoder
 from melalib.inference import load_predictor, predict_cli
@@ -83,14 +83,13 @@ def fold_checkpoint(cfg: RunConfig, table: LesionTable, fold: int, path: Path, s
         torch.manual_seed(ema_seed)
         used = build_model(cfg.model, table.task, encoder.dim)
         ema = _FakeEma({f"module.{k}": v for k, v in used.state_dict().items()})
-    state = _checkpoint_state(cfg, table.task, fold, model, encoder, [{"epoch": 1}], 0.5, 1, 0,
-                              ema)
+    state = untrained_checkpoint(cfg, table.task, fold, model, encoder, ema)
     save_checkpoint(path, state)
     return used.eval(), encoder
 
 
 class _FakeEma:
-    """Stands in for timm's ModelEmaV3 in `_checkpoint_state` (keys prefixed 'module.')."""
+    """Stands in for timm's ModelEmaV3 in `FoldState.checkpoint` (keys prefixed 'module.')."""
 
     def __init__(self, state: dict) -> None:
         self.state = state

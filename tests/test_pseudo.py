@@ -41,7 +41,8 @@ def _folded(n_train: int = 30, n_test: int = 10) -> pd.DataFrame:
 
 
 def test_no_pseudo_labelled_row_enters_a_validation_fold(tiny_cfg) -> None:
-    from melalib.engine import build_table, fold_data
+    from melalib.data.build import build_table
+    from melalib.runtime import fold_data
 
     cfg = tiny_cfg()
     table = build_table(cfg)

@@ -17,7 +17,7 @@ import melalib
 from melalib.cli import main
 from melalib.config import RunConfig
 from melalib.data.adapters import load_table
-from melalib.engine import preflight_images
+from melalib.data.build import preflight_images
 from melalib.folds import assign_folds
 from melalib.runs import RunDir
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from melalib.errors import DataError, ImageError, LeakageError
+from melalib.runtime import probabilities
 from melalib.table import SITE_MAP, SITES, LesionTable, normalize_ages, normalize_values
 from melalib.tasks import HAM7, MELANOMA, MILK11, Task
 
@@ -117,10 +119,22 @@ def test_vocabularies() -> None:
 def test_task_shapes_and_probabilities() -> None:
     assert MELANOMA.n_outputs == 1 and MELANOMA.prob_columns == ["prob_melanoma"]
     assert HAM7.n_outputs == 7 and MILK11.n_outputs == 11
-    p = HAM7.probabilities(np.zeros((2, 7)))
+    p = probabilities(torch.zeros((2, 7)), HAM7).numpy()
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
-    np.testing.assert_allclose(MELANOMA.probabilities(np.array([0.0, 100.0])).ravel(), [0.5, 1.0])
+    np.testing.assert_allclose(probabilities(torch.tensor([[0.0], [100.0]]), MELANOMA).ravel(),
+                               [0.5, 1.0])
     assert MILK11.targets(np.array([2])).tolist()[0][2] == 1.0
+
+
+def test_targets_of_unknown_labels() -> None:
+    """The dataset's targets: unlabelled rows (-1) stay -1, or a zero row when multilabel."""
+    labels = np.array([1, -1, 0])
+    assert MELANOMA.targets(labels).tolist() == [1.0, -1.0, 0.0]
+    assert MELANOMA.targets(labels).dtype == np.float32
+    assert HAM7.targets(labels).tolist() == [1, -1, 0] and HAM7.targets(labels).dtype == np.int64
+    onehot = MILK11.targets(labels)
+    assert onehot.dtype == np.float32 and onehot.sum(axis=1).tolist() == [1.0, 0.0, 1.0]
+    assert onehot[0, 1] == 1.0 and onehot[2, 0] == 1.0
     assert Task.from_dict(HAM7.to_dict()) == HAM7
     with pytest.raises(Exception, match="exactly 2 classes"):
         Task("x", "binary", ("a", "b", "c"), "roc_auc")

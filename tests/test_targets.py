@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from melalib.errors import ConfigError, DataError
+from melalib.runtime import probabilities
 from melalib.table import LesionTable
 from melalib.targets import (
     DIAG9,
@@ -64,7 +66,7 @@ def test_training_table_keeps_the_binary_label() -> None:
 
 def test_melanoma_score_is_the_softmax_column() -> None:
     logits = np.random.default_rng(0).normal(size=(5, 9))
-    probs = DIAG9.probabilities(logits)
+    probs = probabilities(torch.from_numpy(logits), DIAG9).numpy()
     assert np.array_equal(report_probs(probs, DIAG9)[:, 0], probs[:, 0])
     assert np.array_equal(report_probs(probs, MELANOMA), probs)
 

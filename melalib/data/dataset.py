@@ -111,14 +111,7 @@ class LesionDataset(Dataset):
                 row = int(np.flatnonzero(labels >= k)[0])
                 raise DataError(f"label {labels[row]} is outside 0..{k - 1}", file=self.origin,
                                 row=row + 1, column="label")
-        known = labels >= 0
-        if self.task.kind == "binary":
-            return torch.from_numpy(labels.astype(np.float32))
-        if self.task.kind == "multiclass":
-            return torch.from_numpy(labels)
-        onehot = np.zeros((n, k), dtype=np.float32)
-        onehot[np.flatnonzero(known), labels[known]] = 1.0
-        return torch.from_numpy(onehot)
+        return torch.from_numpy(self.task.targets(labels))
 
     # ------------------------------------------------------------------ epoch
     def set_epoch(self, epoch: int) -> None:

@@ -528,7 +528,30 @@ def _render(shape: dict[str, Any], patient: pd.Series, size: int, rng: np.random
     spec = shape["spec"]
     t = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(t, t, indexing="ij")
-    # skin: tone palette, patient tint, texture, pixel noise, lighting gradient
+    img, skin = _skin(patient, size, rng, xx, yy, clinical=clinical)
+    geo = _geometry(shape, size, rng, xx, yy, clinical=clinical, view=view)
+    lesion = _lesion_colours(shape, patient, skin, geo, clinical=clinical)
+    alpha = geo["alpha"]
+    img = img * (1 - alpha[..., None] * spec["opacity"]) + lesion * (alpha * spec["opacity"])[
+        ..., None]
+    if not clinical:  # dermoscope: vignetting and the dark rim of the round field
+        d0 = np.hypot(xx, yy)
+        img *= (1 - float(patient["vignette"]) * d0**2 / 2)[..., None]
+        rim = 1 / (1 + np.exp(-np.clip((float(patient["scope"]) - d0) / 0.03, -30, 30)))
+        img *= rim[..., None]
+    pixels = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(pixels)
+    if hairs:
+        _draw_hairs(pil, rng, hairs, float(patient["hair_shade"]))
+    if clinical:
+        pil = pil.filter(ImageFilter.GaussianBlur(radius=max(0.5, size / 128)))
+    return np.asarray(pil), np.where(alpha > 0.5, 255, 0).astype(np.uint8)
+
+
+def _skin(patient: pd.Series, size: int, rng: np.random.Generator, xx: np.ndarray,
+          yy: np.ndarray, *, clinical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The skin image (size, size, 3) float and its base colour: tone palette, patient
+    tint, texture, pixel noise, lighting gradient."""
     tone = float(patient["tone"])
     lo = min(int(tone), 4)
     skin = _SKIN[lo] + (tone - lo) * (_SKIN[lo + 1] - _SKIN[lo])
@@ -540,8 +563,15 @@ def _render(shape: dict[str, Any], patient: pd.Series, size: int, rng: np.random
     img = skin[None, None, :] * (1 + tex[..., None]) + rng.normal(0, 0.01, (size, size, 3))
     ang = float(patient["light_angle"]) + (0.8 if clinical else 0.0)
     light = 1 + float(patient["light"]) * 0.5 * (np.cos(ang) * xx + np.sin(ang) * yy)
-    img = img * light[..., None]
-    # lesion geometry in this view: rotation, scale, shift
+    return img * light[..., None], skin
+
+
+def _geometry(shape: dict[str, Any], size: int, rng: np.random.Generator, xx: np.ndarray,
+              yy: np.ndarray, *, clinical: bool, view: int) -> dict[str, np.ndarray]:
+    """The lesion's outline in this view (rotation, scale, shift): per pixel its distance
+    from the centre ``dist``, border radius ``r``, opacity ``alpha`` and lesion-frame
+    coordinates ``lx`` / ``ly``."""
+    spec = shape["spec"]
     rot = rng.uniform(0, 2 * np.pi) if view > 0 else 0.0
     scale = (0.6 if clinical else 1.0) * (math.exp(rng.normal(0, 0.08)) if view > 0 else 1.0)
     shift = rng.normal(0, 0.12 if clinical else 0.04, 2) if (view > 0 or clinical) else 0.0
@@ -559,8 +589,15 @@ def _render(shape: dict[str, Any], patient: pd.Series, size: int, rng: np.random
     alpha = 1 / (1 + np.exp(-np.clip((r - dist) / edge, -30, 30)))
     lx = (dx * math.cos(rot) + dy * math.sin(rot)) / radius
     ly = (-dx * math.sin(rot) + dy * math.cos(rot)) / radius
-    # colours: a soft partition of the lesion among its palette (variegation)
-    colours = shape["colours"]
+    return {"dist": dist, "r": r, "alpha": alpha, "lx": lx, "ly": ly}
+
+
+def _lesion_colours(shape: dict[str, Any], patient: pd.Series, skin: np.ndarray,
+                    geo: dict[str, np.ndarray], *, clinical: bool) -> np.ndarray:
+    """The lesion's colour per pixel: a soft partition among its palette (variegation),
+    then the diagnosis' structures (texture, vessels, scale, keratin, crust, dots)."""
+    spec, colours = shape["spec"], shape["colours"]
+    dist, r, lx, ly = geo["dist"], geo["r"], geo["lx"], geo["ly"]
     k = len(colours)
     fields = _eval_fields(shape["fields"], lx, ly, slice(0, k))
     w = np.exp(spec["mix"] * (fields - fields.max(axis=0, keepdims=True)))
@@ -593,20 +630,7 @@ def _render(shape: dict[str, Any], patient: pd.Series, size: int, rng: np.random
             ly[None] - shape["dots"][:, 1, None, None]) ** 2
         dots = np.exp(-d2 / 0.003).max(axis=0)
         lesion = _blend(lesion, np.array([0.08, 0.05, 0.05]), dots * 0.6)
-    img = img * (1 - alpha[..., None] * spec["opacity"]) + lesion * (alpha * spec["opacity"])[
-        ..., None]
-    if not clinical:  # dermoscope: vignetting and the dark rim of the round field
-        d0 = np.hypot(xx, yy)
-        img *= (1 - float(patient["vignette"]) * d0**2 / 2)[..., None]
-        rim = 1 / (1 + np.exp(-np.clip((float(patient["scope"]) - d0) / 0.03, -30, 30)))
-        img *= rim[..., None]
-    pixels = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-    pil = Image.fromarray(pixels)
-    if hairs:
-        _draw_hairs(pil, rng, hairs, float(patient["hair_shade"]))
-    if clinical:
-        pil = pil.filter(ImageFilter.GaussianBlur(radius=max(0.5, size / 128)))
-    return np.asarray(pil), np.where(alpha > 0.5, 255, 0).astype(np.uint8)
+    return lesion
 
 
 def lesion_mask(image_path: str | os.PathLike[str]) -> np.ndarray | None:

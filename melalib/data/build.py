@@ -1,0 +1,90 @@
+"""The table a run trains on: loaded (or handed in), images pre-flighted, folds assigned,
+pseudo-labels added, validated and stored in the run folder.
+
+`build_table(cfg, run, table=None)` composes the data layer's steps (adapters, image checks,
+folds, pseudo-labels) for `melalib.engine.train`; `preflight_images` is its image check.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ..config import RunConfig
+from ..errors import ImageError
+from ..folds import assign_folds, check_predefined_folds
+from ..io import write_csv
+from ..pseudo import add_pseudo_labels
+from ..runs import RunDir
+from ..table import LesionTable
+from .adapters import load_table
+from .dataset import check_images_readable, find_unlisted_images
+from .images import ImageOptions
+
+log = logging.getLogger("melalib")
+
+
+def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None
+                ) -> LesionTable:
+    """Load the dataset (or take ``table``), pre-flight its images, assign grouped folds
+    unless the table has a ``fold`` column (then checked), add pseudo-labels, validate, and
+    store the result in ``run``."""
+    table = load_table(cfg.data) if table is None else table
+    table = preflight_images(table, cfg, run)
+    if "fold" in table.df.columns:  # predefined (custom_fold_column, or a table handed in)
+        table = check_predefined_folds(table, cfg.data.n_folds)
+    else:
+        table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
+                             stratify=cfg.data.fold_stratify)
+    if cfg.data.pseudo_run:
+        table = add_pseudo_labels(table, cfg.data.pseudo_run, cfg.data.pseudo_threshold)
+    table.validate()
+    if run is not None:
+        run.save_table(table)
+    return table
+
+
+def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
+    """Every listed image must be readable; bad ones raise, or are skipped and logged.
+
+    Image files next to the listed ones that the table does not name are counted in
+    run.json (``n_unlisted_images``) and listed in ``unlisted_images.csv``, never fatal."""
+    if not cfg.model.use_image:
+        return table
+    unlisted = find_unlisted_images(table.df)  # reported, never fatal
+    if run is not None:
+        run.update_info(n_unlisted_images=len(unlisted))
+        if unlisted:
+            write_csv(run.path / "unlisted_images.csv", pd.DataFrame({"path": unlisted}))
+    if unlisted:
+        log.warning("%d image file(s) next to the listed images are not in the table, e.g. %s",
+                    len(unlisted), unlisted[0])
+    bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers),
+                                options=ImageOptions.from_config(cfg.data))
+    if bad.empty:
+        if run is not None:
+            run.update_info(n_skipped_images=0)
+        return table
+    if run is not None:
+        write_csv(run.path / "bad_images.csv", bad)
+    where = f"; the list is in {run.path / 'bad_images.csv'}" if run is not None else ""
+    if not cfg.data.skip_bad_images:
+        first = bad.iloc[0]
+        raise ImageError(
+            f"{len(bad)} image(s) are missing or unreadable ({first['reason']}: {first['path']})"
+            f"{where}. Fix or remove them, or set skip_bad_images=true to train without them "
+            "(they are then listed in skipped_images.csv)",
+            file=table.origin or None, row=int(first["row"]), column=str(first["column"]))
+    rows = sorted(set(bad["row"].astype(int) - 1))
+    keep = np.ones(len(table.df), dtype=bool)
+    keep[rows] = False
+    if run is not None:
+        skipped = table.df.iloc[rows][["image_id", "split"]].assign(
+            reason=bad.groupby("row")["reason"].first().to_numpy())
+        write_csv(run.path / "skipped_images.csv", skipped)
+        run.update_info(n_skipped_images=len(rows))
+    log.warning("skip_bad_images: leaving out %d of %d images%s", len(rows), len(keep), where)
+    return table.select(keep)
