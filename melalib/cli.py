@@ -57,7 +57,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train
+    from .engine import train  # timm: imported when training (see the note above)
 
     cfg = load_config(args)
     summary = train(cfg)
@@ -97,7 +97,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import predict_cli
+    from .inference import predict_cli  # timm (see the note above)
 
     return predict_cli(args)
 
@@ -117,7 +117,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo  # the Jupyter stack (see the note above)
 
     summary = run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
     metrics = summary["metrics"]
@@ -140,7 +140,7 @@ def _fmt(value: Any) -> str:
 
 
 def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
-    from .kaggle import build_bundle
+    from .kaggle import build_bundle  # nbformat / papermill (see the note above)
 
     path = build_bundle(args.out, kernel_id=args.kernel_id, title=args.title,
                         notebook=args.notebook, competition=args.competition,
@@ -153,7 +153,7 @@ def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from .weights import offline_table, write_timm_file
+    from .weights import offline_table, write_timm_file  # timm (see the note above)
 
     if args.write:
         if not args.out:

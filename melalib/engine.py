@@ -337,6 +337,7 @@ class _Fold:
     """What stays fixed while one fold trains."""
 
     cfg: RunConfig
+    table: LesionTable
     run: RunDir
     info: ddp.DistInfo
     device: torch.device
@@ -366,7 +367,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
-    job = _Fold(cfg, run, info, device, fd,
+    job = _Fold(cfg, table, run, info, device, fd,
                 make_dataset(cfg, table, fd.train_df, fd.meta_train, train=True,
                              seed=derived_seed(t.seed, fold)),
                 make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False),
@@ -387,8 +388,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
         if t.patience and state.stale >= t.patience:
             break
         _run_epoch(job, state, epoch)
-    return _predict_fold(cfg, table, fd, fold, run, device, info, precision,
-                         job.plan.batch_size, val_probs=state.best_val_probs)
+    return _predict_fold(job, state)
 
 
 def _fold_model(cfg: RunConfig, task: Task, fd: FoldData, run: RunDir, fold: int,
@@ -480,17 +480,19 @@ def _remove_stale_checkpoint_temps(run: RunDir, fold: int) -> None:
         log.info("fold %d: removed %s, left by an interrupted checkpoint write", fold, tmp.name)
 
 
-def _predict_fold(cfg: RunConfig, table: LesionTable, fd: FoldData, fold: int, run: RunDir,
-                  device: torch.device, info: ddp.DistInfo, precision: Precision,
-                  batch_size: int, val_probs: np.ndarray | None = None) -> dict[str, Any]:
+def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     """Reload the best checkpoint and write the fold's OOF (and test) predictions.
 
-    ``val_probs``: the validation predictions that the best epoch already made with the
-    weights of the best checkpoint (same model, batch size, precision, no TTA); they become
-    the OOF as they are instead of a second pass over the validation images. They are
+    ``state.best_val_probs``: the validation predictions that the best epoch already made
+    with the weights of the best checkpoint (same model, batch size, precision, no TTA); they
+    become the OOF as they are instead of a second pass over the validation images. They are
     recomputed when absent (the best epoch ran before a resume) or when ``tta`` > 1 (the
     per-epoch validation uses one view).
     """
+    cfg, table, fd, fold, run, device, info = (job.cfg, job.table, job.data, state.fold,
+                                               job.run, job.device, job.info)
+    precision, batch_size, val_probs = (state.trainer.precision, job.plan.batch_size,
+                                        state.best_val_probs)
     task = table.task
     best = load_model(run.checkpoint(fold, "best"), device, config=cfg)
     model = best.model
