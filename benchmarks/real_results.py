@@ -47,10 +47,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from melalib.baselines import oof_predictions  # noqa: E402
 from melalib.config import RunConfig, get_preset  # noqa: E402
 from melalib.errors import ConfigError  # noqa: E402
 from melalib.io import write_json, write_text  # noqa: E402
 from melalib.metrics import evaluate_with_ci  # noqa: E402
+from melalib.predictions import read_predictions  # noqa: E402
 from melalib.table import LesionTable  # noqa: E402
 from melalib.tasks import Task  # noqa: E402
 
@@ -159,16 +161,16 @@ def oof_with_ci(oof: pd.DataFrame, task: Task, n_boot: int) -> dict[str, dict[st
 
 
 def run_summary(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Epochs actually run and best epochs per fold, from the run's history files."""
-    epochs, best, seconds = [], [], 0.0
-    for path in sorted(run_dir.glob("history_fold*.csv")):
-        h = pd.read_csv(path)
-        epochs.append(int(h["epoch"].max()))
-        seconds += float(h["seconds"].sum())
-    for path in sorted(run_dir.glob("metrics_fold*.json")):
-        best.append(int(json.loads(path.read_text()).get("best_epoch", -1)))
-    return {"run_dir": _rel(run_dir), "epochs_run": epochs, "best_epoch": best,
-            "train_seconds": round(seconds, 1)}
+    """Epochs actually run and best epochs per fold, from the run's history and metrics."""
+    from melalib.runs import RunDir
+
+    run = RunDir.read(run_dir)
+    history = run.history()
+    per_fold = history.groupby("fold", sort=True)
+    best = [int(run.report(f"metrics_fold{k}.json").get("best_epoch", -1))
+            for k in run.done_folds()]
+    return {"run_dir": _rel(run_dir), "epochs_run": per_fold["epoch"].max().astype(int).tolist(),
+            "best_epoch": best, "train_seconds": round(float(history["seconds"].sum()), 1)}
 
 
 def _rel(path: Path) -> str:
@@ -260,7 +262,7 @@ def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: b
     cfg = cfg or ham_image_cfg(ctx, name, image_size, epochs, n_folds=2, use_meta=True)
     summary = train(cfg, 0, table=table, progress=False)  # fold 0 = val, fold 1 = train
     run = RunDir(cfg.run_dir, cfg)
-    test = pd.read_csv(run.test_path(0), dtype={"image_id": str, "group_id": str})
+    test = read_predictions(run.test_path(0))
     truth = table.df.set_index("image_id")
     ids = test["image_id"].to_numpy()
     y = truth.loc[ids, "true_label"].to_numpy(dtype=np.int64)
@@ -321,7 +323,7 @@ def ham_lite0_b(ctx: Ctx, name: str, preset: str) -> dict[str, Any]:
     cfg = lite0_cfg(ctx, name, preset)
     summary = train(cfg, progress=False)
     run = RunDir(cfg.run_dir, cfg)
-    oof = run.load_oof()
+    oof = run.oof_by_fold()
     task = Task.from_dict(summary["task"])
     return {"protocol": "B", "split": "5-fold CV grouped by lesion_id",
             "inputs": "images + metadata (age, sex, site)",
@@ -515,7 +517,7 @@ def ham_protocol_b(ctx: Ctx, name: str, *, use_image: bool, use_meta: bool = Tru
     keys = IMAGE_KEYS if use_image else META_KEYS
     train(cfg, -1, table=table, progress=False)
     run = RunDir(cfg.run_dir, cfg)
-    oof = run.load_oof()
+    oof = run.oof_by_fold()
     inputs = ("images + metadata (age, sex, site)" if use_image and use_meta else
               "images only" if use_image else
               "metadata only (age, sex, site" + (", JPEG file size)" if image_bytes else ")"))
@@ -555,42 +557,6 @@ def folded_table(cfg: RunConfig) -> LesionTable:
     return build_table(cfg)
 
 
-def sklearn_oof(table: LesionTable, features: str, make_model: Callable[[], Any]
-                ) -> pd.DataFrame:
-    """Out-of-fold probabilities of an sklearn model on `MetaEncoder(features)` fitted on each
-    fold's training rows; columns as the engine's oof files (image_id, group_id, fold, label,
-    prob_*). Multilabel tasks fit one binary model per class."""
-    from melalib.features import MetaEncoder
-
-    task, df = table.task, table.df
-    train = df[df["split"] == "train"]
-    frames = []
-    for k in sorted(train["fold"].unique()):
-        fit_df, val_df = table.fold(k)
-        encoder = MetaEncoder(features).fit(fit_df)
-        x_fit, x_val = encoder.transform(fit_df), encoder.transform(val_df)
-        y_fit = fit_df["label"].to_numpy(dtype=np.int64)
-        if task.kind == "multilabel":
-            probs = np.zeros((len(val_df), task.n_classes))
-            for c in range(task.n_classes):
-                target = (y_fit == c).astype(int)
-                if target.any():
-                    probs[:, c] = make_model().fit(x_fit, target).predict_proba(x_val)[:, 1]
-        else:
-            model = make_model().fit(x_fit, y_fit)
-            raw = model.predict_proba(x_val)
-            probs = np.zeros((len(val_df), task.n_outputs if task.kind != "binary" else 2))
-            probs[:, model.classes_.astype(int)] = raw
-            probs = probs[:, 1:] if task.kind == "binary" else probs
-        out = pd.DataFrame({"image_id": val_df["image_id"].to_numpy(),
-                            "group_id": val_df["group_id"].to_numpy(), "fold": int(k),
-                            "label": val_df["label"].to_numpy(dtype=np.int64)})
-        for j, column in enumerate(task.prob_columns):
-            out[column] = probs[:, j]
-        frames.append(out)
-    return pd.concat(frames, ignore_index=True)
-
-
 def logistic(class_weight: str | None = None) -> Callable[[], Any]:
     from sklearn.linear_model import LogisticRegression
 
@@ -609,7 +575,7 @@ def sklearn_experiment(ctx: Ctx, cfg: RunConfig, model: str, make_model: Callabl
                        extra: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     table = folded_table(cfg)
-    oof = sklearn_oof(table, cfg.data.features, make_model)
+    oof = oof_predictions(table, cfg.data.features, make_model)
     return {**extra, "model": model, "features": cfg.data.features,
             "metrics": oof_with_ci(oof, table.task, ctx.n_boot), "scored_on": "pooled OOF",
             "n": len(oof), "n_groups": int(oof["group_id"].nunique()),
@@ -626,7 +592,7 @@ def engine_experiment(ctx: Ctx, cfg: RunConfig, extra: dict[str, Any]) -> dict[s
     started = time.perf_counter()
     summary = train(cfg, progress=False)
     run = RunDir(cfg.run_dir, cfg)
-    oof = run.load_oof()
+    oof = run.oof_by_fold()
     task = Task.from_dict(summary["task"])
     return {**extra, "model": "MetaMLP (melalib engine)", "features": cfg.data.features,
             "metrics": oof_with_ci(oof, task, ctx.n_boot), "scored_on": "pooled OOF",

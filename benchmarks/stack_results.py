@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import melalib
 from melalib.config import RunConfig, get_preset
 from melalib.data.adapters import load_table
@@ -79,9 +77,9 @@ def _train(params: dict[str, Any], out: Path, n_boot: int, commit: str | None
     if len(run.done_folds()) < cfg.data.n_folds:  # a finished run is read, not re-opened
         melalib.train(cfg)
     commit = (run.info() or {}).get("git_commit") or commit  # the code that trained it
-    seconds = sum(pd.read_csv(run.history_path(k))["seconds"].sum() for k in run.done_folds())
-    oof = run.load_oof()
-    ci = evaluate_with_ci(run.load_table().task, oof["label"].to_numpy(),
+    seconds = run.history()["seconds"].sum()
+    oof = run.oof_by_fold()
+    ci = evaluate_with_ci(run.task, oof["label"].to_numpy(),
                           oof[["prob_melanoma"]].to_numpy(), groups=oof["group_id"].to_numpy(),
                           metrics=METRICS, n_boot=n_boot)
     sets = " ".join(f"--set {shlex.quote(f'{k}={_cli_value(v)}')}"

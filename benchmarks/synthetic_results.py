@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import melalib
 from melalib.config import RunConfig, get_preset
 from melalib.explain import cam_mass_on_lesion, explain_errors, lesion_masks
@@ -44,8 +42,8 @@ def run_variant(params: dict[str, Any], out: Path, data_dir: Path, n_boot: int) 
     melalib.train(cfg)  # resumes (or skips) a run this script made before
     run = RunDir(cfg.run_dir, cfg)
     # training time as recorded per epoch (true also when the run was only resumed here)
-    seconds = sum(pd.read_csv(run.history_path(k))["seconds"].sum() for k in run.done_folds())
-    oof = run.load_oof()
+    seconds = run.history()["seconds"].sum()
+    oof = run.oof_by_fold()
     y, p, g = oof["label"].to_numpy(), oof["prob_melanoma"].to_numpy(), oof["group_id"]
     auc = bootstrap_ci("roc_auc", y, p, groups=g, n_boot=n_boot)
     ap = bootstrap_ci("pr_auc", y, p, groups=g, n_boot=n_boot)

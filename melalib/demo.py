@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from tqdm.auto import tqdm
 
 from . import progress as live
@@ -34,6 +33,7 @@ from .errors import ConfigError, MelalibError, RunExistsError
 from .io import write_json
 from .metrics import bootstrap_ci
 from .notebook import NOTEBOOKS, notebooks_dir, parameter_names, project_root, resolve_path
+from .runs import RunDir
 
 log = logging.getLogger("melalib")
 
@@ -151,12 +151,9 @@ def _prepare(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, An
 
 def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
     run_dir = out / RUN_NAME
-
-    def read(path: Path) -> dict[str, Any]:
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    training, ensemble = read(run_dir / "metrics.json"), read(run_dir / "ensemble.json")
-    features = read(run_dir / "features.json")
+    run = RunDir.read(run_dir)
+    training, ensemble = run.report("metrics.json"), run.report("ensemble.json")
+    features = run.report("features.json")
     metrics = {
         "primary_metric": training.get("primary_metric"),
         "oof_primary": training.get("oof_primary"),
@@ -180,10 +177,13 @@ def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
 def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, float] | None:
     """The run's pooled out-of-fold ``metric`` with a 95 % bootstrap CI resampling its
     groups (patients), or None when the run has no complete OOF."""
-    oof_path = run_dir / "oof.csv"
-    if not metric or not oof_path.is_file():
+    try:
+        run = RunDir.read(run_dir)
+    except ConfigError:
         return None
-    oof = pd.read_csv(oof_path, dtype={"image_id": str, "group_id": str})
+    if not metric or not run.complete:
+        return None
+    oof = run.oof()
     groups = oof["group_id"]  # the engine's prediction frame carries each row's group
     probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
     try:

@@ -60,6 +60,7 @@ from .io import write_csv, write_json
 from .losses import build_loss, weighted_loss
 from .metrics import evaluate, primary_metric
 from .models import build_model, param_groups, set_backbone_trainable
+from .predictions import prediction_frame
 from .pseudo import row_weights
 from .runs import RunDir, RunLock
 from .runtime import (
@@ -74,7 +75,7 @@ from .runtime import (
 from .samplers import build_sampler
 from .schedules import PER_EPOCH, build_scheduler
 from .table import LesionTable
-from .targets import diagnosis_columns, report_labels, report_probs, report_task, training_table
+from .targets import report_labels, report_probs, report_task, training_table
 from .tasks import Task
 
 log = logging.getLogger("melalib")
@@ -110,7 +111,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
             ddp.barrier(info)
             if not info.is_main:
                 run = RunDir.open(cfg.with_overrides({"overwrite": False}), write=False)
-                table = run.load_table()
+                table = run.table()
             _setup_file_log(run, info)
             folds = range(cfg.data.n_folds) if fold == -1 else [fold]
             for k in folds:
@@ -520,23 +521,6 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     return metrics
 
 
-def prediction_frame(df: pd.DataFrame, task: Task, probs: np.ndarray, fold: int, *,
-                     labelled: bool) -> pd.DataFrame:
-    """One fold's predictions in the reported task (`melalib.targets`): a diagnosis-trained
-    model's frame holds the binary label, ``prob_melanoma`` = the MEL softmax column and the
-    ``dx_<class>`` probabilities."""
-    out = pd.DataFrame({"image_id": df["image_id"].to_numpy(),
-                        "group_id": df["group_id"].to_numpy(), "fold": fold})
-    if labelled:
-        out["label"] = report_labels(df, task)
-    reported = report_probs(probs, task)
-    for j, col in enumerate(report_task(task).prob_columns):
-        out[col] = reported[:, j]
-    for col, values in diagnosis_columns(probs, task).items():
-        out[col] = values
-    return out
-
-
 def finalize(run: RunDir, task: Task) -> dict[str, Any]:
     """Pool the finished folds' OOF predictions and write oof.csv and metrics.json."""
     done = run.done_folds()
@@ -544,7 +528,7 @@ def finalize(run: RunDir, task: Task) -> dict[str, Any]:
                                "n_folds": run.cfg.data.n_folds, "task": task.to_dict()}
     if not done:
         return summary
-    oof = run.load_oof()
+    oof = run.oof_by_fold()
     per_fold = {}
     for k in done:
         sub = oof[oof["fold"] == k]

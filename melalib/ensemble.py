@@ -1,10 +1,12 @@
-"""Ensembles: fold averaging, blending runs (mean / rank / geometric), weights searched on
-out-of-fold predictions, and competition submission files.
+"""Ensembles: blending runs (mean / rank / geometric, or a mean with weights searched on
+out-of-fold predictions), and competition submission files.
 
-Prediction frames are the run folder's files: ``image_id`` (+ ``group_id``, ``fold``,
-``label`` for OOF) and ``task.prob_columns``. Frames are aligned on ``image_id``; every frame
-must list the same ids. Weights are searched on OOF predictions only: `search_weights` takes
-no test frame, so test labels can never leak into them.
+`blend(runs, method)` is the one way runs are combined (``melalib ensemble`` and notebook 04
+both call it): it reads each run (`melalib.runs.RunDir`), checks that they predict the same
+task, blends their OOF and fold-averaged test predictions and returns a `Blend`.
+Prediction frames (`melalib.predictions`) are aligned on ``image_id``; every frame must list
+the same ids. Weights are searched on OOF predictions only: `search_weights` takes no test
+frame, so test labels can never leak into them.
 
 ``rank`` blending replaces each probability column by its rank within the frame scaled to
 [0, 1] (ties share their mean rank) before averaging: the result orders rows but is not a
@@ -16,102 +18,34 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize
 from scipy.stats import rankdata
 
 from .errors import ConfigError, DataError
 from .io import write_csv, write_json
+from .metrics import evaluate, metric_for, primary_metric
+from .predictions import align, aligned_frame, check_frame, probabilities, shared_labels
+from .runs import RunDir, shared_task
 from .tasks import Task
 
 METHODS = ("mean", "rank", "geometric")
+BLENDS = (*METHODS, "search")  # `blend` methods: search = mean with weights searched on OOF
 FORMATS = ("isic2020", "ham10000", "isic2019", "milk10k")
 MELANOMA_NAMES = ("melanoma", "mel")
 EPS = 1e-7
 MAX_GRID = 5000  # simplex points above which search_weights optimises with scipy instead
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
-
-
-# --------------------------------------------------------------------------- alignment
-def _check_frame(df: pd.DataFrame, task: Task, name: str) -> None:
-    if "image_id" not in df.columns:
-        raise DataError(f"{name} has no 'image_id' column", file=name, column="image_id")
-    for column in task.prob_columns:
-        if column not in df.columns:
-            raise DataError(f"{name} has no probability column {column!r} (task {task.name!r} "
-                            f"expects {task.prob_columns})", file=name, column=column)
-    dup = df["image_id"].duplicated()
-    if dup.any():
-        pos = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataError(f"image_id {df['image_id'].iloc[pos]!r} appears twice", file=name,
-                        row=pos + 1, column="image_id")
-
-
-def _align(frames: Sequence[pd.DataFrame], task: Task, what: str
-           ) -> tuple[pd.Index, list[np.ndarray]]:
-    """The first frame's ids and every frame's (N, n_outputs) probabilities in that order."""
-    if not frames:
-        raise DataError(f"no {what} frames to combine")
-    names = [f"{what} frame {i + 1}" for i in range(len(frames))]
-    for df, name in zip(frames, names, strict=True):
-        _check_frame(df, task, name)
-    ids = pd.Index(frames[0]["image_id"].astype(str))
-    probs = []
-    for df, name in zip(frames, names, strict=True):
-        own = pd.Index(df["image_id"].astype(str))
-        if len(own) != len(ids) or not own.isin(ids).all():
-            extra = own.difference(ids)
-            missing = ids.difference(own)
-            example = (f"{extra[0]!r} is only in {name}" if len(extra)
-                       else f"{missing[0]!r} is missing from {name}")
-            raise DataError(f"{what} frames list different images ({len(own)} vs {len(ids)} "
-                            f"ids; {example}); every frame must predict the same image_ids",
-                            file=name, column="image_id")
-        p = df[task.prob_columns].to_numpy(dtype=np.float64)[own.get_indexer(ids)]
-        bad = ~np.isfinite(p)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise DataError(f"probability {p[row, col]} is not finite", file=name,
-                            row=int(own.get_loc(ids[row])) + 1, column=task.prob_columns[col])
-        probs.append(p)
-    return ids, probs
-
-
-def _labels(frames: Sequence[pd.DataFrame], ids: pd.Index, what: str) -> np.ndarray | None:
-    """The shared ``label`` column (None when any frame lacks it); frames must agree."""
-    if not all("label" in df.columns for df in frames):
-        return None
-    first = None
-    for i, df in enumerate(frames):
-        own = pd.Index(df["image_id"].astype(str))
-        y = df["label"].to_numpy()[own.get_indexer(ids)].astype(np.int64)
-        if first is None:
-            first = y
-        elif (y != first).any():
-            pos = int(np.flatnonzero(y != first)[0])
-            raise DataError(f"{what} frames disagree on the label of {ids[pos]!r}",
-                            file=f"{what} frame {i + 1}", column="label")
-    return first
-
-
-def _frame(ids: pd.Index, probs: np.ndarray, task: Task, first: pd.DataFrame,
-           labels: np.ndarray | None) -> pd.DataFrame:
-    out = pd.DataFrame({"image_id": np.asarray(ids, dtype=object)})
-    if "group_id" in first.columns:
-        own = pd.Index(first["image_id"].astype(str))
-        out["group_id"] = first["group_id"].to_numpy()[own.get_indexer(ids)]
-    if labels is not None:
-        out["label"] = labels
-    for j, column in enumerate(task.prob_columns):
-        out[column] = probs[:, j]
-    return out
+RunLike = RunDir | str | os.PathLike[str]
 
 
 def _weights(weights: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray:
@@ -126,14 +60,8 @@ def _weights(weights: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------ blending
-def fold_average(test_frames: Sequence[pd.DataFrame], task: Task) -> pd.DataFrame:
-    """Mean probability per image over the folds' test predictions (same ids in each)."""
-    ids, probs = _align(test_frames, task, "test")
-    return _frame(ids, np.mean(probs, axis=0), task, test_frames[0], None)
-
-
-def blend(probs: Sequence[np.ndarray], task: Task, method: str = "mean",
-          weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+def blend_probs(probs: Sequence[np.ndarray], task: Task, method: str = "mean",
+                weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Weighted blend of aligned (N, n_outputs) probability arrays."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
@@ -164,9 +92,9 @@ def combine(frames: Sequence[pd.DataFrame], task: Task, method: str = "mean",
     ``geometric``: weighted geometric mean (multiclass rows renormalised). A ``label``
     column present in every frame (OOF) is kept and must agree.
     """
-    ids, probs = _align(frames, task, "prediction")
-    labels = _labels(frames, ids, "prediction")
-    return _frame(ids, blend(probs, task, method, weights), task, frames[0], labels)
+    ids, probs = align(frames, task, "prediction")
+    labels = shared_labels(frames, ids, "prediction")
+    return aligned_frame(ids, blend_probs(probs, task, method, weights), task, frames[0], labels)
 
 
 # ------------------------------------------------------------------------- weight search
@@ -196,10 +124,8 @@ def search_weights(oof_frames: Sequence[pd.DataFrame], task: Task,
     from ``n_starts`` seeded starts), ``auto`` (grid when it has at most 5000 points).
     Ties in the metric (AUC plateaus) go to the lower Brier score, then to the first point.
     """
-    from .metrics import metric_for
-
-    ids, probs = _align(oof_frames, task, "OOF")
-    y = _labels(oof_frames, ids, "OOF")
+    ids, probs = align(oof_frames, task, "OOF")
+    y = shared_labels(oof_frames, ids, "OOF")
     if y is None:
         raise DataError("search_weights needs OOF frames with a 'label' column (the run "
                         "folders' oof.csv / oof_fold*.csv)", column="label")
@@ -237,8 +163,6 @@ def search_weights(oof_frames: Sequence[pd.DataFrame], task: Task,
 
 def _scipy_candidates(key: Callable[[np.ndarray], tuple[float, float]], m: int, seed: int,
                       n_starts: int) -> np.ndarray:
-    from scipy.optimize import minimize
-
     rng = np.random.default_rng(seed)
     starts = [np.zeros(m)] + [np.log(rng.dirichlet(np.ones(m))) for _ in range(n_starts - 1)]
     found = [np.full(m, 1.0 / m), *np.eye(m)]
@@ -258,44 +182,6 @@ def _scipy_candidates(key: Callable[[np.ndarray], tuple[float, float]], m: int, 
     return np.array(found)
 
 
-# ----------------------------------------------------------------------------- run folders
-def _read_prediction_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"image_id": str, "group_id": str})
-
-
-def run_task(run_dir: str | Path) -> Task:
-    """The task a run folder was trained on (``table/task.json``)."""
-    path = Path(run_dir) / "table" / "task.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a melalib run folder with a stored table "
-                          "(no table/task.json)")
-    return Task.from_dict(json.loads(path.read_text()))
-
-
-def load_runs(run_dirs: Sequence[str | Path]
-              ) -> tuple[list[pd.DataFrame], list[pd.DataFrame | None]]:
-    """Per run: its OOF predictions (``oof.csv``, else the ``oof_fold*.csv`` concatenated)
-    and its fold-averaged test predictions (None when the run has no ``test_fold*.csv``)."""
-    oofs: list[pd.DataFrame] = []
-    tests: list[pd.DataFrame | None] = []
-    for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        task = run_task(run_dir)
-        if (run_dir / "oof.csv").is_file():
-            oof = _read_prediction_csv(run_dir / "oof.csv")
-        else:
-            parts = sorted(run_dir.glob("oof_fold*.csv"))
-            if not parts:
-                raise DataError("the run has no OOF predictions (oof.csv or oof_fold*.csv): "
-                                "train at least one fold", file=run_dir)
-            oof = pd.concat([_read_prediction_csv(p) for p in parts], ignore_index=True)
-        oofs.append(oof)
-        test_files = sorted(run_dir.glob("test_fold*.csv"))
-        tests.append(fold_average([_read_prediction_csv(p) for p in test_files], task)
-                     if test_files else None)
-    return oofs, tests
-
-
 # ------------------------------------------------------------------------------ submission
 def _melanoma_column(task: Task) -> str:
     if task.kind == "binary":
@@ -308,7 +194,9 @@ def _melanoma_column(task: Task) -> str:
 
 
 def submission_format(task: Task) -> str:
-    """The submission format of a task, from its name."""
+    """The submission format of a task, from its name; a task without a competition format
+    (e.g. a synthetic or custom one) gets ``isic2020`` (``image_name,target``) when binary,
+    else ``ham10000`` (one probability column per class)."""
     name = task.name.lower()
     if name in ("melanoma", "isic2020"):
         return "isic2020"
@@ -316,8 +204,7 @@ def submission_format(task: Task) -> str:
         return "ham10000"
     if name == "milk10k":
         return "milk10k"
-    raise ConfigError(f"no submission format for task {task.name!r}; pass format= one of "
-                      f"{FORMATS}")
+    return "isic2020" if task.kind == "binary" else "ham10000"
 
 
 def submission(test_pred: pd.DataFrame, task: Task, format: str = "auto") -> pd.DataFrame:
@@ -325,13 +212,13 @@ def submission(test_pred: pd.DataFrame, task: Task, format: str = "auto") -> pd.
 
     ``isic2020``: ``image_name,target`` (P(melanoma)); ``ham10000`` / ``isic2019``:
     ``image`` + one probability column per class name; ``milk10k``: ``lesion_id`` + the 11
-    class columns in the sample submission's order. ``auto`` picks from ``task.name``.
+    class columns in the sample submission's order. ``auto``: `submission_format`.
     Raises DataError on a NaN, a probability outside [0, 1] or a repeated id.
     """
     fmt = submission_format(task) if format == "auto" else format
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS} or auto, got {format!r}")
-    _check_frame(test_pred, task, "test predictions")
+    check_frame(test_pred, task, "test predictions")
     ids = test_pred["image_id"].astype(str).to_numpy()
     if fmt == "isic2020":
         column = _melanoma_column(task)
@@ -368,60 +255,117 @@ def validate_submission(sub: pd.DataFrame) -> None:
                             column=column)
 
 
-# ------------------------------------------------------------------------------------- CLI
-def ensemble_oof_metrics(oofs: Sequence[pd.DataFrame], task: Task, method: str,
-                         weights: np.ndarray) -> dict[str, Any]:
-    """Metrics of the blended OOF predictions and of each run alone."""
-    from .metrics import evaluate, primary_metric
+# ------------------------------------------------------------------------------- runs
+@dataclass
+class Blend:
+    """Runs blended by `blend`: the shared task, the blended OOF predictions (``image_id``,
+    ``group_id``, ``label``, probabilities, the first run's ``fold``), the blended
+    fold-averaged test predictions (None when a run has none), the weights (one per run)
+    and the method asked for."""
 
-    blended = combine(oofs, task, method, weights)
-    y = blended["label"].to_numpy()
-    probs = blended[task.prob_columns].to_numpy()
+    task: Task
+    oof: pd.DataFrame
+    test: pd.DataFrame | None
+    weights: np.ndarray
+    method: str
+    runs: list[RunDir]
+    run_oofs: list[pd.DataFrame]  # each run's own OOF predictions
+
+    @property
+    def paths(self) -> list[Path]:
+        """The run folders, in blending order."""
+        return [r.path for r in self.runs]
+
+    @property
+    def no_test(self) -> list[Path]:
+        """The runs without test predictions (their dataset has no test split)."""
+        return [r.path for r in self.runs if r.test_mean() is None]
+
+
+def blend(runs: Sequence[RunLike], method: str = "mean") -> Blend:
+    """Blend runs' OOF and fold-averaged test predictions with ``method``: ``mean``,
+    ``rank``, ``geometric`` (equal weights) or ``search`` (the mean with weights searched on
+    the OOF predictions only). ConfigError when the runs predict different tasks."""
+    if method not in BLENDS:
+        raise ConfigError(f"ensemble method must be one of {BLENDS}, got {method!r}")
+    views = [r if isinstance(r, RunDir) else RunDir.read(r) for r in runs]
+    task = shared_task(views)
+    oofs = [v.oof() for v in views]
+    tests = [v.test_mean() for v in views]
+    if method == "search":
+        weights, how = search_weights(oofs, task), "mean"
+    else:
+        weights, how = _weights(None, len(views)), method
+    oof = combine(oofs, task, how, weights)
+    if "fold" in oofs[0].columns:
+        oof = oof.merge(oofs[0][["image_id", "fold"]].astype({"image_id": str}),
+                        on="image_id", how="left")
+    test = None if any(t is None for t in tests) else combine(
+        [t for t in tests if t is not None], task, how, weights)
+    return Blend(task, oof, test, weights, method, views, oofs)
+
+
+def compare_blends(blended: Blend) -> pd.DataFrame:
+    """OOF primary metric (and PR-AUC for binary) of each run alone, of the blends mean /
+    rank / geometric, and of the mean with weights searched on OOF."""
+    task, oofs = blended.task, blended.run_oofs
+    fns = {task.primary_metric: metric_for(task, task.primary_metric)}
+    if task.kind == "binary":
+        fns["pr_auc"] = metric_for(task, "pr_auc")
+    candidates: dict[str, tuple[pd.DataFrame, str]] = {
+        f"run {run.path.name}": (combine([o], task), "1")
+        for run, o in zip(blended.runs, oofs, strict=True)}
+    if len(oofs) > 1:
+        for method in METHODS:
+            candidates[f"{method} blend"] = (combine(oofs, task, method), "equal")
+        w = search_weights(oofs, task)
+        candidates["searched weights (mean)"] = (
+            combine(oofs, task, "mean", w), ", ".join(f"{x:.2f}" for x in w))
+    rows = []
+    for label, (frame, weights) in candidates.items():
+        y = frame["label"].to_numpy().astype(int)
+        rows.append({"candidate": label, "weights": weights,
+                     **{k: fn(y, probabilities(task, frame)) for k, fn in fns.items()}})
+    return pd.DataFrame(rows).set_index("candidate")
+
+
+def blend_metrics(blended: Blend) -> dict[str, Any]:
+    """Metrics of the blended OOF predictions and the primary metric of each run alone."""
+    task, oof = blended.task, blended.oof
+    y = oof["label"].to_numpy()
     per_run = []
-    for df in oofs:
-        aligned = df.set_index(df["image_id"].astype(str)).loc[blended["image_id"]]
+    for df in blended.run_oofs:
+        aligned = df.set_index(df["image_id"].astype(str)).loc[oof["image_id"]]
         per_run.append(float(primary_metric(task, y, aligned[task.prob_columns].to_numpy())))
-    return {"task": task.to_dict(), "method": method, "weights": [float(w) for w in weights],
-            "n_oof": len(blended), "primary_metric": task.primary_metric,
-            "per_run_primary": per_run, "oof": evaluate(task, y, probs)}
+    return {"task": task.to_dict(), "method": blended.method,
+            "weights": [float(w) for w in blended.weights], "n_oof": len(oof),
+            "primary_metric": task.primary_metric, "per_run_primary": per_run,
+            "oof": evaluate(task, y, oof[task.prob_columns].to_numpy()),
+            "runs": [str(r.path) for r in blended.runs]}
 
 
+# ------------------------------------------------------------------------------------- CLI
 def ensemble_cli(args: argparse.Namespace) -> int:
     """``melalib ensemble RUN... --method mean|rank|geometric|search --out submission.csv``.
 
-    ``search`` fits weights on the runs' OOF predictions (printed) and applies them to the
-    fold-averaged test predictions (weighted mean). The blend's OOF metrics go to
-    ``<out stem>.metrics.json`` (``sub.csv`` -> ``sub.metrics.json``).
+    `blend` of the runs; ``search`` fits weights on the runs' OOF predictions (printed) and
+    applies them to the fold-averaged test predictions (weighted mean). The blend's OOF
+    metrics go to ``<out stem>.metrics.json`` (``sub.csv`` -> ``sub.metrics.json``).
     """
-    runs = [Path(r) for r in args.runs]
-    tasks = [run_task(r) for r in runs]
-    task = tasks[0]
-    for r, t in zip(runs, tasks, strict=True):
-        if t != task:
-            raise ConfigError(f"run {r} predicts task {t.name!r} {list(t.classes)} but "
-                              f"{runs[0]} predicts {task.name!r} {list(task.classes)}")
-    oofs, tests = load_runs(runs)
-    method = args.method
-    if method == "search":
-        weights = search_weights(oofs, task)
-        blend_method = "mean"
+    blended = blend(args.runs, args.method)
+    if args.method == "search":
         print("weights searched on OOF: " + ", ".join(
-            f"{r}={w:.3f}" for r, w in zip(runs, weights, strict=True)))
-    else:
-        weights, blend_method = _weights(None, len(runs)), method
-    metrics = ensemble_oof_metrics(oofs, task, blend_method, weights)
-    metrics.update(method=method, runs=[str(r) for r in runs])
+            f"{r.path}={w:.3f}" for r, w in zip(blended.runs, blended.weights, strict=True)))
+    metrics = blend_metrics(blended)
     out = Path(args.out)
-    metrics_path = write_json(Path(out).with_suffix(".metrics.json"), metrics)
-    missing = [str(r) for r, t in zip(runs, tests, strict=True) if t is None]
-    if missing:
-        raise DataError(f"run(s) {missing} have no test predictions (test_fold*.csv): their "
-                        f"dataset has no test split, so no submission was written (OOF "
-                        f"metrics: {metrics_path})")
-    test = combine([t for t in tests if t is not None], task, blend_method, weights)
-    sub = submission(test, task)
+    metrics_path = write_json(out.with_suffix(".metrics.json"), metrics)
+    if blended.test is None:
+        raise DataError(f"run(s) {[str(p) for p in blended.no_test]} have no test predictions "
+                        "(test_fold*.csv): their dataset has no test split, so no submission "
+                        f"was written (OOF metrics: {metrics_path})")
+    sub = submission(blended.test, blended.task)
     write_csv(out, sub)
-    primary = metrics["oof"].get(task.primary_metric)
-    print(f"wrote {out} ({len(sub)} rows); OOF {task.primary_metric} of the blend: "
+    primary = metrics["oof"].get(blended.task.primary_metric)
+    print(f"wrote {out} ({len(sub)} rows); OOF {blended.task.primary_metric} of the blend: "
           f"{primary:.4f}; metrics in {metrics_path}")
     return 0

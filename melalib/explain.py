@@ -33,9 +33,10 @@ from torch.utils.data import default_collate
 
 from .data.synthetic import lesion_mask
 from .errors import ConfigError, DataError, MelalibError
-from .inference import load_predictor, open_run
+from .inference import load_predictor
 from .io import atomic_path
 from .models import gradcam_target_layers
+from .runs import RunDir
 from .runtime import make_dataset
 from .targets import DIAGNOSIS_CLASSES, DX_PREFIX, diagnosis_cam_classes
 from .tasks import Task
@@ -358,9 +359,9 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
     """
     if target not in ("pred", "true"):
         raise ConfigError(f"target must be 'pred' or 'true', got {target!r}")
-    run = open_run(run_dir)
-    table = run.load_table()
-    oof = run.load_oof()
+    run = RunDir.read(run_dir)
+    table = run.table()
+    oof = run.oof()
     if fold is not None:
         oof = oof[oof["fold"] == fold]
         if oof.empty:

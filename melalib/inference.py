@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch import nn
 
 from .checkpoints import load_model
@@ -34,10 +33,10 @@ from .config import RunConfig
 from .device import resolve_device, resolve_precision
 from .errors import CheckpointError, ConfigError, DataError, MelalibError
 from .io import write_csv
+from .predictions import output_frame
 from .runs import RunDir
 from .runtime import make_dataset, make_loader, predict_probs
 from .table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
-from .targets import report_probs, report_task
 from .tasks import Task
 
 log = logging.getLogger("melalib")
@@ -51,24 +50,6 @@ ALIASES = {
 }
 
 Source = str | os.PathLike[str]
-
-
-# ------------------------------------------------------------------------------ run folders
-def open_run(path: Source) -> RunDir:
-    """The `RunDir` of an existing run folder (its own ``config.yaml``), read-only."""
-    path = Path(path)
-    config = path / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{path} is not a melalib run folder (no config.yaml)")
-    try:
-        cfg = RunConfig.from_dict(yaml.safe_load(config.read_text()))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{config}: cannot read the run's config: {exc}") from exc
-    return RunDir(path, cfg)
-
-
-def is_run_dir(path: Source) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
 
 
 # ------------------------------------------------------------------------------ one member
@@ -179,14 +160,7 @@ class Predictor:
             ordered = np.empty_like(probs)
             ordered[index] = probs
             total += ordered
-        probs = total / len(self.members)
-        out = pd.DataFrame({"image_id": df["image_id"].to_numpy()})
-        for j, column in enumerate(self.task.prob_columns):
-            out[column] = probs[:, j]
-        reported = report_task(self.task)
-        if reported != self.task:  # target=diagnosis: also the melanoma score the run reports
-            out[reported.prob_columns[0]] = report_probs(probs, self.task)[:, 0]
-        return out
+        return output_frame(df["image_id"].to_numpy(), self.task, total / len(self.members))
 
     def predict_folder(self, image_dir: Source | None, metadata_csv: Source | None = None,
                        image_column: str = "image", image2_column: str = "image2",
@@ -252,8 +226,8 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
     dev = resolve_device(device)
     run: RunDir | None = None
     run_cfg: RunConfig | None = None
-    if isinstance(source, (str, os.PathLike)) and is_run_dir(source):
-        run = open_run(source)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        run = _trained_run(Path(source))
         folds = run.done_folds()
         if not folds:
             raise CheckpointError(f"run {run.path} has no finished fold (no oof_fold*.csv); "
@@ -262,8 +236,6 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
         run_cfg = run.cfg
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if path.is_dir():
-            raise CheckpointError(f"{path} is a folder but not a melalib run (no config.yaml)")
         paths = [path]
         run = _run_of_checkpoint(path)
     else:
@@ -292,15 +264,27 @@ def _input_kind(cfg: RunConfig) -> tuple[bool, bool, int]:
     return cfg.model.use_image, cfg.model.dual_image, cfg.data.image_size
 
 
+def _trained_run(path: Path) -> RunDir:
+    """`RunDir.read` of a folder that holds trained models (CheckpointError otherwise)."""
+    try:
+        run = RunDir.read(path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; pass a run folder or a checkpoint file") from exc
+    if run.cfg is None:
+        raise CheckpointError(f"{path} holds predictions but no models (no config.yaml: a "
+                              "melalib stack folder?); pass a training run or a checkpoint")
+    return run
+
+
 def _run_of_checkpoint(path: Path) -> RunDir | None:
-    """The run folder holding ``<run>/checkpoints/<file>.pt``, if it is one."""
+    """The training run holding ``<run>/checkpoints/<file>.pt``, if it is one."""
     parent = path.resolve().parent
-    if parent.name == "checkpoints" and is_run_dir(parent.parent):
-        try:
-            return open_run(parent.parent)
-        except MelalibError:
-            return None
-    return None
+    if parent.name != "checkpoints":
+        return None
+    try:
+        return _trained_run(parent.parent)
+    except MelalibError:
+        return None
 
 
 # ------------------------------------------------------------------------ folder reading
@@ -436,7 +420,7 @@ def predict_cli(args: argparse.Namespace) -> int:
         if predictor.run is None:
             raise ConfigError(f"{args.source} is a checkpoint outside a run folder: pass --csv "
                               "and/or --image-dir to name the images to predict")
-        table = predictor.run.load_table()
+        table = predictor.run.table()
         test = table.test
         if test.empty:
             raise DataError("the run's table has no test split; pass --csv or --image-dir "

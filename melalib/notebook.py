@@ -4,15 +4,18 @@
   (every variable named like a config field; ``preset`` and ``None`` understood), with
   relative paths resolved against the project root, so the same notebook runs from the
   repository root, from ``notebooks/`` or from anywhere inside the checkout;
-* `figures_dir`, `open_run`, `run_dirs`: where a notebook writes and reads;
+* `figures_dir`, `read_runs`: where a notebook writes and which runs it reads
+  (`melalib.runs.RunDir` views);
 * data views for the EDA (`overview`, `missing_values`, `group_sizes`, `image_size_stats`,
   `show_image_grid`) that degrade to a note when the images are not on disk (ISIC 2020
   tables are usable without their 33k JPEGs);
-* `baseline_config` / `cv_leakage_check`: the metadata-only baseline of 02 and the grouped
-  vs image-level cross-validation comparison;
-* `history`, `fold_metrics` (03); `compare_blends`, `blend_runs`, `curve_figures`,
-  `calibration_report`, `score_test`, `write_submission`, `write_metrics` (04);
-  `show_cams` (05): the loops and branches a notebook cell must not hold.
+* `baseline_config`: the metadata-only baseline run of 02;
+* `fold_metrics` (03); `curve_figures`, `score_test`, `write_submission`, `write_metrics`
+  (04); `show_cams` (05): the loops and branches a notebook cell must not hold.
+
+The domain logic they display lives in the package: blending in `melalib.ensemble`,
+cross-fitted calibration in `melalib.calibration`, sklearn baselines in
+`melalib.baselines`, prediction frames in `melalib.predictions`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from . import explain, plots
+from . import stack as stacking
 from .config import RunConfig, field_index, get_preset
+from .data.adapters import load_table as load_dataset
+from .ensemble import submission
 from .errors import ConfigError
+from .folds import assign_folds
+from .io import write_csv, write_json
+from .metrics import MetricError, evaluate, threshold_for_sensitivity
+from .predictions import probabilities
 from .runs import RunDir
 from .table import LesionTable
 
@@ -124,38 +136,6 @@ def config_from_namespace(ns: Mapping[str, Any], *, root: str | os.PathLike[str]
     return RunConfig.from_dict(flat)
 
 
-#: What the notebooks write into a run folder next to the engine's files.
-NOTEBOOK_OUTPUTS = ("figures", "features.json", "ensemble.json", "errors.json",
-                    "submission.csv")
-
-
-def open_run(cfg: RunConfig) -> RunDir:
-    """The run folder, opened for training: created, resumed when it holds the same config,
-    refused (RunExistsError naming what changed) when it holds another one.
-
-    01 and 02 write their figures and ``features.json`` into ``<output_dir>/<name>/``
-    before any training; a folder holding only such notebook outputs becomes the run, and
-    they are kept (`RunDir.open` alone refuses any non-empty folder without ``run.json``).
-    """
-    path = cfg.run_dir
-    entries = list(path.iterdir()) if path.is_dir() and not (path / "run.json").exists() \
-        else []
-    if cfg.overwrite or not entries or any(e.name not in NOTEBOOK_OUTPUTS for e in entries):
-        return RunDir.open(cfg)
-    aside = path.with_name(f".{path.name}.notebook-outputs")
-    path.rename(aside)
-    try:
-        run = RunDir.open(cfg)
-    except BaseException:
-        if not path.exists():
-            aside.rename(path)
-        raise
-    for entry in aside.iterdir():
-        entry.rename(path / entry.name)
-    aside.rmdir()
-    return run
-
-
 def figures_dir(cfg: RunConfig) -> Path:
     """``<output_dir>/<name>/figures/`` (created)."""
     folder = cfg.run_dir / "figures"
@@ -163,37 +143,38 @@ def figures_dir(cfg: RunConfig) -> Path:
     return folder
 
 
-def run_dirs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[Path]:
-    """Run folders to combine: ``runs`` is comma-separated run names (under ``output_dir``)
-    or folders; empty means this config's run. Each must hold finished folds."""
+def read_runs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[RunDir]:
+    """Run folders to read (`RunDir.read`): ``runs`` is comma-separated run names (under
+    ``output_dir``) or folders; empty means this config's run. Each must hold finished
+    folds."""
     items = [r.strip() for r in runs.split(",")] if isinstance(runs, str) else list(runs)
     items = [r for r in items if r]
     paths = [cfg.run_dir] if not items else [
         Path(resolve_path(r)) if ("/" in r or os.sep in r) else Path(cfg.output_dir) / r
         for r in items]
+    out = []
     for path in paths:
-        if not (path / "run.json").is_file():
-            raise ConfigError(f"{path} is not a melalib run (no run.json); train it first "
-                              "(03_train) or fix the `runs` parameter")
-        if not any(path.glob("oof_fold*.csv")):
+        try:
+            run = RunDir.read(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; train it first (03_train) or fix the `runs` "
+                              "parameter") from exc
+        if not (run.complete or run.done_folds()):
             raise ConfigError(f"{path}: no fold has finished (no oof_fold*.csv); train it "
                               "first (03_train)")
-    return paths
+        out.append(run)
+    return out
 
 
 # ------------------------------------------------------------------------------ data
 def load_table(cfg: RunConfig) -> LesionTable:
     """The dataset the config names (`melalib.data.adapters.load_table`), without folds."""
-    from .data.adapters import load_table as _load
-
-    return _load(cfg.data)
+    return load_dataset(cfg.data)
 
 
 def table_with_folds(cfg: RunConfig) -> LesionTable:
     """The dataset with the grouped folds training uses (same ``n_folds``, ``fold_seed``,
     ``fold_stratify``)."""
-    from .folds import assign_folds
-
     return assign_folds(load_table(cfg), n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
                         stratify=getattr(cfg.data, "fold_stratify", "label"))
 
@@ -279,10 +260,10 @@ def images_available(df: pd.DataFrame, sample: int = 50, seed: int = 0) -> float
 
 def note(text: str) -> None:
     """Show ``text`` as a Markdown note in a notebook (logged outside one)."""
-    try:
+    try:  # IPython ships with ipykernel; melalib does not depend on it
         from IPython import get_ipython
         from IPython.display import Markdown, display
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
+    except ImportError:  # pragma: no cover
         log.warning("%s", text)
         return
     if get_ipython() is None:
@@ -319,8 +300,6 @@ def image_size_stats(table: LesionTable, sample: int = 300, seed: int = 0
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.size
 
@@ -329,8 +308,6 @@ def show_image_grid(table: LesionTable, n_per_class: int = 4, save: str | Path |
                     seed: int = 0) -> Any:
     """`melalib.plots.image_grid` of ``n_per_class`` training images per class, or a note
     when the images are not on disk."""
-    from . import plots
-
     if images_available(table.df, seed=seed) == 0.0:
         note(_no_images_note(table, "Sample images"))
         return None
@@ -358,83 +335,7 @@ def baseline_config(cfg: RunConfig, epochs: int | None = None) -> RunConfig:
     return cfg.with_overrides(overrides)
 
 
-def _classifier(model: str, seed: int) -> Any:
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-
-    if model == "forest":
-        return RandomForestClassifier(n_estimators=100, min_samples_leaf=1, n_jobs=1,
-                                      random_state=seed)
-    if model == "logistic":
-        return LogisticRegression(max_iter=1000)
-    raise ConfigError(f"model must be 'forest' or 'logistic', got {model!r}")
-
-
-def _oof_probs(table: LesionTable, features: str, model: str, seed: int
-               ) -> tuple[np.ndarray, np.ndarray, float]:
-    """OOF probabilities of a sklearn model on the metadata features over ``table``'s
-    folds, the labels, and the share of validation images whose group is also in training."""
-    from .features import MetaEncoder
-
-    df = table.train
-    task = table.task
-    y = df["label"].to_numpy().astype(int)
-    probs = np.zeros((len(df), task.n_classes))
-    shared = 0
-    for k in sorted(df["fold"].unique()):
-        fit_df, val_df = table.fold(k)
-        val = df.index.get_indexer(val_df.index)  # positions among the training rows
-        encoder = MetaEncoder(features).fit(fit_df)
-        clf = _classifier(model, seed).fit(encoder.transform(fit_df),
-                                           fit_df["label"].to_numpy().astype(int))
-        probs[np.ix_(val, clf.classes_)] = clf.predict_proba(encoder.transform(val_df))
-        shared += int(val_df["group_id"].isin(set(fit_df["group_id"])).sum())
-    out = probs[:, 1] if task.kind == "binary" else probs
-    return out, y, shared / len(df)
-
-
-def cv_leakage_check(table: LesionTable, features: str = "default", n_folds: int = 5,
-                     seed: int = 42, model: str = "forest", stratify: str = "label"
-                     ) -> pd.DataFrame:
-    """Grouped vs image-level cross-validation of a metadata-only sklearn model.
-
-    Both schemes use `melalib.folds.assign_folds` (stratified, same seed); the image-level
-    one treats every image as its own group, as a naive ``StratifiedKFold`` would. The
-    difference in the task's primary metric is the optimism a patient-mixing split adds.
-    """
-    from .folds import assign_folds
-    from .metrics import primary_metric
-
-    df = table.df.drop(columns=["fold"], errors="ignore")
-    base = LesionTable(df, table.task, table.origin)
-    schemes = {
-        "grouped (group_id)": assign_folds(base, n_folds=n_folds, seed=seed, stratify=stratify),
-        "image-level (leaky)": assign_folds(
-            LesionTable(df.assign(group_id=df["image_id"].astype(str)), table.task,
-                        table.origin), n_folds=n_folds, seed=seed, stratify=stratify),
-    }
-    rows = []
-    for scheme, folded in schemes.items():
-        if scheme.startswith("image"):  # score against the real groups' overlap
-            real = dict(zip(df["image_id"].astype(str), df["group_id"], strict=True))
-            folded.df["group_id"] = folded.df["image_id"].astype(str).map(real)
-        probs, y, shared = _oof_probs(folded, features, model, seed)
-        rows.append({"scheme": scheme, "model": model,
-                     table.task.primary_metric: primary_metric(table.task, y, probs),
-                     "val images whose group is in training": shared})
-    return pd.DataFrame(rows).set_index("scheme")
-
-
 # -------------------------------------------------------------------------- training
-def history(cfg: RunConfig | str | os.PathLike[str]) -> pd.DataFrame:
-    """Every fold's per-epoch history (``history_fold{k}.csv``) of a run, concatenated."""
-    path = cfg.run_dir if isinstance(cfg, RunConfig) else Path(cfg)
-    files = sorted(path.glob("history_fold*.csv"))
-    if not files:
-        raise ConfigError(f"{path}: no history_fold*.csv; train a fold first")
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-
-
 #: Metrics shown in the fold tables, per task kind.
 HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("n", "n_pos", "roc_auc", "pr_auc", "pauc_80", "sensitivity", "specificity",
@@ -466,11 +367,6 @@ def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = Non
 
 
 # -------------------------------------------------------------------------- ensemble
-def run_table(run_dir: str | os.PathLike[str]) -> LesionTable:
-    """The table a run trained on (``<run>/table``: folds, metadata, hidden test labels)."""
-    return LesionTable.load(Path(run_dir) / "table")
-
-
 def with_metadata(pred: pd.DataFrame, table: LesionTable) -> pd.DataFrame:
     """Predictions joined with the table's metadata (age, sex, site, ...) on ``image_id``."""
     meta = table.df.assign(image_id=table.df["image_id"].astype(str))
@@ -480,88 +376,11 @@ def with_metadata(pred: pd.DataFrame, table: LesionTable) -> pd.DataFrame:
     return out
 
 
-def class_probs(task: Any, probs: Any) -> np.ndarray:
-    """(N, K) class probabilities: binary P(positive) becomes [1 - p, p]."""
-    p = np.asarray(probs, dtype=np.float64)
-    if task.kind == "binary":
-        p = p.reshape(-1)
-        return np.column_stack([1.0 - p, p])
-    return p
-
-
-def predicted_labels(task: Any, probs: Any, threshold: float = 0.5) -> np.ndarray:
-    """Binary: ``p >= threshold``; otherwise the argmax (ties -1, scored wrong)."""
-    from .metrics import argmax_labels
-
-    p = np.asarray(probs, dtype=np.float64)
-    if task.kind == "binary":
-        return (p.reshape(-1) >= threshold).astype(np.int64)
-    return argmax_labels(p)
-
-
-def scores(task: Any, frame: pd.DataFrame) -> np.ndarray:
-    """The probability columns of a prediction frame: (N,) for binary, else (N, K)."""
-    p = frame[task.prob_columns].to_numpy(dtype=np.float64)
-    return p[:, 0] if task.kind == "binary" else p
-
-
-def compare_blends(oofs: Sequence[pd.DataFrame], task: Any,
-                   runs: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """OOF primary metric (and PR-AUC for binary) of each run alone (``runs``: their
-    folders or names), of the blends mean / rank / geometric, and of the mean with weights
-    searched on OOF."""
-    from . import ensemble
-    from .metrics import metric_for
-
-    fns = {task.primary_metric: metric_for(task, task.primary_metric)}
-    if task.kind == "binary":
-        fns["pr_auc"] = metric_for(task, "pr_auc")
-    candidates: dict[str, tuple[pd.DataFrame, str]] = {
-        f"run {Path(n).name}": (ensemble.combine([o], task), "1")
-        for n, o in zip(runs, oofs, strict=True)}
-    if len(oofs) > 1:
-        for method in ensemble.METHODS:
-            candidates[f"{method} blend"] = (ensemble.combine(oofs, task, method), "equal")
-        w = ensemble.search_weights(oofs, task)
-        candidates["searched weights (mean)"] = (
-            ensemble.combine(oofs, task, "mean", w), ", ".join(f"{x:.2f}" for x in w))
-    rows = []
-    for label, (frame, weights) in candidates.items():
-        y = frame["label"].to_numpy().astype(int)
-        rows.append({"candidate": label, "weights": weights,
-                     **{k: fn(y, scores(task, frame)) for k, fn in fns.items()}})
-    return pd.DataFrame(rows).set_index("candidate")
-
-
-def blend_runs(oofs: Sequence[pd.DataFrame], tests: Sequence[pd.DataFrame | None], task: Any,
-               method: str = "mean") -> tuple[pd.DataFrame, pd.DataFrame | None, np.ndarray]:
-    """Blend runs' OOF and fold-averaged test predictions with ``method`` (mean, rank,
-    geometric, or ``search``: the mean with weights searched on OOF only). Returns the
-    blended OOF, the blended test predictions (None when a run has none) and the weights."""
-    from . import ensemble
-
-    if method == "search":
-        weights, how = ensemble.search_weights(oofs, task), "mean"
-    else:
-        weights, how = np.full(len(oofs), 1.0 / len(oofs)), method
-    if how not in ensemble.METHODS:
-        raise ConfigError(f"ensemble_method must be one of {(*ensemble.METHODS, 'search')}, "
-                          f"got {method!r}")
-    oof = ensemble.combine(oofs, task, how, weights)
-    oof = oof.merge(oofs[0][["image_id", "fold"]].astype({"image_id": str}), on="image_id",
-                    how="left") if "fold" in oofs[0].columns else oof
-    test = None if any(t is None for t in tests) else ensemble.combine(
-        [t for t in tests if t is not None], task, how, weights)
-    return oof, test, weights
-
-
 def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int = 200,
                   figures: str | os.PathLike[str] | None = None, prefix: str = "04_"
                   ) -> list[Any]:
     """ROC and precision-recall curves with bootstrap bands (binary; for a multiclass task
     the melanoma class one-vs-rest, else a note). Saved under ``figures`` when given."""
-    from . import plots
-
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y).astype(int)
     title = ""
@@ -581,56 +400,9 @@ def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int
                             save=where / f"{prefix}pr.png" if where else None)]
 
 
-def _logits(task: Any, p: np.ndarray) -> np.ndarray:
-    from .calibration import logit
-
-    if task.kind == "multiclass":
-        return np.log(np.clip(p, 1e-7, 1.0))
-    return logit(p)
-
-
-def calibration_report(task: Any, oof: pd.DataFrame, n_bins: int = 15
-                       ) -> tuple[pd.DataFrame, float]:
-    """ECE, Brier score and NLL of the OOF predictions before and after temperature scaling.
-
-    The "after" row is cross-fitted: each fold's predictions are scaled with a temperature
-    fitted on the other folds' OOF predictions, so the gain is not measured on the data the
-    temperature saw. Also returns the temperature fitted on every OOF row (for new data).
-    Rank-blended scores are not probabilities and should not be calibrated this way.
-    """
-    from .calibration import TemperatureScaler, brier_score, expected_calibration_error
-
-    y = oof["label"].to_numpy().astype(int)
-    p = scores(task, oof)
-    z = _logits(task, p)
-    folds = oof["fold"].to_numpy() if "fold" in oof.columns else np.zeros(len(oof), int)
-    scaled = np.array(p, dtype=np.float64, copy=True)
-    for k in np.unique(folds):
-        held = folds == k
-        if held.all():
-            break
-        t = TemperatureScaler().fit(z[~held], y[~held], task)
-        scaled[held] = t.transform(z[held])
-    overall = TemperatureScaler().fit(z, y, task)
-
-    def nll(q: np.ndarray) -> float:
-        q = np.clip(q, 1e-7, 1 - 1e-7)
-        if task.kind == "binary":
-            return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-        return float(-np.mean(np.log(q[np.arange(len(y)), y])))
-
-    rows = {name: {"ece": expected_calibration_error(y, q, n_bins), "brier": brier_score(y, q),
-                   "nll": nll(q)}
-            for name, q in (("OOF as predicted", p), ("temperature-scaled (cross-fitted)",
-                                                      scaled))}
-    return pd.DataFrame(rows).T, overall.temperature
-
-
 def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, Any] | None:
     """Metrics of test predictions against hidden test labels, when the table keeps them
     (the synthetic data's ``true_label``); None (with a note) otherwise, as on Kaggle."""
-    from .metrics import MetricError, evaluate
-
     df = table.df
     if test_pred is None or "true_label" not in df.columns:
         note("The test split has no labels here (as in a competition): the submission is "
@@ -644,7 +416,7 @@ def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, 
                           "the table; the run and the table disagree")
     y = merged["true_label"].to_numpy().astype(int)
     try:
-        return evaluate(table.task, y, scores(table.task, merged))
+        return evaluate(table.task, y, probabilities(table.task, merged))
     except MetricError as exc:  # e.g. a tiny test split holding one class only
         note(f"The test split cannot be scored: {exc}.")
         return None
@@ -652,43 +424,33 @@ def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, 
 
 def write_submission(test_pred: pd.DataFrame | None, task: Any,
                      path: str | os.PathLike[str]) -> pd.DataFrame | None:
-    """`melalib.ensemble.submission` in the task's competition format, written to ``path``
-    (a note and None when the dataset has no test split)."""
-    from .ensemble import submission, submission_format
-    from .io import write_csv
-
+    """`melalib.ensemble.submission` in the task's format (`submission_format`), written
+    to ``path`` (a note and None when the dataset has no test split)."""
     if test_pred is None:
         note("This dataset has no test split, so there is nothing to submit.")
         return None
-    try:
-        fmt = submission_format(task)
-    except ConfigError:  # e.g. the synthetic multiclass task: one column per class
-        fmt = "ham10000" if task.kind != "binary" else "isic2020"
-    sub = submission(test_pred, task, format=fmt)
+    sub = submission(test_pred, task)
     write_csv(path, sub)
     return sub
 
 
-def stack_runs(paths: Sequence[str | os.PathLike[str]], task: Any, out_dir: str | os.PathLike[str],
-               n_seeds: int = 3, n_boot: int = 200) -> tuple[pd.DataFrame | None, Any]:
+def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], task: Any,
+               out_dir: str | os.PathLike[str], n_seeds: int = 3, n_boot: int = 200
+               ) -> tuple[pd.DataFrame | None, Any]:
     """Notebook 04's stacking section (`melalib.stack`): the runs' OOF scores + metadata +
     patient context through boosted trees, written as a run-like folder ``out_dir``. Returns
     (the runs / mean blend / stack table with CIs, the `StackResult`); (None, None) with a
     note for a non-binary task or ``n_seeds`` = 0."""
-    from . import stack as stacking
-
     if n_seeds < 1 or getattr(task, "kind", None) != "binary":
         note("Stacking skipped: it needs binary runs and stack_seeds >= 1.")
         return None, None
-    result = stacking.stack(stacking.load_inputs([Path(p) for p in paths]), out_dir,
+    result = stacking.stack(stacking.load_inputs(runs), out_dir,
                             n_seeds=n_seeds, n_boot=n_boot, overwrite=True)
     return stacking.summary_table(result), result
 
 
 def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:
     """Write ``sections`` (DataFrames become records) as JSON, atomically."""
-    from .io import write_json
-
     def plain(value: Any) -> Any:
         if isinstance(value, pd.DataFrame):
             return json_records(value)
@@ -727,13 +489,11 @@ def operating_threshold(task: Any, oof: pd.DataFrame, sensitivity: float = 0.9) 
     """Binary: the OOF threshold that reaches ``sensitivity`` (a triage operating point:
     at 1-2 % prevalence a model rarely scores 0.5, so errors "at 0.5" say little); other
     tasks call the argmax and get 0.5."""
-    from .metrics import MetricError, threshold_for_sensitivity
-
     if task.kind != "binary":
         return 0.5
     try:
         return float(threshold_for_sensitivity(oof["label"].to_numpy().astype(int),
-                                               scores(task, oof), sensitivity)[0])
+                                               probabilities(task, oof), sensitivity)[0])
     except MetricError as exc:  # e.g. OOF predictions of one class only
         note(f"No {sensitivity:.0%}-sensitivity threshold ({exc}); using 0.5.")
         return 0.5
@@ -745,8 +505,6 @@ def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
     """Grad-CAM overlays of a run's most confident cases of one kind at ``threshold``
     (`explain_errors`; metadata held fixed), as a `melalib.plots.cam_grid` figure. A note
     and no figure when the run has no such case."""
-    from . import explain, plots
-
     errors, images, cams = explain.explain_errors(run_dir, kind=kind, top=top, method=method,
                                                   threshold=threshold, device=device)
     if errors.empty:

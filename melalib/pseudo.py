@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError, LeakageError
+from .runs import RunDir
 from .table import LesionTable
 from .tasks import Task
 
@@ -46,18 +47,18 @@ def pseudo_labels(test_pred: pd.DataFrame, task: Task, threshold: float) -> pd.S
 def add_pseudo_labels(table: LesionTable, run_dir: str | Path, threshold: float
                       ) -> LesionTable:
     """``table`` with a ``pseudo_label`` column from ``run_dir``'s test predictions."""
-    from .ensemble import load_runs, run_task
-
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"pseudo_run {run_dir} is not a run folder")
-    if run_task(run_dir) != table.task:
+    try:
+        run = RunDir.read(run_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"pseudo_run: {exc}") from exc
+    if run.task != table.task:
         raise ConfigError(f"pseudo_run {run_dir} predicts another task than this table's "
                           f"{table.task.name!r}")
-    _, tests = load_runs([run_dir])
-    if tests[0] is None:
+    test = run.test_mean()
+    if test is None:
         raise DataError("pseudo_run has no test predictions (test_fold*.csv)", file=run_dir)
-    labels = pseudo_labels(tests[0], table.task, threshold)
+    labels = pseudo_labels(test, table.task, threshold)
     df = table.df.copy()
     is_test = (df["split"] == "test").to_numpy()
     test_ids = df.loc[is_test, "image_id"].astype(str)

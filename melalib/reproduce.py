@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .errors import ConfigError
 from .runs import RunDir
@@ -24,12 +23,11 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
     from .engine import train
 
     run_dir = Path(run_dir)
-    original = RunDir(run_dir, None)  # type: ignore[arg-type]
-    cfg = original.load_config()
-    info = original.info()
+    original = RunDir.read(run_dir)
+    cfg, info = original.cfg, original.info()
     if cfg is None or info is None:
-        raise ConfigError(f"{run_dir} is not a melalib run (config.yaml and run.json expected)")
-    original.cfg = cfg
+        raise ConfigError(f"{run_dir} is not a melalib training run (config.yaml and run.json "
+                          "expected)")
     done = original.done_folds()
     if not done:
         raise ConfigError(f"{run_dir} has no finished fold to reproduce")
@@ -43,8 +41,7 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
         new_info = rerun.info() or {}
         diffs = {}
         for fold in done:
-            a = pd.read_csv(original.oof_path(fold), dtype={"image_id": str})
-            b = pd.read_csv(rerun.oof_path(fold), dtype={"image_id": str})
+            a, b = original.oof(fold), rerun.oof(fold)
             merged = a.merge(b, on="image_id", suffixes=("_a", "_b"), validate="one_to_one")
             if len(merged) != len(a) or len(merged) != len(b):
                 diffs[fold] = float("inf")

@@ -15,7 +15,14 @@ Layout of ``outputs/<run>/``::
     unlisted_images.csv  image files beside the listed ones that the table does not name
     train.log            per-epoch log lines (resumes, warnings)
 
-run.json also counts ``n_skipped_images`` and ``n_unlisted_images``.
+run.json also counts ``n_skipped_images`` and ``n_unlisted_images``. The notebooks add
+``NOTEBOOK_OUTPUTS`` (figures, their JSON reports, the submission); a folder holding only
+those becomes the run when training starts in it.
+
+`RunDir` is the one reader and writer of this layout: `RunDir.start` / `RunDir.open` for
+training, `RunDir.read` for a read-only view of a finished (or partly finished) run, and of
+the run-like folders ``melalib stack`` writes (``table/``, ``oof*.csv``, ``test_fold*.csv``,
+no ``config.yaml``).
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +48,9 @@ import yaml
 from .config import RunConfig
 from .errors import ConfigError, DataError, RunExistsError, RunLockedError
 from .io import write_error, write_json, write_yaml
+from .predictions import fold_average, read_predictions
 from .table import LesionTable
+from .tasks import Task
 
 PACKAGES = ("melalib", "torch", "torchvision", "timm", "albumentations", "numpy", "pandas",
             "scikit-learn", "grad-cam")
@@ -68,6 +78,11 @@ def git_commit(path: Path | None = None) -> str | None:
 
 
 MARKER = ".melalib-run"  # melalib's own mark on a run folder it created (JSON: name)
+#: What the notebooks write into a run folder next to the engine's files (01 and 02 write
+#: theirs before any training: a folder holding only these becomes the run).
+NOTEBOOK_OUTPUTS = ("figures", "features.json", "ensemble.json", "errors.json",
+                    "submission.csv")
+FOLD_FILE = re.compile(r"(?:oof|test|history)_fold(\d+)\.csv")
 T = TypeVar("T")
 
 
@@ -166,12 +181,60 @@ def _recover_swap(path: Path) -> None:
         _remove_owned(leftover, name)
 
 
+def _adoptable(path: Path) -> bool:
+    """True for a missing or empty folder, or one holding only `NOTEBOOK_OUTPUTS`."""
+    if not path.is_dir():
+        return not path.exists()
+    return all(entry.name in NOTEBOOK_OUTPUTS for entry in path.iterdir())
+
+
+def _fold_numbers(path: Path, prefix: str) -> list[int]:
+    """The folds ``k`` of the ``<prefix>_fold{k}.csv`` files in ``path``, ascending."""
+    found = (FOLD_FILE.fullmatch(p.name) for p in path.glob(f"{prefix}_fold*.csv"))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
 @dataclass
 class RunDir:
-    """One run's folder; `open` decides between a fresh start, a resume and a refusal."""
+    """One run's folder; `start` decides between a fresh start, a resume and a refusal,
+    `read` opens an existing one read-only. ``cfg`` is None for a run-like folder without
+    a training config (``melalib stack``'s output)."""
 
     path: Path
-    cfg: RunConfig
+    cfg: RunConfig | None
+
+    # ---------------------------------------------------------------- reading
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> RunDir:
+        """A read-only view of an existing run folder, with the config it stores.
+
+        What counts as a melalib run is decided here: a folder with ``config.yaml`` (a
+        training run), or a run-like folder with ``table/task.json`` and ``oof.csv`` (what
+        ``melalib stack`` writes). Anything else raises ConfigError naming what is missing.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a melalib run: no such folder")
+        view = cls(path, None)
+        if (path / "config.yaml").is_file():
+            view.cfg = view.load_config()
+        elif not ((path / "table" / "task.json").is_file() and (path / "oof.csv").is_file()):
+            raise ConfigError(
+                f"{path} is not a melalib run: no config.yaml (a training run) and no "
+                "table/task.json + oof.csv (a run-like folder such as melalib stack writes)")
+        return view
+
+    @property
+    def task(self) -> Task:
+        """The task of the stored table (``table/task.json``)."""
+        return Task.from_dict(json.loads((self._stored_table() / "task.json").read_text()))
+
+    def _stored_table(self) -> Path:
+        folder = self.table_dir()
+        if not (folder / "task.json").is_file():
+            raise ConfigError(f"{self.path} has no stored table (no table/task.json): the "
+                              "run never finished starting; train it first")
+        return folder
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -185,8 +248,10 @@ class RunDir:
     def start(cls, cfg: RunConfig, build: Callable[[RunDir], T]) -> tuple[RunDir, T]:
         """Open the run folder for writing and call ``build(run)`` (load and check the data).
 
-        - no folder: created (with melalib's marker ``.melalib-run``), then ``build``; a
-          ``build`` that fails leaves a folder the next command may replace;
+        - no folder, or one holding only `NOTEBOOK_OUTPUTS` (what notebooks 01 and 02 write
+          before any training; they are kept): created (with melalib's marker
+          ``.melalib-run``), then ``build``; a ``build`` that fails leaves a folder the next
+          command may replace;
         - the same config: resumed; a folder whose start failed (``failed_start`` in
           run.json, no table stored: e.g. a missing data_dir) with another config: replaced
           as below, so it never blocks the corrected command;
@@ -204,10 +269,11 @@ class RunDir:
                                  "run name or output_dir")
         _recover_swap(path)
         info = run.info() if path.is_dir() else None
-        if path.exists() and any(path.iterdir()) and info is None:
+        if info is None and not _adoptable(path):
             raise RunExistsError(
-                f"{path} exists and is not a melalib run (no run.json); choose another run "
-                "name or output_dir: melalib never deletes folders it did not write")
+                f"{path} exists and is not a melalib run (no run.json, and it holds more than "
+                f"the notebooks' outputs {NOTEBOOK_OUTPUTS}); choose another run name or "
+                "output_dir: melalib never deletes folders it did not write")
         if info is not None and (cfg.overwrite or not run._same_config(info)):
             if not _owned(path, cfg.name):
                 raise RunExistsError(
@@ -307,10 +373,14 @@ class RunDir:
         write_json(self.path / "run.json", info)
 
     def load_config(self) -> RunConfig | None:
+        """The config stored in ``config.yaml`` (None when there is none)."""
         p = self.path / "config.yaml"
         if not p.is_file():
             return None
-        return RunConfig.from_dict(yaml.safe_load(p.read_text()))
+        try:
+            return RunConfig.from_dict(yaml.safe_load(p.read_text()))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{p}: cannot read the run's config: {exc}") from exc
 
     # ------------------------------------------------------------------ paths
     def checkpoint(self, fold: int, kind: str = "last") -> Path:
@@ -319,8 +389,9 @@ class RunDir:
     def history_path(self, fold: int) -> Path:
         return self.path / f"history_fold{fold}.csv"
 
-    def oof_path(self, fold: int) -> Path:
-        return self.path / f"oof_fold{fold}.csv"
+    def oof_path(self, fold: int | None = None) -> Path:
+        """``oof_fold{k}.csv``, or with no fold the pooled ``oof.csv``."""
+        return self.path / ("oof.csv" if fold is None else f"oof_fold{fold}.csv")
 
     def test_path(self, fold: int) -> Path:
         return self.path / f"test_fold{fold}.csv"
@@ -328,7 +399,16 @@ class RunDir:
     def fold_done(self, fold: int) -> bool:
         return self.oof_path(fold).is_file()
 
+    @property
+    def complete(self) -> bool:
+        """Every fold is done: the pooled ``oof.csv`` is written."""
+        return self.oof_path().is_file()
+
     def done_folds(self) -> list[int]:
+        """Folds whose OOF predictions are written (of ``n_folds``; for a folder without a
+        config, every ``oof_fold{k}.csv`` found)."""
+        if self.cfg is None:
+            return _fold_numbers(self.path, "oof")
         return [k for k in range(self.cfg.data.n_folds) if self.fold_done(k)]
 
     # ------------------------------------------------------------------ table
@@ -350,14 +430,65 @@ class RunDir:
                              n_train=int((table.df["split"] == "train").sum()))
         return digest
 
-    def load_table(self) -> LesionTable:
-        return LesionTable.load(self.table_dir())
+    def table(self) -> LesionTable:
+        """The table the run trained on (folds, metadata, hidden test labels)."""
+        return LesionTable.load(self._stored_table())
 
     # ------------------------------------------------------------ predictions
-    def load_oof(self) -> pd.DataFrame:
-        """Out-of-fold predictions of the finished folds, concatenated."""
-        frames = [pd.read_csv(self.oof_path(k), dtype={"image_id": str, "group_id": str})
-                  for k in self.done_folds()]
+    def oof(self, fold: int | None = None) -> pd.DataFrame:
+        """Out-of-fold predictions: fold ``fold``'s, or pooled: ``oof.csv`` once every fold
+        is done (rows sorted by image_id), else the finished folds' files (`oof_by_fold`)."""
+        if fold is not None:
+            if not self.fold_done(fold):
+                raise ConfigError(f"{self.path}: fold {fold} has not finished (no "
+                                  f"oof_fold{fold}.csv)")
+            return read_predictions(self.oof_path(fold))
+        if self.oof_path().is_file():
+            return read_predictions(self.oof_path())
+        return self.oof_by_fold()
+
+    def oof_by_fold(self) -> pd.DataFrame:
+        """The finished folds' ``oof_fold{k}.csv`` concatenated in fold order, as training
+        wrote them (what `oof.csv` pools)."""
+        frames = [read_predictions(self.oof_path(k)) for k in self.done_folds()]
         if not frames:
-            raise ConfigError(f"{self.path}: no fold has finished (no oof_fold*.csv)")
+            raise ConfigError(f"{self.path}: no fold has finished (no oof_fold*.csv); train "
+                              "at least one fold first")
         return pd.concat(frames, ignore_index=True)
+
+    def test_mean(self) -> pd.DataFrame | None:
+        """The finished folds' test predictions averaged per image (`fold_average`; a
+        folder without a config: every ``test_fold{k}.csv``); None when the run has none
+        (its dataset has no test split)."""
+        folds = self.done_folds() if self.cfg is not None else _fold_numbers(self.path, "test")
+        paths = [self.test_path(k) for k in folds]
+        frames = [read_predictions(p) for p in paths if p.is_file()]
+        return fold_average(frames, self.task) if frames else None
+
+    def history(self) -> pd.DataFrame:
+        """Every fold's per-epoch history (``history_fold{k}.csv``), in fold order."""
+        folds = _fold_numbers(self.path, "history")
+        if not folds:
+            raise ConfigError(f"{self.path}: no history_fold*.csv; train a fold first")
+        return pd.concat([pd.read_csv(self.history_path(k)) for k in folds],
+                         ignore_index=True)
+
+    def report(self, name: str) -> dict[str, Any]:
+        """A JSON file of the run (``metrics.json``, ``metrics_fold{k}.json`` or a notebook's
+        ``features.json`` / ``ensemble.json`` / ``errors.json``); {} when absent."""
+        path = self.path / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def shared_task(runs: Sequence[RunDir]) -> Task:
+    """The task every run predicts; ConfigError naming the first run that differs."""
+    if not runs:
+        raise ConfigError("no run folders given")
+    task = runs[0].task
+    for run in runs[1:]:
+        other = run.task
+        if other != task:
+            raise ConfigError(f"run {run.path} predicts task {other.name!r} "
+                              f"{list(other.classes)} but {runs[0].path} predicts "
+                              f"{task.name!r} {list(task.classes)}")
+    return task

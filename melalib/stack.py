@@ -42,12 +42,11 @@ import pandas as pd
 
 from .config import RunConfig
 from .data.adapters import load_table
-from .ensemble import load_runs, run_task
 from .errors import ConfigError, DataError, LeakageError, MelalibError
 from .folds import assign_folds
 from .io import write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
-from .runs import git_commit, package_versions
+from .runs import RunDir, git_commit, package_versions, shared_task
 from .table import SITES, LesionTable
 from .tasks import Task
 
@@ -96,27 +95,26 @@ def _run_name(run_dir: Path, used: set[str]) -> str:
     return name
 
 
-def load_inputs(run_dirs: Sequence[str | Path]) -> StackInputs:
+def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
     """The first run's table (with its folds) and every run's binary score per image.
 
     Every run must be binary, list OOF predictions for every training row of the table,
     and agree with the table on each row's fold (the same grouped folds)."""
     if not run_dirs:
         raise ConfigError("stack needs at least one run folder (or a data config)")
-    dirs = [Path(r) for r in run_dirs]
-    task = run_task(dirs[0])
+    runs = [r if isinstance(r, RunDir) else RunDir.read(r) for r in run_dirs]
+    dirs = [r.path for r in runs]
+    task = shared_task(runs)
     if task.kind != "binary":
         raise ConfigError(f"stack needs binary runs; {dirs[0]} predicts {task.kind} "
                           f"{list(task.classes)}")
-    table = LesionTable.load(dirs[0] / "table")
-    oofs, tests = load_runs(dirs)
+    table = runs[0].table()
     train = table.df[table.df["split"] == "train"].set_index("image_id")
     test_ids = table.df.loc[table.df["split"] == "test", "image_id"]
     scores, used = pd.DataFrame(index=table.df["image_id"]), set()
     prob = task.prob_columns[0]
-    for run_dir, oof, test in zip(dirs, oofs, tests, strict=True):
-        if run_task(run_dir) != task:
-            raise ConfigError(f"run {run_dir} predicts another task than {dirs[0]}")
+    for run in runs:
+        run_dir, oof, test = run.path, run.oof(), run.test_mean()
         oof = oof.set_index("image_id")
         missing = train.index.difference(oof.index)
         if len(missing):
@@ -328,18 +326,19 @@ def _baseline(task: Task, y: np.ndarray, p: pd.Series, groups: pd.Series, n_boot
 
 def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, pd.DataFrame],
            imp: pd.DataFrame, metrics: dict[str, Any]) -> None:
+    run = RunDir(out, None)  # a run-like folder: `RunDir.read` and `melalib ensemble` read it
     out.mkdir(parents=True, exist_ok=True)
-    inputs.table.save(out / "table")
+    inputs.table.save(run.table_dir())
     write_json(out / "run.json", {
         "kind": "stack", "inputs": [str(r) for r in inputs.runs], "model": metrics["model"],
         "n_seeds": metrics["n_seeds"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv), "versions": package_versions(),
         "git_commit": git_commit(), "table_hash": inputs.table.content_hash()})
     for k, sub in oof.groupby("fold"):
-        write_csv(out / f"oof_fold{k}.csv", sub.reset_index(drop=True))
+        write_csv(run.oof_path(int(k)), sub.reset_index(drop=True))
     for k, test in tests.items():
-        write_csv(out / f"test_fold{k}.csv", test)
-    write_csv(out / "oof.csv", oof.sort_values("image_id").reset_index(drop=True))
+        write_csv(run.test_path(k), test)
+    write_csv(run.oof_path(), oof.sort_values("image_id").reset_index(drop=True))
     write_csv(out / "feature_importance.csv", imp)
     rows = [{"metric": m, **v} for m, v in metrics["oof_ci"].items()]
     write_csv(out / "metrics_ci.csv", pd.DataFrame(rows))

@@ -16,7 +16,7 @@ from melalib.config import RunConfig
 from melalib.engine import train
 from melalib.errors import ConfigError
 from melalib.features import MetaEncoder
-from melalib.inference import drift_file, load_predictor, open_run, predict_cli
+from melalib.inference import drift_file, load_predictor, predict_cli
 from melalib.runs import RunDir
 from melalib.transforms import ASPECTS, build_transforms, denormalize
 
@@ -76,12 +76,12 @@ def crop_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
         backbone="resnet10t", image_size=32, aspect="crop", epochs=2, batch_size=8, n_folds=2,
         meta_hidden=(8,), tta=1, output_dir=str(root / "out"), name="crop")
     train(cfg, fold=0, progress=False)
-    return open_run(cfg.run_dir)
+    return RunDir.read(cfg.run_dir)
 
 
 def test_prediction_frames_images_as_training_did(crop_run: RunDir) -> None:
     oof = pd.read_csv(crop_run.path / "oof_fold0.csv")
-    table = crop_run.load_table()
+    table = crop_run.table()
     rows = table.df.set_index("image_id").loc[oof["image_id"]].reset_index()
     predictor = load_predictor(crop_run.checkpoint(0, "best"))
     assert predictor.cfg.data.aspect == "crop"
@@ -92,7 +92,7 @@ def test_prediction_frames_images_as_training_did(crop_run: RunDir) -> None:
 
 def test_metadata_drift_is_written_and_warned(crop_run: RunDir, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
-    table = crop_run.load_table()
+    table = crop_run.table()
     csv = tmp_path / "new.csv"
     new = pd.DataFrame({"image": [Path(p).name for p in table.df["image_path"][:6]],
                         "age": [95.0] * 6})

@@ -11,12 +11,17 @@ from sklearn.metrics import brier_score_loss, log_loss
 from melalib.calibration import (
     TemperatureScaler,
     brier_score,
+    cross_fitted_scaling,
     expected_calibration_error,
     logit,
+    negative_log_likelihood,
     reliability_curve,
+    temperature_report,
 )
 from melalib.metrics import MetricError
-from melalib.tasks import HAM7, MELANOMA, MILK11
+from melalib.tasks import HAM7, MELANOMA, MILK11, Task
+
+THREE = Task("three", "multiclass", ("a", "b", "c"), "balanced_accuracy")
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
@@ -127,3 +132,36 @@ def test_logit_clips_and_inverts() -> None:
     z = logit(p)
     assert np.isfinite(z).all() and z[2] == 0.0
     assert expit(z[1]) == pytest.approx(0.25)
+
+
+def test_temperature_report_cross_fits_by_fold() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    logits = (2 * y - 1) * 0.5 + rng.normal(0, 1, 400)
+    over = 1 / (1 + np.exp(-4 * logits))  # over-confident: temperature should be > 1
+    folds = np.arange(400) % 4
+    table, temperature = temperature_report(MELANOMA, y, over, folds)
+    assert temperature == pytest.approx(4.0, rel=0.25)
+    before, after = table.iloc[0], table.iloc[1]
+    assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
+    assert before["nll"] == pytest.approx(log_loss(y, over))
+    assert negative_log_likelihood(MELANOMA, y, over) == pytest.approx(log_loss(y, over))
+
+
+def test_cross_fitted_scaling_never_uses_the_held_out_fold() -> None:
+    """Each fold is scaled by the temperature of the other folds: changing one fold's labels
+    leaves that fold's scaled probabilities unchanged; one fold alone stays unscaled."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    p = softmax(3 * np.eye(3)[y] + rng.normal(0, 1.5, (300, 3)), axis=1)
+    folds = np.arange(300) % 3
+    scaled, overall = cross_fitted_scaling(THREE, y, p, folds)
+    flipped = y.copy()
+    flipped[folds == 0] = (flipped[folds == 0] + 1) % 3
+    again, _ = cross_fitted_scaling(THREE, flipped, p, folds)
+    np.testing.assert_allclose(scaled[folds == 0], again[folds == 0])
+    assert not np.allclose(scaled[folds == 1], again[folds == 1])
+    np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+    assert overall.temperature > 0
+    same, _ = cross_fitted_scaling(THREE, y, p)  # no folds: nothing to cross-fit on
+    np.testing.assert_array_equal(same, p)

@@ -32,7 +32,7 @@ def test_all_folds_write_the_run_dir(tiny_cfg) -> None:
                  "oof_fold0.csv", "oof_fold1.csv", "test_fold0.csv", "metrics.json",
                  "checkpoints/fold0_best.pt", "checkpoints/fold1_last.pt", "train.log"):
         assert (run / name).is_file(), name
-    table = RunDir(run, cfg).load_table()
+    table = RunDir(run, cfg).table()
     train = table.df[table.df["split"] == "train"]
     oof = _oof(cfg)
     # every training image predicted exactly once, by the model that did not see it
@@ -161,7 +161,7 @@ def test_every_mode_trains(tiny_cfg, overrides) -> None:
     cfg = tiny_cfg(fold=0, **overrides)
     melalib.train(cfg)
     oof = pd.read_csv(cfg.run_dir / "oof_fold0.csv")
-    table = RunDir(cfg.run_dir, cfg).load_table()
+    table = RunDir(cfg.run_dir, cfg).table()
     probs = oof[table.task.prob_columns].to_numpy()
     assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
     if table.task.kind == "multiclass":
@@ -232,7 +232,7 @@ def test_best_epoch_validation_predictions_are_reused(tiny_cfg, monkeypatch, tta
     calls = _count_validation_passes(monkeypatch)
     melalib.train(cfg)
     run = RunDir(cfg.run_dir, cfg)
-    table = run.load_table()
+    table = run.table()
     df = table.df
     n_val = len(table.fold(0)[1])
     n_test = int((df["split"] == "test").sum())
@@ -286,7 +286,7 @@ def test_train_on_a_table_without_folds_assigns_grouped_folds(tiny_cfg) -> None:
     cfg = tiny_cfg(name="handed", fold=0)
     df = _hand_made(cfg, 12)
     summary = melalib.train(cfg, table=LesionTable(df, MELANOMA, origin="mine"), progress=False)
-    stored = RunDir(cfg.run_dir, cfg).load_table().df
+    stored = RunDir(cfg.run_dir, cfg).table().df
     assert sorted(stored["image_id"]) == sorted(df["image_id"])  # this table, not cfg's data
     train = stored[stored["split"] == "train"]
     assert set(train["fold"]) == {0, 1}
@@ -307,7 +307,7 @@ def test_train_on_a_table_keeps_its_fold_column(tiny_cfg) -> None:
     df["fold"] = np.where(df["split"] == "train",
                           df["group_id"].map({g: i % 2 for i, g in enumerate(patients)}), -1)
     melalib.train(cfg, table=LesionTable(df, MELANOMA), progress=False)
-    stored = RunDir(cfg.run_dir, cfg).load_table().df.set_index("image_id")
+    stored = RunDir(cfg.run_dir, cfg).table().df.set_index("image_id")
     assert (stored.loc[df["image_id"], "fold"].to_numpy() == df["fold"].to_numpy()).all()
     oof = pd.read_csv(cfg.run_dir / "oof_fold1.csv", dtype={"image_id": str})
     assert sorted(oof["image_id"]) == sorted(df.loc[df["fold"] == 1, "image_id"])

@@ -1,4 +1,5 @@
-"""Ensembles: fold averaging, blends by hand, OOF weight search, run folders, submissions."""
+"""Ensembles: fold averaging, blends by hand, OOF weight search, blending run folders (CLI and
+notebook alike), submissions."""
 
 from __future__ import annotations
 
@@ -10,17 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from melalib import notebook as nbh
+from melalib.config import RunConfig
 from melalib.ensemble import (
+    blend,
+    blend_metrics,
     combine,
+    compare_blends,
     ensemble_cli,
-    fold_average,
-    load_runs,
     search_weights,
     submission,
+    submission_format,
 )
 from melalib.errors import ConfigError, DataError
-from melalib.io import write_json
+from melalib.io import write_json, write_yaml
 from melalib.metrics import roc_auc
+from melalib.predictions import fold_average
+from melalib.runs import RunDir
 from melalib.tasks import HAM7, MELANOMA, MILK11, Task
 
 BIN = MELANOMA.prob_columns  # ["prob_melanoma"]
@@ -150,7 +157,8 @@ def fake_run(root: Path, name: str, task: Task, oof: pd.DataFrame, tests: list[p
     run = root / name
     (run / "table").mkdir(parents=True)
     write_json(run / "table" / "task.json", task.to_dict())
-    if per_fold:
+    if per_fold:  # a training run, partly or wholly done: its config says how many folds
+        write_yaml(run / "config.yaml", RunConfig.from_dict({"n_folds": 2}).to_dict())
         half = len(oof) // 2
         oof.iloc[:half].assign(fold=0).to_csv(run / "oof_fold0.csv", index=False)
         oof.iloc[half:].assign(fold=1).to_csv(run / "oof_fold1.csv", index=False)
@@ -161,14 +169,15 @@ def fake_run(root: Path, name: str, task: Task, oof: pd.DataFrame, tests: list[p
     return run
 
 
-def test_load_runs_and_ensemble_cli_search(tmp_path: Path) -> None:
+def test_run_folders_and_ensemble_cli_search(tmp_path: Path) -> None:
     good, noise, _ = _oof_pair(n=200)
     ids = ["0001", "0002", "0003"]  # ids that look like numbers stay strings
     good_tests = [frame(ids, [0.9, 0.1, 0.5]), frame(ids, [0.7, 0.3, 0.5])]
     noise_tests = [frame(ids, [0.2, 0.6, 0.4]), frame(ids[::-1], [0.4, 0.6, 0.2])]
     r_noise = fake_run(tmp_path, "noise", MELANOMA, noise, noise_tests)
     r_good = fake_run(tmp_path, "good", MELANOMA, good, good_tests, per_fold=True)
-    oofs, tests = load_runs([r_noise, r_good])
+    runs = [RunDir.read(r_noise), RunDir.read(r_good)]
+    oofs, tests = [r.oof() for r in runs], [r.test_mean() for r in runs]
     assert len(oofs[1]) == 200 and set(oofs[1]["image_id"]) == set(good["image_id"])
     assert tests[0] is not None and tests[1] is not None
     assert "label" not in tests[0].columns
@@ -204,6 +213,48 @@ def test_ensemble_cli_refuses_mixed_tasks_and_missing_test(tmp_path: Path) -> No
     assert (tmp_path / "s.metrics.json").is_file() and not out.exists()
 
 
+def test_blend_refuses_runs_of_different_tasks(tmp_path: Path) -> None:
+    good, _, _ = _oof_pair(n=20)
+    a = fake_run(tmp_path, "a", MELANOMA, good, [])
+    b = fake_run(tmp_path, "b", HAM7, frame(["z"], np.full((1, 7), 1 / 7), HAM7, [0]), [])
+    with pytest.raises(ConfigError, match=r"predicts task 'ham10000'.*but .* predicts 'melanoma'"):
+        blend([a, b])
+    with pytest.raises(ConfigError, match="method"):
+        blend([a], "median")
+    with pytest.raises(ConfigError, match="not a melalib run"):
+        blend([a, tmp_path])
+
+
+def test_cli_and_notebook_blend_give_the_same_frames(tmp_path: Path) -> None:
+    """`melalib ensemble` and notebook 04 both go through `blend`: same weights, same OOF
+    metrics, the same submission file (also for a task without a competition format)."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 90)
+    ids = [f"m{k}" for k in range(90)]
+    test_ids = ["t1", "t2", "t3"]
+    runs = []
+    for name, sharp in (("weak", 0.2), ("strong", 0.8)):
+        probs = np.eye(3)[y] * sharp + rng.dirichlet(np.ones(3), 90) * (1 - sharp)
+        tests = [frame(test_ids, rng.dirichlet(np.ones(3), 3), TRI) for _ in range(2)]
+        oof = frame(ids, probs, TRI, y).assign(fold=np.arange(90) % 2)
+        runs.append(fake_run(tmp_path, name, TRI, oof, tests))
+    out = tmp_path / "cli.csv"
+    assert ensemble_cli(argparse.Namespace(runs=[str(r) for r in runs], method="search",
+                                           out=str(out))) == 0
+    blended = blend(nbh.read_runs(RunConfig.from_dict({"output_dir": str(tmp_path)}),
+                                  "weak,strong"), method="search")  # what notebook 04 does
+    cli_metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert cli_metrics["weights"] == [float(w) for w in blended.weights]
+    assert cli_metrics["oof"] == json.loads(json.dumps(blend_metrics(blended)["oof"]))
+    notebook_sub = nbh.write_submission(blended.test, blended.task, tmp_path / "nb.csv")
+    assert list(notebook_sub.columns) == ["image", "a", "b", "c"]
+    assert (tmp_path / "nb.csv").read_bytes() == out.read_bytes()
+    assert blended.oof["fold"].tolist() == (np.arange(90) % 2).tolist()
+    table = compare_blends(blended)
+    assert table.index.tolist() == ["run weak", "run strong", "mean blend", "rank blend",
+                                    "geometric blend", "searched weights (mean)"]
+
+
 # ----------------------------------------------------------------------------- submission
 def test_submission_formats() -> None:
     sub = submission(frame(["ISIC_1", "ISIC_2"], [0.2, 0.9]), MELANOMA)
@@ -224,8 +275,13 @@ def test_submission_formats() -> None:
         submission(frame(["a", "b"], [0.1, 1.2]), MELANOMA)
     with pytest.raises(DataError, match=r"nan is not a probability"):
         submission(frame(["a", "b"], [0.1, np.nan]), MELANOMA)
+    # a task without a competition format: one column per class (binary: image_name,target)
+    assert submission_format(TRI) == "ham10000"
+    assert submission_format(Task("lesion", "binary", ("no", "yes"), "roc_auc")) == "isic2020"
+    assert list(submission(frame(["a"], [0.1, 0.2, 0.7], TRI), TRI).columns) == ["image", "a",
+                                                                               "b", "c"]
     with pytest.raises(ConfigError, match="format"):
-        submission(frame(["a"], [0.1, 0.2, 0.7], TRI), TRI)
+        submission(frame(["a"], [0.1, 0.2, 0.7], TRI), TRI, format="kaggle")
 
 
 def test_milk10k_header_matches_the_sample_submission(shared_data: Path) -> None:

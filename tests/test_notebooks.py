@@ -21,7 +21,8 @@ from sklearn.metrics import roc_auc_score
 
 from melalib import notebook as nbh
 from melalib.config import RunConfig
-from melalib.errors import ConfigError, RunExistsError
+from melalib.errors import ConfigError
+from melalib.runs import RunDir
 from melalib.table import LesionTable
 from melalib.tasks import MELANOMA
 
@@ -226,41 +227,19 @@ def test_config_from_namespace_applies_a_preset_under_the_variables(tmp_path: Pa
         nbh.config_from_namespace({"epochs": "many"}, root=tmp_path)
 
 
-def test_run_dirs_resolves_names_and_refuses_unfinished_runs(tmp_path: Path) -> None:
+def test_read_runs_resolves_names_and_refuses_unfinished_runs(tmp_path: Path) -> None:
     cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "a"})
     with pytest.raises(ConfigError, match="not a melalib run"):
-        nbh.run_dirs(cfg)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "run.json").write_text("{}")
+        nbh.read_runs(cfg)
+    for name in ("a", "b"):
+        RunDir.open(RunConfig.from_dict({"output_dir": str(tmp_path), "name": name}))
     with pytest.raises(ConfigError, match="no fold has finished"):
-        nbh.run_dirs(cfg, " a , ")
+        nbh.read_runs(cfg, " a , ")
     (tmp_path / "a" / "oof_fold0.csv").write_text("image_id\n")
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "run.json").write_text("{}")
     (tmp_path / "b" / "oof_fold1.csv").write_text("image_id\n")
-    assert nbh.run_dirs(cfg) == [tmp_path / "a"]
-    assert nbh.run_dirs(cfg, "a,b") == [tmp_path / "a", tmp_path / "b"]
-    assert nbh.run_dirs(cfg, str(tmp_path / "b")) == [tmp_path / "b"]
-
-
-def test_open_run_adopts_a_folder_holding_only_notebook_outputs(tmp_path: Path) -> None:
-    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "r", "epochs": 2})
-    figure = nbh.figures_dir(cfg) / "01_class_balance.png"
-    figure.write_bytes(b"png")
-    (cfg.run_dir / "features.json").write_text("{}")
-    run = nbh.open_run(cfg)  # what 01 and 02 left stays, the folder becomes the run
-    assert run.path == cfg.run_dir and (cfg.run_dir / "run.json").is_file()
-    assert figure.read_bytes() == b"png" and (cfg.run_dir / "features.json").is_file()
-    assert not list(tmp_path.glob(".*notebook-outputs"))
-    assert nbh.open_run(cfg).path == cfg.run_dir  # same config: resumed
-    with pytest.raises(RunExistsError, match="epochs"):
-        nbh.open_run(cfg.with_overrides({"epochs": 3}))
-    foreign = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "mine"})
-    nbh.figures_dir(foreign)
-    (foreign.run_dir / "notes.txt").write_text("keep")
-    with pytest.raises(RunExistsError, match="not a melalib run"):
-        nbh.open_run(foreign)
-    assert (foreign.run_dir / "notes.txt").read_text() == "keep"
+    assert [r.path for r in nbh.read_runs(cfg)] == [tmp_path / "a"]
+    assert [r.path for r in nbh.read_runs(cfg, "a,b")] == [tmp_path / "a", tmp_path / "b"]
+    assert [r.path for r in nbh.read_runs(cfg, str(tmp_path / "b"))] == [tmp_path / "b"]
 
 
 # --------------------------------------------------------------------- data helpers
@@ -329,18 +308,6 @@ def test_operating_threshold_reaches_the_sensitivity(tmp_path: Path) -> None:
     assert nbh.operating_threshold(MELANOMA, oof, 0.9) == pytest.approx(0.35)
     assert nbh.operating_threshold(MELANOMA, oof, 0.5) == pytest.approx(0.8)
     assert nbh.operating_threshold(MELANOMA, oof.assign(label=0)) == 0.5  # undefined: 0.5
-
-
-def test_calibration_report_cross_fits_by_fold() -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 400)
-    logits = (2 * y - 1) * 0.5 + rng.normal(0, 1, 400)
-    over = 1 / (1 + np.exp(-4 * logits))  # over-confident: temperature should be > 1
-    oof = pd.DataFrame({"label": y, "prob_melanoma": over, "fold": np.arange(400) % 4})
-    table, temperature = nbh.calibration_report(MELANOMA, oof)
-    assert temperature == pytest.approx(4.0, rel=0.25)
-    before, after = table.iloc[0], table.iloc[1]
-    assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
 
 
 # ------------------------------------------------------------------ executed series
@@ -439,18 +406,17 @@ def test_ensemble_blends_both_runs_and_writes_a_submission(executed: dict[str, A
 
 
 def test_ensemble_notebook_stacks_both_runs(executed: dict[str, Any]) -> None:
-    from melalib.ensemble import load_runs
-
     run_dir = executed["summary"]["run_dir"]
     stack_dir = run_dir / "stack"
     metrics = json.loads((stack_dir / "metrics.json").read_text())
     assert {run_dir.name, "synthetic_meta_only", "mean_blend"} <= set(metrics["baselines"]), \
         metrics["baselines"].keys()
     assert {"roc_auc", "pauc_80"} <= set(metrics["oof_ci"])
-    oofs, tests = load_runs([stack_dir])
+    stacked = RunDir.read(stack_dir)
     image = pd.read_csv(run_dir / "oof.csv")
-    assert sorted(oofs[0]["image_id"]) == sorted(image["image_id"])
-    assert (stack_dir / "feature_importance.csv").is_file() and tests[0] is not None
+    assert sorted(stacked.oof()["image_id"]) == sorted(image["image_id"])
+    assert (stack_dir / "feature_importance.csv").is_file()
+    assert stacked.test_mean() is not None
 
 
 def test_gradcam_notebook_reports_errors(executed: dict[str, Any]) -> None:

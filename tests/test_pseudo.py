@@ -94,20 +94,19 @@ def test_weighted_loss_is_the_weighted_row_mean() -> None:
 
 def test_second_round_trains_on_pseudo_labels(tiny_cfg) -> None:
     from melalib.engine import train
-    from melalib.ensemble import load_runs
     from melalib.runs import RunDir
 
     first = tiny_cfg(name="round1")
     train(first)
-    p = load_runs([first.run_dir])[1][0]["prob_melanoma"].to_numpy()
+    p = RunDir.read(first.run_dir).test_mean()["prob_melanoma"].to_numpy()
     margin = float(np.sort(np.abs(p - 0.5))[len(p) // 2])  # about half the test rows
     assert margin > 0
     second = tiny_cfg(name="round2", pseudo_run=str(first.run_dir),
                       pseudo_threshold=0.5 + margin, pseudo_weight=0.5)
     summary = train(second)
-    table = RunDir.open(second, write=False).load_table()
+    table = RunDir.read(second.run_dir).table()
     assert (table.df[PSEUDO_COLUMN] >= 0).sum() > 0
     assert (table.df.loc[table.df["split"] == "train", PSEUDO_COLUMN] == -1).all()
-    oof = RunDir.open(second, write=False).load_oof()
+    oof = RunDir.read(second.run_dir).oof()
     assert set(oof["image_id"]) == set(table.df.loc[table.df["split"] == "train", "image_id"])
     assert "oof" in summary

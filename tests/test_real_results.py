@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -133,27 +132,6 @@ def test_lesion_groups_cannot_straddle_the_engine_split(rr: ModuleType) -> None:
     df = table.df.assign(group_id=table.df["lesion_id"])
     with pytest.raises(LeakageError):
         LesionTable(df, HAM7).validate()
-
-
-def test_sklearn_oof_aligns_probabilities_with_classes(rr: ModuleType) -> None:
-    """A model that can separate the classes perfectly by site must put its probability
-    mass on the true class column of every out-of-fold row."""
-    from melalib.folds import assign_folds
-
-    sites = ["head_neck", "torso", "upper_extremity"]
-    rows = [{"image_id": f"i{i}", "image_path": "", "group_id": f"g{i // 2}",
-             "label": (i // 2) % 3, "label_name": HAM7.classes[(i // 2) % 3],
-             "age": 40.0 + i % 5, "sex": "female", "site": sites[(i // 2) % 3],
-             "source": "custom", "split": "train"} for i in range(90)]
-    table = assign_folds(LesionTable(pd.DataFrame(rows), HAM7), n_folds=3, seed=0)
-    oof = rr.sklearn_oof(table, "default", rr.logistic())
-    assert sorted(oof["image_id"]) == sorted(table.df["image_id"])
-    probs = oof[HAM7.prob_columns].to_numpy()
-    assert np.allclose(probs.sum(axis=1), 1.0)
-    assert (probs.argmax(axis=1) == oof["label"].to_numpy()).all()
-    assert (probs[:, 3:] == 0).all()  # classes never seen in training get no mass
-    by_id = table.df.set_index("image_id")["fold"]
-    assert (oof["fold"].to_numpy() == by_id.reindex(oof["image_id"]).to_numpy()).all()
 
 
 @pytest.mark.realdata

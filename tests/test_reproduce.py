@@ -53,7 +53,7 @@ def test_a_run_records_config_versions_commit_seed_table_hash_and_folds(finished
         assert info["git_commit"] == head.stdout.strip()
         assert re.fullmatch(r"[0-9a-f]{40}", info["git_commit"])
     # the table trained on, with its folds, and its hash
-    stored = RunDir(run, cfg).load_table()
+    stored = RunDir(run, cfg).table()
     assert info["table_hash"] == stored.content_hash()
     again = load_table(cfg.data)  # independently: load, pre-flight, fold, hash
     again = assign_folds(preflight_images(again, cfg, None), n_folds=cfg.data.n_folds,

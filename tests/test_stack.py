@@ -98,16 +98,16 @@ def test_patient_rank_and_z_by_hand() -> None:
 
 
 def test_metadata_only_stack_writes_a_run_like_folder(tmp_path: Path) -> None:
-    from melalib.ensemble import load_runs, run_task
+    from melalib.runs import RunDir
 
     result = stack(table_inputs(_table()), tmp_path / "stack", n_seeds=2, n_boot=50)
     out = tmp_path / "stack"
     for name in ("oof.csv", "oof_fold0.csv", "test_fold2.csv", "metrics.json",
                  "feature_importance.csv", "metrics_ci.csv", "table/task.json"):
         assert (out / name).is_file(), name
-    assert run_task(out) == MELANOMA
-    oofs, tests = load_runs([out])
-    assert len(oofs[0]) == 96 and len(tests[0]) == 8
+    run = RunDir.read(out)  # a run-like folder: no config.yaml
+    assert run.cfg is None and run.task == MELANOMA and run.done_folds() == [0, 1, 2]
+    assert len(run.oof()) == 96 and len(run.test_mean()) == 8
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"roc_auc", "pauc_80"} <= set(metrics["oof_ci"]) and "pauc_80" in metrics["oof"]
     assert result.importance["feature"].nunique() == len(metrics["features"])

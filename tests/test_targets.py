@@ -91,7 +91,7 @@ def test_diagnosis_run_reports_the_melanoma_softmax_column(tiny_cfg) -> None:
     state = torch.load(run.checkpoint(0, "best"), weights_only=True, map_location="cpu")
     assert state["task"]["classes"] == list(DIAGNOSIS_CLASSES)
     predictor = load_predictor(run.checkpoint(0, "best"), device="cpu")
-    table = run.load_table()
+    table = run.table()
     val = table.df[table.df["image_id"].isin(oof["image_id"])]
     again = predictor.predict(val, tta=1, progress=False).set_index("image_id")
     np.testing.assert_allclose(again.loc[oof["image_id"], "prob_MEL"].to_numpy(),

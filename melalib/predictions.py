@@ -1,0 +1,172 @@
+"""The prediction frame: one row per image, ``image_id`` and the task's probability columns.
+
+A run folder's files (``oof_fold{k}.csv``, ``test_fold{k}.csv``, ``oof.csv``) hold
+``image_id, group_id, fold`` (+ ``label`` for out-of-fold rows) and ``task.prob_columns``
+of the task the run reports (`melalib.targets.report_task`; a diagnosis-trained run adds
+its ``dx_<class>`` softmax columns). This module builds such frames (`prediction_frame`,
+`output_frame` for ``melalib predict``), reads them with the right dtypes
+(`read_predictions`), checks and aligns several of them on ``image_id`` (`check_frame`,
+`align`, `shared_labels`, `aligned_frame`, `fold_average`) and reads their probabilities
+back (`probabilities`, `class_probs`, `predicted_labels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .arrays import argmax_labels
+from .errors import DataError
+from .targets import diagnosis_columns, report_labels, report_probs, report_task
+from .tasks import Task
+
+#: Columns read as text whatever they look like ("0001" stays "0001").
+TEXT_COLUMNS = {"image_id": str, "group_id": str}
+
+
+# ------------------------------------------------------------------------------ building
+def prediction_frame(df: pd.DataFrame, task: Task, probs: np.ndarray, fold: int, *,
+                     labelled: bool) -> pd.DataFrame:
+    """One fold's predictions of the rows ``df`` as a run folder stores them, in the
+    reported task: a diagnosis-trained model's frame holds the binary label,
+    ``prob_melanoma`` = the MEL softmax column and the ``dx_<class>`` probabilities."""
+    out = pd.DataFrame({"image_id": df["image_id"].to_numpy(),
+                        "group_id": df["group_id"].to_numpy(), "fold": fold})
+    if labelled:
+        out["label"] = report_labels(df, task)
+    reported = report_probs(probs, task)
+    for j, col in enumerate(report_task(task).prob_columns):
+        out[col] = reported[:, j]
+    for col, values in diagnosis_columns(probs, task).items():
+        out[col] = values
+    return out
+
+
+def output_frame(image_ids: np.ndarray, task: Task, probs: np.ndarray) -> pd.DataFrame:
+    """Predictions of new images as ``melalib predict`` writes them: ``image_id`` and the
+    model's own ``prob_<class>`` columns, plus the reported melanoma score of a
+    diagnosis-trained model."""
+    out = pd.DataFrame({"image_id": np.asarray(image_ids)})
+    for j, column in enumerate(task.prob_columns):
+        out[column] = probs[:, j]
+    reported = report_task(task)
+    if reported != task:  # target=diagnosis: also the melanoma score the run reports
+        out[reported.prob_columns[0]] = report_probs(probs, task)[:, 0]
+    return out
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A prediction CSV with ``image_id`` / ``group_id`` read as text."""
+    return pd.read_csv(path, dtype=TEXT_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- aligning
+def check_frame(df: pd.DataFrame, task: Task, name: str) -> None:
+    """DataError unless ``df`` has ``image_id`` (no repeats) and every probability column."""
+    if "image_id" not in df.columns:
+        raise DataError(f"{name} has no 'image_id' column", file=name, column="image_id")
+    for column in task.prob_columns:
+        if column not in df.columns:
+            raise DataError(f"{name} has no probability column {column!r} (task {task.name!r} "
+                            f"expects {task.prob_columns})", file=name, column=column)
+    dup = df["image_id"].duplicated()
+    if dup.any():
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataError(f"image_id {df['image_id'].iloc[pos]!r} appears twice", file=name,
+                        row=pos + 1, column="image_id")
+
+
+def align(frames: Sequence[pd.DataFrame], task: Task, what: str
+          ) -> tuple[pd.Index, list[np.ndarray]]:
+    """The first frame's ids and every frame's (N, n_outputs) probabilities in that order;
+    DataError when the frames list different images or a probability is not finite."""
+    if not frames:
+        raise DataError(f"no {what} frames to combine")
+    names = [f"{what} frame {i + 1}" for i in range(len(frames))]
+    for df, name in zip(frames, names, strict=True):
+        check_frame(df, task, name)
+    ids = pd.Index(frames[0]["image_id"].astype(str))
+    probs = []
+    for df, name in zip(frames, names, strict=True):
+        own = pd.Index(df["image_id"].astype(str))
+        if len(own) != len(ids) or not own.isin(ids).all():
+            extra = own.difference(ids)
+            missing = ids.difference(own)
+            example = (f"{extra[0]!r} is only in {name}" if len(extra)
+                       else f"{missing[0]!r} is missing from {name}")
+            raise DataError(f"{what} frames list different images ({len(own)} vs {len(ids)} "
+                            f"ids; {example}); every frame must predict the same image_ids",
+                            file=name, column="image_id")
+        p = df[task.prob_columns].to_numpy(dtype=np.float64)[own.get_indexer(ids)]
+        bad = ~np.isfinite(p)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DataError(f"probability {p[row, col]} is not finite", file=name,
+                            row=int(own.get_loc(ids[row])) + 1, column=task.prob_columns[col])
+        probs.append(p)
+    return ids, probs
+
+
+def shared_labels(frames: Sequence[pd.DataFrame], ids: pd.Index, what: str
+                  ) -> np.ndarray | None:
+    """The ``label`` column of ``ids`` (None when any frame lacks it); frames must agree."""
+    if not all("label" in df.columns for df in frames):
+        return None
+    first = None
+    for i, df in enumerate(frames):
+        own = pd.Index(df["image_id"].astype(str))
+        y = df["label"].to_numpy()[own.get_indexer(ids)].astype(np.int64)
+        if first is None:
+            first = y
+        elif (y != first).any():
+            pos = int(np.flatnonzero(y != first)[0])
+            raise DataError(f"{what} frames disagree on the label of {ids[pos]!r}",
+                            file=f"{what} frame {i + 1}", column="label")
+    return first
+
+
+def aligned_frame(ids: pd.Index, probs: np.ndarray, task: Task, first: pd.DataFrame,
+                  labels: np.ndarray | None) -> pd.DataFrame:
+    """A prediction frame of ``ids`` (``group_id`` taken from ``first`` when it has one)."""
+    out = pd.DataFrame({"image_id": np.asarray(ids, dtype=object)})
+    if "group_id" in first.columns:
+        own = pd.Index(first["image_id"].astype(str))
+        out["group_id"] = first["group_id"].to_numpy()[own.get_indexer(ids)]
+    if labels is not None:
+        out["label"] = labels
+    for j, column in enumerate(task.prob_columns):
+        out[column] = probs[:, j]
+    return out
+
+
+def fold_average(test_frames: Sequence[pd.DataFrame], task: Task) -> pd.DataFrame:
+    """Mean probability per image over the folds' test predictions (same ids in each)."""
+    ids, probs = align(test_frames, task, "test")
+    return aligned_frame(ids, np.mean(probs, axis=0), task, test_frames[0], None)
+
+
+# ------------------------------------------------------------------------ probabilities
+def probabilities(task: Task, frame: pd.DataFrame) -> np.ndarray:
+    """The probability columns of a prediction frame: (N,) for binary, else (N, K)."""
+    p = frame[task.prob_columns].to_numpy(dtype=np.float64)
+    return p[:, 0] if task.kind == "binary" else p
+
+
+def class_probs(task: Task, probs: np.ndarray) -> np.ndarray:
+    """(N, K) class probabilities: binary P(positive) becomes [1 - p, p]."""
+    p = np.asarray(probs, dtype=np.float64)
+    if task.kind == "binary":
+        p = p.reshape(-1)
+        return np.column_stack([1.0 - p, p])
+    return p
+
+
+def predicted_labels(task: Task, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Binary: ``p >= threshold``; otherwise the argmax (ties -1, scored wrong)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if task.kind == "binary":
+        return (p.reshape(-1) >= threshold).astype(np.int64)
+    return argmax_labels(p)

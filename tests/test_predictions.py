@@ -1,0 +1,84 @@
+"""Prediction frames: built as the run folders store them, read back with their dtypes,
+and their probabilities as arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melalib.errors import DataError
+from melalib.io import write_csv
+from melalib.predictions import (
+    class_probs,
+    output_frame,
+    predicted_labels,
+    prediction_frame,
+    probabilities,
+    read_predictions,
+)
+from melalib.targets import DIAG9, DIAGNOSIS_CLASSES
+from melalib.tasks import HAM7, MELANOMA
+
+
+def _rows() -> pd.DataFrame:
+    return pd.DataFrame({"image_id": ["0001", "0002", "0003"], "group_id": ["007", "007", "9"],
+                         "label": [1, 0, 1], "melanoma_label": [1, 0, 0]})
+
+
+def test_prediction_frame_round_trips_through_csv(tmp_path: Path) -> None:
+    frame = prediction_frame(_rows(), MELANOMA, np.array([[0.9], [0.2], [0.6]]), 3,
+                             labelled=True)
+    assert list(frame.columns) == ["image_id", "group_id", "fold", "label", "prob_melanoma"]
+    write_csv(tmp_path / "oof_fold3.csv", frame)
+    back = read_predictions(tmp_path / "oof_fold3.csv")
+    assert back["image_id"].tolist() == ["0001", "0002", "0003"]  # ids stay text
+    assert back["group_id"].tolist() == ["007", "007", "9"]
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+    unlabelled = prediction_frame(_rows(), MELANOMA, np.array([[0.9], [0.2], [0.6]]), 0,
+                                  labelled=False)
+    assert "label" not in unlabelled.columns
+
+
+def test_diagnosis_model_frames_report_the_melanoma_score() -> None:
+    probs = np.full((3, 9), 0.05)
+    mel = DIAGNOSIS_CLASSES.index("MEL")
+    probs[:, mel] = [0.6, 0.1, 0.3]
+    stored = prediction_frame(_rows(), DIAG9, probs, 0, labelled=True)
+    assert stored["label"].tolist() == [1, 0, 0]  # the binary label, not the diagnosis
+    np.testing.assert_allclose(stored["prob_melanoma"], [0.6, 0.1, 0.3])
+    assert [c for c in stored.columns if c.startswith("dx_")] == [
+        f"dx_{c}" for c in DIAGNOSIS_CLASSES]
+    out = output_frame(np.array(["a", "b", "c"]), DIAG9, probs)  # what `melalib predict` writes
+    assert list(out.columns) == ["image_id", *DIAG9.prob_columns, "prob_melanoma"]
+    np.testing.assert_allclose(out["prob_melanoma"], out["prob_MEL"])
+    plain = output_frame(np.array(["a"]), MELANOMA, np.array([[0.4]]))
+    assert list(plain.columns) == ["image_id", "prob_melanoma"]
+
+
+def test_probabilities_class_probs_and_labels() -> None:
+    frame = pd.DataFrame({"image_id": ["a", "b"], "prob_melanoma": [0.3, 0.5]})
+    p = probabilities(MELANOMA, frame)
+    assert p.shape == (2,)
+    np.testing.assert_allclose(class_probs(MELANOMA, p), [[0.7, 0.3], [0.5, 0.5]])
+    assert predicted_labels(MELANOMA, p).tolist() == [0, 1]  # p >= 0.5 is positive
+    assert predicted_labels(MELANOMA, p, threshold=0.2).tolist() == [1, 1]
+    multi = np.full((2, 7), 0.1)
+    multi[0, 4], multi[1, [2, 5]] = 0.4, 0.25  # row 1: a tie, scored wrong (-1)
+    frame = pd.DataFrame(multi, columns=HAM7.prob_columns).assign(image_id=["x", "y"])
+    assert probabilities(HAM7, frame).shape == (2, 7)
+    assert predicted_labels(HAM7, multi).tolist() == [4, -1]
+    np.testing.assert_array_equal(class_probs(HAM7, multi), multi)
+    with pytest.raises(KeyError):
+        probabilities(HAM7, frame.drop(columns="prob_mel"))
+
+
+def test_read_predictions_keeps_the_frame_checks(tmp_path: Path) -> None:
+    from melalib.predictions import check_frame
+
+    pd.DataFrame({"image_id": ["1", "1"], "prob_melanoma": [0.1, 0.2]}).to_csv(
+        tmp_path / "p.csv", index=False)
+    with pytest.raises(DataError, match="appears twice"):
+        check_frame(read_predictions(tmp_path / "p.csv"), MELANOMA, "p.csv")

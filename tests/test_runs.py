@@ -1,0 +1,133 @@
+"""`RunDir.read`: the one reader of run folders (a tiny trained run, a run-like folder, and
+what is not a run), and `RunDir.start` adopting a folder holding only notebook outputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melalib.config import RunConfig
+from melalib.errors import ConfigError, RunExistsError
+from melalib.predictions import fold_average
+from melalib.runs import NOTEBOOK_OUTPUTS, RunDir, shared_task
+from melalib.tasks import HAM7
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """The conftest tiny config (2 folds, 1 epoch of 2 steps) trained once."""
+    from conftest import TINY
+
+    from melalib.engine import train
+
+    base = tmp_path_factory.mktemp("runs")
+    cfg = RunConfig.from_dict({**TINY, "data_dir": str(base / "data"),
+                               "output_dir": str(base / "out"), "name": "tiny"})
+    train(cfg, progress=False)
+    return RunDir.read(cfg.run_dir)
+
+
+def test_read_a_trained_run(tiny_run: RunDir) -> None:
+    run = tiny_run
+    assert run.cfg is not None and run.cfg.name == "tiny" and run.complete
+    assert run.task == run.table().task and run.task.name == "melanoma"
+    assert run.done_folds() == [0, 1]
+    oof = run.oof()  # the pooled oof.csv: every training row once, sorted by image_id
+    train_ids = run.table().train["image_id"]
+    assert sorted(oof["image_id"]) == sorted(train_ids) and oof["image_id"].is_monotonic_increasing
+    by_fold = run.oof_by_fold()  # the folds' own files, in fold order
+    assert by_fold["fold"].tolist() == sorted(by_fold["fold"].tolist())
+    pd.testing.assert_frame_equal(by_fold.sort_values("image_id").reset_index(drop=True), oof)
+    pd.testing.assert_frame_equal(run.oof(1), by_fold[by_fold["fold"] == 1].reset_index(
+        drop=True))
+    test = run.test_mean()
+    folds = [pd.read_csv(run.test_path(k), dtype={"image_id": str}) for k in (0, 1)]
+    pd.testing.assert_frame_equal(test, fold_average(folds, run.task))
+    history = run.history()
+    assert set(history["fold"]) == {0, 1} and len(history) == 2
+    assert run.report("metrics.json")["folds_done"] == [0, 1]
+    assert run.report("ensemble.json") == {}
+    assert shared_task([run, run]) == run.task
+
+
+def test_partly_done_run_pools_its_finished_folds(tiny_run: RunDir, tmp_path: Path) -> None:
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_run.path, copy)
+    (copy / "oof.csv").unlink()
+    (copy / "oof_fold1.csv").unlink()
+    run = RunDir.read(copy)
+    assert not run.complete and run.done_folds() == [0]
+    pd.testing.assert_frame_equal(run.oof(), tiny_run.oof(0))
+    with pytest.raises(ConfigError, match="fold 1 has not finished"):
+        run.oof(1)
+    test = run.test_mean()  # the finished fold's test predictions only
+    np.testing.assert_allclose(
+        test["prob_melanoma"], pd.read_csv(run.test_path(0))["prob_melanoma"])
+    (copy / "oof_fold0.csv").unlink()
+    with pytest.raises(ConfigError, match="no fold has finished"):
+        run.oof()
+    assert run.test_mean() is None
+
+
+def test_read_a_run_like_folder_without_config(tmp_path: Path) -> None:
+    """``melalib stack`` writes table/ + oof.csv and no config.yaml: a run to read."""
+    folder = tmp_path / "stack"
+    (folder / "table").mkdir(parents=True)
+    (folder / "table" / "task.json").write_text(
+        '{"name": "ham10000", "kind": "multiclass", "classes": ["akiec", "bcc", "bkl", "df", '
+        '"mel", "nv", "vasc"], "primary_metric": "balanced_accuracy"}')
+    oof = pd.DataFrame({"image_id": ["0007", "0008"], "label": [1, 2],
+                        **{c: [1 / 7, 1 / 7] for c in HAM7.prob_columns}})
+    oof.to_csv(folder / "oof.csv", index=False)
+    run = RunDir.read(folder)
+    assert run.cfg is None and run.task == HAM7 and run.complete
+    assert run.oof()["image_id"].tolist() == ["0007", "0008"]  # ids stay text
+    assert run.test_mean() is None and run.done_folds() == []
+    oof.iloc[:1].to_csv(folder / "test_fold3.csv", index=False)
+    assert run.test_mean()["image_id"].tolist() == ["0007"]
+
+
+def test_what_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing is not a melalib run: no such folder"):
+        RunDir.read(tmp_path / "missing")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "oof.csv").write_text("image_id\n")
+    with pytest.raises(ConfigError, match=r"notes is not a melalib run: no config.yaml .* no "
+                                          r"table/task.json \+ oof.csv"):
+        RunDir.read(tmp_path / "notes")
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "fresh"})
+    RunDir.open(cfg)  # created, never trained: readable, but it has no table yet
+    run = RunDir.read(cfg.run_dir)
+    with pytest.raises(ConfigError, match="no stored table"):
+        run.task  # noqa: B018
+    with pytest.raises(ConfigError, match="no history"):
+        run.history()
+    (cfg.run_dir / "config.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read the run's config"):
+        RunDir.read(cfg.run_dir)
+
+
+def test_start_adopts_a_folder_holding_only_notebook_outputs(tmp_path: Path) -> None:
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "r", "epochs": 2})
+    (cfg.run_dir / "figures").mkdir(parents=True)
+    figure = cfg.run_dir / "figures" / "01_class_balance.png"
+    figure.write_bytes(b"png")
+    (cfg.run_dir / "features.json").write_text("{}")
+    assert {"figures", "features.json"} <= set(NOTEBOOK_OUTPUTS)
+    run = RunDir.open(cfg)  # what 01 and 02 left stays, the folder becomes the run
+    assert run.path == cfg.run_dir and (cfg.run_dir / "run.json").is_file()
+    assert figure.read_bytes() == b"png" and (cfg.run_dir / "features.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # nothing renamed aside
+    assert RunDir.open(cfg).path == cfg.run_dir  # same config: resumed
+    with pytest.raises(RunExistsError, match="epochs"):
+        RunDir.open(cfg.with_overrides({"epochs": 3}))
+    foreign = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "mine"})
+    (foreign.run_dir / "figures").mkdir(parents=True)
+    (foreign.run_dir / "notes.txt").write_text("keep")
+    with pytest.raises(RunExistsError, match="not a melalib run"):
+        RunDir.open(foreign)
+    assert (foreign.run_dir / "notes.txt").read_text() == "keep"
