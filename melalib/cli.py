@@ -15,7 +15,7 @@ from typing import Any
 from . import __version__
 from .config import RunConfig, get_preset, read_yaml_config
 from .data.prepare import PREPARE_ASPECTS, prepare_images
-from .ensemble import ensemble_cli
+from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
 from .io import json_text
 from .presets import PRESETS, describe
@@ -220,7 +220,7 @@ def _add_prediction_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ensemble", help="combine runs' OOF/test predictions; submission")
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--method", default="mean", choices=["mean", "rank", "geometric", "search"],
+    p.add_argument("--method", default="mean", choices=BLENDS,
                    help="mean, rank or geometric average, or weights searched on OOF")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.set_defaults(func=cmd_ensemble)

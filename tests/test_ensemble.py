@@ -293,3 +293,14 @@ def test_milk10k_header_matches_the_sample_submission(shared_data: Path) -> None
     sub = submission(frame(ids, np.full((5, 11), 0.5), MILK11), MILK11, format="milk10k")
     assert list(sub.columns) == header
     assert sub.to_csv(index=False).splitlines()[0] == sample.read_text().splitlines()[0]
+
+
+def test_cli_method_choices_are_the_blend_methods() -> None:
+    from melalib.cli import build_parser
+    from melalib.ensemble import BLENDS
+
+    parser = build_parser()
+    args = parser.parse_args(["ensemble", "r1", "--method", "search", "--out", "s.csv"])
+    assert args.method == "search" and BLENDS == ("mean", "rank", "geometric", "search")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ensemble", "r1", "--method", "median", "--out", "s.csv"])
