@@ -10,7 +10,6 @@ from typing import Any
 
 import nbformat
 import pytest
-import tqdm.auto as tqdm_auto
 from tqdm import tqdm as console_tqdm
 
 from melalib import demo as demo_mod
@@ -89,7 +88,7 @@ def test_demo_passes_the_progress_file_to_the_kernels(tmp_path: Path,
     monkeypatch.setattr(demo_mod, "_check_kernel", lambda: None)
     monkeypatch.setattr(demo_mod, "refresh_interval", lambda: 0.2)
     stream = io.StringIO()
-    monkeypatch.setattr(tqdm_auto, "tqdm",
+    monkeypatch.setattr(demo_mod, "tqdm",  # the demo's bar (tqdm.auto, imported by demo)
                         lambda *a, **k: console_tqdm(*a, **{**k, "file": stream}))
     demo_mod.run_demo(tmp_path / "demo", quick=True, data_dir=tmp_path / "data")
     assert seen and all(s == str(tmp_path / "demo" / ".progress.json") for s in seen)
