@@ -3,8 +3,8 @@
 - datasets: `fold_data` (a fold's rows and its metadata encoder, fitted on the training
   rows only) and `make_dataset` (a `LesionDataset` with the run's transforms);
 - loaders: `make_loader` (seeded, workers seeded by `seed_worker`), `to_device`, `forward`;
-- prediction: `predict_probs` (probabilities averaged over TTA views), `probabilities`
-  (logits to probabilities), `predict_distributed` (sharded across DDP ranks, gathered).
+- prediction: `predict_probs` (probabilities averaged over TTA views), `probs_from_logits`,
+  `predict_distributed` (sharded across DDP ranks, gathered).
 
 Device, precision and seeding live in `melalib.device`; the model from a checkpoint in
 `melalib.checkpoints.load_model`. `melalib.engine` trains with these; `melalib.inference`
@@ -126,7 +126,7 @@ def forward(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- prediction
-def probabilities(logits: torch.Tensor, task: Task) -> torch.Tensor:
+def probs_from_logits(logits: torch.Tensor, task: Task) -> torch.Tensor:
     """Logits (N, n_outputs) to probabilities: softmax for a multiclass task, else sigmoid."""
     return logits.softmax(dim=1) if task.kind == "multiclass" else logits.sigmoid()
 
@@ -155,7 +155,7 @@ def predict_probs(model: nn.Module, loader: DataLoader, task: Task, device: torc
             if loss_fn is not None and view is views[0]:
                 losses += float(loss_fn(logits, batch["target"])) * len(logits)
                 counts += len(logits)
-            p = probabilities(logits, task)
+            p = probs_from_logits(logits, task)
             acc = p if acc is None else acc + p
         probs.append((acc / len(views)).cpu().numpy())
         indices.append(batch["index"].cpu().numpy())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from melalib.errors import DataError, ImageError, LeakageError
-from melalib.runtime import probabilities
+from melalib.runtime import probs_from_logits
 from melalib.table import SITE_MAP, SITES, LesionTable, normalize_ages, normalize_values
 from melalib.tasks import HAM7, MELANOMA, MILK11, Task
 
@@ -119,9 +119,9 @@ def test_vocabularies() -> None:
 def test_task_shapes_and_probabilities() -> None:
     assert MELANOMA.n_outputs == 1 and MELANOMA.prob_columns == ["prob_melanoma"]
     assert HAM7.n_outputs == 7 and MILK11.n_outputs == 11
-    p = probabilities(torch.zeros((2, 7)), HAM7).numpy()
+    p = probs_from_logits(torch.zeros((2, 7)), HAM7).numpy()
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
-    np.testing.assert_allclose(probabilities(torch.tensor([[0.0], [100.0]]), MELANOMA).ravel(),
+    np.testing.assert_allclose(probs_from_logits(torch.tensor([[0.0], [100.0]]), MELANOMA).ravel(),
                                [0.5, 1.0])
     assert MILK11.targets(np.array([2])).tolist()[0][2] == 1.0
 

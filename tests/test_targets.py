@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from melalib.errors import ConfigError, DataError
-from melalib.runtime import probabilities
+from melalib.runtime import probs_from_logits
 from melalib.table import LesionTable
 from melalib.targets import (
     DIAG9,
@@ -66,7 +66,7 @@ def test_training_table_keeps_the_binary_label() -> None:
 
 def test_melanoma_score_is_the_softmax_column() -> None:
     logits = np.random.default_rng(0).normal(size=(5, 9))
-    probs = probabilities(torch.from_numpy(logits), DIAG9).numpy()
+    probs = probs_from_logits(torch.from_numpy(logits), DIAG9).numpy()
     assert np.array_equal(report_probs(probs, DIAG9)[:, 0], probs[:, 0])
     assert np.array_equal(report_probs(probs, MELANOMA), probs)
 
