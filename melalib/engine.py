@@ -542,7 +542,7 @@ def finalize(run: RunDir, task: Task) -> dict[str, Any]:
         summary["oof"] = evaluate(task, oof["label"].to_numpy(), oof[task.prob_columns].to_numpy())
         summary["primary_metric"] = task.primary_metric
         summary["oof_primary"] = summary["oof"].get(task.primary_metric)
-        write_csv(run.path / "oof.csv", oof.sort_values("image_id").reset_index(drop=True))
+        write_csv(run.oof_path(), oof.sort_values("image_id").reset_index(drop=True))
     write_json(run.path / "metrics.json", summary)
     return summary
 
