@@ -52,7 +52,7 @@ from melalib.config import RunConfig, get_preset  # noqa: E402
 from melalib.errors import ConfigError  # noqa: E402
 from melalib.io import write_json, write_text  # noqa: E402
 from melalib.metrics import evaluate_with_ci  # noqa: E402
-from melalib.predictions import read_predictions  # noqa: E402
+from melalib.predictions import prediction_frame, read_predictions  # noqa: E402
 from melalib.table import LesionTable  # noqa: E402
 from melalib.tasks import Task  # noqa: E402
 
@@ -413,10 +413,9 @@ def ham_b_lite0_probe(ctx: Ctx) -> dict[str, Any]:
         model = make_pipeline(StandardScaler(), LogisticRegression(
             max_iter=3000, C=0.05, class_weight="balanced"))
         model.fit(x_fit, fit_df["label"].to_numpy(dtype=np.int64))
-        out = val_df[["image_id", "group_id", "label"]].assign(fold=k)
         probs = np.zeros((len(val_df), table.task.n_classes))
         probs[:, model.classes_.astype(int)] = model.predict_proba(x_val)
-        frames.append(out.assign(**dict(zip(table.task.prob_columns, probs.T, strict=True))))
+        frames.append(prediction_frame(val_df, table.task, probs, k, labelled=True))
     oof = pd.concat(frames, ignore_index=True)
     return {"protocol": "B", "split": "5-fold CV grouped by lesion_id",
             "inputs": "images (frozen features) + metadata (age, sex, site)",
