@@ -201,3 +201,39 @@ def test_the_length_check_counts_methods_and_nested_functions(tmp_path: Path) ->
                                   + body.replace("    ", "        ") * 2
                                   + "        def inner():\n" + body.replace("    ", "            "))
     assert _long_functions(package, limit=6) == ["pkg.a:10 long (17 lines)"]
+
+
+#: File names of the run-folder layout: only `melalib.runs` may spell them (`RunDir` is the
+#: one reader and writer of run folders; everyone else asks it for paths and frames).
+RUN_FILES = ("oof_fold", "test_fold", "history_fold", "oof.csv", "config.yaml")
+
+
+def _layout_literals(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of the string literals in code that name a run file the way a path does
+    (no space: ``"oof.csv"``, the ``"oof_fold"`` of ``f"oof_fold{k}.csv"``); messages that
+    mention a file and docstrings are left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings and " " not in node.value
+            and any(f in node.value for f in RUN_FILES)]
+
+
+def test_only_runs_spells_the_run_folder_layout() -> None:
+    found = [f"{module}:{line} {text!r}" for module, path in _modules().items()
+             if module != "melalib.runs" for line, text in _layout_literals(path)]
+    assert found == [], "\n".join(found)
+
+
+def test_layout_check_finds_a_hand_built_path(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text('"""Reads oof.csv."""\n'
+                      'def f(run, k):\n    """oof_fold{k}.csv"""\n'
+                      '    a = run / "oof.csv"\n    b = run / f"test_fold{k}.csv"\n'
+                      '    raise ValueError("no oof.csv here")\n')
+    assert _layout_literals(source) == [(4, "oof.csv"), (5, "test_fold")]
