@@ -261,7 +261,7 @@ def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: b
     table, leak = protocol_a_table(ham_table(ctx), grouped=grouped)
     cfg = cfg or ham_image_cfg(ctx, name, image_size, epochs, n_folds=2, use_meta=True)
     summary = train(cfg, 0, table=table, progress=False)  # fold 0 = val, fold 1 = train
-    run = RunDir(cfg.run_dir, cfg)
+    run = RunDir.read(cfg.run_dir)
     test = read_predictions(run.test_path(0))
     truth = table.df.set_index("image_id")
     ids = test["image_id"].to_numpy()
@@ -322,7 +322,7 @@ def ham_lite0_b(ctx: Ctx, name: str, preset: str) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = lite0_cfg(ctx, name, preset)
     summary = train(cfg, progress=False)
-    run = RunDir(cfg.run_dir, cfg)
+    run = RunDir.read(cfg.run_dir)
     oof = run.oof_by_fold()
     task = Task.from_dict(summary["task"])
     return {"protocol": "B", "split": "5-fold CV grouped by lesion_id",
@@ -515,7 +515,7 @@ def ham_protocol_b(ctx: Ctx, name: str, *, use_image: bool, use_meta: bool = Tru
         cfg = ham_meta_cfg(ctx, name)
     keys = IMAGE_KEYS if use_image else META_KEYS
     train(cfg, -1, table=table, progress=False)
-    run = RunDir(cfg.run_dir, cfg)
+    run = RunDir.read(cfg.run_dir)
     oof = run.oof_by_fold()
     inputs = ("images + metadata (age, sex, site)" if use_image and use_meta else
               "images only" if use_image else
@@ -590,7 +590,7 @@ def engine_experiment(ctx: Ctx, cfg: RunConfig, extra: dict[str, Any]) -> dict[s
 
     started = time.perf_counter()
     summary = train(cfg, progress=False)
-    run = RunDir(cfg.run_dir, cfg)
+    run = RunDir.read(cfg.run_dir)
     oof = run.oof_by_fold()
     task = Task.from_dict(summary["task"])
     return {**extra, "model": "MetaMLP (melalib engine)", "features": cfg.data.features,

@@ -40,7 +40,7 @@ def variants(patients: int, epochs: int, folds: int = 5) -> dict[str, dict[str, 
 def run_variant(params: dict[str, Any], out: Path, data_dir: Path, n_boot: int) -> dict[str, Any]:
     cfg = RunConfig.from_dict({**params, "output_dir": str(out), "data_dir": str(data_dir)})
     melalib.train(cfg)  # resumes (or skips) a run this script made before
-    run = RunDir(cfg.run_dir, cfg)
+    run = RunDir.read(cfg.run_dir)
     # training time as recorded per epoch (true also when the run was only resumed here)
     seconds = run.history()["seconds"].sum()
     oof = run.oof_by_fold()

@@ -37,7 +37,7 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
                                     "overwrite": False})
         for fold in done:
             train(again, fold=fold, progress=progress)
-        rerun = RunDir(again.run_dir, again)
+        rerun = RunDir.read(again.run_dir)
         new_info = rerun.info() or {}
         diffs = {}
         for fold in done:
