@@ -397,7 +397,7 @@ def _fold_model(cfg: RunConfig, task: Task, fd: FoldData, run: RunDir, fold: int
     """The fold's fresh model; the run records its metadata features and weight source."""
     model = build_model(cfg.model, task, fd.encoder.dim).to(device)
     if info.is_main:  # what this fold's model sees: metadata features and weight source
-        write_csv(run.path / f"features_fold{fold}.csv", fd.encoder.describe())
+        write_csv(run.features_path(fold), fd.encoder.describe())
         source = getattr(getattr(model, "backbone", None), "weights_source", "")
         run.update_info(weights_source=source or "random init" if cfg.model.use_image
                         else "metadata only")

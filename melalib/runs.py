@@ -7,6 +7,7 @@ Layout of ``outputs/<run>/``::
     table/               table.csv (with folds) + task.json, as trained on
     checkpoints/         fold{k}_last.pt (resume), fold{k}_best.pt (predictions)
     history_fold{k}.csv  per-epoch losses, metrics and learning rate
+    features_fold{k}.csv the metadata features the fold's model used
     oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
     test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
     oof.csv, metrics.json  once every fold is done
@@ -388,6 +389,10 @@ class RunDir:
 
     def history_path(self, fold: int) -> Path:
         return self.path / f"history_fold{fold}.csv"
+
+    def features_path(self, fold: int) -> Path:
+        """The metadata features fold ``fold``'s model used (`MetaEncoder.describe`)."""
+        return self.path / f"features_fold{fold}.csv"
 
     def oof_path(self, fold: int | None = None) -> Path:
         """``oof_fold{k}.csv``, or with no fold the pooled ``oof.csv``."""

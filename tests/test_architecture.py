@@ -10,6 +10,9 @@ under ``if TYPE_CHECKING:`` are left out: they never run, so they are no runtime
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,7 +208,8 @@ def test_the_length_check_counts_methods_and_nested_functions(tmp_path: Path) ->
 
 #: File names of the run-folder layout: only `melalib.runs` may spell them (`RunDir` is the
 #: one reader and writer of run folders; everyone else asks it for paths and frames).
-RUN_FILES = ("oof_fold", "test_fold", "history_fold", "oof.csv", "config.yaml")
+RUN_FILES = ("oof_fold", "test_fold", "history_fold", "features_fold", "oof.csv",
+             "config.yaml")
 
 
 def _layout_literals(path: Path) -> list[tuple[int, str]]:
@@ -237,3 +241,11 @@ def test_layout_check_finds_a_hand_built_path(tmp_path: Path) -> None:
                       '    a = run / "oof.csv"\n    b = run / f"test_fold{k}.csv"\n'
                       '    raise ValueError("no oof.csv here")\n')
     assert _layout_literals(source) == [(4, "oof.csv"), (5, "test_fold")]
+
+
+def test_importing_melalib_does_not_import_timm() -> None:
+    """The CLI's cheap subcommands and the notebooks' config cells stay fast."""
+    code = "import sys, melalib, melalib.config, melalib.cli; print('timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert out.stdout.strip() == "False"
