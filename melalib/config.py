@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -28,6 +30,7 @@ from .features import FEATURE_SETS
 from .folds import STRATIFY
 from .losses import LOSSES
 from .losses import MODES as CLASS_WEIGHTING
+from .presets import PRESETS
 from .samplers import MODES as SAMPLERS
 from .schedules import SCHEDULERS
 from .targets import TARGETS
@@ -437,8 +440,6 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
 
 def get_preset(name: str) -> dict[str, Any]:
     """Flat overrides of a named recipe (see `melalib.presets`)."""
-    from .presets import PRESETS
-
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -449,9 +450,6 @@ def get_preset(name: str) -> dict[str, Any]:
 def reference_markdown() -> str:
     """The config reference (docs/config.md): every field, its section, type, default and
     the comment beside it in this module."""
-    import inspect
-    import re
-
     lines = ["# Config reference", "",
              "Every field is a papermill parameter (`-p name value`), a CLI override "
              "(`--set name=value`) and a YAML key (flat, or under `data:` / `model:` / `train:`).",

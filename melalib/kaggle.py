@@ -163,7 +163,7 @@ def bundle_notebook(notebook: str | Path, parameters: Mapping[str, Any], wheel_d
     (kernelspec kept: Kaggle runs pushed notebooks with papermill)."""
     # papermill (the Jupyter stack) only when a bundle is built
     from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
+    from papermill.parameterize import parameterize_notebook  # the Jupyter stack
 
     path = Path(notebook)
     if not path.is_file():

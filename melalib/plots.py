@@ -416,7 +416,7 @@ def category_style(j: int, unknown: bool = False) -> dict[str, Any]:
 def _read_image(item: Any) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return item
-    from .data.images import read_image
+    from .data.images import read_image  # Pillow decoders: image figures only
 
     return read_image(item)
 
@@ -544,7 +544,7 @@ def learning_curves(history_df: pd.DataFrame, metric: str | None = None,
 def aspect_plot(image: Any, size: int = 128, save: str | Path | None = None) -> Figure:
     """One image as read, then as the model sees it under each ``aspect`` (squash, crop,
     pad) at ``size`` pixels: the validation transform, de-normalised."""
-    from .transforms import ASPECTS, build_transforms, denormalize
+    from .transforms import ASPECTS, build_transforms, denormalize  # albumentations
 
     raw = _read_image(image)
     views = [raw] + [denormalize(build_transforms(size, train=False, aspect=a)(raw))

@@ -20,7 +20,7 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
     original run is only read. ``match`` is true when the table hash is identical and every
     OOF probability agrees within ``atol``.
     """
-    from .engine import train
+    from .engine import train  # timm: `melalib reproduce --help` stays cheap
 
     run_dir = Path(run_dir)
     original = RunDir.read(run_dir)

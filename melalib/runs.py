@@ -118,7 +118,7 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         try:
-            import fcntl
+            import fcntl  # POSIX only: imported where the lock is taken
         except ImportError:  # pragma: no cover - Windows
             return self
         try:

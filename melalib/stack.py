@@ -72,7 +72,7 @@ def make_model(name: str = "hgb") -> ModelFactory:
     # scikit-learn is imported where a stack is fitted: it is slow to import and only
     # `melalib stack` needs it
     if name == "logistic":
-        from sklearn.impute import SimpleImputer
+        from sklearn.impute import SimpleImputer  # scikit-learn: the stacker only
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler

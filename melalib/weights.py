@@ -114,7 +114,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"weight file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # optional: .safetensors files only
 
             state: Any = load_file(str(path))
         else:

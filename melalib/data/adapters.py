@@ -25,6 +25,7 @@ import pandas as pd
 from ..errors import DataError
 from ..table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
 from ..tasks import HAM7, ISIC2019_8, MELANOMA, MILK11, Task
+from .synthetic import VERSION, make_synthetic
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -731,8 +732,6 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
     """
     dataset, image_dir = data_cfg.dataset, data_cfg.image_dir or None
     if dataset == "synthetic":
-        from .synthetic import VERSION, make_synthetic
-
         name = (f"{data_cfg.synthetic_task}_{data_cfg.synthetic_patients}p_"
                 f"{data_cfg.synthetic_image_size}px_s{data_cfg.synthetic_seed}_v{VERSION}")
         return make_synthetic(out_dir=Path(data_cfg.data_dir or "data") / "synthetic" / name,

@@ -124,7 +124,7 @@ def resize_final(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     OpenCV bilinear when no axis shrinks by `LINEAR_BELOW` or more (the usual case after a
     JPEG's DCT scaling); else Pillow's LANCZOS after an integer box reduce while more than
     3x remains (``reducing_gap=3``)."""
-    import cv2
+    import cv2  # heavy (OpenCV): only for the downscales it serves
 
     height, width = pixels.shape[:2]
     if (width, height) == tuple(size):
