@@ -52,7 +52,11 @@ from melalib.config import RunConfig, get_preset  # noqa: E402
 from melalib.errors import ConfigError  # noqa: E402
 from melalib.io import write_json, write_text  # noqa: E402
 from melalib.metrics import evaluate_with_ci  # noqa: E402
-from melalib.predictions import prediction_frame, read_predictions  # noqa: E402
+from melalib.predictions import (  # noqa: E402
+    prediction_frame,
+    read_predictions,
+    with_table_columns,
+)
 from melalib.table import LesionTable  # noqa: E402
 from melalib.tasks import Task  # noqa: E402
 
@@ -262,12 +266,10 @@ def ham_protocol_a(ctx: Ctx, name: str, image_size: int, epochs: int, grouped: b
     cfg = cfg or ham_image_cfg(ctx, name, image_size, epochs, n_folds=2, use_meta=True)
     summary = train(cfg, 0, table=table, progress=False)  # fold 0 = val, fold 1 = train
     run = RunDir.read(cfg.run_dir)
-    test = read_predictions(run.test_path(0))
-    truth = table.df.set_index("image_id")
-    ids = test["image_id"].to_numpy()
-    y = truth.loc[ids, "true_label"].to_numpy(dtype=np.int64)
+    test = with_table_columns(read_predictions(run.test_path(0)), table.df)
+    y = test["true_label"].to_numpy(dtype=np.int64)
     probs = test[table.task.prob_columns].to_numpy(dtype=np.float64)
-    lesions = truth.loc[ids, "lesion_id"].to_numpy()
+    lesions = test["lesion_id"].to_numpy()
     metrics = with_ci(table.task, y, probs, lesions, ctx.n_boot)
     val = summary["per_fold"]["0"]
     return {

@@ -39,7 +39,7 @@ from .errors import ConfigError
 from .folds import assign_folds
 from .io import write_csv, write_json
 from .metrics import MetricError, evaluate, threshold_for_sensitivity
-from .predictions import probabilities
+from .predictions import probabilities, with_table_columns
 from .runs import RunDir
 from .table import LesionTable
 
@@ -367,15 +367,6 @@ def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = Non
 
 
 # -------------------------------------------------------------------------- ensemble
-def with_metadata(pred: pd.DataFrame, table: LesionTable) -> pd.DataFrame:
-    """Predictions joined with the table's metadata (age, sex, site, ...) on ``image_id``."""
-    meta = table.df.assign(image_id=table.df["image_id"].astype(str))
-    meta = meta[[c for c in meta.columns if c == "image_id" or c not in pred.columns]]
-    out = pred.assign(image_id=pred["image_id"].astype(str)).merge(
-        meta, on="image_id", how="left", validate="one_to_one")
-    return out
-
-
 def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int = 200,
                   figures: str | os.PathLike[str] | None = None, prefix: str = "04_"
                   ) -> list[Any]:
@@ -408,12 +399,7 @@ def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, 
         note("The test split has no labels here (as in a competition): the submission is "
              "scored by the leaderboard, not in this notebook.")
         return None
-    truth = df[df["split"] == "test"].assign(image_id=lambda d: d["image_id"].astype(str))
-    merged = test_pred.assign(image_id=test_pred["image_id"].astype(str)).merge(
-        truth[["image_id", "true_label"]], on="image_id", how="inner", validate="one_to_one")
-    if len(merged) != len(test_pred):
-        raise ConfigError(f"{len(test_pred) - len(merged)} test predictions have no row in "
-                          "the table; the run and the table disagree")
+    merged = with_table_columns(test_pred, df[df["split"] == "test"])
     y = merged["true_label"].to_numpy().astype(int)
     try:
         return evaluate(table.task, y, probabilities(table.task, merged))

@@ -149,6 +149,23 @@ def fold_average(test_frames: Sequence[pd.DataFrame], task: Task) -> pd.DataFram
 
 
 # ------------------------------------------------------------------------ probabilities
+def with_table_columns(pred: pd.DataFrame, table_df: pd.DataFrame) -> pd.DataFrame:
+    """``pred`` (row order kept) joined on ``image_id`` with its rows of the table: metadata
+    (age, sex, site, ...) and, where the table keeps them, hidden test labels
+    (``true_label``). DataError when a prediction has no row in the table."""
+    meta = table_df.assign(image_id=table_df["image_id"].astype(str))
+    meta = meta[[c for c in meta.columns if c == "image_id" or c not in pred.columns]]
+    out = pred.assign(image_id=pred["image_id"].astype(str)).merge(
+        meta, on="image_id", how="left", validate="one_to_one", indicator=True)
+    missing = out["_merge"] != "both"
+    if missing.any():
+        first = out.loc[missing, "image_id"].iloc[0]
+        raise DataError(f"{int(missing.sum())} predictions have no row in the table (first: "
+                        f"image_id {first!r}); the predictions and the table disagree",
+                        row=int(np.flatnonzero(missing.to_numpy())[0]) + 1, column="image_id")
+    return out.drop(columns="_merge")
+
+
 def probabilities(task: Task, frame: pd.DataFrame) -> np.ndarray:
     """The probability columns of a prediction frame: (N,) for binary, else (N, K)."""
     p = frame[task.prob_columns].to_numpy(dtype=np.float64)

@@ -18,6 +18,7 @@ from melalib.predictions import (
     prediction_frame,
     probabilities,
     read_predictions,
+    with_table_columns,
 )
 from melalib.targets import DIAG9, DIAGNOSIS_CLASSES
 from melalib.tasks import HAM7, MELANOMA
@@ -82,3 +83,16 @@ def test_read_predictions_keeps_the_frame_checks(tmp_path: Path) -> None:
         tmp_path / "p.csv", index=False)
     with pytest.raises(DataError, match="appears twice"):
         check_frame(read_predictions(tmp_path / "p.csv"), MELANOMA, "p.csv")
+
+
+def test_with_table_columns_joins_metadata_and_hidden_labels_in_prediction_order() -> None:
+    table_df = pd.DataFrame({"image_id": ["a", "b", "c"], "age": [30.0, 40.0, 50.0],
+                             "true_label": [1, 0, 1], "label": [-1, -1, -1]})
+    pred = pd.DataFrame({"image_id": ["c", "a"], "label": [-1, -1], "prob_x": [0.9, 0.2]})
+    out = with_table_columns(pred, table_df)
+    assert out["image_id"].tolist() == ["c", "a"]
+    assert out["true_label"].tolist() == [1, 1] and out["age"].tolist() == [50.0, 30.0]
+    assert out["label"].tolist() == [-1, -1]  # the prediction's own columns win
+    with pytest.raises(DataError, match="image_id 'z'") as err:
+        with_table_columns(pd.DataFrame({"image_id": ["a", "z"]}), table_df)
+    assert err.value.row == 2 and err.value.column == "image_id"
