@@ -152,7 +152,7 @@ def _prepare(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, An
 def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
     run_dir = out / RUN_NAME
     run = RunDir(run_dir, None)  # its reports, written or not yet (an interrupted demo)
-    training, ensemble = run.report("metrics.json"), run.report("ensemble.json")
+    training, ensemble = run.metrics(), run.report("ensemble.json")
     features = run.report("features.json")
     metrics = {
         "primary_metric": training.get("primary_metric"),

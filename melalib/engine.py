@@ -516,7 +516,7 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     if info.is_main:
         if test is not None:
             write_csv(run.test_path(fold), test)
-        write_json(run.path / f"metrics_fold{fold}.json", metrics)
+        write_json(run.metrics_path(fold), metrics)
         write_csv(run.oof_path(fold), oof)  # written last: its presence marks the fold done
     return metrics
 
@@ -543,7 +543,7 @@ def finalize(run: RunDir, task: Task) -> dict[str, Any]:
         summary["primary_metric"] = task.primary_metric
         summary["oof_primary"] = summary["oof"].get(task.primary_metric)
         write_csv(run.oof_path(), oof.sort_values("image_id").reset_index(drop=True))
-    write_json(run.path / "metrics.json", summary)
+    write_json(run.metrics_path(), summary)
     return summary
 
 

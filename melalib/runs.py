@@ -401,6 +401,11 @@ class RunDir:
     def test_path(self, fold: int) -> Path:
         return self.path / f"test_fold{fold}.csv"
 
+    def metrics_path(self, fold: int | None = None) -> Path:
+        """``metrics_fold{k}.json`` (a fold's scores, best epoch), or with no fold the run's
+        ``metrics.json``."""
+        return self.path / ("metrics.json" if fold is None else f"metrics_fold{fold}.json")
+
     def fold_done(self, fold: int) -> bool:
         return self.oof_path(fold).is_file()
 
@@ -477,6 +482,11 @@ class RunDir:
             raise ConfigError(f"{self.path}: no history_fold*.csv; train a fold first")
         return pd.concat([pd.read_csv(self.history_path(k)) for k in folds],
                          ignore_index=True)
+
+    def metrics(self, fold: int | None = None) -> dict[str, Any]:
+        """The run's ``metrics.json`` or fold ``fold``'s ``metrics_fold{k}.json``; {} when
+        not written yet."""
+        return self.report(self.metrics_path(fold).name)
 
     def report(self, name: str) -> dict[str, Any]:
         """A JSON file of the run (``metrics.json``, ``metrics_fold{k}.json`` or a notebook's

@@ -342,7 +342,7 @@ def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, p
     write_csv(out / "feature_importance.csv", imp)
     rows = [{"metric": m, **v} for m, v in metrics["oof_ci"].items()]
     write_csv(out / "metrics_ci.csv", pd.DataFrame(rows))
-    write_json(out / "metrics.json", {**metrics, "run_dir": str(out)})
+    write_json(run.metrics_path(), {**metrics, "run_dir": str(out)})
 
 
 def summary_table(result: StackResult) -> pd.DataFrame:

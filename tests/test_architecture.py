@@ -208,8 +208,8 @@ def test_the_length_check_counts_methods_and_nested_functions(tmp_path: Path) ->
 
 #: File names of the run-folder layout: only `melalib.runs` may spell them (`RunDir` is the
 #: one reader and writer of run folders; everyone else asks it for paths and frames).
-RUN_FILES = ("oof_fold", "test_fold", "history_fold", "features_fold", "oof.csv",
-             "config.yaml")
+RUN_FILES = ("oof_fold", "test_fold", "history_fold", "features_fold", "metrics_fold",
+             "oof.csv", "config.yaml")
 
 
 def _layout_literals(path: Path) -> list[tuple[int, str]]:
