@@ -385,7 +385,7 @@ def lite0_features(ctx: Ctx, table: LesionTable, image_size: int = 128) -> np.nd
     from melalib.models import create_backbone, input_normalization
     from melalib.transforms import build_transforms
 
-    ids = table.df["image_id"].astype(str).to_numpy()
+    ids = table.df["image_id"].to_numpy(dtype=str)  # text, so the cache loads without pickle
     cache = ctx.out / f"ham_lite0_features_{image_size}{'_quick' if ctx.quick else ''}.npz"
     if cache.is_file():
         stored = np.load(cache, allow_pickle=False)
