@@ -53,7 +53,6 @@ from melalib.errors import ConfigError  # noqa: E402
 from melalib.io import write_json, write_text  # noqa: E402
 from melalib.metrics import evaluate_with_ci  # noqa: E402
 from melalib.predictions import (  # noqa: E402
-    prediction_frame,
     read_predictions,
     with_table_columns,
 )
@@ -417,25 +416,13 @@ def ham_b_lite0_probe(ctx: Ctx) -> dict[str, Any]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from melalib.features import MetaEncoder
     from melalib.folds import assign_folds
 
     started = time.perf_counter()
     table = assign_folds(ham_table(ctx), n_folds=5, seed=COMMON["fold_seed"], stratify="label")
-    features = lite0_features(ctx, table)
-    frames = []
-    for k in range(5):
-        fit_df, val_df = table.fold(k)
-        encoder = MetaEncoder("default").fit(fit_df)
-        x_fit, x_val = (np.hstack([features[d.index.to_numpy()], encoder.transform(d)])
-                        for d in (fit_df, val_df))
-        model = make_pipeline(StandardScaler(), LogisticRegression(
-            max_iter=3000, C=0.05, class_weight="balanced"))
-        model.fit(x_fit, fit_df["label"].to_numpy(dtype=np.int64))
-        probs = np.zeros((len(val_df), table.task.n_classes))
-        probs[:, model.classes_.astype(int)] = model.predict_proba(x_val)
-        frames.append(prediction_frame(val_df, table.task, probs, k, labelled=True))
-    oof = pd.concat(frames, ignore_index=True)
+    oof = oof_predictions(table, "default", lambda: make_pipeline(StandardScaler(), (
+        LogisticRegression(max_iter=3000, C=0.05, class_weight="balanced"))),
+        extra=lite0_features(ctx, table))
     return {"protocol": "B", "split": "5-fold CV grouped by lesion_id",
             "inputs": "images (frozen features) + metadata (age, sex, site)",
             "metrics": oof_with_ci(oof, table.task, ctx.n_boot), "scored_on": "pooled OOF",

@@ -55,18 +55,24 @@ def _fold_probs(task: Any, make_model: ModelFactory, x_fit: np.ndarray, y_fit: n
     return probs[:, 1:] if task.kind == "binary" else probs
 
 
-def oof_predictions(table: LesionTable, features: str, make_model: ModelFactory
-                    ) -> pd.DataFrame:
+def oof_predictions(table: LesionTable, features: str, make_model: ModelFactory,
+                    extra: np.ndarray | None = None) -> pd.DataFrame:
     """Out-of-fold predictions of ``make_model()`` on `MetaEncoder(features)` features, both
     fitted on each fold's training rows; columns as a run's ``oof_fold{k}.csv`` (image_id,
-    group_id, fold, label, prob_*), folds in order."""
+    group_id, fold, label, prob_*), folds in order. ``extra``: per-row features of
+    ``table.df`` (e.g. frozen image embeddings), placed before the metadata columns."""
     task = table.task
+
+    def inputs(df: pd.DataFrame, encoder: MetaEncoder) -> np.ndarray:
+        meta = encoder.transform(df)
+        return meta if extra is None else np.hstack([extra[df.index.to_numpy()], meta])
+
     frames = []
     for k in sorted(table.train["fold"].unique()):
         fit_df, val_df = table.fold(k)
         encoder = MetaEncoder(features).fit(fit_df)
-        probs = _fold_probs(task, make_model, encoder.transform(fit_df),
-                            fit_df["label"].to_numpy(dtype=np.int64), encoder.transform(val_df))
+        probs = _fold_probs(task, make_model, inputs(fit_df, encoder),
+                            fit_df["label"].to_numpy(dtype=np.int64), inputs(val_df, encoder))
         frames.append(prediction_frame(val_df, task, probs, int(k), labelled=True))
     return pd.concat(frames, ignore_index=True)
 

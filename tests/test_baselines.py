@@ -63,3 +63,17 @@ def test_group_overlap_and_cv_leakage_check() -> None:
     assert check["roc_auc"].between(0, 1).all()
     with pytest.raises(ConfigError, match="model must be one of"):
         classifier("svm")
+
+
+def test_oof_predictions_use_extra_per_row_features() -> None:
+    """``extra`` rows follow ``table.df``: with the metadata features empty (``none``), a
+    column that encodes the label is all the model sees, and it separates the classes."""
+    table = _table(HAM7)
+    extra = table.df["label"].to_numpy(dtype=np.float64)[:, None]
+    oof = oof_predictions(table, "none", classifier("logistic"), extra=extra)
+    probs = oof[HAM7.prob_columns].to_numpy()
+    assert (probs.argmax(axis=1) == oof["label"].to_numpy()).all()
+    rows = np.random.default_rng(0).permutation(len(extra))  # the column no longer matches
+    shuffled = oof_predictions(table, "none", classifier("logistic"), extra=extra[rows])
+    assert (shuffled[HAM7.prob_columns].to_numpy().argmax(axis=1)
+            != shuffled["label"].to_numpy()).any()
