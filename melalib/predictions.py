@@ -79,6 +79,11 @@ def check_frame(df: pd.DataFrame, task: Task, name: str) -> None:
                         row=pos + 1, column="image_id")
 
 
+def _ids(df: pd.DataFrame) -> pd.Index:
+    """A frame's ``image_id`` values as text (the key frames are aligned on)."""
+    return pd.Index(df["image_id"].astype(str))
+
+
 def align(frames: Sequence[pd.DataFrame], task: Task, what: str
           ) -> tuple[pd.Index, list[np.ndarray]]:
     """The first frame's ids and every frame's (N, n_outputs) probabilities in that order;
@@ -88,10 +93,10 @@ def align(frames: Sequence[pd.DataFrame], task: Task, what: str
     names = [f"{what} frame {i + 1}" for i in range(len(frames))]
     for df, name in zip(frames, names, strict=True):
         check_frame(df, task, name)
-    ids = pd.Index(frames[0]["image_id"].astype(str))
+    ids = _ids(frames[0])
     probs = []
     for df, name in zip(frames, names, strict=True):
-        own = pd.Index(df["image_id"].astype(str))
+        own = _ids(df)
         if len(own) != len(ids) or not own.isin(ids).all():
             extra = own.difference(ids)
             missing = ids.difference(own)
@@ -117,8 +122,7 @@ def shared_labels(frames: Sequence[pd.DataFrame], ids: pd.Index, what: str
         return None
     first = None
     for i, df in enumerate(frames):
-        own = pd.Index(df["image_id"].astype(str))
-        y = df["label"].to_numpy()[own.get_indexer(ids)].astype(np.int64)
+        y = df["label"].to_numpy()[_ids(df).get_indexer(ids)].astype(np.int64)
         if first is None:
             first = y
         elif (y != first).any():
@@ -133,8 +137,7 @@ def aligned_frame(ids: pd.Index, probs: np.ndarray, task: Task, first: pd.DataFr
     """A prediction frame of ``ids`` (``group_id`` taken from ``first`` when it has one)."""
     out = pd.DataFrame({"image_id": np.asarray(ids, dtype=object)})
     if "group_id" in first.columns:
-        own = pd.Index(first["image_id"].astype(str))
-        out["group_id"] = first["group_id"].to_numpy()[own.get_indexer(ids)]
+        out["group_id"] = first["group_id"].to_numpy()[_ids(first).get_indexer(ids)]
     if labels is not None:
         out["label"] = labels
     for j, column in enumerate(task.prob_columns):
