@@ -34,9 +34,9 @@ from . import explain, plots
 from . import stack as stacking
 from .config import RunConfig, field_index, get_preset
 from .data.adapters import load_table as load_dataset
+from .data.build import configured_folds
 from .ensemble import submission
 from .errors import ConfigError
-from .folds import assign_folds
 from .io import write_csv, write_json
 from .metrics import MetricError, evaluate, threshold_for_sensitivity
 from .predictions import probabilities, with_table_columns
@@ -175,8 +175,7 @@ def load_table(cfg: RunConfig) -> LesionTable:
 def table_with_folds(cfg: RunConfig) -> LesionTable:
     """The dataset with the grouped folds training uses (same ``n_folds``, ``fold_seed``,
     ``fold_stratify``)."""
-    return assign_folds(load_table(cfg), n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
-                        stratify=getattr(cfg.data, "fold_stratify", "label"))
+    return configured_folds(load_table(cfg), cfg.data)
 
 
 def overview(table: LesionTable) -> pd.DataFrame:

@@ -42,8 +42,8 @@ import pandas as pd
 
 from .config import RunConfig
 from .data.adapters import load_table
+from .data.build import configured_folds
 from .errors import ConfigError, DataError, LeakageError, MelalibError
-from .folds import assign_folds
 from .io import write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .runs import RunDir, git_commit, package_versions, shared_task
@@ -361,9 +361,7 @@ def stack_cli(args: Any, cfg: RunConfig) -> int:
     if args.runs:
         inputs = load_inputs(args.runs)
     else:
-        table = assign_folds(load_table(cfg.data), n_folds=cfg.data.n_folds,
-                             seed=cfg.data.fold_seed, stratify=cfg.data.fold_stratify)
-        inputs = table_inputs(table)
+        inputs = table_inputs(configured_folds(load_table(cfg.data), cfg.data))
     out = Path(cfg.output_dir) / (args.name or "stack")
     result = stack(inputs, out, model=args.model, n_seeds=args.seeds, meta=not args.no_meta,
                    context=not args.no_context, n_boot=args.n_boot, overwrite=args.overwrite)

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ..config import RunConfig
+from ..config import DataConfig, RunConfig
 from ..errors import ImageError
 from ..folds import assign_folds, check_predefined_folds
 from ..io import write_csv
@@ -27,6 +27,13 @@ from .images import ImageOptions
 log = logging.getLogger("melalib")
 
 
+def configured_folds(table: LesionTable, data_cfg: DataConfig) -> LesionTable:
+    """``table`` with the grouped folds ``data_cfg`` asks for (``n_folds``, ``fold_seed``,
+    ``fold_stratify``): the folds training assigns."""
+    return assign_folds(table, n_folds=data_cfg.n_folds, seed=data_cfg.fold_seed,
+                        stratify=data_cfg.fold_stratify)
+
+
 def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None
                 ) -> LesionTable:
     """Load the dataset (or take ``table``), pre-flight its images, assign grouped folds
@@ -37,8 +44,7 @@ def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | 
     if "fold" in table.df.columns:  # predefined (custom_fold_column, or a table handed in)
         table = check_predefined_folds(table, cfg.data.n_folds)
     else:
-        table = assign_folds(table, n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
-                             stratify=cfg.data.fold_stratify)
+        table = configured_folds(table, cfg.data)
     if cfg.data.pseudo_run:
         table = add_pseudo_labels(table, cfg.data.pseudo_run, cfg.data.pseudo_threshold)
     table.validate()
