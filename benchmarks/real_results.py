@@ -1155,8 +1155,10 @@ def render_ham(results: dict[str, Any]) -> list[str]:
         lines += [f"For scale: always predicting the majority class ({top}) scores accuracy "
                   f"{n_top / dist['n_images']:.3f} and balanced accuracy "
                   f"{1 / len(dist['classes']):.3f}. Models are selected on balanced accuracy "
-                  "(HAM7's primary metric) and trained with plain cross-entropy, so accuracy "
-                  "can fall below the majority share.", ""]
+                  "(HAM7's primary metric). The 28 px rows train with plain cross-entropy; "
+                  "the EfficientNet-Lite0 rows weight it by inverse class frequency "
+                  "(`class_weighting=balanced`), which trades accuracy for recall of the "
+                  "rare classes.", ""]
     a, ag = exps.get("ham_a_28"), exps.get("ham_a_grouped_28")
     b = exps.get("ham_b_28_fusion")
     if a and (ag or b):
