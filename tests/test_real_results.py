@@ -80,6 +80,35 @@ def test_figures_listed_in_results_exist(recorded: dict) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
+# ------------------------------------------------------------ the pretrained recipe text
+def _fold(curve: list[float], oof: float) -> dict:
+    return {"val_by_epoch": curve, "oof_tta": oof, "n_train": 8000,
+            "fastest_tuning_epoch_s": 200.0}
+
+
+def _ci(v: float) -> dict:
+    return {"estimate": v, "low": v - 0.01, "high": v + 0.01}
+
+
+def test_recipe_section_sets_each_fold_beside_scratch_and_the_longer_run(rr: ModuleType) -> None:
+    pre = {"metrics": {"balanced_accuracy": _ci(0.69), "ovr_auc_macro": _ci(0.94)},
+           "per_fold": {"0": _fold([0.45, 0.62, 0.66], 0.692), "1": _fold([0.4, 0.6], 0.65)}}
+    scratch = {"per_fold": {"0": _fold([0.21, 0.30], 0.333)}}
+    longer = {"per_fold": {"0": _fold([0.45, 0.70, 0.74], 0.751)}, "train_seconds": 1800.0,
+              "command": "python benchmarks/real_results.py --only ham_b_lite0_fold0_8ep"}
+    text = "\n".join(rr.render_recipe({"ham_b_lite0_pretrained": pre,
+                                       "ham_b_lite0_scratch": scratch,
+                                       "ham_b_lite0_fold0_8ep": longer}))
+    assert "| fold 0 | 0.450 → 0.620 → 0.660 | 0.660 | 0.692 | +0.032 | 0.210 → 0.300 | 0.333 |" \
+        in text
+    assert "| fold 1 | 0.400 → 0.600 | 0.600 | 0.650 | +0.050 | – | – |" in text
+    assert "30 min of training" in text and "(+0.059 on this fold)" in text
+    assert "best 0.740, OOF with TTA 8 0.751) against 0.660 and 0.692 with 4 epochs" in text
+    assert "Short of the goal" in text
+    without = "\n".join(rr.render_recipe({"ham_b_lite0_pretrained": pre}))
+    assert "More epochs" not in without and "| fold 0 |" in without
+
+
 # ----------------------------------------------------------- protocol-A table and leaks
 def _toy_table() -> LesionTable:
     """20 lesions x 2 images, classes cycling through HAM7."""
