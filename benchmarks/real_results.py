@@ -1270,9 +1270,11 @@ def _lite0_summary(exps: dict[str, Any]) -> list[str]:
                 f"{fmt_ci(m['balanced_accuracy'])}, macro AUC {fmt_ci(m['ovr_auc_macro'])}, "
                 f"accuracy {fmt_ci(m['accuracy'])}")
         if scratch:
+            sm = scratch["metrics"]
             text += (f"; the same recipe from random weights: balanced accuracy "
-                     f"{fmt_ci(scratch['metrics']['balanced_accuracy'])} "
-                     f"({_diff(pre, scratch, 'balanced_accuracy')} for the weights)")
+                     f"{fmt_ci(sm['balanced_accuracy'])}, macro AUC {fmt_ci(sm['ovr_auc_macro'])} "
+                     f"(the weights buy {_diff(pre, scratch, 'balanced_accuracy')} and "
+                     f"{_diff(pre, scratch, 'ovr_auc_macro')})")
         out.append(text + ".")
     a = exps.get("ham_a_lite0_pretrained")
     if a:
