@@ -1336,7 +1336,9 @@ def _epochs_note(pre: dict[str, Any], longer: dict[str, Any] | None) -> list[str
     minutes = longer["train_seconds"] / 60
     return [f"- More epochs, measured on fold 0 ({_cmd(longer)}, {minutes:.0f} min of "
             f"training): {len(f8['val_by_epoch'])} epochs give {_curve(f8)} (best "
-            f"{max(f8['val_by_epoch']):.3f}, OOF with TTA 8 {f8['oof_tta']:.3f}) against "
+            f"{max(f8['val_by_epoch']):.3f} at epoch "
+            f"{f8['val_by_epoch'].index(max(f8['val_by_epoch'])) + 1}, OOF with TTA 8 "
+            f"{f8['oof_tta']:.3f}) against "
             f"{max(f4['val_by_epoch']):.3f} and {f4['oof_tta']:.3f} with 4 epochs "
             f"({f8['oof_tta'] - f4['oof_tta']:+.3f} on this fold)."]
 

@@ -103,7 +103,7 @@ def test_recipe_section_sets_each_fold_beside_scratch_and_the_longer_run(rr: Mod
         in text
     assert "| fold 1 | 0.400 → 0.600 | 0.600 | 0.650 | +0.050 | – | – |" in text
     assert "30 min of training" in text and "(+0.059 on this fold)" in text
-    assert "best 0.740, OOF with TTA 8 0.751) against 0.660 and 0.692 with 4 epochs" in text
+    assert "best 0.740 at epoch 3, OOF with TTA 8 0.751) against 0.660 and 0.692 with 4 epochs" in text
     assert "Short of the goal" in text
     without = "\n".join(rr.render_recipe({"ham_b_lite0_pretrained": pre}))
     assert "More epochs" not in without and "| fold 0 |" in without
