@@ -59,7 +59,7 @@ from .features import MetaEncoder
 from .io import write_csv, write_json
 from .losses import build_loss, weighted_loss
 from .metrics import evaluate, primary_metric
-from .models import build_model, param_groups, set_backbone_trainable
+from .models import build_model, check_pretrained, param_groups, set_backbone_trainable
 from .predictions import prediction_frame
 from .pseudo import row_weights
 from .runs import RunDir, RunLock
@@ -103,6 +103,8 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
         raise ConfigError("sampler != none is not supported under torchrun (DDP); use "
                           "class_weighting instead")
     progress = progress and info.is_main and os.environ.get("MELALIB_PROGRESS", "1") != "0"
+    if info.is_main:
+        check_pretrained(cfg.model)  # a missing or unfit weight file writes no run folder
     lock = RunLock(cfg) if info.is_main else nullcontext()
     try:
         with lock:

