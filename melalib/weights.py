@@ -200,7 +200,7 @@ def no_weights_message(backbone: str, exc: BaseException | None = None) -> str:
 
 
 def _load_reason(exc: BaseException) -> str:
-    """The unpickler's own reason, without torch's advice to retry with weights_only=False."""
+    """The unpickler's own reason, without torch's advice to retry the load unsafely."""
     text = str(exc)
     _, found, reason = text.partition("WeightsUnpickler error:")
     if found:
