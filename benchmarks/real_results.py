@@ -364,6 +364,12 @@ def ham_b_lite0_scratch(ctx: Ctx) -> dict[str, Any]:
     return ham_lite0_b(ctx, "ham10000_lite0_scratch", "ham10000_lite0_scratch")
 
 
+@experiment("ham_b_lite0_6ep", "ham_b",
+            "EfficientNet-Lite0, ImageNet weights, 128 px, 6 epochs, image+meta, TTA 8")
+def ham_b_lite0_6ep(ctx: Ctx) -> dict[str, Any]:
+    return ham_lite0_b(ctx, "ham10000_lite0_pretrained_6ep", "ham10000_lite0_pretrained_6ep")
+
+
 @experiment("ham_b_lite0_fold0_8ep", "ham_recipe",
             "EfficientNet-Lite0, ImageNet weights, 128 px, 8 epochs, fold 0 only")
 def ham_b_lite0_fold0_8ep(ctx: Ctx) -> dict[str, Any]:
