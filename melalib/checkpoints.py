@@ -23,6 +23,7 @@ from .features import MetaEncoder
 from .io import atomic_path, write_error
 from .models import build_model
 from .tasks import Task
+from .weights import refusal_reason
 
 FORMAT = 1
 #: what a checkpoint of melalib's training loop holds besides the optimizer state
@@ -79,27 +80,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        allowed = [f"{g.__module__}.{g.__name__}" for g in _numpy_scalar_globals()]
         raise CheckpointError(
-            f"checkpoint {path} was refused: it holds Python objects other than tensors and "
-            f"plain values{_unsafe_globals(path)}, and melalib never runs code from a "
-            "checkpoint (torch.load weights_only=True); only use checkpoints melalib wrote") from exc
+            f"checkpoint {path} was refused ({refusal_reason(path, exc, allowed)}): it is "
+            "corrupt or holds Python objects other than tensors and plain values, and melalib "
+            "never runs code from a checkpoint (torch.load weights_only=True); only use "
+            "checkpoints melalib wrote") from exc
     except Exception as exc:  # a truncated or foreign file
         raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); it may be truncated "
                               "or not a melalib checkpoint") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a melalib checkpoint (format {FORMAT})")
     return state
-
-
-def _unsafe_globals(path: Path) -> str:
-    """`` (it asks for: os.system)``, read from the file without running it."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # a description only; the refusal stands regardless
-        return ""
-    names = [n for n in names if n not in {f"{g.__module__}.{g.__name__}"
-                                           for g in _numpy_scalar_globals()}]
-    return f" (it asks for: {', '.join(names[:5])})" if names else ""
 
 
 def check_compatible(state: dict[str, Any], *, path: str | Path, config: Any = None,

@@ -22,7 +22,7 @@ import hashlib
 import importlib.metadata as md
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"weight file {path} cannot be read as tensors ({_load_reason(exc)}); "
+        raise ConfigError(f"weight file {path} cannot be read as tensors ({refusal_reason(path, exc)}); "
                           "it is corrupt, not a weights file, or holds Python objects that "
                           "melalib refuses to unpickle (weights_only=True)") from exc
     for key in ("state_dict", "model", "state_dict_ema"):
@@ -199,8 +199,20 @@ def no_weights_message(backbone: str, exc: BaseException | None = None) -> str:
             "internet for timm's hub")
 
 
-def _load_reason(exc: BaseException) -> str:
-    """The unpickler's own reason, without torch's advice to retry the load unsafely."""
+def refusal_reason(path: str | Path, exc: BaseException, allowed: Iterable[str] = ()) -> str:
+    """Why torch's tensor-only loader refused ``path``, never torch's advice to retry the load
+    unsafely: the globals the file asks for (read without running it), other than
+    ``allowed``; else the unpickler's own reason."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a zip file (random bytes, legacy format): the message tells
+        names = []
+    names = [n for n in names if n not in set(allowed)]
+    return f"it asks for: {', '.join(names[:5])}" if names else _unpickler_reason(exc)
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The unpickler's reason in torch's message, without the advice that follows it."""
     text = str(exc)
     _, found, reason = text.partition("WeightsUnpickler error:")
     if found:
