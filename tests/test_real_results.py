@@ -104,9 +104,34 @@ def test_recipe_section_sets_each_fold_beside_scratch_and_the_longer_run(rr: Mod
     assert "| fold 1 | 0.400 → 0.600 | 0.600 | 0.650 | +0.050 | – | – |" in text
     assert "30 min of training" in text and "(+0.059 on this fold)" in text
     assert "best 0.740 at epoch 3, OOF with TTA 8 0.751) against 0.660 and 0.692 with 4 epochs" in text
-    assert "Short of the goal" in text
+    assert "`this row` is short of the goal" in text and "6-8" in text
+    assert "In 2 of 2 folds the last of its 3 epochs is the best one" in text
     without = "\n".join(rr.render_recipe({"ham_b_lite0_pretrained": pre}))
     assert "More epochs" not in without and "| fold 0 |" in without
+    assert "all five folds" not in without
+
+
+def test_recipe_section_reports_the_longer_five_fold_row(rr: ModuleType) -> None:
+    pre = {"metrics": {"balanced_accuracy": _ci(0.69), "ovr_auc_macro": _ci(0.94)},
+           "per_fold": {"0": _fold([0.45, 0.62, 0.66], 0.692), "1": _fold([0.4, 0.6], 0.65)}}
+    pre["metrics"]["accuracy"] = _ci(0.73)
+    six = {"metrics": {"balanced_accuracy": _ci(0.712), "ovr_auc_macro": _ci(0.951)},
+           "per_fold": {"0": _fold([0.45, 0.6, 0.7, 0.71, 0.72, 0.71], 0.73),
+                        "1": _fold([0.4, 0.6, 0.65, 0.66, 0.67, 0.68], 0.69)},
+           "train_seconds": 7200.0, "preset": "ham10000_lite0_pretrained_6ep",
+           "command": "python benchmarks/real_results.py --only ham_b_lite0_6ep"}
+    exps = {"ham_b_lite0_pretrained": pre, "ham_b_lite0_6ep": six}
+    text = "\n".join(rr.render_recipe(exps))
+    assert "6 epochs on all five folds" in text and "120 min of training" in text
+    assert "(+0.022 and +0.011 over 4 epochs)" in text
+    assert "4 epochs in brackets: 0.730 (0.692) / 0.690 (0.650)." in text
+    assert "`ham10000_lite0_pretrained_6ep` meets the goal" in text
+    six["metrics"]["ovr_auc_macro"] = _ci(0.948)
+    text = "\n".join(rr.render_recipe(exps))
+    assert "`ham10000_lite0_pretrained_6ep` is short of the goal (ovr_auc_macro 0.948 < 0.95)" \
+        in text and "In 1 of 2 folds the last of its 6 epochs" in text and "Lite2" in text
+    summary = "\n".join(rr._lite0_summary(exps))
+    assert "with 6 epochs (`ham10000_lite0_pretrained_6ep`): balanced accuracy 0.712" in summary
 
 
 # ----------------------------------------------------------- protocol-A table and leaks
