@@ -207,7 +207,7 @@ def refusal_reason(path: str | Path, exc: BaseException, allowed: Iterable[str] 
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # not a zip file (random bytes, legacy format): the message tells
         names = []
-    names = [n for n in names if n not in set(allowed)]
+    names = sorted(set(names) - set(allowed))  # torch returns them in no fixed order
     return f"it asks for: {', '.join(names[:5])}" if names else _unpickler_reason(exc)
 
 
