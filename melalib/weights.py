@@ -120,9 +120,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"weight file {path} cannot be read as tensors ({refusal_reason(path, exc)}); "
-                          "it is corrupt, not a weights file, or holds Python objects that "
-                          "melalib refuses to unpickle (weights_only=True)") from exc
+        raise ConfigError(f"weight file {path} cannot be read as tensors "
+                          f"({refusal_reason(path, exc)}); it is corrupt, not a weights file, "
+                          "or holds Python objects that melalib refuses to unpickle "
+                          "(weights_only=True)") from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
