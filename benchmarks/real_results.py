@@ -881,7 +881,8 @@ What is what:
   (installed by the README's `[weights]` extra, converted by `melalib.weights`); the recipe
   is the preset `ham10000_lite0_pretrained` (centre crop to square, one epoch with the
   backbone frozen then three fine-tuning at 0.3x the head's learning rate, class-balanced
-  cross-entropy, 8-view TTA). The same recipe from random weights
+  cross-entropy, 8-view TTA); `ham10000_lite0_pretrained_6ep` trains it for five fine-tuning
+  epochs instead of three. The same recipe from random weights
   (`ham10000_lite0_scratch`) is the ablation that shows what the weights buy. Two torch
   threads, fp32, on a 2-core CPU shared with other work.
 - **Measured here, from scratch, small**: the timm ResNet-18 rows (random init), one torch
