@@ -91,6 +91,11 @@ class ModelConfig:
     shared_backbone: bool = True  # dual_image: one backbone for both images
     drop_path_rate: float = 0.0  # stochastic depth of the backbone
 
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether the backbone starts from pretrained weights (a ``pretrained_path`` implies it)."""
+        return self.pretrained or bool(self.pretrained_path)
+
 
 @dataclass
 class TrainConfig:

@@ -67,7 +67,7 @@ def input_normalization(model_cfg: ModelConfig) -> tuple[tuple[float, ...], tupl
     """The (mean, std) the model's inputs are normalised with: what the backbone's pretrained
     weights expect (0.5 for the TF EfficientNet-Lite family, ImageNet's for most others)
     when it starts from pretrained weights; ImageNet's for a random initialisation."""
-    if not (model_cfg.pretrained or model_cfg.pretrained_path):
+    if not model_cfg.starts_pretrained:
         return IMAGENET_MEAN, IMAGENET_STD
     try:
         cfg = timm.get_pretrained_cfg(model_cfg.backbone.split(":")[-1])
@@ -196,7 +196,7 @@ class MetaMLP(nn.Module):
 def check_pretrained(model_cfg: ModelConfig) -> None:
     """Fail now, with `create_backbone`'s one-line ConfigError, when the configured
     pretrained weights cannot be found, read or fitted: before anything is written."""
-    if model_cfg.use_image and (model_cfg.pretrained or model_cfg.pretrained_path):
+    if model_cfg.use_image and model_cfg.starts_pretrained:
         create_backbone(model_cfg.backbone, pretrained=True,
                         pretrained_path=model_cfg.pretrained_path)
 
@@ -216,7 +216,7 @@ def build_model(model_cfg: ModelConfig, task: Task, n_meta: int) -> nn.Module:
         n_msd=model_cfg.n_msd,
         dual_image=model_cfg.dual_image,
         shared_backbone=model_cfg.shared_backbone,
-        pretrained=model_cfg.pretrained or bool(model_cfg.pretrained_path),
+        pretrained=model_cfg.starts_pretrained,
         pretrained_path=model_cfg.pretrained_path,
         drop_path_rate=model_cfg.drop_path_rate,
     )
