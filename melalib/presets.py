@@ -9,6 +9,10 @@ _LITE0: dict[str, Any] = dict(dataset="ham10000", backbone="tf_efficientnet_lite
                               image_size=128, aspect="crop", epochs=4, lr=1e-3, batch_size=32,
                               loss="ce", class_weighting="balanced", meta_hidden=(64, 32),
                               n_folds=5, tta=8)
+#: Those presets from ImageNet weights: one frozen-backbone epoch, then the backbone at 0.3x
+#: the head's LR.
+_LITE0_PRETRAINED: dict[str, Any] = dict(_LITE0, pretrained=True, freeze_epochs=1,
+                                         backbone_lr_mult=0.3)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The synthetic default the demo and notebooks use: about 2 minutes on 2 idle CPU cores
@@ -59,12 +63,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # HAM10000 with offline ImageNet weights (`melalib weights`), 2 CPU cores: EfficientNet-Lite0
     # at 128 px, centre-square crops, one frozen-backbone epoch then 3 fine-tuning epochs at
     # 0.3x the head's LR, class-balanced CE, metadata (age, sex, site) fused, TTA 8.
-    "ham10000_lite0_pretrained": dict(_LITE0, pretrained=True, freeze_epochs=1,
-                                      backbone_lr_mult=0.3),
+    "ham10000_lite0_pretrained": dict(_LITE0_PRETRAINED),
     # The same recipe trained longer: 1 frozen epoch then 5 fine-tuning epochs (the 8-epoch
     # fold-0 curve in docs/results.md peaked at epoch 5).
-    "ham10000_lite0_pretrained_6ep": dict(_LITE0, pretrained=True, freeze_epochs=1,
-                                          backbone_lr_mult=0.3, epochs=6),
+    "ham10000_lite0_pretrained_6ep": dict(_LITE0_PRETRAINED, epochs=6),
     # The ablation: the same backbone and recipe from random weights (nothing to freeze).
     "ham10000_lite0_scratch": dict(_LITE0, pretrained=False),
 }
