@@ -1372,11 +1372,16 @@ def _goal_note(row: dict[str, Any]) -> list[str]:
                    if inside else "") + "."]
     curves = [f["val_by_epoch"] for f in row["per_fold"].values()]
     rising = sum(c.index(max(c)) == len(c) - 1 for c in curves)
-    epochs = max(len(c) for c in curves)
+    epochs = _epochs(row)
     lever = ("more epochs (6-8, 1.5-2x the time) are the first lever, then 160-192 px"
              if epochs < 6 else "160-192 px or EfficientNet-Lite2 are the next levers")
     return [f"- {preset} is short of the goal ({'; '.join(short)}). In {rising} of "
             f"{len(curves)} folds the last of its {epochs} epochs is the best one; {lever}."]
+
+
+def _epochs(row: dict[str, Any]) -> int:
+    """How many epochs the row's folds trained (their longest validation curve)."""
+    return max(len(f["val_by_epoch"]) for f in row["per_fold"].values())
 
 
 def _longer_row_note(pre: dict[str, Any], longer: dict[str, Any] | None) -> list[str]:
@@ -1386,9 +1391,8 @@ def _longer_row_note(pre: dict[str, Any], longer: dict[str, Any] | None) -> list
     folds = " / ".join(f"{f['oof_tta']:.3f} ({pre['per_fold'][k]['oof_tta']:.3f})"
                        if k in pre["per_fold"] else f"{f['oof_tta']:.3f}"
                        for k, f in longer["per_fold"].items())
-    m, epochs = longer["metrics"], max(len(f["val_by_epoch"])
-                                      for f in longer["per_fold"].values())
-    return [f"- {epochs} epochs on all five folds ({_cmd(longer)}, "
+    m = longer["metrics"]
+    return [f"- {_epochs(longer)} epochs on all five folds ({_cmd(longer)}, "
             f"{longer['train_seconds'] / 60:.0f} min of training): balanced accuracy "
             f"{fmt_ci(m['balanced_accuracy'])}, macro AUC {fmt_ci(m['ovr_auc_macro'])} "
             f"({_diff(longer, pre, 'balanced_accuracy')} and "
