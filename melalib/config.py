@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from .data.adapters import DATASETS
+from .data.adapters import DATASETS, MILK_VIEWS
 from .data.images import ALPHA_CHOICES
+from .data.missing import MISSING_IMAGES
 from .data.synthetic import TASKS as SYNTHETIC_TASKS
 from .device import AMP_DTYPES
 from .errors import ConfigError
@@ -62,6 +63,8 @@ class DataConfig:
     file_size_feature: bool = False  # default/context features: add the image file size (a shortcut across sources; isic11 always has it)
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
+    missing_images: str = "error"  # listed training rows whose image files are absent (a partial download): error (before anything is written) | drop (train on the rows whose images are all present; missing_images.csv lists the rest)
+    milk_view: str = "dermoscopic"  # dataset=milk10k: the image a single-image model sees: dermoscopic | clinical (dual_image: both)
     custom_csv: str = ""  # dataset=custom: CSV naming images, labels and metadata
     custom_image_column: str = "image"  # dataset=custom: column of image file names
     custom_label_column: str = "label"  # dataset=custom: column of class names
@@ -232,6 +235,8 @@ class RunConfig:
         _choice("augment", d.augment, STRENGTHS)
         _choice("features", d.features, FEATURE_SETS)
         _choice("image_alpha", d.image_alpha, ALPHA_CHOICES)
+        _choice("missing_images", d.missing_images, MISSING_IMAGES)
+        _choice("milk_view", d.milk_view, MILK_VIEWS)
         _check_name(self.name)
         _choice("target", d.target, TARGETS)
         if d.pseudo_run:

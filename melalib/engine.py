@@ -44,7 +44,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import RunConfig, TrainConfig
-from .data.build import build_table
+from .data.build import build_table, source_table
 from .data.dataset import LesionDataset
 from .device import (
     Precision,
@@ -105,6 +105,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
     progress = progress and info.is_main and os.environ.get("MELALIB_PROGRESS", "1") != "0"
     if info.is_main:
         check_pretrained(cfg.model)  # a missing or unfit weight file writes no run folder
+        table = source_table(cfg, table)  # nor do unreadable tables or absent images
     lock = RunLock(cfg) if info.is_main else nullcontext()
     try:
         with lock:

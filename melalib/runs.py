@@ -13,10 +13,13 @@ Layout of ``outputs/<run>/``::
     oof.csv, metrics.json  once every fold is done
     bad_images.csv       unreadable / missing images found by the pre-flight check
     skipped_images.csv   images left out under skip_bad_images=true (else an error)
+    missing_images.csv   rows left out because their image files are absent
+                         (missing_images=drop; test rows always)
     unlisted_images.csv  image files beside the listed ones that the table does not name
     train.log            per-epoch log lines (resumes, warnings)
 
-run.json also counts ``n_skipped_images`` and ``n_unlisted_images``. The notebooks add
+run.json also counts ``n_skipped_images``, ``n_unlisted_images``, ``n_missing_image_rows``
+(training rows left out) and ``n_missing_image_test_rows``. The notebooks add
 ``NOTEBOOK_OUTPUTS`` (figures, their JSON reports, the submission); a folder holding only
 those becomes the run when training starts in it.
 
@@ -254,7 +257,8 @@ class RunDir:
           ``.melalib-run``), then ``build``; a ``build`` that fails leaves a folder the next
           command may replace;
         - the same config: resumed; a folder whose start failed (``failed_start`` in
-          run.json, no table stored: e.g. a missing data_dir) with another config: replaced
+          run.json, no table stored: e.g. a pseudo_run that is not there; training loads
+          the table before it calls this) with another config: replaced
           as below, so it never blocks the corrected command;
         - another config: refused (RunExistsError naming what changed) unless
           ``cfg.overwrite``; then the new run is built in ``.<name>.new-<pid>`` first, so a

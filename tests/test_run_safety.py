@@ -94,14 +94,24 @@ def test_overwrite_never_deletes_a_folder_without_melalib_marker(tiny_cfg) -> No
 
 
 def test_failed_start_does_not_block_the_corrected_command(tiny_cfg, tmp_path: Path) -> None:
-    bad = tiny_cfg(fold=0, dataset="custom", custom_csv=str(tmp_path / "nope" / "t.csv"))
-    with pytest.raises(DataError):
+    # a table that cannot be loaded writes nothing (test_unreadable_table_writes_no_run); a
+    # step of the build that fails after the folder exists (here: pseudo-labels from a run
+    # that is not there) is recorded as failed_start
+    bad = tiny_cfg(fold=0, pseudo_run=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError):
         melalib.train(bad)
     info = json.loads((bad.run_dir / "run.json").read_text())
-    assert "does not exist" in info["failed_start"] and "table_hash" not in info
+    assert "no such folder" in info["failed_start"] and "table_hash" not in info
     summary = melalib.train(tiny_cfg(fold=0))
     assert summary["folds_done"] == [0]
     assert "failed_start" not in json.loads((bad.run_dir / "run.json").read_text())
+
+
+def test_unreadable_table_writes_no_run(tiny_cfg, tmp_path: Path) -> None:
+    bad = tiny_cfg(fold=0, dataset="custom", custom_csv=str(tmp_path / "nope" / "t.csv"))
+    with pytest.raises(DataError, match="does not exist"):
+        melalib.train(bad)
+    assert not bad.run_dir.exists()
 
 
 def test_interrupted_swap_puts_the_old_run_back(tiny_cfg) -> None:

@@ -402,19 +402,23 @@ def _ham_paths(data_dir: Path, image_dir: PathLike | None, ids: pd.Series) -> li
 
 # ----------------------------------------------------------------------------------- MILK10k
 def load_milk10k(data_dir: PathLike, image_dir: PathLike | None = None, include_test: bool = True,
-                 test_image_dir: PathLike | None = None) -> LesionTable:
+                 test_image_dir: PathLike | None = None, view: str = "dermoscopic"
+                 ) -> LesionTable:
     """MILK10k (ISIC 2025): one row per lesion (image_id = lesion_id), ``image_path`` the
-    dermoscopic image, ``image_path_2`` the clinical close-up; task MILK11.
+    ``view`` image (`MILK_VIEWS`: dermoscopic, the default, or the clinical close-up),
+    ``image_path_2`` the other one; task MILK11. A single-image model sees ``image_path``
+    only; a dual-image one both.
 
-    Images are ``{isic_id}.jpg`` under ``image_dir`` (default ``MILK10k_Training_Input`` /
-    ``MILK10k_Test_Input``), or under a ``{lesion_id}/`` subfolder there (the official zip
-    layout) when that file exists. Extras: lesion_id, skin_tone, isic_id_derm / isic_id_clin,
-    image_bytes_2, ``monet_<concept>_derm`` / ``_clin``.
+    Images are ``{isic_id}.jpg`` under ``image_dir`` (default: the first folder of
+    `MILK_IMAGE_DIRS` under ``data_dir`` that exists, else ``MILK10k_Training_Input``; test
+    images ``MILK10k_Test_Input``), or under a ``{lesion_id}/`` subfolder there (the official
+    zip layout) when that file exists. Extras: lesion_id, skin_tone, isic_id_derm /
+    isic_id_clin, image_bytes_2, ``monet_<concept>_derm`` / ``_clin``.
     """
     data_dir = Path(data_dir)
     meta_csv = data_dir / "MILK10k_Training_Metadata.csv"
     gt_csv = data_dir / "MILK10k_Training_GroundTruth.csv"
-    train_dir = Path(image_dir) if image_dir else data_dir / "MILK10k_Training_Input"
+    train_dir = Path(image_dir) if image_dir else _milk_image_dir(data_dir)
     meta = _read_csv(meta_csv, MILK_META, "milk10k")
     gt = _read_csv(gt_csv, ("lesion_id", *MILK11.classes), "milk10k")
     gt_ids = _require_ids(gt, "lesion_id", gt_csv)
@@ -427,11 +431,55 @@ def load_milk10k(data_dir: PathLike, image_dir: PathLike | None = None, include_
         test_dir = Path(test_image_dir or image_dir or data_dir / "MILK10k_Test_Input")
         frames.append(_milk_frame(_read_csv(test_csv, MILK_META, "milk10k"), test_csv, test_dir,
                                   None, "test"))
-    return _table(frames, MILK11, meta_csv)
+    return _table([milk_view(f, view) for f in frames], MILK11, meta_csv)
+
+
+def load_milk10k_test(csv: PathLike, image_dir: PathLike | None = None,
+                      view: str = "dermoscopic") -> LesionTable:
+    """A MILK10k-style test table (``MILK10k_Test_Metadata.csv``: two rows per lesion,
+    ``lesion_id``, ``image_type``, ``isic_id``, metadata, MONET scores): one unlabelled row
+    per lesion (split test) as `load_milk10k` builds them, images ``{isic_id}.jpg`` under
+    ``image_dir`` (default: ``MILK10k_Test_Input`` beside the CSV when it exists, else the
+    CSV's folder), ``view`` as there."""
+    csv = Path(csv)
+    folder = Path(image_dir) if image_dir else csv.parent / "MILK10k_Test_Input"
+    folder = folder if image_dir or folder.is_dir() else csv.parent
+    frame = _milk_frame(_read_csv(csv, MILK_META, "milk10k"), csv, folder, None, "test")
+    return LesionTable(milk_view(frame, view), MILK11, origin=str(csv)).validate()
+
+
+def is_milk10k_table(columns: Iterable[str]) -> bool:
+    """Whether a CSV with these columns is in the MILK10k metadata layout (`MILK_META`)."""
+    return set(MILK_META) <= {str(c).strip() for c in columns}
 
 
 MILK_META = ("lesion_id", "image_type", "isic_id", "age_approx", "sex", "site")
 MILK_AGREE = ("age_approx", "sex", "site", "skin_tone_class")
+#: the ``milk_view`` choices: which image of the pair is ``image_path`` (a single-image
+#: model's input; ``image_path_2`` holds the other)
+MILK_VIEWS = ("dermoscopic", "clinical")
+#: image folders `load_milk10k` looks for under ``data_dir`` (the official name first; then
+#: the resized copy of ``../shared/data/milk10k``)
+MILK_IMAGE_DIRS = ("MILK10k_Training_Input", "images_256x192")
+
+
+def _milk_image_dir(data_dir: Path) -> Path:
+    """The first folder of `MILK_IMAGE_DIRS` under ``data_dir`` that exists (else the first)."""
+    found = [data_dir / name for name in MILK_IMAGE_DIRS if (data_dir / name).is_dir()]
+    return found[0] if found else data_dir / MILK_IMAGE_DIRS[0]
+
+
+def milk_view(df: pd.DataFrame, view: str) -> pd.DataFrame:
+    """A MILK10k frame with ``view``'s image as ``image_path`` (dermoscopic: as built; clinical:
+    the two image columns and their file sizes swapped)."""
+    if view not in MILK_VIEWS:
+        raise DataError(f"milk_view must be one of {', '.join(MILK_VIEWS)}; got {view!r}")
+    if view == "dermoscopic":
+        return df
+    out = df.copy()
+    for a, b in (("image_path", "image_path_2"), ("image_bytes", "image_bytes_2")):
+        out[a], out[b] = df[b].to_numpy(), df[a].to_numpy()
+    return out
 
 
 def _milk_frame(meta: pd.DataFrame, file: Path, folder: Path, labels: pd.Series | None,
@@ -769,6 +817,8 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
     if dataset == "isic2020+2019":
         return merge_isic2019_2020(load_isic2020(data_dir / "isic2020", image_dir),
                                    load_isic2019(data_dir / "isic2019", image_dir))
+    if dataset == "milk10k":
+        return load_milk10k(data_dir, image_dir, view=data_cfg.milk_view)
     return LOADERS[dataset](data_dir, image_dir)
 
 

@@ -23,6 +23,7 @@ from ..table import LesionTable
 from .adapters import load_table
 from .dataset import check_images_readable, find_unlisted_images
 from .images import ImageOptions
+from .missing import check_missing, leave_out, left_out_rows
 
 log = logging.getLogger("melalib")
 
@@ -34,12 +35,21 @@ def configured_folds(table: LesionTable, data_cfg: DataConfig) -> LesionTable:
                         stratify=data_cfg.fold_stratify)
 
 
+def source_table(cfg: RunConfig, table: LesionTable | None = None) -> LesionTable:
+    """The dataset ``cfg`` names (or ``table``), checked for absent image files
+    (`melalib.data.missing.check_missing`): training calls it before it writes anything."""
+    table = load_table(cfg.data) if table is None else table
+    check_missing(table, cfg)
+    return table
+
+
 def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None
                 ) -> LesionTable:
-    """Load the dataset (or take ``table``), pre-flight its images, assign grouped folds
-    unless the table has a ``fold`` column (then checked), add pseudo-labels, validate, and
-    store the result in ``run``."""
-    table = load_table(cfg.data) if table is None else table
+    """Load the dataset (or take ``table``), leave out rows with absent images
+    (`drop_missing`), pre-flight the other images, assign grouped folds unless the table has
+    a ``fold`` column (then checked), add pseudo-labels, validate, and store the result in
+    ``run``."""
+    table = drop_missing(load_table(cfg.data) if table is None else table, cfg, run)
     table = preflight_images(table, cfg, run)
     if "fold" in table.df.columns:  # predefined (custom_fold_column, or a table handed in)
         table = check_predefined_folds(table, cfg.data.n_folds)
@@ -51,6 +61,30 @@ def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | 
     if run is not None:
         run.save_table(table)
     return table
+
+
+def drop_missing(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
+    """``table`` without its rows whose image files are absent: test rows always, training
+    rows under ``missing_images=drop`` (else `check_missing` raises). The rows left out go
+    to ``missing_images.csv`` and run.json counts them: ``n_missing_image_rows`` (training
+    rows), ``n_missing_image_test_rows`` (test rows, not predicted)."""
+    missing = check_missing(table, cfg)
+    gone = left_out_rows(missing, cfg)
+    n_train = int((gone["split"] == "train").sum())
+    if run is not None:
+        run.update_info(n_missing_image_rows=n_train,
+                        n_missing_image_test_rows=len(gone) - n_train)
+        if len(gone):
+            write_csv(run.path / "missing_images.csv", gone)
+    if n_train:
+        n_rows = int((table.df["split"] == "train").sum())
+        log.warning("missing_images=drop: training on %d of %d training rows; %d left out "
+                    "(absent image files, listed in missing_images.csv)", n_rows - n_train,
+                    n_rows, n_train)
+    if len(gone) > n_train:
+        log.warning("%d test rows have absent image files: not predicted (listed in "
+                    "missing_images.csv)", len(gone) - n_train)
+    return leave_out(table, missing, cfg)
 
 
 def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
@@ -92,5 +126,7 @@ def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> 
             reason=bad.groupby("row")["reason"].first().to_numpy())
         write_csv(run.path / "skipped_images.csv", skipped)
         run.update_info(n_skipped_images=len(rows))
-    log.warning("skip_bad_images: leaving out %d of %d images%s", len(rows), len(keep), where)
+    n_train = int((table.df["split"].iloc[rows] == "train").sum())
+    log.warning("skip_bad_images: leaving out %d of %d rows (%d training, %d test) with "
+                "unreadable images%s", len(rows), len(keep), n_train, len(rows) - n_train, where)
     return table.select(keep)
