@@ -216,6 +216,12 @@ def _add_prediction_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", type=int, default=None, help="1, 2, 4 or 8 views")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=64,
                    help="images per forward pass (default: 64)")
+    p.add_argument("--format", default="auto", choices=("auto", "frame", "submission"),
+                   help="frame: image_id + prob columns; submission: the competition format; "
+                   "auto (default): submission for a MILK10k-style --csv, else frame")
+    p.add_argument("--tune-thresholds", dest="tune_thresholds", action="store_true",
+                   help="multilabel (MILK10k): bake per-class thresholds tuned on the run's "
+                   "OOF into the probabilities, so the official 0.5 rule applies them")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ensemble", help="combine runs' OOF/test predictions; submission")

@@ -62,8 +62,8 @@ def milk_copy(shared_data: Path, tmp_path: Path) -> dict[str, object]:
 
 
 def milk_cfg(tiny_cfg, milk_copy, **overrides: object) -> RunConfig:
-    return tiny_cfg(dataset="milk10k", data_dir=str(milk_copy["dir"]), dual_image=True,
-                    fold=0, **overrides)
+    return tiny_cfg(**{"dataset": "milk10k", "data_dir": str(milk_copy["dir"]),
+                       "dual_image": True, "fold": 0, **overrides})
 
 
 @pytest.mark.realdata
@@ -160,3 +160,41 @@ def test_dual_lite0_preset_trains_offline_on_generated_pairs(tmp_path, milk_copy
     assert len(history) == 2  # the frozen epoch, then one fine-tuning epoch
     info = json.loads((cfg.run_dir / "run.json").read_text())
     assert info["n_missing_image_rows"] == 5
+
+
+@pytest.mark.realdata
+def test_predict_on_the_milk10k_test_table_writes_the_official_submission(
+        tiny_cfg, milk_copy, shared_data, tmp_path, capsys) -> None:
+    from melalib.cli import main
+
+    cfg = milk_cfg(tiny_cfg, milk_copy, missing_images="drop", fold=-1)
+    melalib.train(cfg)
+    test_csv = shared_data / "milk10k" / TEST_FILE
+    images = tmp_path / "test_images"
+    images.mkdir()
+    for i, isic in enumerate(pd.read_csv(test_csv, dtype=str)["isic_id"]):
+        write_image(images / f"{isic}.jpg", 10_000 + i)
+    sample = pd.read_csv(shared_data / "milk10k" / "MILK10k_Sample_Submit.csv", dtype=str)
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(cfg.run_dir), "--csv", str(test_csv), "--image-dir",
+                 str(images), "--out", str(out), "--tta", "1"]) == 0
+    sub = pd.read_csv(out, dtype={"lesion_id": str})
+    assert list(sub.columns) == list(sample.columns)  # header and column order
+    assert sub["lesion_id"].tolist() == sample["lesion_id"].tolist()  # ids, in order
+    probs = sub[sample.columns[1:]].to_numpy()
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+    # thresholds tuned on the run's OOF, baked in: the same ranking, a new 0.5 boundary
+    baked = tmp_path / "baked.csv"
+    assert main(["predict", str(cfg.run_dir), "--csv", str(test_csv), "--image-dir",
+                 str(images), "--out", str(baked), "--tta", "1", "--tune-thresholds"]) == 0
+    assert "nested-tuned" in capsys.readouterr().out
+    tuned = pd.read_csv(baked, dtype={"lesion_id": str})
+    assert list(tuned.columns) == list(sample.columns)
+    for column in sample.columns[1:]:
+        order = np.argsort(sub[column].to_numpy(), kind="stable")
+        assert (np.diff(tuned[column].to_numpy()[order]) >= -1e-12).all()  # monotone
+    # the prediction frame on request, and the same probabilities
+    frame = tmp_path / "frame.csv"
+    assert main(["predict", str(cfg.run_dir), "--csv", str(test_csv), "--image-dir",
+                 str(images), "--out", str(frame), "--tta", "1", "--format", "frame"]) == 0
+    assert pd.read_csv(frame)["image_id"].tolist() == sample["lesion_id"].tolist()
