@@ -42,7 +42,7 @@ from .transforms import ASPECTS, STRENGTHS, TTA_COUNTS
 class DataConfig:
     """Where the data comes from and how it is split and encoded."""
 
-    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | custom | image_folder
+    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | isic2024 | custom | image_folder
     data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached; image_folder: <data_dir>/<class>/*.jpg
     image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
     synthetic_task: str = "binary"  # binary | multiclass | paired
@@ -55,7 +55,7 @@ class DataConfig:
     n_folds: int = 5  # grouped CV folds
     fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
-    features: str = "default"  # default | isic11 | context | none
+    features: str = "default"  # default | isic11 | context | tbp (default + the ISIC 2024 tbp_lv_* measurements) | none
     target: str = "label"  # label | diagnosis (binary melanoma: train on 9 diagnosis classes, report P(MEL))
     pseudo_run: str = ""  # second round: run folder whose test predictions give pseudo-labels
     pseudo_threshold: float = 0.95  # pseudo_run: test rows with P(class) >= this join training

@@ -46,6 +46,12 @@ Feature sets (`FEATURE_SETS`; the `features` config field):
     ``ctx_bytes_std`` (patient mean / std of the log size); all standardised with training
     statistics. No label column is ever read.
 
+``tbp``
+    ``default`` + the ISIC 2024 (SLICE-3D) lesion measurements of the 3D total-body
+    photograph: every numeric ``tbp_lv_*`` column (colour, shape, size, border, symmetry,
+    position, the vendor's nevus confidence) and ``clin_size_long_diam_mm`` (`tbp_columns`),
+    standardised with training statistics (missing -> the training mean).
+
 ``none``
     No features: ``dim == 0`` and `transform` returns an (N, 0) array; needs no `fit`.
 """
@@ -62,7 +68,9 @@ import pandas as pd
 from .errors import ConfigError, DataError, LeakageError
 from .table import SEXES, SITES
 
-FEATURE_SETS = ("default", "isic11", "context", "none")
+FEATURE_SETS = ("default", "isic11", "context", "tbp", "none")
+#: ISIC 2024 lesion measurements (the ``tbp`` set; `tbp_columns`)
+TBP_PREFIX, TBP_EXTRA = "tbp_lv_", ("clin_size_long_diam_mm",)
 FORMAT = "melalib.MetaEncoder"
 VERSION = 1
 KNOWN_SITES = tuple(s for s in SITES if s != "unknown")
@@ -85,6 +93,18 @@ class Feature:
     center: float = 0.0
     scale: float = 1.0
     fill: float = 0.0
+
+
+def is_tbp(column: str) -> bool:
+    """Whether ``column`` is an ISIC 2024 lesion measurement (``tbp_lv_*``, clin_size)."""
+    return column.startswith(TBP_PREFIX) or column in TBP_EXTRA
+
+
+def tbp_columns(df: pd.DataFrame) -> list[str]:
+    """The numeric ISIC 2024 measurement columns of ``df`` with a usable value (text ones
+    such as ``tbp_lv_location`` are left out)."""
+    return [c for c in df.columns if is_tbp(c) and pd.api.types.is_numeric_dtype(df[c])
+            and _usable(_numeric(df, c))]
 
 
 class MetaEncoder:
@@ -248,6 +268,8 @@ class MetaEncoder:
         chosen += [c for c in df.columns if c.lower().startswith("monet_")
                    and _usable(_numeric(df, c))]
         chosen += [c for c in df.columns if c.startswith("meta_") and df[c].notna().any()]
+        if self.preset == "tbp":
+            chosen += tbp_columns(df)
         if self.preset == "context":
             chosen.append("@patient_context")
         return chosen
@@ -277,7 +299,7 @@ class MetaEncoder:
                 kinds[c] = ("raw", c)
             elif c in self.categories:
                 kinds.update({f"{c}={v}": ("onehot", c) for v in self.categories[c]})
-            elif c.startswith("meta_"):
+            elif c.startswith("meta_") or is_tbp(c):
                 kinds[c] = ("standardized", c)
             elif c == "@patient_context":
                 kinds.update({name: ("standardized", "context") for name in
@@ -314,7 +336,7 @@ class MetaEncoder:
                 cols[c] = _numeric(df, c)
             elif c in self.categories:
                 cols.update(_one_hot_text(df, c, self.categories[c]))
-            elif c.startswith("meta_"):
+            elif c.startswith("meta_") or is_tbp(c):
                 cols[c] = _numeric(df, c)
             elif c == "@patient_context":
                 cols.update(_patient_context(df, site, age, "image_bytes" in self.columns))

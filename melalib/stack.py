@@ -8,7 +8,9 @@ table's metadata and label-free patient-context ("ugly duckling") features:
   the patient (``__prank``, in [0, 1]), z-score within the patient (``__pz``) and ratio to
   the patient's mean (``__pratio``);
 * ``age``, ``sex_male`` (1 / 0 / NaN), one-hot ``site_<s>``, ``log_bytes`` (JPEG size, when
-  the table has it), each numeric one also as ``__prank`` / ``__pz`` within the patient;
+  the table has it), the ISIC 2024 lesion measurements (numeric ``tbp_lv_*`` and
+  ``clin_size_long_diam_mm``, `features.tbp_columns`, when the table has them), each
+  numeric one also as ``__prank`` / ``__pz`` within the patient;
 * ``ctx_n_images`` (images of the patient) and ``ctx_n_site`` (images of the patient at the
   same site).
 
@@ -44,6 +46,7 @@ from .config import RunConfig
 from .data.adapters import load_table
 from .data.build import configured_folds
 from .errors import ConfigError, DataError, LeakageError, MelalibError
+from .features import tbp_columns
 from .io import write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .runs import RunDir, git_commit, package_versions, shared_task
@@ -184,6 +187,9 @@ def stack_features(df: pd.DataFrame, scores: pd.DataFrame, meta: bool = True,
                                                          ).gt(0).any():
             size = pd.to_numeric(df["image_bytes"], errors="coerce").to_numpy(dtype=float)
             numeric["log_bytes"] = pd.Series(np.log(np.where(size > 0, size, np.nan)))
+        for column in tbp_columns(df):  # ISIC 2024 lesion measurements
+            numeric[column] = pd.Series(pd.to_numeric(df[column], errors="coerce")
+                                        .to_numpy(dtype=float))
         sex = df["sex"].astype(str).to_numpy()
         feats["sex_male"] = np.where(sex == "male", 1.0, np.where(sex == "female", 0.0, np.nan))
         for site in SITES:

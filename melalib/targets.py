@@ -1,12 +1,14 @@
-"""Training targets of a binary melanoma task: the label itself, or the diagnosis classes.
+"""Training targets of a binary task: the label itself, or the diagnosis classes.
 
-``target=label`` (default) trains on the binary melanoma label. ``target=diagnosis`` trains a
+``target=label`` (default) trains on the binary label. ``target=diagnosis`` trains a
 softmax over one shared 9-class diagnosis vocabulary (`DIAGNOSIS_CLASSES`, as the SIIM-ISIC
 2020 winners did) built from the ``diagnosis`` column the adapters keep (ISIC 2020
 ``train.csv`` words, the ISIC 2019 classes in the merged 2019 + 2020 table, the synthetic
-generator's lesion looks) and reports the melanoma class's softmax probability as the run's
-``prob_melanoma``: prediction files, metrics and ensembles still see the binary task. The
-diagnosis probabilities are kept beside it as ``dx_<class>`` columns.
+generator's lesion looks, ISIC 2024's ``iddx_*`` levels) and reports the binary task's
+positive probability: the melanoma class's softmax probability as ``prob_melanoma``
+(MELANOMA), the sum over the malignant classes MEL + BCC + SCC as ``prob_malignant``
+(ISIC2024) (`DIAGNOSIS_TASKS`); prediction files, metrics and ensembles still see the binary
+task. The diagnosis probabilities are kept beside it as ``dx_<class>`` columns.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import pandas as pd
 
 from .errors import ConfigError, DataError
 from .table import LesionTable
-from .tasks import MELANOMA, Task
+from .tasks import ISIC2024, MELANOMA, Task
 
 TARGETS = ("label", "diagnosis")
 DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "BKL", "AK", "SCC", "VASC", "DF", "UNK")
 DIAG9 = Task("diagnosis9", "multiclass", DIAGNOSIS_CLASSES, "balanced_accuracy")
+DIAG9_MALIGNANT = Task("diagnosis9_malignant", "multiclass", DIAGNOSIS_CLASSES,
+                       "balanced_accuracy")
+#: binary task -> the diagnosis task ``target=diagnosis`` trains
+DIAGNOSIS_TASKS = {MELANOMA: DIAG9, ISIC2024: DIAG9_MALIGNANT}
+#: diagnosis task -> (the binary task it reports, its positive diagnosis classes)
+REPORTED = {DIAG9: (MELANOMA, ("MEL",)), DIAG9_MALIGNANT: (ISIC2024, ("MEL", "BCC", "SCC"))}
 MELANOMA_CLASS = "MEL"
 BINARY_LABEL = "melanoma_label"  # the binary label kept beside the diagnosis label
 DX_PREFIX = "dx_"
@@ -42,10 +50,10 @@ def check_target(target: str, task: Task) -> None:
     """``target`` must be known; ``diagnosis`` needs the binary melanoma task."""
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
-    if target == "diagnosis" and task != MELANOMA:
-        raise ConfigError(f"target=diagnosis needs a binary melanoma dataset (isic2020, "
-                          f"isic2020+2019, synthetic binary); this table's task is "
-                          f"{task.name!r} {list(task.classes)}")
+    if target == "diagnosis" and task not in DIAGNOSIS_TASKS:
+        raise ConfigError(f"target=diagnosis needs a binary melanoma or malignancy dataset "
+                          f"(isic2020, isic2020+2019, isic2024, synthetic binary); this "
+                          f"table's task is {task.name!r} {list(task.classes)}")
 
 
 def diagnosis_labels(table: LesionTable) -> np.ndarray:
@@ -68,8 +76,10 @@ def diagnosis_labels(table: LesionTable) -> np.ndarray:
                             f"{sorted(DIAGNOSIS_MAP)}", file=file, row=pos + 1,
                             column="diagnosis")
         out[pos] = DIAGNOSIS_CLASSES.index(DIAGNOSIS_MAP[key])
-    is_mel = out == DIAGNOSIS_CLASSES.index(MELANOMA_CLASS)
-    clash = train & (is_mel != (df["label"].to_numpy() == 1))
+    positives = REPORTED[DIAGNOSIS_TASKS[table.task]][1] if table.task in DIAGNOSIS_TASKS \
+        else (MELANOMA_CLASS,)
+    is_pos = np.isin(out, [DIAGNOSIS_CLASSES.index(c) for c in positives])
+    clash = train & (is_pos != (df["label"].to_numpy() == 1))
     if clash.any():
         pos = int(np.flatnonzero(clash)[0])
         raise DataError(f"diagnosis {words.iloc[pos]!r} contradicts label "
@@ -80,7 +90,8 @@ def diagnosis_labels(table: LesionTable) -> np.ndarray:
 
 def training_table(table: LesionTable, target: str) -> LesionTable:
     """The table a fold trains on: ``table`` itself for ``label``; for ``diagnosis`` a copy
-    with the 9-class labels (task `DIAG9`) and the binary label in ``melanoma_label``."""
+    with the 9-class labels (task `DIAG9`, or `DIAG9_MALIGNANT` for ISIC 2024) and the
+    binary label in ``melanoma_label``."""
     check_target(target, table.task)
     if target == "label":
         return table
@@ -89,31 +100,33 @@ def training_table(table: LesionTable, target: str) -> LesionTable:
     df[BINARY_LABEL] = df["label"].to_numpy()
     df["label"] = labels
     df["label_name"] = np.array((*DIAGNOSIS_CLASSES, ""), dtype=object)[labels]
-    return LesionTable(df, DIAG9, origin=table.origin)
+    return LesionTable(df, DIAGNOSIS_TASKS[table.task], origin=table.origin)
 
 
 def report_task(task: Task) -> Task:
-    """The task a run reports: MELANOMA for a diagnosis-trained model, else ``task``."""
-    return MELANOMA if task == DIAG9 else task
+    """The task a run reports: the binary task of a diagnosis-trained model, else ``task``."""
+    return REPORTED[task][0] if task in REPORTED else task
 
 
 def report_labels(df: pd.DataFrame, task: Task) -> np.ndarray:
     """Labels of the reported task (the binary label for a diagnosis-trained model)."""
-    column = BINARY_LABEL if task == DIAG9 else "label"
+    column = BINARY_LABEL if task in REPORTED else "label"
     return df[column].to_numpy().astype(int)
 
 
 def report_probs(probs: np.ndarray, task: Task) -> np.ndarray:
-    """Probabilities of the reported task: the melanoma softmax column (N, 1) for `DIAG9`."""
+    """Probabilities of the reported task: for a diagnosis task, the sum of its positive
+    classes' softmax columns (N, 1) (`REPORTED`: MEL; MEL + BCC + SCC)."""
     probs = np.asarray(probs)
-    if task != DIAG9:
+    if task not in REPORTED:
         return probs
-    return probs[:, [DIAGNOSIS_CLASSES.index(MELANOMA_CLASS)]]
+    columns = [DIAGNOSIS_CLASSES.index(c) for c in REPORTED[task][1]]
+    return probs[:, columns].sum(axis=1, keepdims=True)
 
 
 def diagnosis_columns(probs: np.ndarray, task: Task) -> dict[str, np.ndarray]:
     """``dx_<class>`` columns of a diagnosis-trained model's softmax (empty otherwise)."""
-    if task != DIAG9:
+    if task not in REPORTED:
         return {}
     return {f"{DX_PREFIX}{c}": np.asarray(probs)[:, j] for j, c in enumerate(DIAGNOSIS_CLASSES)}
 

@@ -101,6 +101,7 @@ HAM7 = Task("ham10000", "multiclass", ("akiec", "bcc", "bkl", "df", "mel", "nv",
             "balanced_accuracy")
 ISIC2019_8 = Task("isic2019", "multiclass", ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"),
                   "balanced_accuracy")
+ISIC2024 = Task("isic2024", "binary", ("benign", "malignant"), "roc_auc")
 MILK11 = Task("milk10k", "multilabel",
               ("AKIEC", "BCC", "BEN_OTH", "BKL", "DF", "INF", "MAL_OTH", "MEL", "NV", "SCCKA", "VASC"),
               "thresholded_macro_f1")

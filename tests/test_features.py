@@ -78,9 +78,9 @@ def test_validation_rows_never_change_the_statistics() -> None:
 def test_dims_and_names_per_preset() -> None:
     df = five_rows().assign(image_bytes=[1e5, 2e5, 3e5, 4e5, 5e5])
     dims = {p: MetaEncoder(p, file_size=True).fit(df).dim for p in FEATURE_SETS}
-    assert dims == {"default": 13, "isic11": 11, "context": 20, "none": 0}
+    assert dims == {"default": 13, "isic11": 11, "context": 20, "tbp": 13, "none": 0}
     dims = {p: MetaEncoder(p).fit(df).dim for p in FEATURE_SETS}  # the file size is opt-in
-    assert dims == {"default": 12, "isic11": 11, "context": 16, "none": 0}
+    assert dims == {"default": 12, "isic11": 11, "context": 16, "tbp": 12, "none": 0}
     isic = MetaEncoder("isic11").fit(df)
     assert isic.feature_names == [
         "sex", "age", "n_images", "image_size", "site_head_neck", "site_lower_extremity",

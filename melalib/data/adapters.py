@@ -24,7 +24,8 @@ import pandas as pd
 
 from ..errors import DataError
 from ..table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
-from ..tasks import HAM7, ISIC2019_8, MELANOMA, MILK11, Task
+from ..tasks import HAM7, ISIC2019_8, ISIC2024, MELANOMA, MILK11, Task
+from .images import hdf5_member, image_nbytes
 from .synthetic import VERSION, make_synthetic
 
 if TYPE_CHECKING:
@@ -40,9 +41,12 @@ DOWNLOAD = {
     "ham10000": "download it from the Harvard Dataverse (https://doi.org/10.7910/DVN/DBW86T)",
     "milk10k": "download it from the ISIC 2025 challenge site "
                "(https://challenge.isic-archive.com/data/#2025)",
+    "isic2024": "download it from Kaggle: `kaggle competitions download -c "
+                "isic-2024-challenge`",
 }
 MAIN_FILE = {"isic2020": "train.csv", "isic2019": "ISIC_2019_Training_GroundTruth.csv",
-             "ham10000": "HAM10000_metadata.csv", "milk10k": "MILK10k_Training_Metadata.csv"}
+             "ham10000": "HAM10000_metadata.csv", "milk10k": "MILK10k_Training_Metadata.csv",
+             "isic2024": "train-metadata.csv"}
 ISIC2019_CLASSES = ISIC2019_8.classes  # MEL NV BCC AK BKL DF VASC SCC; UNK must be 0
 HAM_IMAGE_DIRS = ("images_200x150", "HAM10000_images", "HAM10000_images_part_1", "images")
 
@@ -175,17 +179,16 @@ def _class_labels(values: pd.Series, classes: Sequence[str], file: Path, column:
 
 
 def _image_bytes(paths: Sequence[str]) -> np.ndarray:
-    """File size of each existing image, NaN where missing (folders that do not exist are
-    skipped without a stat per file)."""
+    """File size of each existing image (or HDF5 archive member), NaN where missing (folders
+    that do not exist are skipped without a stat per file)."""
     out = np.full(len(paths), np.nan)
     present: dict[str, bool] = {}
     for i, path in enumerate(paths):
         parent = os.path.dirname(path)
         if parent not in present:
-            present[parent] = os.path.isdir(parent or ".")
+            present[parent] = os.path.isdir(parent or ".") or hdf5_member(path) is not None
         if present[parent]:
-            with contextlib.suppress(OSError):
-                out[i] = os.stat(path).st_size
+            out[i] = image_nbytes(path)
     return out
 
 
@@ -553,6 +556,93 @@ def _milk_paths(folder: Path, lesions: Sequence[str], isic_ids: Sequence[str]) -
     return out
 
 
+# ---------------------------------------------------------------------------------- ISIC 2024
+ISIC2024_META = ("isic_id", "patient_id", "age_approx", "sex", "anatom_site_general")
+#: text columns of the official table kept as they are (the rest of ``tbp_lv_*`` is numeric)
+ISIC2024_TEXT = ("tbp_lv_location", "tbp_lv_location_simple", "image_type", "tbp_tile_type",
+                 "attribution", "copyright_license", "lesion_id", "iddx_full", "iddx_1",
+                 "iddx_2", "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index")
+#: ISIC 2024 ``iddx_3`` / ``iddx_2`` diagnoses (lower-cased) -> the shared diagnosis classes
+#: of `melalib.targets` (the ``diagnosis`` column; anything else benign is UNK)
+ISIC2024_DIAGNOSIS = {
+    "melanoma invasive": "MEL", "melanoma in situ": "MEL", "melanoma, nos": "MEL",
+    "melanoma metastasis": "MEL", "malignant melanocytic proliferations (melanoma)": "MEL",
+    "basal cell carcinoma": "BCC",
+    "malignant adnexal epithelial proliferations - follicular": "BCC",
+    "squamous cell carcinoma, invasive": "SCC", "squamous cell carcinoma in situ": "SCC",
+    "squamous cell carcinoma, nos": "SCC", "malignant epidermal proliferations": "SCC",
+    "solar or actinic keratosis": "AK", "seborrheic keratosis": "BKL", "solar lentigo": "BKL",
+    "lichen planus like keratosis": "BKL", "pigmented benign keratosis": "BKL",
+    "benign melanocytic proliferations": "NV", "nevus": "NV", "dermatofibroma": "DF",
+    "hemangioma": "VASC", "angioma": "VASC", "angiokeratoma": "VASC",
+}
+
+
+def load_isic2024(data_dir: PathLike, image_dir: PathLike | None = None,
+                  include_test: bool = True) -> LesionTable:
+    """ISIC 2024 / SLICE-3D (Kaggle layout): ``train-metadata.csv`` (+ ``test-metadata.csv``
+    when present); task ISIC2024 (benign / malignant; the challenge scores pauc_80, which
+    `metrics.evaluate` reports beside the ROC AUC that selects epochs); group_id =
+    patient_id (patient-grouped folds).
+
+    Images: ``image_dir`` ({isic_id}.jpg), else the official ``{split}-image.hdf5`` (isic_id
+    -> JPEG bytes, read in place: `melalib.data.images.hdf5_member`), else the folder
+    ``{split}-image/image``. Extras: patient_id, n_images (per patient), every ``tbp_lv_*``
+    column and ``clin_size_long_diam_mm`` (numbers; the location words as text), lesion_id,
+    the ``iddx_*`` diagnosis columns and ``diagnosis`` (`ISIC2024_DIAGNOSIS` of iddx_3, else
+    iddx_2, else UNK: the shared classes ``target=diagnosis`` trains on).
+    """
+    data_dir = Path(data_dir)
+    frames = []
+    for split in ("train", "test"):
+        csv = data_dir / f"{split}-metadata.csv"
+        if split == "test" and (not include_test or not csv.is_file()):
+            continue
+        df = _read_csv(csv, (*ISIC2024_META, "target") if split == "train" else ISIC2024_META,
+                       "isic2024")
+        ids = _require_ids(df, "isic_id", csv)
+        labels = (_class_labels(df["target"].str.replace(r"\.0$", "", regex=True), ("0", "1"),
+                                csv, "target") if split == "train" else np.full(len(df), -1))
+        patients = _require_ids(df, "patient_id", csv, unique=False)
+        out = _canonical(ids=ids, paths=_isic2024_paths(data_dir, image_dir, split, ids),
+                         groups=patients, labels=labels, task=ISIC2024, source="isic2024",
+                         split=split, meta=_meta_columns(df, csv, "age_approx", "sex",
+                                                         "anatom_site_general"))
+        frames.append(_isic2024_extras(out, df, csv, patients))
+    df = pd.concat(frames, ignore_index=True)
+    df["n_images"] = df.groupby("patient_id")["image_id"].transform("size").astype(int)
+    return _table([df], ISIC2024, data_dir / MAIN_FILE["isic2024"])
+
+
+def _isic2024_paths(data_dir: Path, image_dir: PathLike | None, split: str,
+                    ids: pd.Series) -> list[str]:
+    """Image paths: ``image_dir``, else members of ``{split}-image.hdf5``, else the folder."""
+    if image_dir:
+        return _in_dir(Path(image_dir), ids)
+    archive, folder = data_dir / f"{split}-image.hdf5", data_dir / f"{split}-image" / "image"
+    if not archive.is_file() and folder.is_dir():
+        return _in_dir(folder, ids)
+    return [os.path.join(archive, name) for name in ids]
+
+
+def _isic2024_extras(out: pd.DataFrame, df: pd.DataFrame, csv: Path,
+                     patients: pd.Series) -> pd.DataFrame:
+    """patient_id, the tbp_lv_* and clin_size numbers, the text columns, ``diagnosis``."""
+    out["patient_id"] = patients.to_numpy()
+    for column in df.columns:
+        if column in ISIC2024_TEXT:
+            out[column] = df[column].to_numpy(dtype=object)
+        elif column.startswith("tbp_lv_") or column == "clin_size_long_diam_mm":
+            out[column] = _numeric(df, column, csv)
+    diagnosis = pd.Series("UNK", index=df.index, dtype=object)
+    for column in ("iddx_2", "iddx_3"):  # the more specific level wins
+        if column in df.columns:
+            words = df[column].str.strip().str.lower().map(ISIC2024_DIAGNOSIS)
+            diagnosis = words.where(words.notna(), diagnosis)
+    out["diagnosis"] = np.where(out["split"] == "train", diagnosis.to_numpy(), np.nan)
+    return out
+
+
 # ----------------------------------------------------------------------------- 2019 + 2020
 def merge_isic2019_2020(t2020: LesionTable, t2019: LesionTable) -> LesionTable:
     """Binary melanoma table: ISIC 2020 rows (test rows kept) + ISIC 2019 training rows with
@@ -765,10 +855,10 @@ def load_image_folder(root: PathLike, classes: Sequence[str] | None = None) -> L
 
 # ----------------------------------------------------------------------------------- dispatch
 LOADERS = {"isic2020": load_isic2020, "isic2019": load_isic2019, "ham10000": load_ham10000,
-           "milk10k": load_milk10k}
+           "milk10k": load_milk10k, "isic2024": load_isic2024}
 #: every ``dataset`` that `load_table` serves (`melalib.config` validates against it)
-DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom",
-            "image_folder")
+DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k",
+            "isic2024", "custom", "image_folder")
 
 
 def load_table(data_cfg: DataConfig) -> LesionTable:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, ImageError
 from ..tasks import Task
-from .images import ImageOptions, read_image
+from .images import ImageOptions, hdf5_member, image_exists, read_image
 
 IMAGE_COLUMNS = ("image_path", "image_path_2")
 
@@ -189,6 +189,8 @@ def image_problem(path: Any, options: ImageOptions | None = None) -> str | None:
     if path is None or (isinstance(path, float) and np.isnan(path)) or not str(path).strip():
         return "no path given"
     p = Path(str(path))
+    if hdf5_member(p) is not None:  # an archive member: decoded in full below
+        return _decode_problem(p, options) if image_exists(p) else "missing"
     if not p.is_file():
         return "missing" if not p.exists() else "not a file"
     if p.stat().st_size == 0:
@@ -202,8 +204,13 @@ def image_problem(path: Any, options: ImageOptions | None = None) -> str | None:
         pass  # read_image states the size and the ceiling
     except (OSError, ValueError, SyntaxError) as exc:
         return f"corrupt or truncated: {exc}"
+    return _decode_problem(p, options)
+
+
+def _decode_problem(path: Path, options: ImageOptions | None) -> str | None:
+    """Why `read_image` refuses ``path`` (None: it decodes)."""
     try:
-        read_image(p, 64, options)
+        read_image(path, 64, options)
     except ImageError as exc:
         return exc.detail
     return None

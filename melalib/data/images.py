@@ -13,13 +13,21 @@ check and the plots all call it, so an image looks the same everywhere:
   stay >= ``size`` (much faster on full-size dermoscopy photographs).
 
 The result is a uint8 RGB array (H, W, 3); resizing is left to the transforms and `prepare`.
+
+An image may also be a member of an HDF5 archive holding one encoded image per key (the ISIC
+2024 ``train-image.hdf5``: isic_id -> JPEG bytes): its path is the archive's path joined with
+the key, ``.../train-image.hdf5/ISIC_0000001`` (`hdf5_member`). `image_nbytes` and
+`image_exists` answer for files and members alike; h5py (the ``isic2024`` extra) is imported
+only when a member is read.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,6 +40,9 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 DEFAULT_MAX_PIXELS = 64_000_000
 _JPEG_FORMATS = ("JPEG", "MPO")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: archive suffixes whose members are images (`hdf5_member`)
+HDF5_SUFFIXES = (".hdf5", ".h5")
+_ARCHIVES: dict[tuple[int, str], Any] = {}  # (process id, archive path) -> open h5py.File
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,77 @@ class ImageOptions:
                    max_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_PIXELS))
 
 
+def hdf5_member(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """(archive, key) when ``path`` names a member of an HDF5 archive (its parent has a
+    `HDF5_SUFFIXES` suffix and is a file), else None."""
+    p = Path(path)
+    if p.parent.suffix.lower() in HDF5_SUFFIXES and p.parent.is_file():
+        return p.parent, p.name
+    return None
+
+
+def _archive(path: Path) -> Any:
+    """The open archive (one handle per process: DataLoader workers open their own)."""
+    key = (os.getpid(), str(path))
+    if key not in _ARCHIVES:
+        import h5py  # optional dependency (the isic2024 extra): only HDF5 archives need it
+
+        _ARCHIVES[key] = h5py.File(path, "r")
+    return _ARCHIVES[key]
+
+
+def _member(path: str | os.PathLike[str]) -> Any:
+    """The h5py dataset of an archive member; FileNotFoundError when there is none."""
+    member = hdf5_member(path)
+    if member is None:
+        raise FileNotFoundError(str(path))
+    archive, key = member
+    handle = _archive(archive)
+    if key not in handle:
+        raise FileNotFoundError(f"{archive} holds no image {key!r}")
+    return handle[key]
+
+
+def member_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The encoded bytes of an archive member (`hdf5_member`), stored as a scalar byte
+    string (what ``h5py`` writes for ``create_dataset(key, data=jpeg_bytes)``)."""
+    value = _member(path)[()]
+    return value if isinstance(value, bytes) else np.asarray(value).tobytes()
+
+
+def image_nbytes(path: str | os.PathLike[str]) -> float:
+    """Size in bytes of an image file or archive member; NaN when there is none (a
+    fixed-length member's size is read from its type, without reading the image)."""
+    try:
+        if hdf5_member(path) is None:
+            return float(os.stat(path).st_size)
+        data = _member(path)
+        if data.dtype.kind == "S" and data.shape == ():
+            return float(data.dtype.itemsize)
+        return float(len(member_bytes(path)))
+    except OSError:
+        return float("nan")
+
+
+def image_exists(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an image file or an archive member (`hdf5_member`)."""
+    if hdf5_member(path) is not None:
+        return not np.isnan(image_nbytes(path))
+    return os.path.isfile(path)
+
+
+def _source(path: Path) -> Path | io.BytesIO:
+    """What Pillow opens: the file, or an archive member's bytes; ImageError when empty."""
+    if hdf5_member(path) is not None:
+        data = member_bytes(path)
+        if not data:
+            raise ImageError("empty archive member (0 bytes)", file=path)
+        return io.BytesIO(data)
+    if path.stat().st_size == 0:
+        raise ImageError("empty file (0 bytes)", file=path)
+    return path
+
+
 def read_image(path: str | os.PathLike[str], size: int | None = None,
                options: ImageOptions | None = None) -> np.ndarray:
     """Decode the image at ``path`` to uint8 RGB (H, W, 3) (see the module docstring).
@@ -66,9 +148,7 @@ def read_image(path: str | os.PathLike[str], size: int | None = None,
     options = options or ImageOptions()
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)", file=path)
-        with Image.open(path) as img:
+        with Image.open(_source(path)) as img:
             _check_pixels(img, path, options)
             if size and img.format in _JPEG_FORMATS:  # DCT-domain downscale
                 img.draft("RGB", (size, size))

@@ -21,7 +21,6 @@ Counts are rows of the table (lesions for MILK10k), not image files. No torch he
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ import pandas as pd
 
 from ..errors import ImageError
 from ..table import LesionTable
+from .images import image_exists
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -69,7 +69,7 @@ def find_missing(table: LesionTable, use_image: bool = True) -> Missing:
     columns = [c for c in IMAGE_COLUMNS if c in df.columns] if use_image else []
     absent = np.zeros((len(df), len(columns)), dtype=bool)
     for j, column in enumerate(columns):
-        absent[:, j] = [not os.path.isfile(str(p)) for p in df[column].tolist()]
+        absent[:, j] = [not image_exists(str(p)) for p in df[column].tolist()]
     bad = np.flatnonzero(absent.any(axis=1))
     records = []
     for i in bad:
