@@ -20,6 +20,7 @@ from melalib.config import RunConfig
 from melalib.data.adapters import MILK_VIEWS, load_milk10k
 from melalib.data.missing import check_missing, find_missing
 from melalib.errors import ConfigError, ImageError
+from melalib.runtime import make_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -110,6 +111,10 @@ def test_milk_view_selects_the_image_a_single_image_model_sees(milk_copy):
     assert Path(derm.df["image_path"].iat[0]).parent.name == "images_256x192"  # found
     # either view leaves out the same lesions: a half pair is absent as a pair
     assert (find_missing(derm).keep == find_missing(clin).keep).all()
+    # a single-image model reads image_path: the clinical image under milk_view=clinical
+    cfg = RunConfig.from_dict(dict(dataset="milk10k", dual_image=False, milk_view="clinical"))
+    dataset = make_dataset(cfg, clin, clin.df, None, train=False)
+    assert len(dataset.paths) == 1 and (dataset.paths[0] == clin.df["image_path"]).all()
 
 
 def test_milk_view_and_missing_images_are_checked_choices(tiny_cfg) -> None:
@@ -198,3 +203,17 @@ def test_predict_on_the_milk10k_test_table_writes_the_official_submission(
     assert main(["predict", str(cfg.run_dir), "--csv", str(test_csv), "--image-dir",
                  str(images), "--out", str(frame), "--tta", "1", "--format", "frame"]) == 0
     assert pd.read_csv(frame)["image_id"].tolist() == sample["lesion_id"].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_trains_on_the_real_partial_folder(shared_data, tiny_cfg) -> None:
+    """The real 256x192 pairs: fold 0 of 5 trains on the 4,192 complete lesions (2 steps)."""
+    cfg = tiny_cfg(dataset="milk10k", data_dir=str(shared_data / "milk10k"), dual_image=True,
+                   missing_images="drop", n_folds=5, fold=0, tta=1)
+    melalib.train(cfg)
+    info = json.loads((cfg.run_dir / "run.json").read_text())
+    assert (info["n_missing_image_rows"], info["n_missing_image_test_rows"]) == (1048, 479)
+    assert info["n_rows"] == 4192
+    listed = pd.read_csv(cfg.run_dir / "missing_images.csv")
+    assert (listed["missing"] == "image_path image_path_2").all()  # whole pairs withheld
