@@ -83,7 +83,7 @@ def framed_masks(rows: pd.DataFrame, size: int, aspect: str, source: MaskSource 
                  missing: str = "error", images: Sequence[np.ndarray] | None = None
                  ) -> tuple[np.ndarray, list[str]]:
     """Masks (N, size, size) bool of ``rows`` (``image_id``, ``image_path``) as the model
-    sees them, and per row where it came from: ``true``, ``estimate`` or ``missing``.
+    sees them, and per row where it came from: ``true_mask``, ``estimate`` or ``missing``.
 
     A true mask is resized to its image (nearest) and framed like the model input.
     ``missing``: ``error`` (DataError naming the first missing file), ``skip`` (an empty
@@ -98,7 +98,7 @@ def framed_masks(rows: pd.DataFrame, size: int, aspect: str, source: MaskSource 
         mask, where = _true_mask(image_id, image_path, source)
         if mask is not None:
             out.append(frame_mask(_to_image_size(mask, image_path), size, aspect))
-            kinds.append("true")
+            kinds.append("true_mask")
             continue
         absent.append(where or Path(image_path).parent.parent / "masks")
         if missing == "estimate" and images is not None:

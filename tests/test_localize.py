@@ -60,7 +60,7 @@ def test_crop_framing_follows_the_model_input(tmp_path: Path) -> None:
     rows = pd.DataFrame([_write(tmp_path, "off", (10, 30, 50, 70))])
     source = MaskSource(tmp_path / "masks")
     crop, kinds = framed_masks(rows, SIZE, "crop", source)
-    assert kinds == ["true"]
+    assert kinds == ["true_mask"]
     truth = _box(8, 24, 24, 32)
     assert _iou(crop[0], truth) > 0.9
     # a map on the lesion as the model saw it is fully on the lesion ...
@@ -114,12 +114,12 @@ def test_missing_masks_are_an_error_a_skip_or_a_labelled_estimate(tmp_path: Path
     with pytest.raises(DataError, match=r"no lesion mask for 1 of 2 images, e\.g\. .*b_segm"):
         framed_masks(rows, SIZE, "crop", source)
     _, kinds = framed_masks(rows, SIZE, "crop", source, missing="skip")
-    assert kinds == ["true", "missing"]
+    assert kinds == ["true_mask", "missing"]
     image = np.full((SIZE, SIZE, 3), 200, np.uint8)
     image[8:24, 8:24] = 40
     masks, kinds = framed_masks(rows, SIZE, "crop", source, missing="estimate",
                                 images=[image, image])
-    assert kinds == ["true", "estimate"]
+    assert kinds == ["true_mask", "estimate"]
     assert _iou(masks[1], _box(8, 24, 8, 24)) > 0.95
     with pytest.raises(ConfigError, match="pattern"):
         framed_masks(rows, SIZE, "crop", MaskSource(tmp_path, "{name}.png"))
@@ -131,7 +131,7 @@ def test_synthetic_masks_are_found_without_a_source(tmp_path: Path) -> None:
     table = make_synthetic(tmp_path, "binary", n_patients=4, image_size=32, seed=0)
     rows = table.df.head(3)
     masks, kinds = framed_masks(rows, 32, "squash")
-    assert kinds == ["true"] * 3 and masks.any(axis=(1, 2)).all()
+    assert kinds == ["true_mask"] * 3 and masks.any(axis=(1, 2)).all()
 
 
 # ---------------------------------------------------------------------------- measures
