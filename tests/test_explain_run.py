@@ -128,3 +128,52 @@ def test_absent_masks_are_one_clear_line_or_a_labelled_estimate(
                     "--missing-masks", "estimate") == 0
     assert "2 mask(s) are Otsu estimates" in capsys.readouterr().out
     assert set(pd.read_csv(elsewhere / "b" / "explanations.csv")["mask"]) == {"estimate"}
+
+
+# ------------------------------------------------------------- benchmarks/explain_results
+def _bench():
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "explain_results.py"
+    spec = importlib.util.spec_from_file_location("explain_results", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_measures_a_run_and_records_its_table(
+        project: Path, elsewhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    run = project / "outputs" / "tiny"
+    out = elsewhere / "explain.json"
+    assert bench.main([str(run), "--per-class", "2", "--n-boot", "20", "--device", "cpu",
+                       "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    recorded = json.loads(out.read_text())
+    (res,) = recorded["results"]
+    assert res["n_images"] == 4 and recorded["command"].startswith("python benchmarks/")
+    pooled = {(r["maps"], r["measure"]): r for r in res["pooled"]}
+    assert {m for m, _ in pooled} == {"model", "centre_prior", "random_weights"}
+    row = next(line for line in printed.splitlines() if line.startswith("| concentration |"))
+    assert f"{pooled[('model', 'concentration')]['estimate']:.3f}" in row
+    assert f"{pooled[('centre_prior', 'concentration')]['estimate']:.3f}" in row
+    assert ">= 1.6" in row
+    assert set(res["faithfulness"]) >= {"border_change", "deletion", "insertion"}
+    assert f"{res['oof_primary']:.3f}" in printed
+
+
+def test_benchmark_picks_only_images_with_a_mask(project: Path, elsewhere: Path) -> None:
+    from melalib.localize import MaskSource
+
+    bench = _bench()
+    run = RunDir.read(project / "outputs" / "tiny")
+    masks = elsewhere / "masks"
+    masks.mkdir()
+    ids = run.oof()["image_id"].astype(str).tolist()[:3]
+    for i in ids:
+        (masks / f"{i}_segmentation.png").write_bytes(b"")
+    rows = bench.pick_rows(run, MaskSource(masks), per_class=10, fold=None)
+    assert sorted(rows["image_id"]) == sorted(ids)
+    one = bench.pick_rows(run, None, per_class=1, fold=0)
+    assert len(one) == 2 and set(one["fold"]) == {0} and set(one["label"]) == {0, 1}
