@@ -100,7 +100,8 @@ def framed_masks(rows: pd.DataFrame, size: int, aspect: str, source: MaskSource 
             out.append(frame_mask(_to_image_size(mask, image_path), size, aspect))
             kinds.append("true_mask")
             continue
-        absent.append(where or Path(image_path).parent.parent / "masks")
+        absent.append(where or Path(image_path).parent.parent / "masks" /
+                      f"{Path(image_path).stem}.png")
         if missing == "estimate" and images is not None:
             out.append(resize_map(estimate_lesion_mask(images[i]).astype(np.float32),
                                   (size, size), nearest=True) > 0.5)
@@ -110,10 +111,11 @@ def framed_masks(rows: pd.DataFrame, size: int, aspect: str, source: MaskSource 
             kinds.append("missing")
     if absent and (missing == "error" or (missing == "estimate" and images is None)):
         hint = ("pass images= to estimate masks" if missing == "estimate" else
-                "name the mask folder and pattern, skip images without one, or ask for a "
-                "labelled estimate")
+                "name the mask folder and file pattern (--masks, --mask-pattern), skip "
+                "images without one (--missing-masks skip) or ask for a labelled estimate "
+                "(--missing-masks estimate)")
         raise DataError(f"no lesion mask for {len(absent)} of {len(rows)} images, e.g. "
-                        f"{absent[0]}; {hint}", file=str(absent[0]))
+                        f"{absent[0]} is missing; {hint}")
     return np.stack(out) if out else np.zeros((0, size, size), bool), kinds
 
 
