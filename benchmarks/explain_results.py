@@ -131,6 +131,20 @@ def render(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compare(results: list[dict[str, Any]]) -> str:
+    """The runs side by side: one row per run, the goal measures and the border occlusion."""
+    head = ["run", "OOF", "concentration", "pointing", "border_peak", "border_mass",
+            "border_change"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        model = {r["measure"]: r for r in res["pooled"] if r["maps"] == "model"}
+        cells = [_cell(model[m]) if m in model else "-" for m in head[2:6]]
+        change = res["faithfulness"].get("border_change")
+        lines.append(f"| {res['run']} | {res['oof_primary']:.3f} | " + " | ".join(cells)
+                     + f" | {_cell(change) if change else '-'} |")
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders, measured side by side")
@@ -157,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     results = [measure_run(path, args) for path in args.runs]
     print(render(results))
+    if len(results) > 1:
+        print(compare(results))
     if args.out:
         command = "python benchmarks/explain_results.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)

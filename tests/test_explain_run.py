@@ -161,6 +161,20 @@ def test_benchmark_measures_a_run_and_records_its_table(
     assert ">= 1.6" in row
     assert set(res["faithfulness"]) >= {"border_change", "deletion", "insertion"}
     assert f"{res['oof_primary']:.3f}" in printed
+    assert "| run | OOF |" not in printed  # one run: no side-by-side table
+
+
+def test_benchmark_sets_runs_side_by_side(project: Path) -> None:
+    bench = _bench()
+    res = {"run": "a", "oof_primary": 0.5, "faithfulness": {},
+           "pooled": [{"maps": "model", "measure": "concentration", "estimate": 1.2,
+                       "low": 1.1, "high": 1.3},
+                      {"maps": "centre_prior", "measure": "concentration", "estimate": 1.5,
+                       "low": 1.5, "high": 1.5}]}
+    table = bench.compare([res, {**res, "run": "b", "oof_primary": 0.6}]).splitlines()
+    assert table[0].startswith("| run | OOF | concentration |")
+    assert table[2] == "| a | 0.500 | 1.200 [1.100, 1.300] | - | - | - | - |"
+    assert table[3].startswith("| b | 0.600 | 1.200")
 
 
 def test_benchmark_picks_only_images_with_a_mask(project: Path, elsewhere: Path) -> None:
