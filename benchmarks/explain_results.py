@@ -1,7 +1,8 @@
 """Explanations you can trust (issue 25), measured: how a run's Grad-CAM maps localise the
 lesion against the true masks, beside a centre-prior baseline and a random-weights floor, how
 much of the maps and of the prediction lives in the frame border, and how faithful the maps
-are (deletion / insertion against a random pixel order). Several runs side by side (e.g. a
+are (deletion / insertion against a random pixel order), and how far the mask-free Otsu
+estimate is from the true masks (Dice). Several runs side by side (e.g. a
 recipe with and without ``border_aug=vignette``), each with its OOF balanced accuracy.
 
     python benchmarks/explain_results.py outputs/ham_b_lite0_6ep \\
@@ -30,7 +31,14 @@ import pandas as pd
 from melalib.explain import prediction_table
 from melalib.explain_run import measure
 from melalib.io import write_json
-from melalib.localize import BORDER, MaskSource, pooled
+from melalib.localize import (
+    BORDER,
+    MaskSource,
+    dice,
+    estimate_lesion_mask,
+    framed_masks,
+    pooled,
+)
 from melalib.metrics import bootstrap_ci, evaluate
 from melalib.runs import RunDir, git_commit
 
@@ -91,6 +99,11 @@ def measure_run(path: str, args: argparse.Namespace) -> dict[str, Any]:
     groups = table["group_id"].astype(str).to_numpy()
     faithful = {c: _mean_ci(table[c].to_numpy(dtype=float), groups, args.n_boot)
                 for c in FAITHFUL if c in table.columns}
+    estimates = np.stack([estimate_lesion_mask(im) for im in result.explanation.images])
+    true = table["mask"].to_numpy() == "true_mask"
+    masks, _ = framed_masks(table[true], estimates.shape[-1], run.cfg.data.aspect, source)
+    otsu = _mean_ci(dice(estimates[true], masks), groups[true], args.n_boot) if true.any() \
+        else None
     oof = run.oof()
     task = run.task
     accuracy = evaluate(task, oof["label"].to_numpy(),
@@ -99,6 +112,7 @@ def measure_run(path: str, args: argparse.Namespace) -> dict[str, Any]:
             "primary_metric": task.primary_metric, "oof_primary": accuracy,
             "pooled": result.pooled.to_dict(orient="records"),
             "by_call": split_by_call(table, args.n_boot), "faithfulness": faithful,
+            "otsu_estimate_dice": otsu,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -124,6 +138,9 @@ def render(results: list[dict[str, Any]]) -> str:
                 ("model", "centre_prior", "random_weights")) + f" | {goal} |")
         for name, r in res["faithfulness"].items():
             lines.append(f"| {name} | {_cell(r)} | | | |")
+        if res.get("otsu_estimate_dice"):
+            lines.append(f"| Dice of the Otsu estimate vs the true masks | "
+                         f"{_cell(res['otsu_estimate_dice'])} | | | |")
         for name, r in res["by_call"].items():
             lines.append(f"| concentration ({name}, n={r['n']}) | {_cell(r['concentration'])} "
                          "| | | |")

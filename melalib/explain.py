@@ -524,10 +524,12 @@ def _with_explained(rows: pd.DataFrame, task: Task, which: np.ndarray) -> pd.Dat
 
 
 def _random_twin(member: Any, task: Task) -> nn.Module:
-    """``member``'s architecture with fresh random weights (seed 0), on its device, eval."""
-    torch.manual_seed(0)
+    """``member``'s architecture with fresh random weights (seed 0; the global torch random
+    state is left as it was), on its device, eval."""
     model_cfg = dataclasses.replace(member.cfg.model, pretrained=False, pretrained_path="")
-    twin = build_model(model_cfg, task, member.encoder.dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        twin = build_model(model_cfg, task, member.encoder.dim)
     return twin.to(next(member.model.parameters()).device).eval()
 
 

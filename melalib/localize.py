@@ -231,6 +231,16 @@ def localization(cams: np.ndarray, masks: np.ndarray, border: float = BORDER) ->
         "border_peak": np.where(flat, 0.0, in_band.astype(float)), "flat": flat})
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dice overlap per image of two mask stacks (N, H, W); 1.0 where both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise DataError(f"masks {a.shape} and {b.shape} differ in shape")
+    inter = (a & b).sum(axis=(-2, -1)).astype(np.float64)
+    total = (a.sum(axis=(-2, -1)) + b.sum(axis=(-2, -1))).astype(np.float64)
+    return np.where(total > 0, 2 * inter / np.where(total > 0, total, 1.0), 1.0)
+
+
 def cam_mass_on_lesion(cams: np.ndarray, masks: np.ndarray) -> float:
     """Share of the total CAM mass that lies inside the lesion masks (pooled over images;
     masks of another size are resized, nearest neighbour); a constant map (all zero

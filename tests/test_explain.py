@@ -376,3 +376,5 @@ def test_explain_ids_explains_the_runs_call_with_its_probability(tmp_path: Path)
     np.testing.assert_allclose(mel.cams[0], out.cams[0], atol=1e-6)
     floor = explain(run, rows, device="cpu", random_weights=True)
     assert floor.cams.shape == out.cams.shape and not np.allclose(floor.cams, out.cams)
+    again = explain(run, rows, device="cpu", random_weights=True)
+    np.testing.assert_array_equal(again.cams, floor.cams)  # the floor is seeded

@@ -160,6 +160,8 @@ def test_benchmark_measures_a_run_and_records_its_table(
     assert f"{pooled[('centre_prior', 'concentration')]['estimate']:.3f}" in row
     assert ">= 1.6" in row
     assert set(res["faithfulness"]) >= {"border_change", "deletion", "insertion"}
+    assert 0 <= res["otsu_estimate_dice"]["estimate"] <= 1
+    assert "Dice of the Otsu estimate" in printed
     assert f"{res['oof_primary']:.3f}" in printed
     assert "| run | OOF |" not in printed  # one run: no side-by-side table
 

@@ -17,6 +17,7 @@ from melalib.localize import (
     border_band,
     cam_mass_on_lesion,
     centre_prior,
+    dice,
     estimate_lesion_mask,
     framed_masks,
     localization,
@@ -219,3 +220,13 @@ def test_estimate_lesion_mask_finds_the_dark_centre() -> None:
     iou = (mask & truth).sum() / (mask | truth).sum()
     assert iou > 0.95
     assert not mask[0, 0]
+
+
+def test_dice_by_hand() -> None:
+    a = np.zeros((3, 4, 4), bool)
+    b = np.zeros((3, 4, 4), bool)
+    a[0, :2], b[0, :1] = True, True  # 8 and 4 pixels, 4 shared
+    a[1, :2] = True  # nothing shared
+    assert dice(a, b).tolist() == pytest.approx([2 * 4 / 12, 0.0, 1.0])  # both empty: 1
+    with pytest.raises(DataError):
+        dice(a, b[:, :2])
