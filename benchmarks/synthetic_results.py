@@ -19,8 +19,9 @@ from typing import Any
 
 import melalib
 from melalib.config import RunConfig, get_preset
-from melalib.explain import cam_mass_on_lesion, explain_errors, lesion_masks
+from melalib.explain import explain_errors
 from melalib.io import write_json
+from melalib.localize import cam_mass_on_lesion, framed_masks
 from melalib.metrics import bootstrap_ci
 from melalib.runs import RunDir
 
@@ -57,8 +58,9 @@ def gradcam_mass(run_dir: str, top: int) -> dict[str, Any]:
     spread uniformly would score), over the most confident true positives and negatives."""
     rows = {}
     for kind in ("tp", "tn"):
-        table, images, cams = explain_errors(run_dir, kind=kind, top=top, device="cpu")
-        masks = lesion_masks(table["image_path"].tolist(), images)
+        table, _images, cams = explain_errors(run_dir, kind=kind, top=top, device="cpu")
+        cfg = RunDir.read(run_dir).cfg
+        masks, _ = framed_masks(table, cams.shape[-1], cfg.data.aspect if cfg else "squash")
         mass = cam_mass_on_lesion(cams, masks)
         area = float(masks.mean())
         rows[kind] = {"n": len(table), "cam_mass_on_lesion": mass, "lesion_area_share": area,

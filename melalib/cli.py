@@ -1,5 +1,5 @@
 """`melalib` command line: prepare | train | predict | ensemble | stack | reproduce | demo |
-presets | weights | kaggle-bundle.
+presets | weights | kaggle-bundle | explain.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
@@ -18,6 +18,7 @@ from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
 from .io import json_text
+from .localize import BORDER, MISSING
 from .presets import PRESETS, describe
 from .reproduce import reproduce
 from .stack import stack_cli
@@ -139,6 +140,12 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain_run import explain_cli  # timm and pytorch-grad-cam (see the note above)
+
+    return explain_cli(args)
+
+
 def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
     from .kaggle import build_bundle  # nbformat / papermill (see the note above)
 
@@ -175,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for add in (_add_training_commands, _add_prediction_commands, _add_run_commands,
-                _add_kaggle_command):
+                _add_kaggle_command, _add_explain_command):
         add(sub)
     return parser
 
@@ -298,6 +305,45 @@ def _add_kaggle_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-p", "--parameter", action="append", metavar="KEY=VALUE",
                    help="papermill parameter baked into the kernel notebook")
     p.set_defaults(func=cmd_kaggle_bundle)
+
+
+def _add_explain_command(sub: argparse._SubParsersAction) -> None:
+    """explain (issue 25): maps of a run's images measured against lesion masks."""
+    p = sub.add_parser("explain", help="Grad-CAM maps of a run's images, measured against "
+                       "lesion masks and baselines, into a folder this command owns")
+    p.add_argument("run", help="run folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", nargs="+", help="image ids to explain")
+    which.add_argument("--kind", help="the run's most confident rows of a kind: fn, fp, tp, "
+                       "tn or wrong")
+    p.add_argument("--top", type=int, default=8, help="rows of --kind (default: 8)")
+    p.add_argument("--fold", type=int, default=None, help="only this fold's rows")
+    p.add_argument("--out", required=True, help="output folder (created and marked as its own)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier explain folder")
+    p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, "
+                   "hirescam, layercam, xgradcam, eigencam")
+    p.add_argument("--layer", default=None, help="auto (default: deepest stage with >= 7 cells "
+                   "a side), last, finer, a stage number or a backbone module name")
+    p.add_argument("--target", default="run", help="run (the run's own TTA call, default), "
+                   "true, or a class name")
+    p.add_argument("--tta", type=int, default=1, help="maps averaged over 1, 2, 4 or 8 views")
+    p.add_argument("--masks", default=None, help="folder of true lesion masks (default: the "
+                   "synthetic data's own masks/ folder)")
+    p.add_argument("--mask-pattern", dest="mask_pattern", default="{image_id}_segmentation.png",
+                   help="mask file name with {image_id} / {stem} (default: HAM10000's)")
+    p.add_argument("--missing-masks", dest="missing_masks", default="error", choices=MISSING,
+                   help="an image without a mask: error (default), skip it, or estimate one "
+                   "(Otsu, labelled as an estimate)")
+    p.add_argument("--no-masks", dest="no_masks", action="store_true",
+                   help="border measures only (no masks needed)")
+    p.add_argument("--floor", action="store_true", help="also the random-weights floor")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also border occlusion and deletion / insertion")
+    p.add_argument("--border", type=float, default=BORDER,
+                   help=f"border band as a share of the side (default: {BORDER})")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap draws")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda...")
+    p.set_defaults(func=cmd_explain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from .presets import PRESETS
 from .samplers import MODES as SAMPLERS
 from .schedules import SCHEDULERS
 from .targets import TARGETS
-from .transforms import ASPECTS, STRENGTHS, TTA_COUNTS
+from .transforms import ASPECTS, BORDER_AUGS, STRENGTHS, TTA_COUNTS
 
 
 @dataclass
@@ -75,6 +75,8 @@ class DataConfig:
     custom_fold_column: str = ""  # dataset=custom: column of predefined folds 0..n_folds-1 (audited for leakage)
     image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
     max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
+    # issue 25 (explanations): training against the dermoscope-border shortcut
+    border_aug: str = "none"  # training only: none | vignette (random dark circular dermoscope field, p=0.5)
 
 
 @dataclass
@@ -233,6 +235,7 @@ class RunConfig:
         _choice("fold_stratify", d.fold_stratify, STRATIFY)
         _choice("aspect", d.aspect, ASPECTS)
         _choice("augment", d.augment, STRENGTHS)
+        _choice("border_aug", d.border_aug, BORDER_AUGS)
         _choice("features", d.features, FEATURE_SETS)
         _choice("image_alpha", d.image_alpha, ALPHA_CHOICES)
         _choice("missing_images", d.missing_images, MISSING_IMAGES)

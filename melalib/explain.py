@@ -2,24 +2,28 @@
 
 pytorch-grad-cam (package ``grad-cam``) calls a model with one tensor, so `ImageOnlyWrapper`
 holds the metadata (and the other image of a dual-image model) fixed per sample and feeds
-the explained image to the fusion model. The target layer is the backbone's last feature
-layer (`melalib.models.gradcam_target_layers`). With a shared backbone both images pass
+the explained image to the fusion model. The target layer is chosen by
+`melalib.models.gradcam_target_layers`. With a shared backbone both images pass
 through the same layer, so a map of either image is computed on a copy of the model whose
 second branch has its own copy of the weights (same numbers, separate hooks).
 
-`cam_mass_on_lesion` measures how much of a map falls on the lesion. `lesion_masks` takes
-the true masks the synthetic data set stores; for images without one (real data)
-`estimate_lesion_mask` stands in (Otsu threshold on the grey image: the darker region, restricted to the connected dark component at the centre or,
-failing that, the largest dark component not touching the border, so the dark rim of the
-dermoscope field is left out).
+Which images: `select_rows` (chosen ids, or `error_table`'s most confident errors / right
+calls of a kind); which class: `explained_classes` (the run's own TTA-averaged call, the
+true class, or a named class); `explain` draws the maps with a pytorch-grad-cam method
+(`CAM_METHODS`) at a chosen layer, optionally averaged over TTA views, or with the same
+architecture's random weights (the floor). `melalib explain` (`explain_cli`) writes them to
+a folder it owns. How the maps localise is measured in `melalib.localize`; how faithful
+they are, and how much the border drives the prediction, in `melalib.faithful`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +31,24 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from scipy import ndimage
 from torch import nn
 from torch.utils.data import default_collate
 
-from .data.synthetic import lesion_mask
 from .errors import ConfigError, DataError, MelalibError
 from .inference import load_predictor
 from .io import atomic_path
-from .models import gradcam_target_layers
+from .localize import resize_map
+from .models import build_model, gradcam_target_layers
 from .runs import RunDir
 from .runtime import make_dataset
 from .targets import DIAGNOSIS_CLASSES, DX_PREFIX, diagnosis_cam_classes
 from .tasks import Task
-from .transforms import denormalize
+from .transforms import denormalize, tta_views
 
 log = logging.getLogger("melalib")
 
-CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
+#: pytorch-grad-cam methods by name (`grad_cam`'s ``method``).
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
 ERROR_KINDS = ("fn", "fp", "tp", "tn", "wrong")
 MELANOMA_NAMES = ("melanoma", "mel")
 
@@ -105,9 +109,11 @@ def _has_image_branch(model: nn.Module) -> bool:
 def _cam_class(method: str) -> type:
     # pytorch_grad_cam (grad-cam) is imported where a map is drawn: it is heavy (it pulls in
     # scikit-learn, matplotlib and ttach) and nothing else in melalib needs it
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+    import pytorch_grad_cam as pgc
 
-    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
+    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus,
+               "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM, "xgradcam": pgc.XGradCAM,
+               "eigencam": pgc.EigenCAM}
     if method not in classes:
         raise ConfigError(f"method must be one of {CAM_METHODS}, got {method!r}")
     return classes[method]
@@ -136,22 +142,26 @@ def _targets(n_outputs: int, n: int, target_class: int | Sequence[int] | None) -
 
 
 def grad_cam(model: nn.Module, batch: dict[str, Any] | torch.Tensor, method: str = "gradcam",
-             target_class: int | Sequence[int] | None = None, branch: int = 1) -> np.ndarray:
+             target_class: int | Sequence[int] | None = None, branch: int = 1,
+             layer: str | int | None = None, tta: int = 1) -> np.ndarray:
     """Class-activation maps (N, H, W) in [0, 1] for one image branch of ``model``.
 
     ``batch``: a dict like `LesionDataset` items collated (``image``, optional ``image2``
     and ``meta``) or an image tensor. ``branch`` 1 explains ``image``, 2 ``image2`` (dual
-    models). ``target_class``: None explains the predicted class (binary: melanoma);
-    an int or one int per image picks the class (binary: 1 melanoma, 0 the benign
-    direction). A metadata-only model raises MelalibError.
+    models). ``target_class``: None explains the single-view predicted class (binary:
+    melanoma); an int or one int per image picks the class (binary: 1 melanoma, 0 the
+    benign direction). ``method``: `CAM_METHODS`; ``layer``: see
+    `melalib.models.backbone_target_layer` (default: the deepest stage with >= 7 cells a
+    side). ``tta``: the maps of the first ``tta`` views (`melalib.transforms.tta_views`,
+    applied to both images as at prediction), each mapped back and averaged. A
+    metadata-only model raises MelalibError.
     """
     if not _has_image_branch(model):
         raise MelalibError(f"{type(model).__name__} is a metadata-only model: there is no "
                            "image to explain")
     if branch not in (1, 2):
         raise ConfigError(f"branch must be 1 or 2, got {branch}")
-    if isinstance(batch, torch.Tensor):
-        batch = {"image": batch}
+    batch = {"image": batch} if isinstance(batch, torch.Tensor) else batch
     if batch.get("image") is None:
         raise MelalibError("the batch holds no image to explain (key 'image')")
     dual = bool(getattr(model, "dual_image", False))
@@ -161,15 +171,30 @@ def grad_cam(model: nn.Module, batch: dict[str, Any] | torch.Tensor, method: str
     if dual and batch.get("image2") is None:
         raise DataError("a dual-image model needs the batch's second image (key 'image2')")
     device = next(model.parameters()).device
-    was_training = model.training
     work = model
     if dual and getattr(model, "backbone2", None) is None:
         work = copy.deepcopy(model)  # un-share: one hooked layer per branch
         work.backbone2 = copy.deepcopy(work.backbone)
-    image = batch["image"].to(device).float()
-    image2 = batch["image2"].to(device).float() if dual else None
+    images = [batch["image"].to(device).float(),
+              batch["image2"].to(device).float() if dual else None]
     meta = batch.get("meta")
     meta = meta.to(device).float() if meta is not None else None
+    was_training = model.training
+    try:
+        views = tta_views(tta)
+        maps = [view.inverse(torch.from_numpy(_cam_view(
+            work, [None if im is None else view(im) for im in images], meta, branch, method,
+            target_class, layer))).numpy() for view in views]
+    finally:
+        model.train(was_training)
+    return np.mean(maps, axis=0).astype(np.float32)
+
+
+def _cam_view(work: nn.Module, images: list[torch.Tensor | None], meta: torch.Tensor | None,
+              branch: int, method: str, target_class: int | Sequence[int] | None,
+              layer: str | int | None) -> np.ndarray:
+    """`grad_cam` of one view: maps (N, H, W) in [0, 1], degenerate maps logged."""
+    image, image2 = images
     if branch == 1:
         wrapper = ImageOnlyWrapper(work, meta=meta, image2=image2, explain="image")
         x = image
@@ -177,8 +202,9 @@ def grad_cam(model: nn.Module, batch: dict[str, Any] | torch.Tensor, method: str
         wrapper = ImageOnlyWrapper(work, meta=meta, explain="image2", image=image)
         x = image2
     assert x is not None
-    n_outputs = int(getattr(model, "n_outputs", 0) or _n_outputs(wrapper, x))
-    layers = gradcam_target_layers(work, branch=branch, image_size=min(x.shape[-2:]))
+    n_outputs = int(getattr(work, "n_outputs", 0) or _n_outputs(wrapper, x))
+    layers = gradcam_target_layers(work, branch=branch, image_size=min(x.shape[-2:]),
+                                   layer=layer)
     targets = _targets(n_outputs, len(x), target_class)
     if any(t is None for t in targets):
         with torch.no_grad():
@@ -193,7 +219,6 @@ def grad_cam(model: nn.Module, batch: dict[str, Any] | torch.Tensor, method: str
             maps = cam(input_tensor=x, targets=targets)
     finally:
         probe.remove()
-        model.train(was_training)
     maps = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0), 0.0, 1.0)
     _warn_degenerate(maps, shapes, tuple(x.shape[-2:]))
     return maps
@@ -234,20 +259,10 @@ def overlay(image_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.
         raise DataError(f"overlay needs an RGB image (H, W, 3), got shape {image.shape}")
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-    cam = _resize(np.asarray(cam, dtype=np.float32), image.shape[:2])
+    cam = resize_map(np.asarray(cam, dtype=np.float32), image.shape[:2])
     rgb = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 or image.max() > 1 else 1.0)
     return show_cam_on_image(np.clip(rgb, 0, 1), np.clip(cam, 0, 1), use_rgb=True,
                              image_weight=1.0 - alpha)
-
-
-def _resize(cam: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    if cam.ndim != 2:
-        raise DataError(f"a map must be 2-D (H, W), got shape {cam.shape}")
-    if cam.shape == tuple(size):
-        return cam
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    img = Image.fromarray(cam.astype(np.float32), mode="F").resize((size[1], size[0]), resample)
-    return np.asarray(img, dtype=np.float32)
 
 
 def _safe_name(name: str) -> str:
@@ -284,46 +299,29 @@ def _melanoma_index(task: Task) -> int | None:
     return None
 
 
-def error_table(oof: pd.DataFrame, table_df: pd.DataFrame, task: Task, kind: str = "fn",
-                threshold: float = 0.5, top: int = 16, positive: str | None = None
-                ) -> pd.DataFrame:
-    """The ``top`` most confident predictions of one kind, joined with the table's metadata.
-
-    Binary: the call is ``P(positive) >= threshold``; ``fn`` = positives with the lowest
-    P(positive), ``fp`` = negatives with the highest, ``tp`` / ``tn`` the most confident
-    right calls, ``wrong`` = fn and fp together. Multiclass / multilabel: the call is the
-    argmax; ``wrong`` = misclassified rows, and ``fn`` / ``fp`` / ``tp`` / ``tn`` are taken
-    with respect to the class ``positive`` (default: the task's melanoma class). Rows are
-    sorted by the confidence of the call (probability of the predicted class), highest
-    first. Columns: image_id, fold, label, label_name, pred, pred_name, confidence, the
-    probability columns, then the table's other columns (age, sex, site, image_path...).
-    """
-    if kind not in ERROR_KINDS:
-        raise ConfigError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
-    if top < 1:
-        raise ConfigError(f"top must be >= 1, got {top}")
+def _calls(oof: pd.DataFrame, task: Task, threshold: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, the run's call, its confidence) per OOF row: binary ``p >= threshold``,
+    else the argmax of the (TTA-averaged) probabilities."""
     for column in ("image_id", "label", *task.prob_columns):
         if column not in oof.columns:
             raise DataError(f"the OOF predictions have no {column!r} column", column=column)
-    if "image_id" not in table_df.columns:
-        raise DataError("the table has no 'image_id' column", column="image_id")
     y = oof["label"].to_numpy().astype(np.int64)
     probs = oof[task.prob_columns].to_numpy(dtype=np.float64)
     if task.kind == "binary":
-        p = probs[:, 0]
-        pred = (p >= threshold).astype(np.int64)
-        confidence = np.where(pred == 1, p, 1.0 - p)
-        pos = 1
-    else:
-        pred = probs.argmax(axis=1)
-        confidence = probs.max(axis=1)
-        pos = (task.index_of(positive) if positive is not None else _melanoma_index(task))
-        if pos is None and kind != "wrong":
-            raise ConfigError(f"kind={kind!r} on a {task.kind} task needs positive= (a class of "
-                              f"{list(task.classes)}); or use kind='wrong'")
-    right = pred == y
-    masks = {"wrong": ~right, "fn": (y == pos) & (pred != pos), "fp": (y != pos) & (pred == pos),
-             "tp": (y == pos) & (pred == pos), "tn": (y != pos) & (pred != pos)}
+        pred = (probs[:, 0] >= threshold).astype(np.int64)
+        return y, pred, np.where(pred == 1, probs[:, 0], 1.0 - probs[:, 0])
+    return y, probs.argmax(axis=1), probs.max(axis=1)
+
+
+def prediction_table(oof: pd.DataFrame, table_df: pd.DataFrame, task: Task,
+                     threshold: float = 0.5) -> pd.DataFrame:
+    """Every OOF row with the run's call, joined with the table's metadata: image_id, fold,
+    label, label_name, pred, pred_name, confidence, the probability columns, then the
+    table's other columns (age, sex, site, image_path...); `error_table` picks from it."""
+    if "image_id" not in table_df.columns:
+        raise DataError("the table has no 'image_id' column", column="image_id")
+    y, pred, confidence = _calls(oof, task, threshold)
     names = np.array(task.classes, dtype=object)
     out = pd.DataFrame({
         "image_id": oof["image_id"].astype(str).to_numpy(),
@@ -333,9 +331,6 @@ def error_table(oof: pd.DataFrame, table_df: pd.DataFrame, task: Task, kind: str
     })
     for column in task.prob_columns:
         out[column] = oof[column].to_numpy()
-    out = out[masks[kind]]
-    out = out.sort_values(["confidence", "image_id"], ascending=[False, True], kind="mergesort")
-    out = out.head(top).reset_index(drop=True)
     meta = table_df.assign(image_id=table_df["image_id"].astype(str))
     meta = meta[[c for c in meta.columns if c == "image_id" or c not in out.columns]]
     missing = ~out["image_id"].isin(meta["image_id"])
@@ -345,53 +340,197 @@ def error_table(oof: pd.DataFrame, table_df: pd.DataFrame, task: Task, kind: str
     return out.merge(meta, on="image_id", how="left", validate="one_to_one")
 
 
-def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
-                   method: str = "gradcam", fold: int | None = None, threshold: float = 0.5,
-                   target: str = "pred", branch: int = 1, device: str = "auto"
-                   ) -> tuple[pd.DataFrame, list[np.ndarray], np.ndarray]:
-    """Grad-CAM of a run's top errors (or right calls) of one kind.
+def error_table(oof: pd.DataFrame, table_df: pd.DataFrame, task: Task, kind: str = "fn",
+                threshold: float = 0.5, top: int = 16, positive: str | None = None
+                ) -> pd.DataFrame:
+    """The ``top`` most confident predictions of one kind (`prediction_table`'s rows).
 
-    Each row is explained by its own fold's best checkpoint, with the input built as at
-    validation (the fold's metadata encoder, the validation transform). ``target``:
-    ``pred`` explains the class the model called, ``true`` the true class. Returns the
-    `error_table`, the images as the model saw them (uint8 H x W x 3, de-normalised) and the
-    maps (N, H, W), in table order.
+    Binary: the call is ``P(positive) >= threshold``; ``fn`` = positives with the lowest
+    P(positive), ``fp`` = negatives with the highest, ``tp`` / ``tn`` the most confident
+    right calls, ``wrong`` = fn and fp together. Multiclass / multilabel: the call is the
+    argmax; ``wrong`` = misclassified rows, and ``fn`` / ``fp`` / ``tp`` / ``tn`` are taken
+    with respect to the class ``positive`` (default: the task's melanoma class). Rows are
+    sorted by the confidence of the call (probability of the predicted class), highest
+    first.
     """
-    if target not in ("pred", "true"):
-        raise ConfigError(f"target must be 'pred' or 'true', got {target!r}")
-    run = RunDir.read(run_dir)
-    table = run.table()
+    if kind not in ERROR_KINDS:
+        raise ConfigError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
+    if top < 1:
+        raise ConfigError(f"top must be >= 1, got {top}")
+    rows = prediction_table(oof, table_df, task, threshold)
+    pos = 1 if task.kind == "binary" else (
+        task.index_of(positive) if positive is not None else _melanoma_index(task))
+    if pos is None and kind != "wrong":
+        raise ConfigError(f"kind={kind!r} on a {task.kind} task needs positive= (a class of "
+                          f"{list(task.classes)}); or use kind='wrong'")
+    y, pred = rows["label"].to_numpy(), rows["pred"].to_numpy()
+    masks = {"wrong": pred != y, "fn": (y == pos) & (pred != pos), "fp": (y != pos) & (pred == pos),
+             "tp": (y == pos) & (pred == pos), "tn": (y != pos) & (pred != pos)}
+    out = rows[masks[kind]]
+    out = out.sort_values(["confidence", "image_id"], ascending=[False, True], kind="mergesort")
+    return out.head(top).reset_index(drop=True)
+
+
+def select_rows(run: RunDir, ids: Sequence[str] | None = None, kind: str | None = None,
+                top: int = 8, fold: int | None = None, threshold: float = 0.5
+                ) -> pd.DataFrame:
+    """The rows to explain: the OOF rows of ``ids`` (in that order; an id without an OOF
+    prediction raises DataError) or `error_table`'s ``top`` rows of ``kind``."""
     oof = run.oof()
     if fold is not None:
         oof = oof[oof["fold"] == fold]
         if oof.empty:
             raise ConfigError(f"fold {fold} has no OOF predictions in {run.path}")
-    task = table.task
-    errors = error_table(oof, table.df, task, kind=kind, threshold=threshold, top=top)
-    images: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(errors)
-    cams = np.zeros((len(errors), 0, 0), dtype=np.float32)
-    rows = table.df.assign(image_id=table.df["image_id"].astype(str)).set_index("image_id")
-    for k in sorted(errors["fold"].unique().tolist()):
-        at = np.flatnonzero(errors["fold"].to_numpy() == k)
+    table = run.table()
+    if (ids is None) == (kind is None):
+        raise ConfigError("name the images to explain: ids or kind (fn / fp / tp ...), not both")
+    if kind is not None:
+        return error_table(oof, table.df, table.task, kind=kind, threshold=threshold, top=top)
+    wanted = [str(i) for i in ids or []]
+    rows = prediction_table(oof, table.df, table.task, threshold).set_index("image_id")
+    absent = [i for i in wanted if i not in rows.index]
+    if absent:
+        raise DataError(f"{len(absent)} image id(s) have no OOF prediction in {run.path}, e.g. "
+                        f"{absent[0]!r}", column="image_id")
+    return rows.loc[wanted].reset_index()
+
+
+def explained_classes(rows: pd.DataFrame, task: Task, target: str = "run") -> np.ndarray:
+    """The class index each row's map explains: ``run`` (or ``pred``) the run's own
+    (TTA-averaged) call, ``true`` the true class, or a class name of the task."""
+    if target in ("run", "pred"):
+        return rows["pred"].to_numpy().astype(np.int64)
+    if target == "true":
+        return rows["label"].to_numpy().astype(np.int64)
+    if target not in task.classes:
+        raise ConfigError(f"target must be run, true or a class of {list(task.classes)}; "
+                          f"got {target!r}")
+    index = task.index_of(target)
+    if task.kind == "binary":  # one logit: the positive class is 1, the other 0
+        index = 1 if index == len(task.classes) - 1 else 0
+    return np.full(len(rows), index, dtype=np.int64)
+
+
+def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
+                   method: str = "gradcam", fold: int | None = None, threshold: float = 0.5,
+                   target: str = "pred", branch: int = 1, device: str = "auto"
+                   ) -> tuple[pd.DataFrame, list[np.ndarray], np.ndarray]:
+    """Grad-CAM of a run's top errors (or right calls) of one kind (`explain`'s table,
+    images and maps for `select_rows(kind=...)`). ``target``: ``pred`` explains the class
+    the run called, ``true`` the true class."""
+    if target not in ("pred", "true"):
+        raise ConfigError(f"target must be 'pred' or 'true', got {target!r}")
+    run = RunDir.read(run_dir)
+    rows = select_rows(run, kind=kind, top=top, fold=fold, threshold=threshold)
+    out = explain(run, rows, target=target, method=method, branch=branch, device=device)
+    return out.rows, out.images, out.cams
+
+
+@dataclass
+class Explanation:
+    """Maps of a run's images: ``rows`` (`prediction_table` columns plus ``explained`` /
+    ``explained_name`` / ``explained_prob``), the images as the model saw them (uint8
+    H x W x 3) and the maps (N, H, W) in [0, 1], in row order."""
+
+    rows: pd.DataFrame
+    images: list[np.ndarray]
+    cams: np.ndarray
+    method: str = "gradcam"
+    layer: str = "auto"
+
+
+def explain(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "run",
+            method: str = "gradcam", layer: str | int | None = None, tta: int = 1,
+            branch: int = 1, device: str = "auto", random_weights: bool = False
+            ) -> Explanation:
+    """Maps of ``rows`` (`select_rows`), each by its own fold's best checkpoint, with the
+    input built as at validation (the fold's metadata encoder and validation transform).
+
+    ``target``: `explained_classes`; ``tta``: maps averaged over that many views (see
+    `grad_cam`); ``random_weights``: the same architecture re-initialised (seeded), the
+    floor a trained model's localisation must beat.
+    """
+    run = run if isinstance(run, RunDir) else RunDir.read(run)
+    task = run.task
+    which_all = explained_classes(rows, task, "pred" if target == "pred" else target)
+    images: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(rows)
+    cams = np.zeros((len(rows), 0, 0), dtype=np.float32)
+    for inputs in fold_inputs(run, rows, device):
+        at = inputs.at
+        model = _random_twin(inputs.member, inputs.task) if random_weights else inputs.model
+        which = which_all[at]
+        if inputs.task != task:  # target=diagnosis: a 9-class model behind a binary run
+            which = _diagnosis_targets(which, run.oof(), rows["image_id"].iloc[at])
+        maps = grad_cam(model, inputs.batch, method=method, target_class=which.tolist(),
+                        branch=branch, layer=layer, tta=tta)
+        if cams.shape[1:] != maps.shape[1:]:
+            cams = np.zeros((len(rows), *maps.shape[1:]), dtype=np.float32)
+        cams[at] = maps
+        for j, i in enumerate(at):
+            images[i] = inputs.image(j, branch)
+    return Explanation(_with_explained(rows, task, which_all), images, cams, method,
+                       str(layer or "auto"))
+
+
+@dataclass
+class FoldInputs:
+    """One fold's rows of a selection, as its best checkpoint's model sees them."""
+
+    at: np.ndarray  # positions in the selection
+    member: Any  # melalib.inference.Member
+    task: Task  # the model's task (a diagnosis-trained run: its 9 classes)
+    batch: dict[str, Any]  # collated validation-transform items
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.member.model
+
+    def image(self, j: int, branch: int = 1) -> np.ndarray:
+        """Item ``j``'s image (``branch`` 2: the second image) as uint8 (H, W, 3)."""
+        return denormalize(self.batch["image" if branch == 1 else "image2"][j], self.mean,
+                           self.std)
+
+
+def fold_inputs(run: RunDir, rows: pd.DataFrame, device: str = "auto"
+                ) -> Iterator[FoldInputs]:
+    """Per fold of ``rows`` (``image_id``, ``fold``): its best checkpoint's model and the
+    rows' inputs built as at validation (the fold's metadata encoder, validation transform)."""
+    table = run.table()
+    by_id = table.df.assign(image_id=table.df["image_id"].astype(str)).set_index("image_id")
+    for k in sorted(rows["fold"].unique().tolist()):
+        at = np.flatnonzero(rows["fold"].to_numpy() == k)
         predictor = load_predictor(run.checkpoint(int(k), "best"), device=device)
         member = predictor.members[0]
-        df = rows.loc[errors["image_id"].iloc[at]].reset_index()
+        df = by_id.loc[rows["image_id"].astype(str).iloc[at]].reset_index()
         dataset = make_dataset(member.cfg, table, df, member.encoder.transform(df), train=False,
                                labelled=False)
         batch = default_collate([dataset[i] for i in range(len(dataset))])
-        which = errors["pred" if target == "pred" else "label"].to_numpy()[at]
-        if predictor.task != task:  # target=diagnosis: a 9-class model behind a binary run
-            which = _diagnosis_targets(which, oof, errors["image_id"].iloc[at])
-        maps = grad_cam(member.model, batch, method=method, target_class=which.tolist(),
-                        branch=branch)
-        if cams.shape[1:] != maps.shape[1:]:
-            cams = np.zeros((len(errors), *maps.shape[1:]), dtype=np.float32)
-        cams[at] = maps
-        key = "image" if branch == 1 else "image2"
-        for j, i in enumerate(at):
-            images[i] = denormalize(batch[key][j], dataset.transform.mean,
-                                    dataset.transform.std)
-    return errors, images, cams
+        yield FoldInputs(at, member, predictor.task, batch, dataset.transform.mean,
+                         dataset.transform.std)
+
+
+def _with_explained(rows: pd.DataFrame, task: Task, which: np.ndarray) -> pd.DataFrame:
+    """``rows`` plus the explained class, its name and the run's probability of it."""
+    probs = rows[task.prob_columns].to_numpy(dtype=np.float64)
+    if task.kind == "binary":
+        names = [task.classes[-1] if w == 1 else task.classes[0] for w in which]
+        prob = np.where(which == 1, probs[:, 0], 1.0 - probs[:, 0])
+    else:
+        names = [task.classes[w] for w in which]
+        prob = probs[np.arange(len(which)), which]
+    return rows.assign(explained=which, explained_name=names, explained_prob=prob)
+
+
+def _random_twin(member: Any, task: Task) -> nn.Module:
+    """``member``'s architecture with fresh random weights (seed 0; the global torch random
+    state is left as it was), on its device, eval."""
+    model_cfg = dataclasses.replace(member.cfg.model, pretrained=False, pretrained_path="")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        twin = build_model(model_cfg, task, member.encoder.dim)
+    return twin.to(next(member.model.parameters()).device).eval()
 
 
 def _diagnosis_targets(which: np.ndarray, oof: pd.DataFrame, ids: pd.Series) -> np.ndarray:
@@ -399,73 +538,3 @@ def _diagnosis_targets(which: np.ndarray, oof: pd.DataFrame, ids: pd.Series) -> 
     dx = oof.assign(image_id=oof["image_id"].astype(str)).set_index("image_id")
     columns = [f"{DX_PREFIX}{c}" for c in DIAGNOSIS_CLASSES]
     return diagnosis_cam_classes(which, dx.loc[ids.astype(str), columns].to_numpy())
-
-
-# -------------------------------------------------------------------------- lesion masks
-def otsu_threshold(gray: np.ndarray) -> float:
-    """Otsu's threshold of a grey image (values 0..255): maximises between-class variance."""
-    values = np.clip(np.asarray(gray, dtype=np.float64).ravel(), 0, 255)
-    hist = np.bincount(np.round(values).astype(np.int64), minlength=256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * levels)
-    total = m0[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (m0 / w0 - (total - m0) / w1) ** 2 * w0 * w1
-    between = np.nan_to_num(between, nan=-1.0, posinf=-1.0)
-    return float(np.argmax(between))
-
-
-def estimate_lesion_mask(image_uint8: np.ndarray) -> np.ndarray:
-    """A stand-in lesion mask (H, W) bool: the dark region by Otsu's threshold, keeping
-    the dark component under the image centre, else the largest one not touching the
-    border (the dermoscope's dark rim touches it), else the largest."""
-    image = np.asarray(image_uint8, dtype=np.float64)
-    gray = image @ np.array([0.299, 0.587, 0.114]) if image.ndim == 3 else image
-    dark = gray <= otsu_threshold(gray)
-    labels, n = ndimage.label(dark)
-    if n == 0:
-        return dark
-    h, w = dark.shape
-    centre = labels[h // 2, w // 2]
-    if centre:
-        return labels == centre
-    sizes = ndimage.sum_labels(dark, labels, index=np.arange(1, n + 1))
-    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0],
-                                           labels[:, -1]])).tolist()) - {0}
-    inner = [i for i in range(1, n + 1) if i not in border]
-    pool = inner or list(range(1, n + 1))
-    best = max(pool, key=lambda i: sizes[i - 1])
-    return labels == best
-
-
-def lesion_masks(image_paths: Sequence[str | Path], images: Sequence[np.ndarray]) -> np.ndarray:
-    """Lesion masks (N, H, W) bool for explained images: the true mask where the data has
-    one (synthetic data keeps them), else `estimate_lesion_mask`."""
-    out = []
-    for path, image in zip(image_paths, images, strict=True):
-        mask = lesion_mask(path)
-        mask = estimate_lesion_mask(image) if mask is None else mask
-        out.append(_resize(mask.astype(np.float32), np.asarray(image).shape[:2],
-                           nearest=True) > 0.5)
-    return np.stack(out) if out else np.zeros((0, 1, 1), dtype=bool)
-
-
-def cam_mass_on_lesion(cams: np.ndarray, masks: np.ndarray) -> float:
-    """Share of the total CAM mass that lies inside the lesion masks (pooled over images;
-    masks of another size are resized, nearest neighbour). NaN when the maps are all 0."""
-    cams = np.asarray(cams, dtype=np.float64)
-    masks = np.asarray(masks)
-    if cams.ndim == 2:
-        cams, masks = cams[None], masks[None] if masks.ndim == 2 else masks
-    if cams.ndim != 3 or masks.ndim != 3 or len(cams) != len(masks):
-        raise DataError(f"cams {cams.shape} and masks {masks.shape} must be (N, H, W) alike")
-    if (cams < 0).any() or not np.isfinite(cams).all():
-        raise DataError("CAM values must be finite and non-negative")
-    inside = 0.0
-    for cam, mask in zip(cams, masks, strict=True):
-        m = _resize(mask.astype(np.float32), cam.shape, nearest=True) > 0.5
-        inside += float(cam[m].sum())
-    total = float(cams.sum())
-    return inside / total if total > 0 else float("nan")

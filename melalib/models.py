@@ -228,34 +228,66 @@ def _backbones(model: nn.Module) -> list[nn.Module]:
             if m is not None]
 
 
-def backbone_target_layer(backbone: nn.Module, image_size: int | None = None,
-                          min_cells: int = 7) -> nn.Module:
-    """The Grad-CAM layer of a backbone: timm's last ``feature_info`` stage, or, given the
-    input ``image_size``, the deepest stage whose map still has ``min_cells`` a side (a
-    64 px input leaves ResNet's last stage 2x2, too coarse to locate a lesion); else the
-    last Conv2d."""
+#: Named choices of a Grad-CAM layer (`backbone_target_layer`); an integer picks a
+#: ``feature_info`` stage (negative from the end), any other text a module name.
+CAM_LAYERS = ("auto", "last", "finer")
+
+
+def _feature_stages(backbone: nn.Module) -> list[dict[str, Any]]:
     info = getattr(backbone, "feature_info", None)
-    if info:
+    if not info:
+        return []
+    try:
+        return list(info) if isinstance(info, (list, tuple)) else list(info.get_dicts())
+    except (AttributeError, TypeError):
+        return []
+
+
+def backbone_target_layer(backbone: nn.Module, image_size: int | None = None,
+                          min_cells: int = 7, layer: str | int | None = None) -> nn.Module:
+    """The Grad-CAM layer of a backbone.
+
+    ``layer`` None / ``auto``: timm's last ``feature_info`` stage, or, given the input
+    ``image_size``, the deepest stage whose map still has ``min_cells`` a side (a 64 px
+    input leaves ResNet's last stage 2x2, too coarse to locate a lesion); ``last``: the last
+    stage; ``finer``: the stage before ``auto``'s (twice the cells a side); an integer (or
+    its text): that stage (negative from the end); other text: a module name of the
+    backbone. Without ``feature_info``: the last Conv2d.
+    """
+    stages = _feature_stages(backbone)
+    spec = "auto" if layer is None else str(layer)
+    if spec.lstrip("-").isdigit():
+        if not stages or not -len(stages) <= int(spec) < len(stages):
+            raise ConfigError(f"layer {spec} is not a feature stage of {type(backbone).__name__} "
+                              f"(it has {len(stages)})")
+        return backbone.get_submodule(stages[int(spec)]["module"])
+    if spec not in CAM_LAYERS:
         try:
-            stages = list(info) if isinstance(info, (list, tuple)) else info.get_dicts()
-            chosen = stages[-1]
-            if image_size:
-                fine = [s for s in stages if image_size / s["reduction"] >= min_cells]
-                chosen = fine[-1] if fine else stages[0]
-            return backbone.get_submodule(chosen["module"])
-        except (AttributeError, KeyError, IndexError, TypeError):
-            pass
+            return backbone.get_submodule(spec)
+        except AttributeError:
+            names = ", ".join(s["module"] for s in stages)
+            raise ConfigError(f"layer {spec!r} is neither one of {CAM_LAYERS}, a stage number "
+                              f"nor a module of {type(backbone).__name__} (stages: {names})"
+                              ) from None
+    if stages:
+        index = len(stages) - 1
+        if image_size and spec != "last":
+            fine = [i for i, s in enumerate(stages) if image_size / s["reduction"] >= min_cells]
+            index = fine[-1] if fine else 0
+        index = max(index - 1, 0) if spec == "finer" else index
+        return backbone.get_submodule(stages[index]["module"])
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ConfigError(f"no convolutional layer found in {type(backbone).__name__} "
                           "for Grad-CAM")
-    return convs[-1]
+    return convs[-2 if spec == "finer" and len(convs) > 1 else -1]
 
 
-def gradcam_target_layers(model: nn.Module, branch: int = 1,
-                          image_size: int | None = None) -> list[nn.Module]:
+def gradcam_target_layers(model: nn.Module, branch: int = 1, image_size: int | None = None,
+                          layer: str | int | None = None) -> list[nn.Module]:
     """Grad-CAM target layer of image branch ``branch`` (2: the second image; with a shared
-    backbone both branches use the same layer); ``image_size`` see `backbone_target_layer`."""
+    backbone both branches use the same layer); ``image_size`` and ``layer`` see
+    `backbone_target_layer`."""
     if branch not in (1, 2):
         raise ConfigError(f"branch must be 1 or 2, got {branch}")
     backbone = getattr(model, "backbone", None)
@@ -265,7 +297,7 @@ def gradcam_target_layers(model: nn.Module, branch: int = 1,
         if not getattr(model, "dual_image", False):
             raise ConfigError("branch=2 needs a dual-image model")
         backbone = getattr(model, "backbone2", None) or backbone
-    return [backbone_target_layer(backbone, image_size)]
+    return [backbone_target_layer(backbone, image_size, layer=layer)]
 
 
 # ------------------------------------------------------------- optimisation helpers

@@ -440,13 +440,39 @@ class RunDir:
                 file=self.table_dir() / "table.csv")
         if old is None:
             table.save(self.table_dir())
-            self.update_info(table_hash=digest, n_rows=len(table),
+            self.update_info(table_hash=digest, table_root=os.getcwd(), n_rows=len(table),
                              n_train=int((table.df["split"] == "train").sum()))
         return digest
 
     def table(self) -> LesionTable:
-        """The table the run trained on (folds, metadata, hidden test labels)."""
-        return LesionTable.load(self._stored_table())
+        """The table the run trained on (folds, metadata, hidden test labels), its relative
+        image paths resolved against the folder they were relative to (`table_root`), so
+        the table works from any working directory."""
+        table = LesionTable.load(self._stored_table())
+        root = self.table_root(table.df)
+        if root is not None:
+            for column in ("image_path", "image_path_2"):
+                if column in table.df.columns:
+                    table.df[column] = [p if os.path.isabs(p) else
+                                        os.path.normpath(os.path.join(root, p))
+                                        for p in table.df[column].astype(str)]
+        return table
+
+    def table_root(self, df: pd.DataFrame | None = None) -> str | None:
+        """The working directory the stored table's relative image paths start from:
+        recorded in ``run.json`` since issue 25; for an older run, the folder that holds
+        ``output_dir`` (a relative ``output_dir`` without ``..``) where the table's first
+        relative image is found there, else None (paths stay relative to the caller's)."""
+        recorded = (self.info() or {}).get("table_root")
+        if recorded:
+            return str(recorded)
+        out = Path(self.cfg.output_dir) if self.cfg is not None else None
+        if out is None or out.is_absolute() or ".." in out.parts or df is None:
+            return None
+        root = self.path.resolve().parents[len(out.parts)]
+        relative = [p for p in df.get("image_path", pd.Series(dtype=str)).astype(str)
+                    if not os.path.isabs(p)]
+        return str(root) if relative and (root / relative[0]).is_file() else None
 
     # ------------------------------------------------------------ predictions
     def oof(self, fold: int | None = None) -> pd.DataFrame:

@@ -83,7 +83,8 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
                           "or synthetic_task=paired")
     mean, std = input_normalization(cfg.model)
     transform = build_transforms(cfg.data.image_size, train=train, strength=cfg.data.augment,
-                                 seed=seed, aspect=cfg.data.aspect, mean=mean, std=std)
+                                 seed=seed, aspect=cfg.data.aspect, mean=mean, std=std,
+                                 border_aug=cfg.data.border_aug)
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
                          paired=cfg.model.dual_image, labelled=labelled,
                          image_options=ImageOptions.from_config(cfg.data))

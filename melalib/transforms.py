@@ -39,6 +39,9 @@ STRENGTHS = ("none", "light", "medium", "heavy")
 #: How a non-square image becomes the square model input (config field ``aspect``).
 ASPECTS = ("squash", "crop", "pad")
 TTA_COUNTS = (1, 2, 4, 8)  # views averaged at prediction (`tta_views`)
+#: Training-only augmentation against the dermoscope-border shortcut (config ``border_aug``):
+#: ``vignette`` darkens everything outside a random circle (`DermoscopeVignette`).
+BORDER_AUGS = ("none", "vignette")
 
 
 class ImageTransform:
@@ -98,6 +101,58 @@ def square_ops(size: int, aspect: str) -> list[A.BasicTransform]:
     raise ConfigError(f"aspect must be one of {', '.join(ASPECTS)}; got {aspect!r}")
 
 
+def frame_mask(mask: np.ndarray, size: int, aspect: str) -> np.ndarray:
+    """A (H, W) mask of the raw image framed exactly as the model input (`square_ops`,
+    nearest neighbour): (size, size) bool. A lesion the crop cuts off is cut off here too."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ConfigError(f"a mask must be 2-D (H, W), got shape {mask.shape}")
+    dummy = np.zeros((*mask.shape, 3), np.uint8)
+    out = A.Compose(square_ops(size, aspect))(image=dummy, mask=mask.astype(np.uint8))["mask"]
+    return np.asarray(out) > 0
+
+
+class DermoscopeVignette(A.ImageOnlyTransform):
+    """Darken everything outside a random circle, like a dermoscope's field of view.
+
+    The circle's radius is ``radius`` (a range) times half the image side (1 touches the
+    edges, 1.41 the corners), its centre shifted by up to ``shift`` of the side; the outside
+    becomes a random dark grey (0..``darkness``) with a soft edge. Training only: it
+    teaches the model that the dark band carries no label.
+    """
+
+    def __init__(self, radius: tuple[float, float] = (0.8, 1.3), shift: float = 0.08,
+                 darkness: int = 40, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.radius, self.shift, self.darkness = radius, shift, darkness
+
+    def get_params(self) -> dict[str, float]:
+        rng = self.random_generator
+        return {"r": float(rng.uniform(*self.radius)),
+                "dy": float(rng.uniform(-self.shift, self.shift)),
+                "dx": float(rng.uniform(-self.shift, self.shift)),
+                "level": float(rng.uniform(0, self.darkness))}
+
+    def apply(self, img: np.ndarray, r: float = 1.0, dy: float = 0.0, dx: float = 0.0,
+              level: float = 0.0, **params: object) -> np.ndarray:
+        h, w = img.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        half = min(h, w) / 2.0
+        dist = np.hypot(yy - (h - 1) / 2 - dy * h, xx - (w - 1) / 2 - dx * w) / (r * half)
+        keep = np.clip((1.0 - dist) * 20.0 + 1.0, 0.0, 1.0)[..., None]  # ~5 % soft edge
+        out = img.astype(np.float32) * keep + level * (1.0 - keep)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def border_ops(mode: str) -> list[A.BasicTransform]:
+    """The ``border_aug`` augmentation (`BORDER_AUGS`), applied after the square framing."""
+    if mode == "none":
+        return []
+    if mode == "vignette":
+        return [DermoscopeVignette()]
+    raise ConfigError(f"border_aug must be one of {', '.join(BORDER_AUGS)}; got {mode!r}")
+
+
 def _train_ops(size: int, strength: str, aspect: str = "squash") -> list[A.BasicTransform]:
     """Augmentations before normalisation for one strength level.
 
@@ -133,7 +188,8 @@ def _train_ops(size: int, strength: str, aspect: str = "squash") -> list[A.Basic
 def build_transforms(image_size: int, train: bool, strength: str = "medium",
                      seed: int | None = None, *, aspect: str = "squash",
                      mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> ImageTransform:
+                     std: Sequence[float] = IMAGENET_STD,
+                     border_aug: str = "none") -> ImageTransform:
     """The train (augmenting) or validation/test pipeline, normalised with ``mean``/``std``
     (ImageNet's by default; the backbone's own via `melalib.models.input_normalization`).
 
@@ -141,12 +197,15 @@ def build_transforms(image_size: int, train: bool, strength: str = "medium",
     (random resized crop 70-100 %, flips, rot90, affine, colour jitter) or ``heavy``
     (wider ranges plus coarse dropout). Validation ignores ``strength``. ``aspect``: how a
     non-square image becomes square (`square_ops`), the same at training and validation.
+    ``border_aug`` (`BORDER_AUGS`, `border_ops`): training only, ignored at validation.
     """
     if strength not in STRENGTHS:
         raise ConfigError(f"augmentation strength must be one of {STRENGTHS}, got {strength!r}")
     if image_size < 8:
         raise ConfigError(f"image_size must be >= 8, got {image_size}")
     ops = _train_ops(image_size, strength, aspect) if train else square_ops(image_size, aspect)
+    border = border_ops(border_aug)  # checked at validation too
+    ops += border if train else []
     ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     return ImageTransform(ops, image_size, train, strength if train else "none", seed,
                           aspect=aspect, mean=mean, std=std)

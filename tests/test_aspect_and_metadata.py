@@ -52,6 +52,39 @@ def test_train_pipeline_uses_the_same_framing() -> None:
         assert np.array_equal(light(image), valid(image))
 
 
+def test_border_aug_vignette_darkens_the_rim_in_training_only() -> None:
+    """border_aug=vignette: about half the training draws darken the frame outside a random
+    circle (corners dark, centre kept), reproducibly per seed; validation never does."""
+    image = np.full((40, 40, 3), 220, np.uint8)
+    train_tf = build_transforms(20, train=True, strength="none", aspect="crop",
+                                border_aug="vignette")
+    outs = [denormalize(train_tf(image, seed=s)) for s in range(40)]
+    dark = [o[0, 0].max() < 60 for o in outs]
+    assert 8 <= sum(dark) <= 32  # p = 0.5
+    assert all((o[8:12, 8:12] > 200).all() for o in outs)  # the centre is never covered
+    assert np.array_equal(train_tf(image, seed=3), train_tf(image, seed=3))
+    plain = build_transforms(20, train=False, aspect="crop")
+    valid = build_transforms(20, train=False, aspect="crop", border_aug="vignette")
+    assert np.array_equal(plain(image), valid(image))
+    assert "DermoscopeVignette" in repr(train_tf) and "DermoscopeVignette" not in repr(valid)
+
+
+def test_border_aug_is_a_config_choice_used_by_the_training_dataset(tmp_path: Path) -> None:
+    from melalib.runtime import make_dataset
+    from melalib.table import LesionTable
+    from melalib.tasks import MELANOMA
+
+    with pytest.raises(ConfigError, match="border_aug must be one of none, vignette"):
+        RunConfig.from_dict({"border_aug": "circle"})
+    cfg = RunConfig.from_dict({"border_aug": "vignette", "backbone": "resnet10t"})
+    df = pd.DataFrame({"image_id": ["a"], "image_path": [str(tmp_path / "a.png")],
+                       "group_id": ["a"], "label": [1], "label_name": ["melanoma"],
+                       "age": [50.0], "sex": ["male"], "site": ["torso"], "split": ["train"]})
+    table = LesionTable(df, MELANOMA)
+    assert "DermoscopeVignette" in repr(make_dataset(cfg, table, df, None, train=True).transform)
+    assert "Vignette" not in repr(make_dataset(cfg, table, df, None, train=False).transform)
+
+
 def test_aspect_is_validated() -> None:
     with pytest.raises(ConfigError, match="aspect must be one of squash, crop, pad"):
         RunConfig.from_dict({"aspect": "stretch"})

@@ -119,6 +119,7 @@ def test_choices_are_the_owners_registries() -> None:
     owners = {"dataset": adapters.DATASETS, "synthetic_task": tuple(synthetic.TASKS),
               "fold_stratify": folds.STRATIFY, "aspect": transforms.ASPECTS,
               "augment": transforms.STRENGTHS, "features": features.FEATURE_SETS,
+              "border_aug": transforms.BORDER_AUGS,
               "image_alpha": images.ALPHA_CHOICES, "target": targets.TARGETS,
               "loss": losses.LOSSES, "class_weighting": losses.MODES,
               "sampler": samplers.MODES, "tta": transforms.TTA_COUNTS,

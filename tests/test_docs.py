@@ -79,6 +79,9 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "data/isic2020": "the ISIC 2020 tables (tests/test_notebooks.py runs 02 on them, slow)",
     "melalib train --preset ham10000_lite0_pretrained --set data_dir=../shared/data/ham10000":
         "HAM10000 images (tests/test_weights.py trains the preset's recipe on tiny data)",
+    "melalib train --preset ham10000_lite0_pretrained --set data_dir=../shared/data/ham10000 "
+    "--set epochs=1 --set max_steps_per_epoch=20 --set tta=1 --fold 0 --name ham_tiny":
+        "HAM10000 images (the model docs/benchmarks.md measures explanations on)",
     "melalib train --preset isic2020_effnet_meta --set data_dir=data/isic2020 --set "
     "target=diagnosis": "the ISIC 2020 images and EfficientNet-B3 weights",
     "melalib train --set dataset=isic2020+2019 --set data_dir=data --set target=diagnosis":
@@ -90,6 +93,9 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "melalib ensemble outputs/stack outputs/effb3 --out sub.csv":
         "the ISIC 2020 runs above (tests/test_stack.py ensembles a stack with a run)",
     STACK_PYTHON: "the ISIC 2020 runs above (tests/test_stack.py calls stack on tiny runs)",
+    "melalib explain outputs/ham --kind fn --top 16 --masks ../shared/data/ham10000/masks_200x150"
+    " --floor --faithfulness --out explain/ham_fn":
+        "a HAM10000 run (tests/test_explain_run.py runs the command on a tiny synthetic run)",
 }
 BENCHMARKS = {  # minutes of CPU each; their flags are parsed by the script's own parser
     "OMP_NUM_THREADS=1 python benchmarks/prepare_bench.py --n 8 --repeats 3 --real "
@@ -99,6 +105,9 @@ BENCHMARKS = {  # minutes of CPU each; their flags are parsed by the script's ow
     "OMP_NUM_THREADS=2 python benchmarks/train_bench.py --backbones resnet18,efficientnet_b0 "
     "--sizes 64,128 --steps 4 --warmup 1",
     "python benchmarks/load_bench.py --n 20000 --workers 2 --json load20k.json",
+    "python benchmarks/explain_results.py outputs/ham_tiny --masks "
+    "../shared/data/ham10000/masks_200x150 --per-class 10 --fold 0 --n-boot 500 --device cpu "
+    "--out outputs/explain-results/ham_tiny.json",
 }
 
 

@@ -1,5 +1,6 @@
 """Grad-CAM in every model mode (checked against a hand computation), overlays, error
-tables, explain_errors on a run folder, and CAM mass on a lesion mask."""
+tables, explain_errors on a run folder, maps of chosen ids (methods, layers, TTA, targets).
+Lesion masks and localisation: tests/test_localize.py."""
 
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ from PIL import Image
 
 from melalib.checkpoints import save_checkpoint
 from melalib.config import ModelConfig, RunConfig
-from melalib.errors import MelalibError
+from melalib.errors import ConfigError, DataError, MelalibError
 from melalib.explain import (
     ImageOnlyWrapper,
-    cam_mass_on_lesion,
     error_table,
-    estimate_lesion_mask,
     explain_errors,
     grad_cam,
     overlay,
@@ -301,34 +300,6 @@ def test_explain_errors_uses_each_rows_fold(tmp_path: Path) -> None:
     assert only["image_id"].tolist() == ["r0"]
 
 
-# ------------------------------------------------------------------------- lesion masks
-def test_cam_mass_on_lesion_by_hand() -> None:
-    cams = np.zeros((2, 4, 4))
-    cams[0, :2, :2] = 1.0  # all mass in the top-left quarter
-    cams[1] = 1.0  # uniform
-    masks = np.zeros((2, 4, 4), bool)
-    masks[:, :2, :2] = True
-    assert cam_mass_on_lesion(cams, masks) == pytest.approx((4 + 4) / (4 + 16))
-    assert cam_mass_on_lesion(cams[1], masks[1]) == pytest.approx(0.25)
-    big = np.kron(masks.astype(np.uint8), np.ones((2, 2), np.uint8))  # masks at 8 x 8
-    assert cam_mass_on_lesion(cams, big) == pytest.approx(0.4)
-    assert np.isnan(cam_mass_on_lesion(np.zeros((1, 4, 4)), masks[:1]))
-
-
-def test_estimate_lesion_mask_finds_the_dark_centre() -> None:
-    size = 64
-    yy, xx = np.mgrid[0:size, 0:size]
-    r = np.hypot(yy - 30, xx - 34)
-    img = np.full((size, size, 3), 200, np.uint8)
-    img[r < 12] = (90, 60, 50)  # the lesion
-    img[np.hypot(yy - 31.5, xx - 31.5) > 33] = 10  # dark dermoscope rim at the corners
-    mask = estimate_lesion_mask(img)
-    truth = r < 12
-    iou = (mask & truth).sum() / (mask | truth).sum()
-    assert iou > 0.95
-    assert not mask[0, 0]
-
-
 def test_degenerate_maps_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     model = tiny(MELANOMA, positive_head=True)
     small = {"image": torch.randn(2, 3, 32, 32)}  # the last stage would be 1 x 1 here ...
@@ -341,3 +312,69 @@ def test_degenerate_maps_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="melalib"):
         grad_cam(model, batch(n=2), target_class=0)  # no evidence for benign at all
     assert "2 of 2 maps are constant" in caplog.text
+
+
+# ------------------------------------------------------------- methods, layers and TTA
+@pytest.mark.parametrize("method", ["hirescam", "layercam", "xgradcam"])
+def test_more_methods_give_maps(method: str) -> None:
+    maps = grad_cam(tiny(HAM7, positive_head=True), batch(n=2), method=method, target_class=1)
+    assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_tta_maps_are_each_views_map_mapped_back_and_averaged() -> None:
+    from melalib.transforms import tta_views
+
+    model = tiny(HAM7, positive_head=True)
+    b = batch(n=2)
+    both = grad_cam(model, b, target_class=[1, 2], tta=2)
+    plain = grad_cam(model, b, target_class=[1, 2])
+    flip = tta_views(2)[1]
+    flipped = grad_cam(model, {"image": flip(b["image"])}, target_class=[1, 2])
+    np.testing.assert_allclose(both, (plain + flip.inverse(torch.from_numpy(flipped)).numpy())
+                               / 2, atol=1e-5)
+    assert not np.allclose(both, plain, atol=1e-3)
+
+
+def test_finer_layer_gives_a_finer_map() -> None:
+    model = tiny(HAM7, positive_head=True)
+    coarse = grad_cam(model, batch(n=1), target_class=1)
+    fine = grad_cam(model, batch(n=1), target_class=1, layer="finer")
+    assert fine.shape == coarse.shape and not np.allclose(fine, coarse, atol=1e-3)
+
+
+# ------------------------------------------------------------------ maps of chosen ids
+def test_select_rows_by_id_and_the_explained_class(tmp_path: Path) -> None:
+    from melalib.explain import explained_classes, select_rows
+
+    run, _ = _run(tmp_path)
+    rows = select_rows(run, ids=["r3", "r0"])
+    assert rows["image_id"].tolist() == ["r3", "r0"]
+    assert rows["pred"].tolist() == [1, 0]  # the run's own call: 0.9 >= 0.5, 0.1 < 0.5
+    assert explained_classes(rows, MELANOMA, "run").tolist() == [1, 0]
+    assert explained_classes(rows, MELANOMA, "true").tolist() == [0, 1]
+    assert explained_classes(rows, MELANOMA, "melanoma").tolist() == [1, 1]
+    assert explained_classes(rows, MELANOMA, "benign").tolist() == [0, 0]
+    with pytest.raises(ConfigError, match="target must be"):
+        explained_classes(rows, MELANOMA, "nevus")
+    with pytest.raises(DataError, match=r"no OOF prediction.*'zz'"):
+        select_rows(run, ids=["r0", "zz"])
+    with pytest.raises(ConfigError, match="not both"):
+        select_rows(run, ids=["r0"], kind="fn")
+
+
+def test_explain_ids_explains_the_runs_call_with_its_probability(tmp_path: Path) -> None:
+    from melalib.explain import explain, select_rows
+
+    run, _ = _run(tmp_path)
+    rows = select_rows(run, ids=["r3", "r0"])
+    out = explain(run, rows, device="cpu")
+    assert out.rows["explained_name"].tolist() == ["melanoma", "benign"]
+    assert out.rows["explained_prob"].tolist() == pytest.approx([0.9, 0.9])
+    by_hand = explain_errors(run.path, kind="fn", top=1, fold=0, target="pred")[2]  # r0
+    np.testing.assert_allclose(out.cams[1], by_hand[0], atol=1e-6)
+    mel = explain(run, rows, target="melanoma", device="cpu")
+    np.testing.assert_allclose(mel.cams[0], out.cams[0], atol=1e-6)
+    floor = explain(run, rows, device="cpu", random_weights=True)
+    assert floor.cams.shape == out.cams.shape and not np.allclose(floor.cams, out.cams)
+    again = explain(run, rows, device="cpu", random_weights=True)
+    np.testing.assert_array_equal(again.cams, floor.cams)  # the floor is seeded

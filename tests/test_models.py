@@ -202,6 +202,35 @@ def test_gradcam_branches() -> None:
         gradcam_target_layers(MetaMLP(3, 1))
 
 
+def _cells(model: FusionNet, layer: torch.nn.Module, size: int) -> int:
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[-1]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    handle.remove()
+    return seen[0]
+
+
+def test_gradcam_layer_choices() -> None:
+    """auto: the deepest stage with >= 7 cells a side; finer: the stage before it (twice the
+    cells); last; a stage number; a module name; anything else a ConfigError naming stages."""
+    model = FusionNet("tf_efficientnet_lite0", 7).eval()  # 128 px: stages of 64..4 cells
+    (auto,) = gradcam_target_layers(model, image_size=128)
+    (finer,) = gradcam_target_layers(model, image_size=128, layer="finer")
+    (last,) = gradcam_target_layers(model, image_size=128, layer="last")
+    assert [_cells(model, m, 128) for m in (auto, finer, last)] == [8, 16, 4]
+    stages = list(model.backbone.feature_info)
+    assert gradcam_target_layers(model, layer=-2)[0] is model.backbone.get_submodule(
+        stages[-2]["module"])
+    assert gradcam_target_layers(model, layer="2")[0] is model.backbone.get_submodule(
+        stages[2]["module"])
+    assert gradcam_target_layers(model, layer="conv_stem")[0] is model.backbone.conv_stem
+    with pytest.raises(ConfigError, match="stages: "):
+        gradcam_target_layers(model, layer="no.such.layer")
+    with pytest.raises(ConfigError, match="not a feature stage"):
+        gradcam_target_layers(model, layer=9)
+
+
 # ------------------------------------------------------------------- optimisation
 def test_param_groups_cover_every_parameter_once() -> None:
     model = FusionNet(TINY, 3, n_meta=N_META, dual_image=True, shared_backbone=False)
