@@ -87,7 +87,7 @@ LABELS = {
     "train_loss": "training loss", "lr": "learning rate",
 }
 #: Metrics whose chance level is 0.5 (a random score ranks a positive first half the time).
-CHANCE_HALF = ("roc_auc", "ovr_auc_macro", "balanced_accuracy")
+CHANCE_HALF = ("roc_auc", "ovr_auc_macro")
 CI_LEVEL = "95 % CI"
 
 
@@ -116,12 +116,15 @@ def _band_note(groups: Any, n_boot: int) -> str:
     if n_boot <= 0:
         return "no confidence band (n_boot=0)"
     unit = "patients/groups" if groups is not None else "images"
-    return f"band and brackets: {CI_LEVEL} ({n_boot} bootstrap resamples of {unit})"
+    return f"band and brackets: {CI_LEVEL} ({n_boot} bootstraps over {unit})"
 
 
-def _heading(a: Axes, title: str, detail: str) -> None:
-    """A two-line axes title: what the figure shows, then its n / CI / threshold line."""
-    a.set_title(f"{title}\n{detail}", fontsize=10)
+def _heading(a: Axes, title: str, detail: str, pad: float = 6.0, share: float = 0.95
+             ) -> None:
+    """An axes title: what the figure shows, then its n / CI / threshold lines, wrapped to
+    ``share`` of the figure's width."""
+    width = a.figure.get_size_inches()[0] * share
+    a.set_title(_fit_title(f"{title}\n{detail}", width, 10, bars=False), fontsize=10, pad=pad)
 
 
 def _replicate_curves(y: np.ndarray, p: np.ndarray, groups: Any, n_boot: int, seed: int
@@ -291,7 +294,7 @@ def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
                                                                      strict=True)])
     a.set(xlabel="predicted", ylabel="true")
     _heading(a, title or "Confusion matrix", f"n={int(m.sum())}; "
-             + _threshold_note(pr, threshold))
+             + _threshold_note(pr, threshold), pad=12, share=0.7)  # clear of the colour bar
     bar = fig.colorbar(im, ax=a, fraction=0.046, pad=0.03)
     bar.set_label("share of true class" if normalize else "count", labelpad=8)
     return _finish(fig, save, owned)
@@ -531,8 +534,8 @@ def _grid_shape(n: int, ncols: int) -> tuple[int, int]:
 
 def _fit_title(text: str, width_in: float, fontsize: float, bars: bool = True) -> str:
     """``text`` wrapped to lines that fit ``width_in`` inches at ``fontsize`` points (about
-    0.6 em per character): first at its `` | `` separators (``bars``), then at spaces."""
-    chars = max(int(width_in * 72 / (0.62 * fontsize)), 8)
+    0.56 em per character): first at its `` | `` separators (``bars``), then at spaces."""
+    chars = max(int(width_in * 72 / (0.56 * fontsize)), 8)
     lines = []
     for part in str(text).split("\n"):
         pieces = part.split(" | ") if bars and len(part) > chars else [part]
@@ -592,8 +595,7 @@ def _fit_cam(cam: Any, shape: tuple[int, int], i: int) -> np.ndarray:
 CAM_CMAP = "inferno"
 
 
-def _cam_pair(cells: np.ndarray, img: np.ndarray, cam: np.ndarray, alpha: float,
-              caption: str | None, tile: float) -> None:
+def _cam_pair(cells: Sequence[Axes], img: np.ndarray, cam: np.ndarray, alpha: float) -> None:
     """One case: the image, then the Grad-CAM overlay, headed 'image' | 'Grad-CAM'."""
     overlay = (1 - alpha) * img + alpha * plt.get_cmap(CAM_CMAP)(cam)[..., :3]
     cells[-1].imshow(np.clip(overlay, 0, 1))
@@ -601,9 +603,26 @@ def _cam_pair(cells: np.ndarray, img: np.ndarray, cam: np.ndarray, alpha: float,
         cells[0].imshow(img)
         cells[0].set_title("image", fontsize=9)
     cells[-1].set_title("Grad-CAM", fontsize=9)
-    if caption:
-        cells[0].text(0.0, -0.03, _fit_title(caption, tile * len(cells), 10), fontsize=10,
-                      transform=cells[0].transAxes, ha="left", va="top")
+
+
+def _cam_layout(n: int, ncols: int, per: int, tile: float, lines: int, title: bool
+                ) -> tuple[Figure, list[list[Axes]], list[Axes]]:
+    """The figure, per case its ``per`` image axes, and per case a caption strip spanning
+    them (a grid row below each row of cases), so captions never widen a column."""
+    nrows, ncols = _grid_shape(n, ncols)
+    strip = 0.18 * max(lines, 1) + 0.05
+    fig = plt.figure(figsize=(tile * ncols * per + 1.0,
+                              (tile + 0.3 + strip) * nrows + (0.6 if title else 0.0)),
+                     layout="constrained")
+    grid = fig.add_gridspec(2 * nrows, ncols * per, height_ratios=[tile, strip] * nrows)
+    cells, strips = [], []
+    for i in range(nrows * ncols):
+        r, c = divmod(i, ncols)
+        cells.append([fig.add_subplot(grid[2 * r, c * per + j]) for j in range(per)])
+        strips.append(fig.add_subplot(grid[2 * r + 1, c * per:(c + 1) * per]))
+    for a in [*(x for row in cells for x in row), *strips]:
+        a.axis("off")
+    return fig, cells, strips
 
 
 @_styled
@@ -614,7 +633,7 @@ def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] |
     """Grad-CAM heatmaps (H x W in [0, 1], resized to the image) over H x W x 3 images
     (uint8 or float in [0, 1]) in the perceptually uniform `CAM_CMAP`, with a colour bar;
     with ``show_original`` each image is shown beside its overlay under the headers
-    'image' | 'Grad-CAM', so a row holds ``ncols`` pairs (two pairs: about 10 in wide, so
+    'image' | 'Grad-CAM', so a row holds ``ncols`` pairs (two pairs: about 11 in wide, so
     text stays readable where a notebook scales the figure to its width). ``titles`` are
     the captions under each case; ``title`` heads the figure (say which class the maps
     explain and what the numbers are)."""
@@ -623,26 +642,23 @@ def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] |
     if titles is not None and len(titles) != len(images):
         raise DataError(f"{len(titles)} titles for {len(images)} images")
     per = 2 if show_original else 1
-    nrows, ncols = _grid_shape(len(images), ncols)
-    lines = max((len(_fit_title(t, tile * per, 10).split("\n")) for t in titles or []),
-                default=0)
-    fig, axes, owned = _figure(None, nrows, ncols * per, figsize=(
-        tile * ncols * per + 1.0, (tile + 0.35 + 0.2 * lines) * nrows + (0.6 if title else 0)))
-    flat = axes.reshape(nrows * ncols, per)
-    for i, cells in enumerate(flat):
-        for a in cells:
-            a.axis("off")
-        if i < len(images):
-            img = _to_float_image(images[i], i)
-            _cam_pair(cells, img, _fit_cam(cams[i], img.shape[:2], i), alpha,
-                      titles[i] if titles is not None else None, tile)
+    captions = [_fit_title(t, tile * per, 10) for t in titles or []]
+    fig, cells, strips = _cam_layout(len(images), ncols, per, tile,
+                                     max((c.count("\n") + 1 for c in captions), default=0),
+                                     bool(title))
+    for i, img_in in enumerate(images):
+        img = _to_float_image(img_in, i)
+        _cam_pair(cells[i], img, _fit_cam(cams[i], img.shape[:2], i), alpha)
+        if captions:
+            strips[i].text(0.0, 1.0, captions[i], fontsize=10, ha="left", va="top",
+                           transform=strips[i].transAxes)
     mappable = mpl.cm.ScalarMappable(mpl.colors.Normalize(0.0, 1.0), CAM_CMAP)
-    bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=min(0.9, 2.2 / nrows + 0.2),
-                       pad=0.02, aspect=25)
+    bar = fig.colorbar(mappable, ax=[a for row in cells for a in row], pad=0.02, aspect=25,
+                       shrink=min(0.9, 2.2 / len(strips) * ncols + 0.2))
     bar.set_label("Grad-CAM weight (0 = none, 1 = strongest)")
     if title:
         fig.suptitle(_fit_title(title, tile * ncols * per, 11, bars=False), fontsize=11)
-    return _finish(fig, save, owned)
+    return _finish(fig, save, True)
 
 
 _NOT_METRICS = {"epoch", "fold", "lr", "time", "seconds", "step", "epoch_time", "wall_s"}
