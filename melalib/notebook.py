@@ -513,7 +513,7 @@ def operating_point(task: Any, oof: pd.DataFrame,
         note(f"No {sensitivity:.0%}-sensitivity threshold ({exc}); using 0.5.")
         return OperatingPoint(0.5, "called positive at P >= 0.5 (the default)")
     return OperatingPoint(t, f"called positive at P >= {t:.3g}, the out-of-fold threshold "
-                          f"reaching {sensitivity:.0%} sensitivity")
+                          f"reaching {sensitivity * 100:.0f} % sensitivity")
 
 
 def operating_threshold(task: Any, oof: pd.DataFrame, sensitivity: float = OPERATING_SENSITIVITY
