@@ -168,7 +168,9 @@ def draw_cam(demo: Path, out: Path) -> dict[str, dict[str, Any]]:
     run = RunDir.read(demo / RUN_NAME)
     point = notebook.operating_point(run.task, run.oof())
     notebook.show_cams(run.path, "tp", top=8, threshold=point, device="cpu", save=out / name)
-    inputs = {f"demo {f}": sha256(run.path / f) for f in ("config.yaml", "oof.csv")}
+    config = run.load_config()
+    inputs = {"demo OOF predictions": sha256(run.oof_path()),
+              "demo config fingerprint": config.fingerprint() if config else ""}
     return {name: entry(out, name, inputs, "notebook.show_cams(kind='tp', top=8) of the "
                         "melalib demo run, at notebook.operating_point")}
 
