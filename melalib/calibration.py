@@ -57,9 +57,10 @@ def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
 
 def reliability_curve(y_true: Any, probs: Any, n_bins: int = 10, strategy: Strategy = "uniform"
                       ) -> pd.DataFrame:
-    """Per bin: bin_lo, bin_hi, mean_pred, frac_pos, count (every bin kept; an empty bin has
-    count 0 and NaN means). Bins are right-closed, the first includes 0, as scikit-learn's
-    ``calibration_curve``; quantile edges that coincide are merged."""
+    """Per bin: bin_lo, bin_hi, mean_pred, frac_pos, count, and low / high, the 95 % Wilson
+    interval of frac_pos (every bin kept; an empty bin has count 0 and NaN means). Bins are
+    right-closed, the first includes 0, as scikit-learn's ``calibration_curve``; quantile
+    edges that coincide are merged."""
     y, p = _pairs(y_true, probs, "reliability_curve")
     edges = _bin_edges(p, n_bins, strategy)
     idx = np.searchsorted(edges[1:-1], p, side="left")
@@ -68,8 +69,21 @@ def reliability_curve(y_true: Any, probs: Any, n_bins: int = 10, strategy: Strat
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_pred = np.bincount(idx, weights=p, minlength=k) / count
         frac_pos = np.bincount(idx, weights=y, minlength=k) / count
+    low, high = wilson_interval(np.bincount(idx, weights=y, minlength=k), count)
     return pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "mean_pred": mean_pred,
-                         "frac_pos": frac_pos, "count": count})
+                         "frac_pos": frac_pos, "count": count, "low": low, "high": high})
+
+
+def wilson_interval(successes: Any, n: Any, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion (default 95 %): stays inside [0, 1] and is
+    honest for small counts and proportions near 0 or 1; NaN where ``n`` is 0."""
+    k = np.asarray(successes, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phat = k / m
+        centre = (phat + z * z / (2 * m)) / (1 + z * z / m)
+        half = z * np.sqrt(phat * (1 - phat) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
 def expected_calibration_error(y_true: Any, probs: Any, n_bins: int = 15,

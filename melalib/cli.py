@@ -234,7 +234,8 @@ def _add_prediction_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ensemble", help="combine runs' OOF/test predictions; submission")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--method", default="mean", choices=BLENDS,
-                   help="mean, rank or geometric average, or weights searched on OOF")
+                   help="mean, rank or geometric average, weights searched on OOF, or best "
+                   "(the run or blend with the best OOF score)")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.set_defaults(func=cmd_ensemble)
 

@@ -45,8 +45,9 @@ KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 #: Notebook-only parameters (see `melalib.notebook.EXTRA_PARAMETERS`) per mode.
 EXTRAS = {
-    True: dict(baseline_epochs=3, n_boot=50, n_examples=2, n_show=2),
-    False: dict(baseline_epochs=30, n_boot=500, n_examples=8, n_show=4),
+    True: dict(baseline_epochs=3, n_boot=50, n_examples=2, n_show=2, ensemble_method="best"),
+    False: dict(baseline_epochs=30, n_boot=500, n_examples=8, n_show=4,
+                ensemble_method="best"),
 }
 
 

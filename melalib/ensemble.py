@@ -38,7 +38,9 @@ from .runs import RunDir, shared_task
 from .tasks import Task
 
 METHODS = ("mean", "rank", "geometric")
-BLENDS = (*METHODS, "search")  # `blend` methods: search = mean with weights searched on OOF
+#: `blend` methods: search = the mean with weights searched on OOF; best = the candidate of
+#: `candidates` (each run alone, the blends, the searched weights) with the best OOF score
+BLENDS = (*METHODS, "search", "best")
 FORMATS = ("isic2020", "ham10000", "isic2019", "milk10k")
 MELANOMA_NAMES = ("melanoma", "mel")
 EPS = 1e-7
@@ -260,8 +262,8 @@ def validate_submission(sub: pd.DataFrame) -> None:
 class Blend:
     """Runs blended by `blend`: the shared task, the blended OOF predictions (``image_id``,
     ``group_id``, ``label``, probabilities, the first run's ``fold``), the blended
-    fold-averaged test predictions (None when a run has none), the weights (one per run)
-    and the method asked for."""
+    fold-averaged test predictions (None when a run has none), the weights (one per run),
+    the method asked for and the label of the candidate used (``best``: the one chosen)."""
 
     task: Task
     oof: pd.DataFrame
@@ -270,6 +272,7 @@ class Blend:
     method: str
     runs: list[RunDir]
     run_oofs: list[pd.DataFrame]  # each run's own OOF predictions
+    label: str = ""  # what was used, for tables and legends: "run X", "geometric blend"...
 
     @property
     def paths(self) -> list[Path]:
@@ -282,51 +285,102 @@ class Blend:
         return [r.path for r in self.runs if r.test_mean() is None]
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One way to combine runs: a ``label`` for tables and figure legends, the `METHODS`
+    method and one weight per run (a run alone: weight 1 on it)."""
+
+    label: str
+    method: str
+    weights: tuple[float, ...]
+
+    @property
+    def is_probability(self) -> bool:
+        """Whether its output is a probability (a rank blend's is a ranking)."""
+        return self.method != "rank"
+
+
+def candidates(runs: Sequence[RunDir], oofs: Sequence[pd.DataFrame], task: Task
+               ) -> list[Candidate]:
+    """Each run alone, then (several runs) the equal-weight mean / rank / geometric blends
+    and the mean with weights searched on the OOF predictions."""
+    m = len(runs)
+    out = [Candidate(f"run {run.path.name}", "mean", tuple(float(i == j) for j in range(m)))
+           for i, run in enumerate(runs)]
+    if m > 1:
+        out += [Candidate(f"{method} blend", method, (1.0 / m,) * m) for method in METHODS]
+        w = search_weights(oofs, task)
+        out.append(Candidate("searched weights (mean)", "mean", tuple(float(x) for x in w)))
+    return out
+
+
+def candidate_scores(task: Task, oofs: Sequence[pd.DataFrame], options: Sequence[Candidate]
+                     ) -> pd.DataFrame:
+    """OOF primary metric (and PR-AUC for binary) of each candidate, indexed by label."""
+    fns = {task.primary_metric: metric_for(task, task.primary_metric)}
+    if task.kind == "binary":
+        fns["pr_auc"] = metric_for(task, "pr_auc")
+    rows = []
+    for c in options:
+        frame = combine(oofs, task, c.method, c.weights)
+        y = frame["label"].to_numpy().astype(int)
+        rows.append({"candidate": c.label, "weights": _weights_text(c),
+                     **{k: fn(y, probabilities(task, frame)) for k, fn in fns.items()}})
+    return pd.DataFrame(rows).set_index("candidate")
+
+
+def _weights_text(c: Candidate) -> str:
+    if c.label.startswith("run "):
+        return "1"
+    if c.label.endswith(" blend"):
+        return "equal"
+    return ", ".join(f"{x:.2f}" for x in c.weights)
+
+
+def best_candidate(task: Task, oofs: Sequence[pd.DataFrame], options: Sequence[Candidate]
+                   ) -> Candidate:
+    """The probability-valued candidate (rank blends excluded: notebook 04 thresholds and
+    calibrates the result) with the highest OOF primary metric; ties go to the earlier
+    candidate (a single run before a blend)."""
+    usable = [c for c in options if c.is_probability]
+    scores = candidate_scores(task, oofs, usable)[task.primary_metric].to_numpy(float)
+    return usable[int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))]
+
+
 def blend(runs: Sequence[RunLike], method: str = "mean") -> Blend:
     """Blend runs' OOF and fold-averaged test predictions with ``method``: ``mean``,
-    ``rank``, ``geometric`` (equal weights) or ``search`` (the mean with weights searched on
-    the OOF predictions only). ConfigError when the runs predict different tasks."""
+    ``rank``, ``geometric`` (equal weights), ``search`` (the mean with weights searched on
+    the OOF predictions only) or ``best`` (`best_candidate`: the run or blend with the
+    best OOF primary metric). ConfigError when the runs predict different tasks."""
     if method not in BLENDS:
         raise ConfigError(f"ensemble method must be one of {BLENDS}, got {method!r}")
     views = [r if isinstance(r, RunDir) else RunDir.read(r) for r in runs]
     task = shared_task(views)
     oofs = [v.oof() for v in views]
     tests = [v.test_mean() for v in views]
-    if method == "search":
-        weights, how = search_weights(oofs, task), "mean"
+    if method == "best":
+        chosen = best_candidate(task, oofs, candidates(views, oofs, task))
+    elif method == "search":
+        chosen = Candidate("searched weights (mean)", "mean",
+                           tuple(float(x) for x in search_weights(oofs, task)))
     else:
-        weights, how = _weights(None, len(views)), method
-    oof = combine(oofs, task, how, weights)
+        chosen = Candidate(f"{method} blend" if len(views) > 1 else f"run {views[0].path.name}",
+                           method, tuple(_weights(None, len(views))))
+    weights = np.asarray(chosen.weights)
+    oof = combine(oofs, task, chosen.method, weights)
     if "fold" in oofs[0].columns:
         oof = oof.merge(oofs[0][["image_id", "fold"]].astype({"image_id": str}),
                         on="image_id", how="left")
     test = None if any(t is None for t in tests) else combine(
-        [t for t in tests if t is not None], task, how, weights)
-    return Blend(task, oof, test, weights, method, views, oofs)
+        [t for t in tests if t is not None], task, chosen.method, weights)
+    return Blend(task, oof, test, weights, method, views, oofs, chosen.label)
 
 
 def compare_blends(blended: Blend) -> pd.DataFrame:
     """OOF primary metric (and PR-AUC for binary) of each run alone, of the blends mean /
-    rank / geometric, and of the mean with weights searched on OOF."""
-    task, oofs = blended.task, blended.run_oofs
-    fns = {task.primary_metric: metric_for(task, task.primary_metric)}
-    if task.kind == "binary":
-        fns["pr_auc"] = metric_for(task, "pr_auc")
-    candidates: dict[str, tuple[pd.DataFrame, str]] = {
-        f"run {run.path.name}": (combine([o], task), "1")
-        for run, o in zip(blended.runs, oofs, strict=True)}
-    if len(oofs) > 1:
-        for method in METHODS:
-            candidates[f"{method} blend"] = (combine(oofs, task, method), "equal")
-        w = search_weights(oofs, task)
-        candidates["searched weights (mean)"] = (
-            combine(oofs, task, "mean", w), ", ".join(f"{x:.2f}" for x in w))
-    rows = []
-    for label, (frame, weights) in candidates.items():
-        y = frame["label"].to_numpy().astype(int)
-        rows.append({"candidate": label, "weights": weights,
-                     **{k: fn(y, probabilities(task, frame)) for k, fn in fns.items()}})
-    return pd.DataFrame(rows).set_index("candidate")
+    rank / geometric, and of the mean with weights searched on OOF (`candidates`)."""
+    return candidate_scores(blended.task, blended.run_oofs,
+                            candidates(blended.runs, blended.run_oofs, blended.task))
 
 
 def blend_metrics(blended: Blend) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from .ensemble import submission
 from .errors import ConfigError
 from .io import write_csv, write_json
 from .metrics import MetricError, evaluate, threshold_for_sensitivity
-from .predictions import probabilities, with_table_columns
+from .predictions import predicted_labels, probabilities, with_table_columns
 from .runs import RunDir
 from .table import LesionTable
 
@@ -50,7 +51,8 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "preset": "named recipe (melalib.presets) under the other parameters; '' = none",
     "runs": "04/05: comma-separated run names (or folders) to combine; '' = this run",
     "baseline_epochs": "02: epochs of the metadata-only baseline (melalib.train)",
-    "ensemble_method": "04: mean | rank | geometric | search (weights searched on OOF)",
+    "ensemble_method": "04: best (the run or blend with the best OOF score) | mean | rank | "
+                       "geometric | search (weights searched on OOF)",
     "n_boot": "04: bootstrap replicates of the confidence intervals",
     "stack_seeds": "04: seeds per fold of the second-stage stacker (0: no stacking)",
     "n_examples": "05: cases shown per error type (false negatives, false positives, ...)",
@@ -315,11 +317,13 @@ def show_image_grid(table: LesionTable, n_per_class: int = 4, save: str | Path |
     picked = (train.sample(frac=1.0, random_state=seed)
               .groupby("label", sort=True, group_keys=False).head(n_per_class)
               .sort_values(["label", "image_id"], kind="stable"))
-    titles = [f"{name} | {sex}, {age:.0f} | {site}" if pd.notna(age) else f"{name} | {sex} | {site}"
+    titles = [f"{plots.pretty(name)} | {sex}, " + (f"{age:.0f} y" if pd.notna(age) else "age ?")
+              + f" | {plots.pretty(site)}"
               for name, sex, age, site in zip(picked["label_name"], picked["sex"],
                                               picked["age"], picked["site"], strict=True)]
     return plots.image_grid(picked["image_path"].tolist(), titles=titles, ncols=n_per_class,
-                            save=save)
+                            save=save, title=f"{n_per_class} training images per class "
+                            "(diagnosis | sex, age | site)")
 
 
 # ------------------------------------------------------------------------- baselines
@@ -367,10 +371,11 @@ def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = Non
 
 # -------------------------------------------------------------------------- ensemble
 def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int = 200,
-                  figures: str | os.PathLike[str] | None = None, prefix: str = "04_"
-                  ) -> list[Any]:
+                  figures: str | os.PathLike[str] | None = None, prefix: str = "04_",
+                  name: str = "scores") -> list[Any]:
     """ROC and precision-recall curves with bootstrap bands (binary; for a multiclass task
-    the melanoma class one-vs-rest, else a note). Saved under ``figures`` when given."""
+    the melanoma class one-vs-rest, else a note), the curve named ``name`` (the run or
+    blend, e.g. `melalib.ensemble.Blend.label`). Saved under ``figures`` when given."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y).astype(int)
     title = ""
@@ -380,19 +385,22 @@ def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int
             note("ROC / PR curves are drawn for a melanoma-vs-rest score; this task has no "
                  "melanoma class: see the per-class report.")
             return []
-        y, p, title = (y == mel[0]).astype(int), p[:, mel[0]], " (melanoma vs rest)"
+        y, p, title = (y == mel[0]).astype(int), p[:, mel[0]], ", melanoma vs rest"
     where = Path(figures) if figures is not None else None
     return [
-        plots.roc_curve_plot(y, p, groups=groups, n_boot=n_boot, title=f"ROC{title}",
+        plots.roc_curve_plot(y, p, groups=groups, n_boot=n_boot, name=name,
+                             title=f"ROC curve of the out-of-fold scores{title}",
                              save=where / f"{prefix}roc.png" if where else None),
-        plots.pr_curve_plot(y, p, groups=groups, n_boot=n_boot,
-                            title=f"Precision-recall{title}",
+        plots.pr_curve_plot(y, p, groups=groups, n_boot=n_boot, name=name,
+                            title=f"Precision-recall of the out-of-fold scores{title}",
                             save=where / f"{prefix}pr.png" if where else None)]
 
 
-def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, Any] | None:
+def score_test(test_pred: pd.DataFrame | None, table: LesionTable, threshold: float = 0.5
+               ) -> dict[str, Any] | None:
     """Metrics of test predictions against hidden test labels, when the table keeps them
-    (the synthetic data's ``true_label``); None (with a note) otherwise, as on Kaggle."""
+    (the synthetic data's ``true_label``), threshold metrics at ``threshold``; None (with
+    a note) otherwise, as on Kaggle."""
     df = table.df
     if test_pred is None or "true_label" not in df.columns:
         note("The test split has no labels here (as in a competition): the submission is "
@@ -401,7 +409,7 @@ def score_test(test_pred: pd.DataFrame | None, table: LesionTable) -> dict[str, 
     merged = with_table_columns(test_pred, df[df["split"] == "test"])
     y = merged["true_label"].to_numpy().astype(int)
     try:
-        return evaluate(table.task, y, probabilities(table.task, merged))
+        return evaluate(table.task, y, probabilities(table.task, merged), threshold=threshold)
     except MetricError as exc:  # e.g. a tiny test split holding one class only
         note(f"The test split cannot be scored: {exc}.")
         return None
@@ -470,35 +478,84 @@ KIND_NAMES = {"fn": "false negatives", "fp": "false positives", "tp": "true posi
               "tn": "true negatives", "wrong": "misclassified"}
 
 
-def operating_threshold(task: Any, oof: pd.DataFrame, sensitivity: float = 0.9) -> float:
-    """Binary: the OOF threshold that reaches ``sensitivity`` (a triage operating point:
-    at 1-2 % prevalence a model rarely scores 0.5, so errors "at 0.5" say little); other
-    tasks call the argmax and get 0.5."""
+#: The one operating point notebooks 04 and 05 use for a binary task: the out-of-fold
+#: threshold that catches this share of the positives (a triage tool's choice: at 1-2 %
+#: prevalence a model rarely scores 0.5, so calls "at 0.5" miss most melanomas).
+OPERATING_SENSITIVITY = 0.9
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How notebooks 04 and 05 call a case positive: ``threshold`` on P(positive) (binary;
+    multilabel: per class), or the argmax (multiclass); ``rule`` says it in words."""
+
+    threshold: float
+    rule: str
+    argmax: bool = False
+
+    def labels(self, task: Any, probs: Any) -> np.ndarray:
+        """The predicted labels at this operating point (`predictions.predicted_labels`)."""
+        return predicted_labels(task, np.asarray(probs), self.threshold)
+
+
+def operating_point(task: Any, oof: pd.DataFrame,
+                    sensitivity: float = OPERATING_SENSITIVITY) -> OperatingPoint:
+    """Binary: the highest OOF threshold reaching ``sensitivity`` (0.5, with a note, when
+    it is undefined); other tasks: the argmax (multilabel: 0.5 per class)."""
+    if task.kind == "multiclass":
+        return OperatingPoint(0.5, "argmax of the class probabilities", argmax=True)
     if task.kind != "binary":
-        return 0.5
+        return OperatingPoint(0.5, "each class called at P >= 0.5")
     try:
-        return float(threshold_for_sensitivity(oof["label"].to_numpy().astype(int),
-                                               probabilities(task, oof), sensitivity)[0])
+        t = float(threshold_for_sensitivity(oof["label"].to_numpy().astype(int),
+                                            probabilities(task, oof), sensitivity)[0])
     except MetricError as exc:  # e.g. OOF predictions of one class only
         note(f"No {sensitivity:.0%}-sensitivity threshold ({exc}); using 0.5.")
-        return 0.5
+        return OperatingPoint(0.5, "called positive at P >= 0.5 (the default)")
+    return OperatingPoint(t, f"called positive at P >= {t:.3g}, the out-of-fold threshold "
+                          f"reaching {sensitivity * 100:.0f} % sensitivity")
+
+
+def operating_threshold(task: Any, oof: pd.DataFrame, sensitivity: float = OPERATING_SENSITIVITY
+                        ) -> float:
+    """`operating_point`'s threshold (0.5 for tasks called by argmax)."""
+    return operating_point(task, oof, sensitivity).threshold
+
+
+def cam_captions(errors: pd.DataFrame, task: Any) -> tuple[list[str], str]:
+    """(one caption per case, the figure's heading) for `show_cams`: the number is always
+    the same quantity, P(melanoma) for a binary task (P of the called class otherwise),
+    and the heading says which class each map explains (the one the model called)."""
+    binary = task.kind == "binary"
+    positive = task.classes[-1] if binary else "called class"
+    values = errors[task.prob_columns[0]] if binary else errors["confidence"]
+    captions = [f"{t} called {p}, P({positive if binary else p}) = {v:.2f}" for t, p, v in
+                zip(errors["label_name"], errors["pred_name"], values, strict=True)]
+    heading = (f"Grad-CAM of the called class (image branch, metadata held fixed); "
+               f"numbers: out-of-fold P({positive})")
+    return captions, heading
 
 
 def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
-              save: str | os.PathLike[str] | None = None, threshold: float = 0.5,
-              method: str = "gradcam", device: str = "auto") -> tuple[pd.DataFrame, Any]:
-    """Grad-CAM overlays of a run's most confident cases of one kind at ``threshold``
-    (`explain_errors`; metadata held fixed), as a `melalib.plots.cam_grid` figure. A note
-    and no figure when the run has no such case."""
+              save: str | os.PathLike[str] | None = None,
+              threshold: float | OperatingPoint = 0.5, method: str = "gradcam",
+              device: str = "auto") -> tuple[pd.DataFrame, Any]:
+    """Grad-CAM overlays of a run's most confident cases of one kind at ``threshold`` (an
+    `OperatingPoint`, or a number on P(positive)) (`explain_errors`; metadata held fixed),
+    as a `melalib.plots.cam_grid` figure whose heading states the threshold, the class
+    explained and what the numbers are. A note and no figure when there is no such case."""
+    point = threshold if isinstance(threshold, OperatingPoint) else OperatingPoint(
+        float(threshold), f"called positive at P >= {float(threshold):.3g}")
     errors, images, cams = explain.explain_errors(run_dir, kind=kind, top=top, method=method,
-                                                  threshold=threshold, device=device)
+                                                  threshold=point.threshold, device=device)
     if errors.empty:
         note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
              f"{Path(run_dir).name}: nothing to explain.")
         return errors, None
-    titles = [f"{t} -> {p} ({c:.2f})" for t, p, c in
-              zip(errors["label_name"], errors["pred_name"], errors["confidence"], strict=True)]
-    fig = plots.cam_grid(images, cams, titles=titles, ncols=min(2, len(images)), save=save)
+    captions, heading = cam_captions(errors, RunDir.read(run_dir).task)
+    title = f"{KIND_NAMES.get(kind, kind).capitalize()} ({point.rule})\n{heading}"
+    fig = plots.cam_grid(images, cams, titles=captions, ncols=min(2, len(images)), save=save,
+                         title=title)
     shown = ["image_id", "fold", "label_name", "pred_name", "confidence", "group_id", "age",
              "sex", "site"]
     return errors[[c for c in shown if c in errors.columns]], fig

@@ -11,6 +11,7 @@ expression.
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,12 +77,54 @@ def _finish(fig: Figure, save: str | Path | None, owned: bool) -> Figure:
     return fig
 
 
-def _as_curves(p: Any, curves: Mapping[str, Any] | None) -> dict[str, Any]:
+#: Display names of metric and column codes (`pretty` falls back to spaces for "_").
+LABELS = {
+    "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC (average precision)", "pauc_80": "pAUC above 80 % TPR",
+    "ovr_auc_macro": "macro one-vs-rest AUC", "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro F1", "thresholded_macro_f1": "macro F1 (thresholded)",
+    "ece": "expected calibration error", "age_band": "age band", "head_neck": "head/neck",
+    "palms_soles": "palms/soles", "oral_genital": "oral/genital", "valid_loss": "validation loss",
+    "train_loss": "training loss", "lr": "learning rate",
+}
+#: Metrics whose chance level is 0.5 (a random score ranks a positive first half the time).
+CHANCE_HALF = ("roc_auc", "ovr_auc_macro")
+CI_LEVEL = "95 % CI"
+
+
+def pretty(code: Any) -> str:
+    """A display label for a metric, column or category code: `LABELS`, else the code with
+    underscores as spaces (``valid_roc_auc`` -> ``valid ROC-AUC``)."""
+    text = str(code)
+    if text in LABELS:
+        return LABELS[text]
+    for prefix in ("valid_", "train_", "test_"):
+        if text.startswith(prefix) and text[len(prefix):] in LABELS:
+            return f"{prefix[:-1].replace('valid', 'validation')} {LABELS[text[len(prefix):]]}"
+    return text.replace("_", " ")
+
+
+def _as_curves(p: Any, curves: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
     if curves:
         return dict(curves)
     if p is None:
         raise DataError("pass the scores p or curves={name: probs}")
-    return {"model": p}
+    return {name: p}
+
+
+def _band_note(groups: Any, n_boot: int) -> str:
+    """What the bands and bracketed intervals are, for a figure's subtitle."""
+    if n_boot <= 0:
+        return "no confidence band (n_boot=0)"
+    unit = "patients/groups" if groups is not None else "images"
+    return f"band and brackets: {CI_LEVEL} ({n_boot} bootstraps over {unit})"
+
+
+def _heading(a: Axes, title: str, detail: str, pad: float = 6.0, share: float = 0.95
+             ) -> None:
+    """An axes title: what the figure shows, then its n / CI / threshold lines, wrapped to
+    ``share`` of the figure's width."""
+    width = a.figure.get_size_inches()[0] * share
+    a.set_title(_fit_title(f"{title}\n{detail}", width, 10, bars=False), fontsize=10, pad=pad)
 
 
 def _replicate_curves(y: np.ndarray, p: np.ndarray, groups: Any, n_boot: int, seed: int
@@ -116,15 +159,17 @@ def _ci_text(values: Sequence[float], alpha: float = 0.05) -> str:
 @_styled
 def roc_curve_plot(y: Any, p: Any = None, groups: Any = None, n_boot: int = 200,
                    curves: Mapping[str, Any] | None = None, ax: Axes | None = None,
-                   save: str | Path | None = None, seed: int = 0, title: str | None = None
-                   ) -> Figure:
+                   save: str | Path | None = None, seed: int = 0, title: str | None = None,
+                   name: str = "scores") -> Figure:
     """ROC curve(s) with a 95 % group-aware bootstrap band of TPR and AUC (CI) in the
-    legend; ``curves`` maps names to scores for several models on the same labels."""
-    fig, axes, owned = _figure(ax, figsize=(5.5, 5.0))
+    legend; ``curves`` maps names to scores for several models on the same labels, else
+    ``p`` is drawn under ``name`` (say which model or blend it is). The title's second
+    line gives n, the positives and what the band is."""
+    fig, axes, owned = _figure(ax, figsize=(5.5, 5.6))
     a = axes[0, 0]
     grid = np.linspace(0.0, 1.0, 101)
-    for i, (name, probs) in enumerate(_as_curves(p, curves).items()):
-        yb, pb = binary_inputs(y, probs, f"roc_curve_plot[{name}]")
+    for i, (label, probs) in enumerate(_as_curves(p, curves, name).items()):
+        yb, pb = binary_inputs(y, probs, f"roc_curve_plot[{label}]")
         order, starts, _ = tie_groups(pb)
         P, N = group_weights(yb, order, starts)
         fpr, tpr = _roc_xy(np.cumsum(P[0]), np.cumsum(N[0]))
@@ -135,11 +180,12 @@ def roc_curve_plot(y: Any, p: Any = None, groups: Any = None, n_boot: int = 200,
             lo, hi = np.quantile(band, [0.025, 0.975], axis=0)
             a.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0, step="post")
         ci = _ci_text([_auc_xy(f, t) for f, t in reps])
-        a.plot(fpr, tpr, color=color, lw=2, label=f"{name}: AUC {_auc_xy(fpr, tpr):.3f}{ci}")
-    a.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+        a.plot(fpr, tpr, color=color, lw=2, label=f"{label}: AUC {_auc_xy(fpr, tpr):.3f}{ci}")
+    a.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC 0.5)")
     a.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false-positive rate)",
           ylabel="sensitivity (true-positive rate)", aspect="equal")
-    a.set_title(title or f"ROC curve (n={len(yb)}, positives={int(yb.sum())})")
+    _heading(a, title or "ROC curve", f"n={len(yb)} ({int(yb.sum())} positive)\n"
+             + _band_note(groups, n_boot))
     a.legend(loc="lower right")
     return _finish(fig, save, owned)
 
@@ -154,19 +200,30 @@ def _ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum(np.diff(recall) * precision[1:]))
 
 
+def _pr_band(reps: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    band = []
+    for r, pr in reps:
+        envelope = np.maximum.accumulate(pr[::-1])[::-1]  # interpolated precision
+        band.append(envelope[np.minimum(np.searchsorted(r, grid), len(r) - 1)])
+    lo, hi = np.quantile(np.array(band), [0.025, 0.975], axis=0)
+    return lo, hi
+
+
 @_styled
 def pr_curve_plot(y: Any, p: Any = None, groups: Any = None, n_boot: int = 200,
                   curves: Mapping[str, Any] | None = None, ax: Axes | None = None,
-                  save: str | Path | None = None, seed: int = 0, title: str | None = None
-                  ) -> Figure:
+                  save: str | Path | None = None, seed: int = 0, title: str | None = None,
+                  name: str = "scores") -> Figure:
     """Precision-recall curve(s) with a bootstrap band of interpolated precision, average
-    precision (CI) in the legend and the prevalence as the no-skill baseline."""
-    fig, axes, owned = _figure(ax, figsize=(5.5, 5.0))
+    precision (CI) in the legend and the prevalence as the no-skill baseline. The legend
+    sits below the axes, so it never covers a curve."""
+    fig, axes, owned = _figure(ax, figsize=(5.5, 6.2))
     a = axes[0, 0]
     grid = np.linspace(0.0, 1.0, 101)
     prevalence = 0.0
-    for i, (name, probs) in enumerate(_as_curves(p, curves).items()):
-        yb, pb = binary_inputs(y, probs, f"pr_curve_plot[{name}]")
+    for i, (label, probs) in enumerate(_as_curves(p, curves, name).items()):
+        yb, pb = binary_inputs(y, probs, f"pr_curve_plot[{label}]")
         prevalence = float(yb.mean())
         order, starts, _ = tie_groups(pb)
         P, N = group_weights(yb, order, starts)
@@ -174,29 +231,38 @@ def pr_curve_plot(y: Any, p: Any = None, groups: Any = None, n_boot: int = 200,
         color = COLORS[i % len(COLORS)]
         reps = [_pr_xy(tp, fp) for tp, fp in _replicate_curves(yb, pb, groups, n_boot, seed)]
         if reps:
-            band = []
-            for r, pr in reps:
-                envelope = np.maximum.accumulate(pr[::-1])[::-1]  # interpolated precision
-                band.append(envelope[np.minimum(np.searchsorted(r, grid), len(r) - 1)])
-            lo, hi = np.quantile(np.array(band), [0.025, 0.975], axis=0)
-            a.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+            a.fill_between(grid, *_pr_band(reps, grid), color=color, alpha=0.2, linewidth=0)
         ci = _ci_text([_ap(r, pr) for r, pr in reps])
         a.step(recall, precision, where="post", color=color, lw=2,
-               label=f"{name}: AP {_ap(recall, precision):.3f}{ci}")
-    a.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence {prevalence:.3f}")
+               label=f"{label}: AP {_ap(recall, precision):.3f}{ci}")
+    a.axhline(prevalence, ls="--", color="grey", lw=1,
+              label=f"no skill: prevalence {prevalence:.3f}")
     a.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)",
           ylabel="precision (PPV)")
-    a.set_title(title or f"Precision-recall (n={len(yb)}, positives={int(yb.sum())})")
-    a.legend(loc="upper right")
+    _heading(a, title or "Precision-recall curve", f"n={len(yb)} ({int(yb.sum())} "
+             f"positive)\n" + _band_note(groups, n_boot))
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=1, frameon=False)
     return _finish(fig, save, owned)
+
+
+def _threshold_note(pred: np.ndarray, threshold: float | str | None) -> str:
+    """How the predicted classes were called, for the confusion matrix's title."""
+    if isinstance(threshold, str):
+        return threshold
+    if threshold is not None:
+        return f"called positive at score >= {threshold:.3g}"
+    return "argmax of the class probabilities" if pred.ndim == 2 else "labels as given"
 
 
 @_styled
 def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
                           normalize: bool = True, ax: Axes | None = None,
-                          save: str | Path | None = None, title: str | None = None) -> Figure:
+                          save: str | Path | None = None, title: str | None = None,
+                          threshold: float | str | None = None) -> Figure:
     """Confusion matrix (rows: true class; shares of the row when ``normalize``, counts in
-    brackets). ``pred`` is labels or (N, K) probabilities; argmax ties get a 'tie' column."""
+    brackets). ``pred`` is labels or (N, K) probabilities; argmax ties get a 'tie' column.
+    The title states n and how the labels were called: ``threshold`` (the score cut-off
+    that made binary labels, or a sentence), else argmax / labels as given."""
     k = len(class_names)
     pr = np.asarray(pred)
     labels = argmax_labels(pr) if pr.ndim == 2 else pr
@@ -208,10 +274,10 @@ def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
         cols.append("tie")
     with np.errstate(invalid="ignore", divide="ignore"):
         shown = m / m.sum(axis=1, keepdims=True) if normalize else m.astype(float)
-    # at least ~5 x 4 in: the title and the colour bar's label fit at the size the notebook
-    # shows the figure, for two classes too
+    # at least ~6 x 4.6 in: the title and the colour bar's label fit at the size the
+    # notebook shows the figure, for two classes too
     fig, axes, owned = _figure(ax, figsize=(max(6.0, 2.8 + 0.8 * len(cols)),
-                                            max(4.4, 1.6 + 0.7 * k)))
+                                            max(4.6, 1.8 + 0.7 * k)))
     a = axes[0, 0]
     im = a.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0,
                   vmax=1 if normalize else max(shown.max(), 1))
@@ -223,90 +289,128 @@ def confusion_matrix_plot(y: Any, pred: Any, class_names: Sequence[str],
             dark = np.nan_to_num(v) > (0.5 if normalize else shown.max() / 2)
             a.text(j, i, text, ha="center", va="center", fontsize=9,
                    color="white" if dark else "black")
-    a.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-    a.set_yticks(range(k), [f"{c} (n={n})" for c, n in zip(class_names, m.sum(axis=1),
-                                                             strict=True)])
+    a.set_xticks(range(len(cols)), [pretty(c) for c in cols], rotation=45, ha="right")
+    a.set_yticks(range(k), [f"{pretty(c)} (n={n})" for c, n in zip(class_names, m.sum(axis=1),
+                                                                     strict=True)])
     a.set(xlabel="predicted", ylabel="true")
-    a.set_title(title or f"Confusion matrix (n={int(m.sum())})")
+    _heading(a, title or "Confusion matrix", f"n={int(m.sum())}; "
+             + _threshold_note(pr, threshold), pad=12, share=0.7)  # clear of the colour bar
     bar = fig.colorbar(im, ax=a, fraction=0.046, pad=0.03)
     bar.set_label("share of true class" if normalize else "count", labelpad=8)
     return _finish(fig, save, owned)
 
 
 @_styled
-def reliability_plot(y: Any, p: Any, n_bins: int = 10, strategy: str = "uniform",
+def reliability_plot(y: Any, p: Any, n_bins: int = 10, strategy: str = "quantile",
                      ax: Axes | None = None, save: str | Path | None = None,
-                     title: str | None = None) -> Figure:
-    """Observed frequency vs. mean predicted probability per bin, the diagonal of perfect
-    calibration, and bars of the bin counts on a second axis (multiclass: top-label)."""
+                     title: str | None = None, name: str = "scores") -> Figure:
+    """Observed frequency (95 % Wilson interval as error bars) vs. mean predicted
+    probability per bin, the diagonal of perfect calibration, and bars of the bin counts
+    on a second axis (multiclass: top-label). ``quantile`` bins (the default) hold equal
+    numbers of cases, so a rarely-positive score does not leave most bins empty; points
+    at 0 and 1 are drawn whole, not clipped by the axes."""
     curve = reliability_curve(y, p, n_bins, strategy)  # type: ignore[arg-type]
     ece = expected_calibration_error(y, p, n_bins, strategy)  # type: ignore[arg-type]
-    fig, axes, owned = _figure(ax, figsize=(5.5, 5.0))
+    fig, axes, owned = _figure(ax, figsize=(5.8, 5.2))
     a = axes[0, 0]
     counts = a.twinx()
     counts.bar((curve["bin_lo"] + curve["bin_hi"]) / 2, curve["count"],
                width=(curve["bin_hi"] - curve["bin_lo"]) * 0.9, color="grey", alpha=0.25)
-    counts.set_ylabel("count per bin")
+    counts.set_ylabel("cases per bin")
     counts.grid(False)
     a.set_zorder(counts.get_zorder() + 1)
     a.patch.set_visible(False)
     a.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     used = curve[curve["count"] > 0]
-    a.plot(used["mean_pred"], used["frac_pos"], marker="o", lw=2, color=COLORS[0],
-           label=f"model (ECE {ece:.3f})")
-    a.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability",
+    est = used["frac_pos"].to_numpy(float)
+    err = np.vstack([est - used["low"].to_numpy(float), used["high"].to_numpy(float) - est])
+    a.errorbar(used["mean_pred"], est, yerr=np.abs(err), marker="o", lw=2, capsize=3,
+               color=COLORS[0], clip_on=False, label=f"{name} (ECE {ece:.3f})")
+    a.set(xlim=(-0.02, 1.02), ylim=(-0.03, 1.06), xlabel="mean predicted probability",
           ylabel="observed frequency")
-    a.set_title(title or f"Reliability (n={int(curve['count'].sum())}, {len(used)} bins)")
-    a.legend(loc="upper left")
+    _heading(a, title or "Reliability diagram", f"n={int(curve['count'].sum())}, {len(used)} "
+             f"{strategy} bins; error bars: {CI_LEVEL} (Wilson)")
+    a.legend(loc="best")
     return _finish(fig, save, owned)
+
+
+def _subgroup_range(d: pd.DataFrame, reference: float | None, chance: float | None
+                    ) -> tuple[float, float]:
+    values = d[["low", "high", "estimate"]].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    lo, hi = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+    for line in (reference, chance):
+        if line is not None:
+            lo, hi = min(lo, line), max(hi, line)
+    pad = max(0.05 * (hi - lo), 0.01)
+    return lo - pad, hi + pad
+
+
+def _count_note(row: pd.Series) -> str:
+    """``n=40, 5 pos`` (binary) / ``n=40`` beside a subgroup's point; ``n/a`` if undefined."""
+    note = f"n={int(row['n'])}"
+    if "n_pos" in row and pd.notna(row["n_pos"]):
+        note += f", {int(row['n_pos'])} pos"
+    return note + ("" if np.isfinite(row["estimate"]) else " n/a")
+
+
+def _subgroup_panel(a: Axes, part: pd.DataFrame, single: bool, lines: dict[str, float | None],
+                    xlim: tuple[float, float], metric: str) -> None:
+    pos = np.arange(len(part))[::-1]
+    names = [f"{pretty(c)}: {pretty(v)}" if single else pretty(v)
+             for c, v in zip(part["subgroup_column"], part["value"], strict=True)]
+    est = part["estimate"].to_numpy(dtype=float)
+    err = np.vstack([est - part["low"].to_numpy(dtype=float),
+                     part["high"].to_numpy(dtype=float) - est])
+    a.errorbar(est, pos, xerr=np.nan_to_num(np.abs(err)), fmt="o", color=COLORS[0], capsize=3)
+    side = a.get_yaxis_transform()  # x in axes fraction, y in data
+    for y_pos, (_, row) in zip(pos, part.iterrows(), strict=True):
+        a.text(1.01, y_pos, _count_note(row), transform=side, va="center", fontsize=8)
+    styles = {"reference": ("--", "grey"), "chance": (":", COLORS[1])}
+    for what, value in lines.items():
+        if value is not None:
+            a.axvline(value, ls=styles[what][0], color=styles[what][1], lw=1)
+    a.set_yticks(pos, names)
+    a.set(xlim=xlim, ylim=(-0.6, len(part) - 0.4), xlabel=pretty(metric))
+    if not single:
+        a.set_title(pretty(part["subgroup_column"].iloc[0]), loc="left")
 
 
 @_styled
 def subgroup_plot(subgroup_df: pd.DataFrame, metric: str, ax: Axes | None = None,
                   save: str | Path | None = None, reference: float | None = None,
-                  title: str | None = None) -> Figure:
-    """Estimate with CI error bars per subgroup value, one panel per subgroup column (one
-    axis when ``ax`` is given), counts annotated; undefined subgroups are marked 'n/a'."""
+                  title: str | None = None, chance: float | None = None) -> Figure:
+    """Estimate with 95 % CI error bars per subgroup value, one panel per subgroup column
+    (one axis when ``ax`` is given), n and positives annotated; undefined subgroups are
+    marked 'n/a'. The axis always includes the chance level (dotted; 0.5 for AUC-like
+    metrics unless ``chance`` says otherwise) and ``reference`` (dashed, e.g. the overall
+    score)."""
     d = subgroup_df[subgroup_df["metric"] == metric]
     if d.empty:
         raise DataError(f"no rows for metric {metric!r}; the table has "
                         f"{sorted(subgroup_df['metric'].unique())}", column="metric")
+    if chance is None and metric in CHANCE_HALF:
+        chance = 0.5
     columns = list(dict.fromkeys(d["subgroup_column"]))
     panels = [d] if ax is not None else [d[d["subgroup_column"] == c] for c in columns]
     heights = [max(len(x), 1) for x in panels]
     fig, axes, owned = _figure(ax, nrows=len(panels),
-                               figsize=(7.0, 0.8 + sum(0.32 * h + 0.55 for h in heights)),
-                               height_ratios=[h + 1.2 for h in heights])
-    values = d[["low", "high", "estimate"]].to_numpy(dtype=float)
-    values = values[np.isfinite(values)]
-    lo, hi = (values.min(), values.max()) if len(values) else (0.0, 1.0)
-    if reference is not None:
-        lo, hi = min(lo, reference), max(hi, reference)
-    pad = max(0.05 * (hi - lo), 0.01)
+                               figsize=(7.0, 1.2 + sum(0.32 * h + 0.65 for h in heights)),
+                               height_ratios=[h + 1.4 for h in heights])
+    xlim = _subgroup_range(d, reference, chance)
+    lines = {"reference": reference, "chance": chance}
     for a, part in zip(axes[:, 0], panels, strict=True):
-        pos = np.arange(len(part))[::-1]
-        names = [f"{c}={v}" if ax is not None else str(v)
-                 for c, v in zip(part["subgroup_column"], part["value"], strict=True)]
-        est = part["estimate"].to_numpy(dtype=float)
-        err = np.vstack([est - part["low"].to_numpy(dtype=float),
-                         part["high"].to_numpy(dtype=float) - est])
-        a.errorbar(est, pos, xerr=np.nan_to_num(np.abs(err)), fmt="o", color=COLORS[0],
-                   capsize=3)
-        side = a.get_yaxis_transform()  # x in axes fraction, y in data
-        for y_pos, (_, row) in zip(pos, part.iterrows(), strict=True):
-            label = f"n={int(row['n'])}" + ("" if np.isfinite(row["estimate"]) else " n/a")
-            a.text(1.01, y_pos, label, transform=side, va="center", fontsize=8)
-        if reference is not None:
-            a.axvline(reference, ls="--", color="grey", lw=1)
-        a.set_yticks(pos, names)
-        a.set(xlim=(lo - pad, hi + pad), ylim=(-0.6, len(part) - 0.4), xlabel=metric)
-        if ax is None:
-            a.set_title(str(part["subgroup_column"].iloc[0]), loc="left")
-    heading = title or f"{metric} by subgroup (95 % CI)"
+        _subgroup_panel(a, part, ax is not None, lines, xlim, metric)
+    marks = "; ".join(f"{k} {v:.2f}" for k, v in (("dotted: chance", chance),
+                                                   ("dashed: reference", reference))
+                      if v is not None)
+    n = int(d.groupby("subgroup_column")["n"].sum().max())
+    heading = (f"{title or pretty(metric) + ' by subgroup'} (n={n})\nerror bars: {CI_LEVEL}, "
+               f"bootstrap over patients/groups" + (f"\n{marks}" if marks else ""))
     if ax is None:
-        fig.suptitle(heading)
+        fig.suptitle(heading, fontsize=10)
     else:
-        axes[0, 0].set_title(heading)
+        axes[0, 0].set_title(heading, fontsize=10)
     return _finish(fig, save, owned)
 
 
@@ -387,7 +491,7 @@ def site_by_label_plot(df: pd.DataFrame, task: Task | None = None, ax: Axes | No
     a = axes[0, 0]
     left = np.zeros(len(order))
     for j, site in enumerate(shares.columns):
-        a.barh(range(len(order)), shares[site], left=left, label=site, edgecolor="white",
+        a.barh(range(len(order)), shares[site], left=left, label=pretty(site), edgecolor="white",
                linewidth=0.5, **category_style(j, unknown=site == "unknown"))
         left += shares[site].to_numpy()
     a.set_yticks(range(len(order)), [f"{c} (n={n})" for c, n in
@@ -428,21 +532,39 @@ def _grid_shape(n: int, ncols: int) -> tuple[int, int]:
     return -(-n // ncols), ncols
 
 
+def _fit_title(text: str, width_in: float, fontsize: float, bars: bool = True) -> str:
+    """``text`` wrapped to lines that fit ``width_in`` inches at ``fontsize`` points (about
+    0.56 em per character): first at its `` | `` separators (``bars``), then at spaces."""
+    chars = max(int(width_in * 72 / (0.56 * fontsize)), 8)
+    lines = []
+    for part in str(text).split("\n"):
+        pieces = part.split(" | ") if bars and len(part) > chars else [part]
+        for piece in pieces:
+            lines += textwrap.wrap(piece, chars, break_long_words=True) or [""]
+    return "\n".join(lines)
+
+
 @_styled
 def image_grid(paths: Sequence[Any], titles: Sequence[str] | None = None, ncols: int = 4,
-               save: str | Path | None = None, tile: float = 2.6) -> Figure:
+               save: str | Path | None = None, tile: float = 2.6, title: str | None = None
+               ) -> Figure:
     """Images (paths read with PIL, or arrays) in a grid of ``ncols`` columns; unused cells
-    are blanked."""
+    are blanked. Titles are wrapped to the tile's width (at their `` | `` separators first),
+    so neighbouring titles never overlap or run off the figure; ``title`` heads the grid."""
     if titles is not None and len(titles) != len(paths):
         raise DataError(f"{len(titles)} titles for {len(paths)} images")
     nrows, ncols = _grid_shape(len(paths), ncols)
-    fig, axes, owned = _figure(None, nrows, ncols, figsize=(tile * ncols, tile * nrows + 0.3))
+    lines = max((len(_fit_title(t, tile, 9).split("\n")) for t in titles or []), default=0)
+    fig, axes, owned = _figure(None, nrows, ncols, figsize=(
+        tile * ncols, (tile + 0.17 * lines) * nrows + (0.5 if title else 0.2)))
     for i, a in enumerate(axes.ravel()):
         a.axis("off")
         if i < len(paths):
             a.imshow(_read_image(paths[i]))
             if titles is not None:
-                a.set_title(titles[i], fontsize=10)
+                a.set_title(_fit_title(titles[i], tile, 9), fontsize=9)
+    if title:
+        fig.suptitle(_fit_title(title, tile * ncols, 11, bars=False), fontsize=11)
     return _finish(fig, save, owned)
 
 
@@ -468,38 +590,75 @@ def _fit_cam(cam: Any, shape: tuple[int, int], i: int) -> np.ndarray:
     return np.clip(c, 0.0, 1.0)
 
 
+#: Grad-CAM's colour map: perceptually uniform (equal steps look equal, dark = low), read
+#: in greyscale and with the common colour-vision deficiencies, unlike jet / rainbow.
+CAM_CMAP = "inferno"
+
+
+def _cam_pair(cells: Sequence[Axes], img: np.ndarray, cam: np.ndarray, alpha: float) -> None:
+    """One case: the image, then the Grad-CAM overlay, headed 'image' | 'Grad-CAM'."""
+    overlay = (1 - alpha) * img + alpha * plt.get_cmap(CAM_CMAP)(cam)[..., :3]
+    cells[-1].imshow(np.clip(overlay, 0, 1))
+    if len(cells) == 2:
+        cells[0].imshow(img)
+        cells[0].set_title("image", fontsize=9)
+    cells[-1].set_title("Grad-CAM", fontsize=9)
+
+
+def _cam_layout(n: int, ncols: int, per: int, tile: float, lines: int, title: bool
+                ) -> tuple[Figure, list[list[Axes]], list[Axes]]:
+    """The figure, per case its ``per`` image axes, and per case a caption strip spanning
+    them (a grid row below each row of cases), so captions never widen a column."""
+    nrows, ncols = _grid_shape(n, ncols)
+    strip = 0.18 * max(lines, 1) + 0.05
+    fig = plt.figure(figsize=(tile * ncols * per + 1.0,
+                              (tile + 0.3 + strip) * nrows + (0.6 if title else 0.0)),
+                     layout="constrained")
+    grid = fig.add_gridspec(2 * nrows, ncols * per, height_ratios=[tile, strip] * nrows)
+    cells, strips = [], []
+    for i in range(nrows * ncols):
+        r, c = divmod(i, ncols)
+        cells.append([fig.add_subplot(grid[2 * r, c * per + j]) for j in range(per)])
+        strips.append(fig.add_subplot(grid[2 * r + 1, c * per:(c + 1) * per]))
+    for a in [*(x for row in cells for x in row), *strips]:
+        a.axis("off")
+    return fig, cells, strips
+
+
 @_styled
 def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] | None = None,
              ncols: int = 2, alpha: float = 0.45, show_original: bool = True,
-             save: str | Path | None = None, tile: float = 2.6) -> Figure:
+             save: str | Path | None = None, tile: float = 2.6, title: str | None = None
+             ) -> Figure:
     """Grad-CAM heatmaps (H x W in [0, 1], resized to the image) over H x W x 3 images
-    (uint8 or float in [0, 1]); with ``show_original`` each image is shown beside its
-    overlay, so a row holds ``ncols`` pairs (two pairs: about 10 in wide, so titles stay
-    readable where a notebook scales the figure to its width)."""
+    (uint8 or float in [0, 1]) in the perceptually uniform `CAM_CMAP`, with a colour bar;
+    with ``show_original`` each image is shown beside its overlay under the headers
+    'image' | 'Grad-CAM', so a row holds ``ncols`` pairs (two pairs: about 11 in wide, so
+    text stays readable where a notebook scales the figure to its width). ``titles`` are
+    the captions under each case; ``title`` heads the figure (say which class the maps
+    explain and what the numbers are)."""
     if len(images) != len(cams):
         raise DataError(f"{len(images)} images but {len(cams)} cams")
     if titles is not None and len(titles) != len(images):
         raise DataError(f"{len(titles)} titles for {len(images)} images")
     per = 2 if show_original else 1
-    nrows, ncols = _grid_shape(len(images), ncols)
-    fig, axes, owned = _figure(None, nrows, ncols * per,
-                               figsize=(tile * ncols * per, tile * nrows + 0.3))
-    cmap = plt.get_cmap("jet")
-    flat = axes.reshape(nrows * ncols, per)
-    for i, cells in enumerate(flat):
-        for a in cells:
-            a.axis("off")
-        if i >= len(images):
-            continue
-        img = _to_float_image(images[i], i)
-        cam = _fit_cam(cams[i], img.shape[:2], i)
-        overlay = (1 - alpha) * img + alpha * cmap(cam)[..., :3]
-        if show_original:
-            cells[0].imshow(img)
-        cells[-1].imshow(np.clip(overlay, 0, 1))
-        if titles is not None:
-            cells[0].set_title(titles[i], fontsize=11, loc="left")
-    return _finish(fig, save, owned)
+    captions = [_fit_title(t, tile * per, 10) for t in titles or []]
+    fig, cells, strips = _cam_layout(len(images), ncols, per, tile,
+                                     max((c.count("\n") + 1 for c in captions), default=0),
+                                     bool(title))
+    for i, img_in in enumerate(images):
+        img = _to_float_image(img_in, i)
+        _cam_pair(cells[i], img, _fit_cam(cams[i], img.shape[:2], i), alpha)
+        if captions:
+            strips[i].text(0.0, 1.0, captions[i], fontsize=10, ha="left", va="top",
+                           transform=strips[i].transAxes)
+    mappable = mpl.cm.ScalarMappable(mpl.colors.Normalize(0.0, 1.0), CAM_CMAP)
+    bar = fig.colorbar(mappable, ax=[a for row in cells for a in row], pad=0.02, aspect=25,
+                       shrink=min(0.9, 2.2 / len(strips) * ncols + 0.2))
+    bar.set_label("Grad-CAM weight (0 = none, 1 = strongest)")
+    if title:
+        fig.suptitle(_fit_title(title, tile * ncols * per, 11, bars=False), fontsize=11)
+    return _finish(fig, save, True)
 
 
 _NOT_METRICS = {"epoch", "fold", "lr", "time", "seconds", "step", "epoch_time", "wall_s"}
@@ -531,12 +690,12 @@ def learning_curves(history_df: pd.DataFrame, metric: str | None = None,
         for fi, fold in enumerate(folds):
             part = h if fold is None else h[h["fold"] == fold]
             for ci, col in enumerate(cols):
-                name = col if fold is None else f"{col} fold {fold}"
+                name = pretty(col) if fold is None else f"{pretty(col)}, fold {fold}"
                 a.plot(part["epoch"], part[col], ls=styles[ci % len(styles)],
                        color=COLORS[fi % len(COLORS)], marker="o", ms=3, label=name)
-        a.set(xlabel="epoch", ylabel=label)
+        a.set(xlabel="epoch", ylabel=pretty(label))
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-        a.set_title(f"{label} per epoch ({len(folds)} fold{'s' if len(folds) > 1 else ''})")
+        a.set_title(f"{pretty(label)} per epoch ({len(folds)} fold{'s' if len(folds) > 1 else ''})")
         a.legend(fontsize=7)
     return _finish(fig, save, owned)
 

@@ -17,6 +17,7 @@ from melalib.calibration import (
     negative_log_likelihood,
     reliability_curve,
     temperature_report,
+    wilson_interval,
 )
 from melalib.metrics import MetricError
 from melalib.tasks import HAM7, MELANOMA, MILK11, Task
@@ -39,6 +40,24 @@ def test_reliability_curve_matches_sklearn(strategy: str, seed: int) -> None:
     assert curve["count"].sum() == 500
     if strategy == "uniform":
         assert len(curve) == 10 and curve["bin_lo"].iloc[3] == pytest.approx(0.3)
+
+
+def test_wilson_interval_by_hand_and_in_the_reliability_curve() -> None:
+    """The reliability diagram's error bars (issue 23): 95 % Wilson intervals, inside
+    [0, 1] even at 0 of n and n of n."""
+    low, high = wilson_interval([0, 5, 10], [10, 10, 10])
+    # 0/10: (0, z^2 / (n + z^2)); 5/10: 0.5 -/+ 0.2366 (textbook values)
+    np.testing.assert_allclose(low, [0.0, 0.2366, 0.7225], atol=1e-4)
+    np.testing.assert_allclose(high, [0.2775, 0.7634, 1.0], atol=1e-4)
+    assert np.isnan(wilson_interval([0], [0])[0][0])
+    rng = np.random.default_rng(0)
+    p = rng.random(200)
+    y = (rng.random(200) < p).astype(int)
+    curve = reliability_curve(y, p, n_bins=5)
+    lo, hi = wilson_interval(curve["frac_pos"] * curve["count"], curve["count"])
+    np.testing.assert_allclose(curve["low"], lo)
+    np.testing.assert_allclose(curve["high"], hi)
+    assert (curve["low"] <= curve["frac_pos"]).all() and (curve["frac_pos"] <= curve["high"]).all()
 
 
 def test_ece_binary_by_hand() -> None:

@@ -71,7 +71,12 @@ def test_quick_demo_runs_the_series_into_one_folder(executed: dict[str, Any]) ->
     assert ci["low"] <= ci["estimate"] <= ci["high"]
     assert metrics["baseline_ci"]["estimate"] == pytest.approx(
         metrics["baseline_oof"]["roc_auc"])
-    assert metrics["ensemble_weights"] == [0.5, 0.5]
+    # ensemble_method=best: the weights of the candidate with the best OOF score (issue 23)
+    from melalib.ensemble import blend
+
+    best = blend([out / "synthetic", out / "synthetic_meta_only"], "best")
+    assert state["parameters"]["ensemble_method"] == "best"
+    assert metrics["ensemble_weights"] == pytest.approx(best.weights.tolist())
     assert (out / "synthetic_meta_only" / "oof.csv").is_file()
 
 

@@ -255,6 +255,47 @@ def test_cli_and_notebook_blend_give_the_same_frames(tmp_path: Path) -> None:
                                     "geometric blend", "searched weights (mean)"]
 
 
+def test_best_blend_evaluates_and_submits_the_best_oof_candidate(tmp_path: Path) -> None:
+    """Issue 23: notebook 04 evaluated the equal mean blend (0.929) while one run alone
+    scored 0.987. ``best`` takes the candidate of the comparison table with the best OOF
+    score (rank blends excluded: their output is not a probability) for the OOF frame, the
+    figures and the submission."""
+    rng = np.random.default_rng(4)
+    n = 300
+    y = (rng.random(n) < 0.2).astype(int)
+    ids = [f"i{k}" for k in range(n)]
+    strong = np.clip(0.2 + 0.5 * y + rng.normal(0, 0.12, n), 0.01, 0.99)
+    weak = rng.random(n)  # near chance: the mean blend is worse than the strong run alone
+    tests = {"weak": [frame(["t1", "t2"], [0.9, 0.2])], "strong": [frame(["t1", "t2"],
+                                                                         [0.1, 0.8])]}
+    runs = [fake_run(tmp_path, name, MELANOMA, frame(ids, probs, labels=y), tests[name])
+            for name, probs in (("weak", weak), ("strong", strong))]
+    table = compare_blends(blend(runs, "mean"))
+    usable = table.drop(index="rank blend")["roc_auc"]
+    assert usable.idxmax() == "run strong" and table.loc["mean blend", "roc_auc"] < usable.max()
+    chosen = blend(runs, "best")
+    assert chosen.label == "run strong" and chosen.method == "best"
+    assert chosen.weights.tolist() == [0.0, 1.0]
+    assert roc_auc(y, chosen.oof["prob_melanoma"]) == pytest.approx(usable.max())
+    assert chosen.test["prob_melanoma"].tolist() == [0.1, 0.8]
+    assert blend(runs, "mean").label == "mean blend" and blend(runs[1:]).label == "run strong"
+
+
+def test_best_blend_picks_a_blend_when_it_beats_every_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    n = 400
+    y = (rng.random(n) < 0.3).astype(int)
+    ids = [f"i{k}" for k in range(n)]
+    signal = 0.3 * y  # two runs with independent noise: their blends beat either alone
+    runs = [fake_run(tmp_path, f"r{k}", MELANOMA, frame(
+        ids, np.clip(0.3 + signal + rng.normal(0, 0.25, n), 0.01, 0.99), labels=y), [])
+        for k in range(2)]
+    table = compare_blends(blend(runs))
+    best = table.drop(index="rank blend")["roc_auc"].idxmax()
+    assert not best.startswith("run ")
+    assert blend(runs, "best").label == best
+
+
 # ----------------------------------------------------------------------------- submission
 def test_submission_formats() -> None:
     sub = submission(frame(["ISIC_1", "ISIC_2"], [0.2, 0.9]), MELANOMA)
@@ -301,6 +342,7 @@ def test_cli_method_choices_are_the_blend_methods() -> None:
 
     parser = build_parser()
     args = parser.parse_args(["ensemble", "r1", "--method", "search", "--out", "s.csv"])
-    assert args.method == "search" and BLENDS == ("mean", "rank", "geometric", "search")
+    assert args.method == "search" and BLENDS == ("mean", "rank", "geometric", "search",
+                                                          "best")
     with pytest.raises(SystemExit):
         parser.parse_args(["ensemble", "r1", "--method", "median", "--out", "s.csv"])

@@ -24,7 +24,9 @@ from melalib.config import RunConfig
 from melalib.errors import ConfigError
 from melalib.runs import RunDir
 from melalib.table import LesionTable
-from melalib.tasks import MELANOMA
+from melalib.tasks import MELANOMA, Task
+
+TRI3 = Task("tri", "multiclass", ("a", "b", "c"), "balanced_accuracy")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -310,6 +312,50 @@ def test_operating_threshold_reaches_the_sensitivity(tmp_path: Path) -> None:
     assert nbh.operating_threshold(MELANOMA, oof.assign(label=0)) == 0.5  # undefined: 0.5
 
 
+def test_operating_point_states_its_rule() -> None:
+    oof = pd.DataFrame({"label": [0, 0, 1, 1, 0], "prob_melanoma": [0.1, 0.4, 0.35, 0.8, 0.9]})
+    point = nbh.operating_point(MELANOMA, oof)
+    assert point.threshold == pytest.approx(0.35) and nbh.OPERATING_SENSITIVITY == 0.9
+    assert "0.35" in point.rule and "90 % sensitivity" in point.rule
+    assert point.labels(MELANOMA, oof["prob_melanoma"]).tolist() == [0, 1, 1, 1, 1]
+    tri = nbh.operating_point(TRI3, oof)
+    assert tri.argmax and "argmax" in tri.rule
+
+
+def _calls(name: str) -> str:
+    return "\n".join(c.source for c in _read(name).cells if c.cell_type == "code"
+                     and "parameters" not in _tags(c))
+
+
+def test_04_and_05_use_one_stated_operating_point() -> None:
+    """Issue 23: 04's confusion matrix used 0.5 without saying so (4 of 29 melanomas found)
+    while 05 silently switched to the 90 %-sensitivity threshold. Both now take
+    `operating_point` (one documented rule), 04 states it in the confusion matrix's title,
+    scores its metrics at it and names the evaluated candidate in its figures."""
+    for name in ("04_ensemble.ipynb", "05_gradcam.ipynb"):
+        code = _calls(name)
+        assert "nb.operating_point(task, oof)" in code, name
+        assert "OPERATING_SENSITIVITY" in _read(name).cells[0].source, name
+    code = _calls("04_ensemble.ipynb")
+    assert "threshold=point.rule" in code and "point.labels(task, p)" in code
+    assert "metrics.evaluate(task, y, p, threshold=point.threshold)" in code
+    assert "name=blended.label" in code and "evaluated=blended.label" in code
+    assert code.count("threshold=point") >= 4
+    assert _calls("05_gradcam.ipynb").count("threshold=point") == 4
+
+
+def test_cam_captions_show_one_quantity() -> None:
+    """Issue 23: the bracketed number was the confidence of the call, so it meant
+    P(melanoma) on a true positive and 1 - P(melanoma) on a false negative."""
+    errors = pd.DataFrame({"label_name": ["melanoma", "melanoma"], "pred_name": ["benign",
+                           "melanoma"], "confidence": [0.9, 0.8],
+                           "prob_melanoma": [0.1, 0.8]})
+    captions, heading = nbh.cam_captions(errors, MELANOMA)
+    assert captions == ["melanoma called benign, P(melanoma) = 0.10",
+                        "melanoma called melanoma, P(melanoma) = 0.80"]
+    assert "called class" in heading and "P(melanoma)" in heading
+
+
 # ------------------------------------------------------------------ executed series
 _EXECUTED: dict[str, Any] = {}
 
@@ -381,27 +427,35 @@ def test_training_and_baseline_metrics_match_their_predictions(executed: dict[st
     assert demo_metrics["oof_primary"] == pytest.approx(_roc(oof))
 
 
-def test_ensemble_blends_both_runs_and_writes_a_submission(executed: dict[str, Any]) -> None:
+def test_ensemble_evaluates_and_submits_the_best_candidate(executed: dict[str, Any]) -> None:
+    """The demo runs 04 with ``ensemble_method=best``: the report, the figures' candidate
+    and the submission are those of the candidate with the best OOF ROC-AUC (issue 23: the
+    equal mean blend was evaluated whatever the table said)."""
+    from melalib.ensemble import blend, compare_blends
+    from melalib.metrics import threshold_for_sensitivity
+
     run_dir = executed["summary"]["run_dir"]
-    image = pd.read_csv(run_dir / "oof.csv").set_index("image_id")
-    meta = pd.read_csv(run_dir.parent / "synthetic_meta_only" / "oof.csv").set_index("image_id")
-    blend = image[["label"]].assign(
-        prob_melanoma=(image["prob_melanoma"] + meta.loc[image.index, "prob_melanoma"]) / 2)
+    runs = [run_dir, run_dir.parent / "synthetic_meta_only"]
+    table = compare_blends(blend(runs))
+    best = table.drop(index="rank blend")["roc_auc"].idxmax()
     report = json.loads((run_dir / "ensemble.json").read_text())
-    assert report["weights"] == [0.5, 0.5] and report["method"] == "mean"
-    assert report["oof"]["roc_auc"] == pytest.approx(_roc(blend))
+    assert report["method"] == "best" and report["evaluated"] == best
+    assert report["oof"]["roc_auc"] == pytest.approx(table.loc[best, "roc_auc"])
+    chosen = blend(runs, "best")
+    assert report["weights"] == pytest.approx(chosen.weights.tolist())
+    y = chosen.oof["label"].to_numpy().astype(int)
+    threshold = threshold_for_sensitivity(y, chosen.oof["prob_melanoma"], 0.9)[0]
+    assert report["threshold"] == pytest.approx(threshold) == report["oof"]["threshold"]
+    assert "90 % sensitivity" in report["operating_point"]
     assert {r["metric"] for r in report["ci"]} >= {"roc_auc", "pr_auc"}
-    # submission: ISIC 2020 format, one row per test image, the blended fold averages
+    # submission: ISIC 2020 format, one row per test image, the chosen candidate's test
     sub = pd.read_csv(run_dir / "submission.csv")
     assert list(sub.columns) == ["image_name", "target"]
-    table = pd.read_csv(run_dir / "table" / "table.csv")
-    assert sorted(sub["image_name"]) == sorted(table.loc[table["split"] == "test", "image_id"])
-    folds = [pd.read_csv(p).set_index("image_id")["prob_melanoma"]
-             for d in (run_dir, run_dir.parent / "synthetic_meta_only")
-             for p in sorted(d.glob("test_fold*.csv"))]
-    expected = (pd.concat(folds[:2], axis=1).mean(axis=1)
-                + pd.concat(folds[2:], axis=1).mean(axis=1)) / 2
-    got = sub.set_index("image_name")["target"]
+    table_csv = pd.read_csv(run_dir / "table" / "table.csv")
+    assert sorted(sub["image_name"]) == sorted(
+        table_csv.loc[table_csv["split"] == "test", "image_id"])
+    expected = chosen.test.set_index(chosen.test["image_id"].astype(str))["prob_melanoma"]
+    got = sub.set_index(sub["image_name"].astype(str))["target"]
     np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-6)
 
 

@@ -60,6 +60,26 @@ def test_roc_curve_plot_curves_band_and_legend(tmp_path: Path) -> None:
     _saved(tmp_path / "roc.png")
 
 
+def test_roc_and_pr_state_what_they_show() -> None:
+    """Issue 23: the notebook's ROC was titled "ROC" with a legend saying "model" for a
+    blend, no n and no CI level; the PR legend covered the curve."""
+    y, p, groups = _binary()
+    roc = plots.roc_curve_plot(y, p, groups=groups, n_boot=20, name="geometric blend",
+                               title="ROC curve of the out-of-fold scores")
+    title = roc.axes[0].get_title()
+    assert title.startswith("ROC curve of the out-of-fold scores\n")
+    assert f"n={len(y)} ({int(y.sum())} positive)" in title and "95 % CI" in title
+    assert "20 bootstraps over patients/groups" in title
+    assert roc.axes[0].get_legend().get_texts()[0].get_text().startswith("geometric blend: AUC")
+    unnamed = plots.roc_curve_plot(y, p, n_boot=0)
+    assert "model" not in unnamed.axes[0].get_legend().get_texts()[0].get_text()
+    assert "no confidence band" in unnamed.axes[0].get_title()
+    pr = plots.pr_curve_plot(y, p, groups=groups, n_boot=20, name="geometric blend")
+    legend_box = pr.axes[0].get_legend().get_window_extent(_renderer(pr))
+    assert legend_box.y1 <= pr.axes[0].get_window_extent(_renderer(pr)).y0  # below the axes
+    assert "95 % CI" in pr.axes[0].get_title()
+
+
 def test_pr_curve_plot_with_prevalence(tmp_path: Path) -> None:
     y, p, _ = _binary()
     fig = plots.pr_curve_plot(y, p, n_boot=30, save=tmp_path / "pr.png")
@@ -89,12 +109,38 @@ def test_confusion_matrix_plot_counts_and_ties(tmp_path: Path) -> None:
 
 def test_reliability_plot(tmp_path: Path) -> None:
     y, p, _ = _binary()
-    fig = plots.reliability_plot(y, p, n_bins=8, save=tmp_path / "rel.png")
+    fig = plots.reliability_plot(y, p, n_bins=8, save=tmp_path / "rel.png", name="blend")
     assert len(fig.axes) == 2  # curve + count bars on a twin axis
     main = fig.axes[0]
-    assert len(main.lines) == 2 and "ECE" in main.get_legend().get_texts()[1].get_text()
+    assert "blend (ECE" in main.get_legend().get_texts()[1].get_text()
     assert sum(b.get_height() for b in fig.axes[1].patches) == len(y)
     _saved(tmp_path / "rel.png")
+
+
+def test_reliability_plot_adaptive_bins_with_wilson_intervals_not_clipped() -> None:
+    """Issue 23: a rarely-high score left 5 of 10 uniform bins, the points at 1.0 were cut
+    by the axes and there were no intervals. Quantile bins by default, every bin used,
+    Wilson 95 % error bars, and room above 1.0."""
+    from melalib.calibration import reliability_curve, wilson_interval
+
+    rng = np.random.default_rng(3)
+    p = rng.random(400) ** 4  # most scores near 0: uniform bins above 0.5 stay nearly empty
+    y = (rng.random(400) < np.sqrt(p)).astype(int)
+    y[np.argsort(p)[-40:]] = 1  # the top bin observed at 1.0
+    fig = plots.reliability_plot(y, p)
+    main = fig.axes[0]
+    curve = reliability_curve(y, p, 10, "quantile")
+    assert (curve["count"] > 0).sum() == 10 and "10 quantile bins" in main.get_title()
+    assert "95 % CI (Wilson)" in main.get_title()
+    assert main.get_ylim()[1] > 1.0 and main.get_xlim()[1] > 1.0
+    k = np.bincount(np.searchsorted(curve["bin_hi"].to_numpy()[:-1], p, side="left"),
+                    weights=y, minlength=10)
+    low, high = wilson_interval(k, curve["count"].to_numpy())
+    np.testing.assert_allclose(curve["low"], low)
+    caps = [c for c in main.collections if len(c.get_segments()) == 10]
+    assert caps, "no error bars"
+    tops = sorted(max(seg[:, 1]) for seg in caps[0].get_segments())
+    np.testing.assert_allclose(tops, np.sort(high))
 
 
 def _subgroup_table() -> pd.DataFrame:
@@ -114,7 +160,7 @@ def test_subgroup_plot_panels_and_single_axis(tmp_path: Path) -> None:
     assert len(fig.axes) == 2  # sex, site
     site_ax = fig.axes[1]
     assert [t.get_text() for t in site_ax.get_yticklabels()] == [
-        "head_neck", "palms_soles", "torso"]
+        "head/neck", "palms/soles", "torso"]
     notes = [t.get_text() for t in site_ax.texts]
     assert any(t.endswith("n/a") for t in notes) and all(t.startswith("n=") for t in notes)
     _saved(tmp_path / "sub.png")
@@ -176,10 +222,10 @@ def test_learning_curves_per_fold(tmp_path: Path) -> None:
     fig = plots.learning_curves(h, save=tmp_path / "lc.png")
     assert len(fig.axes) == 2
     assert len(fig.axes[0].lines) == 4 and len(fig.axes[1].lines) == 2
-    assert fig.axes[1].get_ylabel() == "valid_roc_auc"
+    assert fig.axes[1].get_ylabel() == "validation ROC-AUC"
     _saved(tmp_path / "lc.png")
     single = plots.learning_curves(h[h["fold"] == 0].drop(columns="fold"), metric="lr")
-    assert len(single.axes[0].lines) == 2 and single.axes[1].get_ylabel() == "lr"
+    assert len(single.axes[0].lines) == 2 and single.axes[1].get_ylabel() == "learning rate"
 
 
 def test_cam_grid_overlays(tmp_path: Path) -> None:
@@ -188,12 +234,12 @@ def test_cam_grid_overlays(tmp_path: Path) -> None:
               rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)]
     cams = [rng.random((8, 8)), rng.random((20, 24)), np.zeros((32, 32))]
     fig = plots.cam_grid(images, cams, ["a", "b", "c"], ncols=2, save=tmp_path / "cam.png")
-    assert len(fig.axes) == 8  # 2 rows x 2 pairs (image + overlay)
-    assert sum(bool(a.images) for a in fig.axes) == 6
+    assert sum(bool(a.images) for a in fig.axes) == 6  # 3 cases: image + overlay
+    assert len([a for a in fig.axes if a.get_ylabel().startswith("Grad-CAM")]) == 1
     assert fig.axes[1].images[0].get_array().shape[:2] == (32, 32)  # cam resized to image
     _saved(tmp_path / "cam.png")
     overlay_only = plots.cam_grid(images, cams, show_original=False, ncols=3)
-    assert len(overlay_only.axes) == 3
+    assert sum(bool(a.images) for a in overlay_only.axes) == 3
     with pytest.raises(DataError, match=r"cam 0 must hold values in \[0, 1\]"):
         plots.cam_grid(images[:1], [np.full((4, 4), 2.0)])
 
@@ -282,3 +328,141 @@ def test_cam_grid_titles_stay_readable_when_scaled_to_a_notebook() -> None:
         [a._left_title for a in fig.axes if a._left_title.get_text()]
     size_px = min(t.get_fontsize() for t in titles) * plots.DPI / 72
     assert size_px * min(1.0, 1000 / width_px) >= 9
+
+
+def test_subgroup_plot_shows_chance_positives_and_plain_labels() -> None:
+    """Issue 23: the axis started at 0.66 with no 0.5 line, no positive counts, raw
+    `roc_auc` / `age_band` labels."""
+    table = _subgroup_table()
+    fig = plots.subgroup_plot(table, "roc_auc")
+    for a in fig.axes:
+        lo, hi = a.get_xlim()
+        assert lo < 0.5 < hi
+        assert any(list(line.get_xdata()) == [0.5, 0.5] for line in a.lines)  # chance line
+        assert a.get_xlabel() == "ROC-AUC"
+        assert all("pos" in t.get_text() for t in a.texts)
+    texts = [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))]
+    assert not any("_" in t for t in texts if t), [t for t in texts if "_" in t]
+    assert "95 % CI" in fig._suptitle.get_text() and "chance 0.50" in fig._suptitle.get_text()
+    assert plots.pretty("age_band") == "age band" and plots.pretty("valid_roc_auc") == \
+        "validation ROC-AUC"
+
+
+def test_confusion_matrix_states_its_threshold() -> None:
+    y = np.array([0, 0, 1, 1])
+    fig = plots.confusion_matrix_plot(y, [0, 1, 1, 0], ["benign", "melanoma"], threshold=0.123)
+    assert "n=4" in fig.axes[0].get_title() and "score >= 0.123" in fig.axes[0].get_title()
+    by_argmax = plots.confusion_matrix_plot(y, np.eye(2)[[0, 1, 1, 0]], ["a", "b"])
+    assert "argmax" in by_argmax.axes[0].get_title()
+
+
+def test_cam_grid_uses_a_uniform_map_a_colour_bar_and_headers() -> None:
+    """Issue 23: the maps were drawn in jet, with no colour bar and no headers."""
+    image = np.zeros((16, 16, 3), np.uint8)
+    cam = np.tile(np.linspace(0, 1, 16), (16, 1))
+    fig = plots.cam_grid([image], [cam], titles=["melanoma called benign, P(melanoma) = 0.10"],
+                         alpha=1.0, title="False negatives")
+    overlay = fig.axes[1].images[0].get_array()
+    expected = plt.get_cmap(plots.CAM_CMAP)(cam)[..., :3]
+    np.testing.assert_allclose(overlay, expected)
+    assert plots.CAM_CMAP in ("viridis", "inferno", "magma", "plasma", "cividis")
+    assert [a.get_title() for a in fig.axes[:2]] == ["image", "Grad-CAM"]
+    bars = [a for a in fig.axes if a.get_ylabel().startswith("Grad-CAM weight")]
+    assert len(bars) == 1
+    captions = [t.get_text() for a in fig.axes for t in a.texts]
+    assert captions == ["melanoma called benign, P(melanoma) = 0.10"]
+
+
+def test_image_grid_wraps_long_titles() -> None:
+    """Issue 23: notebook 01's titles ran into each other and off the figure ("elanoma")."""
+    from melalib.figcheck import figure_problems
+
+    images = [np.zeros((30, 40, 3), np.uint8)] * 8
+    titles = ["melanoma | female, 45 y | lower extremity"] * 8
+    old_style = plots.image_grid(images, titles, ncols=4, tile=1.6)
+    assert figure_problems(old_style) == []
+    assert all("\n" in a.get_title() for a in old_style.axes)
+
+
+# ------------------------------------------------------------------ the figure checker
+def _figure_with(*problems: str) -> Figure:
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], label="curve")
+    if "clipped" in problems:
+        fig.text(0.9, 0.5, "runs off the right edge")
+    if "overlap" in problems:
+        ax.text(0.2, 0.5, "first label")
+        ax.text(0.22, 0.5, "second label")
+    if "covered" in problems:
+        ax.legend(loc="center")
+    return fig
+
+
+@pytest.mark.parametrize("kind", ["clipped", "overlap", "covered"])
+def test_figcheck_finds_each_problem(kind: str) -> None:
+    from melalib.figcheck import FigureError, check_figure, figure_problems
+
+    assert figure_problems(_figure_with()) == []
+    found = figure_problems(_figure_with(kind))
+    assert [p.kind for p in found] == [kind], found
+    with pytest.raises(FigureError, match=kind):
+        check_figure(_figure_with(kind))
+
+
+def test_figcheck_ignores_what_is_not_drawn() -> None:
+    """Tick labels outside the view and axes turned off draw nothing, so they cannot clip."""
+    from melalib.figcheck import figure_problems
+
+    fig = Figure(figsize=(2, 2))
+    ax = fig.add_subplot()
+    ax.imshow(np.zeros((40, 40)))
+    ax.axis("off")
+    ax.set_xlabel("a long label that would run far off the figure if it were drawn")
+    assert figure_problems(fig) == []
+
+
+def _all_figures() -> dict[str, Figure]:
+    """One figure of every figure function of `plots` (and the notebook's grids), on small
+    synthetic data with realistic (long, underscored) labels."""
+    from melalib.tasks import HAM7
+
+    y, p, groups = _binary()
+    table = _subgroup_table()
+    ham = _ham_like()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    h = pd.DataFrame({"fold": np.repeat([0, 1], 5), "epoch": np.tile(np.arange(1, 6), 2),
+                      "train_loss": 1.0, "valid_loss": 1.1, "valid_roc_auc": 0.7})
+    return {
+        "roc": plots.roc_curve_plot(y, curves={"image+metadata run": p, "geometric blend":
+                                               p ** 2}, groups=groups, n_boot=20),
+        "pr": plots.pr_curve_plot(y, p, groups=groups, n_boot=20, name="searched weights"),
+        "confusion2": plots.confusion_matrix_plot(
+            y, (p > 0.5).astype(int), ["benign", "melanoma"], threshold="called positive at "
+            "P >= 0.0645, the out-of-fold threshold reaching 90 % sensitivity"),
+        "confusion7": plots.confusion_matrix_plot(rng.integers(0, 7, 200),
+                                                  rng.integers(0, 7, 200), list(HAM7.classes)),
+        "reliability": plots.reliability_plot(y, p ** 3, name="geometric blend"),
+        "subgroups": plots.subgroup_plot(table, "roc_auc", reference=0.83),
+        "class_balance": plots.class_balance_plot(ham, HAM7),
+        "age_by_label": plots.age_by_label_plot(ham, HAM7),
+        "site_by_label": plots.site_by_label_plot(ham, HAM7),
+        "image_grid": plots.image_grid(images, ["melanoma | female, 45 y | lower extremity"]
+                                       * 6, ncols=3, title="3 training images per class"),
+        "cam_grid": plots.cam_grid(images[:4], [rng.random((8, 8)) for _ in range(4)],
+                                   ["melanoma called benign, P(melanoma) = 0.09"] * 4,
+                                   title="False negatives (called positive at P >= 0.0123)"),
+        "learning_curves": plots.learning_curves(h),
+        "aspect": plots.aspect_plot(images[0], size=32),
+    }
+
+
+def test_every_figure_passes_the_figure_check() -> None:
+    """Issue 23: no figure function draws clipped text, overlapping labels or a legend over
+    a curve (today the PR legend covered its curve and 01's grid titles overlapped)."""
+    from melalib.figcheck import figure_problems
+
+    problems = {name: [str(p) for p in figure_problems(fig)]
+                for name, fig in _all_figures().items()}
+    assert {k: v for k, v in problems.items() if v} == {}
