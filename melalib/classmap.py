@@ -132,14 +132,30 @@ class ClassMapping:
         return "; ".join(parts)
 
 
+def _name_concepts() -> dict[str, tuple[str, ...]]:
+    """Lower-cased class names and diagnosis words -> concepts (for a custom table)."""
+    names = {word: (concept,) for word, concept in DIAGNOSIS_MAP.items()}
+    for table in CLASS_CONCEPTS.values():
+        names.update({c.lower(): concepts for c, concepts in table.items()})
+    return names
+
+
+#: Every class name of `CLASS_CONCEPTS` and diagnosis word, lower-cased -> its concepts.
+NAME_CONCEPTS = _name_concepts()
+
+
 def concepts_of(task: Task) -> dict[str, tuple[str, ...]]:
-    """Class -> concepts of ``task``; ConfigError for a task the table does not know."""
+    """Class -> concepts of ``task``: its `CLASS_CONCEPTS` entry, else (a custom CSV's task)
+    each class by its name (`NAME_CONCEPTS`); ConfigError naming the unknown classes."""
     table = CLASS_CONCEPTS.get(task.name)
-    if table is None or set(table) != set(task.classes):
-        raise ConfigError(f"no class mapping for task {task.name!r} {list(task.classes)}; "
-                          f"known: {sorted(CLASS_CONCEPTS)} (a model is scored on another "
-                          "task's data only through melalib.classmap.CLASS_CONCEPTS)")
-    return table
+    if table is not None and set(table) == set(task.classes):
+        return table
+    unknown = [c for c in task.classes if c.strip().lower() not in NAME_CONCEPTS]
+    if unknown:
+        raise ConfigError(f"no class mapping for task {task.name!r}: classes {unknown} are "
+                          f"neither classes of {sorted(CLASS_CONCEPTS)} nor diagnosis words "
+                          "(melalib.classmap.CLASS_CONCEPTS / NAME_CONCEPTS)")
+    return {c: NAME_CONCEPTS[c.strip().lower()] for c in task.classes}
 
 
 def _concept_groups(*tables: dict[str, tuple[str, ...]]) -> list[set[str]]:

@@ -198,16 +198,22 @@ class Predictor:
         df["image_bytes"] = _file_sizes(df["image_path"])
         if "image_path_2" in df.columns:
             df["image_bytes_2"] = _file_sizes(df["image_path_2"])
+        self.impute_absent(df, str(metadata_csv or image_dir))
+        return df
+
+    def impute_absent(self, df: pd.DataFrame, where: str) -> list[str]:
+        """Add the metadata columns the encoders were fitted on but ``df`` lacks (NaN: imputed
+        with the training statistics), log them once and list them in
+        ``df.attrs["imputed_columns"]``."""
         imputed = sorted({c for m in self.members for c in m.encoder.columns
                           if not c.startswith("@") and c not in df.columns})
         for column in imputed:
             df[column] = np.nan
         if imputed:
             log.warning("%s: metadata column(s) %s used in training are absent; imputed with the "
-                        "training statistics for all %d rows", metadata_csv or image_dir,
-                        imputed, len(df))
+                        "training statistics for all %d rows", where, imputed, len(df))
         df.attrs["imputed_columns"] = imputed
-        return df
+        return imputed
 
     def _describe(self) -> str:
         m = self.cfg.model

@@ -90,8 +90,18 @@ def test_same_task_is_the_identity_even_without_a_table_entry() -> None:
     custom = Task("custom", "multiclass", ("a", "b", "c"), "balanced_accuracy")
     m = class_mapping(custom, custom)
     assert m.task == custom and m.labels([2, 0, -1]).tolist() == [2, 0, -1]
-    with pytest.raises(ConfigError, match="no class mapping"):
+    with pytest.raises(ConfigError, match=r"no class mapping.*\['a', 'b', 'c'\]"):
         class_mapping(custom, HAM7)
+
+
+def test_a_custom_table_maps_by_class_name() -> None:
+    custom = Task("custom", "multiclass", ("BCC", "MEL", "nevus", "scc"), "balanced_accuracy")
+    m = class_mapping(HAM7, custom)
+    assert m.task.classes == ("bcc", "mel", "nv") and m.dropped_data_classes == ("scc",)
+    assert m.labels([0, 1, 2, 3]).tolist() == [0, 1, 2, -1]
+    assert m.dropped_model_classes == ("akiec", "bkl", "df", "vasc")
+    two = class_mapping(HAM7, Task("c", "multiclass", ("MEL", "nevus"), "balanced_accuracy"))
+    assert two.task.kind == "binary" and two.labels([0, 1]).tolist() == [1, 0]
 
 
 def test_milk_model_scores_isic2019_labels_on_eight_classes() -> None:

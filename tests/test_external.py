@@ -1,0 +1,116 @@
+"""External validation (`melalib.external`, ``melalib evaluate``): a tiny synthetic HAM10000-like
+run scored on a synthetic MILK10k-like table; the run-like folder it writes, the classes it
+drops, the folders it refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY
+
+from melalib import cli
+from melalib.config import RunConfig
+from melalib.data.adapters import load_table
+from melalib.errors import DataError, RunExistsError
+from melalib.external import evaluate_external, write_evaluation
+from melalib.metrics import confusion, evaluate
+from melalib.predictions import predicted_labels
+from melalib.runs import RunDir, check_report_folder
+from melalib.tasks import HAM7, MILK11
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
+    """A tiny multiclass (HAM7) run and the config of a paired (MILK11) external table."""
+    from melalib.engine import train
+
+    root = tmp_path_factory.mktemp("external")
+    base = {**TINY, "data_dir": str(root / "data"), "output_dir": str(root / "out")}
+    cfg = RunConfig.from_dict({**base, "name": "ham", "synthetic_task": "multiclass"})
+    train(cfg, progress=False)
+    ext = RunConfig.from_dict({**base, "name": "ext", "synthetic_task": "paired",
+                               "synthetic_seed": 3})
+    return cfg.run_dir, ext
+
+
+def test_scores_only_shared_classes_and_writes_a_run_like_folder(trained, tmp_path: Path
+                                                                 ) -> None:
+    run, ext = trained
+    table = load_table(ext.data)
+    assert table.task == MILK11
+    ev = evaluate_external(run, table, n_boot=20, progress=False)
+    assert ev.mapping.task.classes == HAM7.classes
+    labelled = table.df[table.df["label"] >= 0]
+    milk_only = labelled["label"].isin([MILK11.index_of(c) for c in
+                                        ("BEN_OTH", "INF", "MAL_OTH", "SCCKA")])
+    assert len(ev.frame) == int((~milk_only).sum()) == ev.dropped["n_scored"]
+    assert sum(ev.dropped["dropped_rows_per_class"].values()) == int(milk_only.sum())
+    out = write_evaluation(ev, tmp_path / "ham_on_milk").path
+    view = RunDir.read(out)
+    assert view.task == ev.mapping.task
+    oof = view.oof()
+    probs = oof[view.task.prob_columns].to_numpy()
+    y = oof["label"].to_numpy()
+    stored = json.loads(view.metrics_path().read_text())
+    assert stored["external"]["balanced_accuracy"] == pytest.approx(
+        evaluate(view.task, y, probs)["balanced_accuracy"])
+    matrix = pd.read_csv(view.report_path("confusion")).set_index("true")
+    assert matrix[list(HAM7.classes)].to_numpy().tolist() == confusion(
+        y, predicted_labels(view.task, probs), 7, include_ties=True)[:, :7].tolist()
+    names = {p.name for p in view.figures_dir().glob("*.png")}
+    assert {"external_confusion.png", "external_reliability.png"} <= names
+    assert view.table().df["source_label"].isin(range(MILK11.n_classes)).all()
+
+
+def test_missing_images_are_an_error_unless_skipped_and_counted(trained, tmp_path: Path
+                                                               ) -> None:
+    run, ext = trained
+    table = load_table(ext.data)
+    scored = table.df.index[table.df["label"] == MILK11.index_of("NV")]
+    table.df.loc[scored[0], "image_path"] = str(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=r"missing.*gone\.png") as info:
+        evaluate_external(run, table, n_boot=10, progress=False)
+    assert info.value.row == int(scored[0]) + 1
+    ev = evaluate_external(run, table, n_boot=10, skip_missing_images=True, progress=False)
+    assert ev.dropped["missing_images"] == 1
+
+
+def test_refuses_folders_it_did_not_write_and_its_inputs(trained, tmp_path: Path) -> None:
+    run, _ = trained
+    with pytest.raises(RunExistsError, match="training run"):
+        check_report_folder(run, "evaluate", overwrite=True)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="not a melalib report"):
+        check_report_folder(foreign, "evaluate", overwrite=True)
+    with pytest.raises(RunExistsError, match="overlaps the input"):
+        check_report_folder(tmp_path / "data" / "out", "evaluate", inputs=[tmp_path / "data"])
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_writes_replaces_its_own_folder_and_refuses_others(
+        trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, ext = trained
+    table = load_table(ext.data)
+    df = table.df[table.df["label"] >= 0]
+    csv = tmp_path / "ext.csv"
+    pd.DataFrame({"image": df["image_path"], "label": np.asarray(MILK11.classes)[df["label"]],
+                  "age": df["age"], "sex": df["sex"], "site": df["site"]}).to_csv(csv, index=False)
+    out = tmp_path / "report"
+    args = ["evaluate", str(run), "--csv", str(csv), "--out", str(out), "--n-boot", "10"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "SCCKA" in printed and "balanced_accuracy" in printed
+    assert RunDir.read(out).task.classes == HAM7.classes
+    assert cli.main(args) == 2  # an earlier report: replaced only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert cli.main(["evaluate", str(run), "--csv", str(csv), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (run / "config.yaml").is_file()
