@@ -35,6 +35,8 @@ from .io import write_csv, write_json
 from .metrics import confusion, evaluate, evaluate_with_ci, per_class_report
 from .predictions import predicted_labels, prediction_frame
 from .runs import RunDir, check_report_folder, git_commit, package_versions, write_report_folder
+from .shift import FLAG, SCORE
+from .shift import summary as shift_summary
 from .subgroups import subgroup_metrics
 from .table import LesionTable
 from .tasks import MELANOMA
@@ -58,6 +60,7 @@ class Evaluation:
     confusion: pd.DataFrame
     subgroups: pd.DataFrame
     dropped: dict[str, Any] = field(default_factory=dict)
+    shift: dict[str, Any] | None = None  # `shift_errors`; None when the run stores no stats
 
     def summary(self) -> str:
         """One line: rows scored, the primary metric with its CI, melanoma AUC if any."""
@@ -135,9 +138,26 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
     for column in extra:  # e.g. the image-shift score of `inference`
         frame[column] = raw[column].to_numpy()
     scores = _scores(mapping, df, probs, n_boot)
+    if SCORE in frame.columns:
+        scores["shift"] = shift_errors(frame, mapping.task, probs)
     source = str(table.origin or "table")
     return Evaluation(Path(str(predictor.run.path if predictor.run else run)), source, mapping,
                       scored, frame, dropped=dropped, **scores)
+
+
+def shift_errors(frame: pd.DataFrame, task: Any, probs: np.ndarray) -> dict[str, Any]:
+    """Are the flagged images (``image_shift_flag``) the wrong ones more often? The share
+    flagged and the error rate of flagged and unflagged rows."""
+    wrong = predicted_labels(task, probs) != frame["label"].to_numpy()
+    flag = frame[FLAG].to_numpy(dtype=bool)
+
+    def rate(mask: np.ndarray) -> float | None:
+        return float(wrong[mask].mean()) if mask.any() else None
+
+    return {"n": len(frame), "n_flagged": int(flag.sum()), "share_flagged": float(flag.mean()),
+            "error_rate_flagged": rate(flag), "error_rate_unflagged": rate(~flag),
+            "median_score": float(np.median(frame[SCORE])), "summary": shift_summary(
+                frame[SCORE].to_numpy())}
 
 
 def _as_2d(probs: np.ndarray) -> np.ndarray:
@@ -193,12 +213,14 @@ def _fill(run: RunDir, ev: Evaluation, n_boot_plot: int) -> None:
         write_csv(run.report_path("per_class"), ev.per_class.reset_index())
     write_csv(run.report_path("subgroups"), ev.subgroups)
     write_json(run.report_path("class_mapping"), ev.dropped)
+    if ev.shift is not None:
+        write_json(run.report_path("shift"), ev.shift)
     write_json(run.metrics_path(), {
         "kind": KIND, "run": str(ev.run), "source": ev.source, "task": ev.mapping.task.to_dict(),
         "primary_metric": ev.mapping.task.primary_metric, "external": ev.metrics,
         "external_ci": {r["metric"]: {k: r[k] for k in ("estimate", "low", "high")}
                         for r in ev.ci.to_dict("records")},
-        "class_mapping": ev.dropped, "summary": ev.summary()})
+        "class_mapping": ev.dropped, "image_shift": ev.shift, "summary": ev.summary()})
     write_json(run.path / "run.json", {
         "kind": KIND, "run": str(ev.run), "source": ev.source,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
@@ -257,5 +279,12 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     write_evaluation(ev, out, overwrite=args.overwrite, inputs=inputs)
     print(f"{ev.mapping.summary(table.df['label'])}")
     print(ev.summary())
+    if ev.shift is not None:
+        print(f"{ev.shift['summary']}; error rate flagged {_pct(ev.shift['error_rate_flagged'])}"
+              f", not flagged {_pct(ev.shift['error_rate_unflagged'])}")
     print(f"wrote the evaluation to {out}")
     return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"

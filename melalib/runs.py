@@ -8,6 +8,7 @@ Layout of ``outputs/<run>/``::
     checkpoints/         fold{k}_last.pt (resume), fold{k}_best.pt (predictions)
     history_fold{k}.csv  per-epoch losses, metrics and learning rate
     features_fold{k}.csv the metadata features the fold's model used
+    shift_fold{k}.npz    the fold's image-feature statistics and OOF threshold (image shift)
     oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
     test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
     oof.csv, metrics.json  once every fold is done
@@ -472,6 +473,10 @@ class RunDir:
         if name not in REPORT_FILES:
             raise ConfigError(f"unknown report {name!r}; known: {sorted(REPORT_FILES)}")
         return self.path / REPORT_FILES[name]
+
+    def shift_path(self, fold: int) -> Path:
+        """Fold ``fold``'s image-shift statistics (`melalib.shift`), written at training."""
+        return self.path / f"shift_fold{fold}.npz"
 
     def history_path(self, fold: int) -> Path:
         return self.path / f"history_fold{fold}.csv"

@@ -64,6 +64,9 @@ def test_scores_only_shared_classes_and_writes_a_run_like_folder(trained, tmp_pa
     names = {p.name for p in view.figures_dir().glob("*.png")}
     assert {"external_confusion.png", "external_reliability.png"} <= names
     assert view.table().df["source_label"].isin(range(MILK11.n_classes)).all()
+    shift = json.loads(view.report_path("shift").read_text())
+    assert shift["n_flagged"] == int(oof["image_shift_flag"].sum())
+    assert shift["n"] == len(oof)
 
 
 def test_missing_images_are_an_error_unless_skipped_and_counted(trained, tmp_path: Path
