@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from sklearn.covariance import LedoitWolf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import RunConfig
-from .errors import CheckpointError
+from .data.images import read_image
+from .errors import CheckpointError, RunExistsError
 from .io import atomic_path
 from .runtime import make_dataset, make_loader, to_device
 from .table import LesionTable
@@ -136,6 +138,32 @@ def fit_fold_shift(model: nn.Module, cfg: RunConfig, table: LesionTable,
                       frame_features(model, cfg, table, val_df, device, batch_size, workers))
     stats.save(path)
     return stats
+
+
+def simulate_camera(table: LesionTable, folder: str | os.PathLike[str], contrast: float = 0.5,
+                    tint: tuple[float, float, float] = (1.3, 0.9, 0.6)) -> LesionTable:
+    """A copy of ``table`` whose images look taken with another camera: contrast scaled by
+    ``contrast`` around the image mean, channels tinted; written as PNGs under ``folder``
+    (created; only a folder this function made, marked ``.melalib-camera``, or an empty
+    one is written to). Image ids get a ``_camera`` suffix. For demonstrations and tests."""
+    out = Path(folder)
+    marker = out / ".melalib-camera"
+    if out.exists() and any(out.iterdir()) and not marker.is_file():
+        raise RunExistsError(f"{out} holds files melalib did not write; pick another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    df = table.df.copy()
+    paths = []
+    for i, path in enumerate(df["image_path"]):
+        image = read_image(path).astype(np.float64)
+        image = (image - image.mean()) * contrast + image.mean() * np.asarray(tint)
+        target = out / f"{i:06d}_{Path(path).stem}.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(tmp, format="PNG")
+        paths.append(str(target))
+    df["image_path"] = paths
+    df["image_id"] = df["image_id"].astype(str) + "_camera"
+    return LesionTable(df, table.task, origin=f"{table.origin} (simulated camera)")
 
 
 def summary(scores: np.ndarray) -> str:

@@ -11,15 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from melalib.config import RunConfig
 from melalib.data.adapters import load_table
-from melalib.errors import CheckpointError
+from melalib.errors import CheckpointError, RunExistsError
 from melalib.inference import load_predictor
 from melalib.runs import RunDir
-from melalib.shift import FLAG, FLAG_QUANTILE, SCORE, ShiftStats, fit_stats
+from melalib.shift import FLAG, FLAG_QUANTILE, SCORE, ShiftStats, fit_stats, simulate_camera
+from melalib.table import LesionTable
+from melalib.tasks import MELANOMA
 
 
 def test_threshold_flags_the_oof_quantile_and_shifted_features_stand_out() -> None:
@@ -58,19 +59,6 @@ def run_and_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Dat
     return cfg.run_dir, other.df, root
 
 
-def _colour_shifted(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    """The same images with lower contrast and a warm tint (another camera / clinic)."""
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for path in df["image_path"]:
-        a = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-        a = np.clip((a - a.mean()) * 0.5 + a.mean() * np.array([1.3, 0.9, 0.6]), 0, 255)
-        out = folder / Path(path).name
-        Image.fromarray(a.astype(np.uint8)).save(out)
-        paths.append(str(out))
-    return df.assign(image_path=paths, image_id=df["image_id"] + "_shifted")
-
-
 def test_training_stores_statistics_and_predictions_separate_shifted_images(run_and_rows
                                                                           ) -> None:
     run, df, root = run_and_rows
@@ -78,7 +66,8 @@ def test_training_stores_statistics_and_predictions_separate_shifted_images(run_
     assert all(view.shift_path(k).is_file() for k in view.done_folds())
     predictor = load_predictor(run)
     inside = predictor.predict(df, progress=False)
-    shifted = predictor.predict(_colour_shifted(df, root / "shifted"), progress=False)
+    table = LesionTable(df, predictor.task)
+    shifted = predictor.predict(simulate_camera(table, root / "camera").df, progress=False)
     assert {SCORE, FLAG} <= set(inside.columns)
     y = np.r_[np.zeros(len(inside)), np.ones(len(shifted))]
     assert roc_auc_score(y, np.r_[inside[SCORE], shifted[SCORE]]) > 0.8
@@ -102,3 +91,17 @@ def test_a_run_without_statistics_predicts_without_the_score_and_says_so_once(
     assert SCORE not in out.columns and predictor.last_shift is None
     said = [r for r in caplog.records if "no image-shift statistics" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_simulated_camera_writes_only_into_its_own_folder(run_and_rows, tmp_path: Path) -> None:
+    _, df, _ = run_and_rows
+    table = LesionTable(df.head(3).reset_index(drop=True), MELANOMA)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"keep")
+    with pytest.raises(RunExistsError):
+        simulate_camera(table, foreign)
+    out = simulate_camera(table, tmp_path / "camera")
+    again = simulate_camera(table, tmp_path / "camera")  # its own folder: rewritten
+    assert list(out.df["image_path"]) == list(again.df["image_path"])
+    assert (foreign / "holiday.jpg").read_bytes() == b"keep"
