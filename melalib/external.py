@@ -190,6 +190,39 @@ def _scores(mapping: ClassMapping, df: pd.DataFrame, probs: np.ndarray, n_boot: 
             "subgroups": sub}
 
 
+def scored_source_table(ev: Evaluation, n_rows: int | None = None, seed: int = 0
+                        ) -> LesionTable:
+    """The rows ``ev`` scored, with their own labels and task back (``source_label``); a
+    seeded sample of ``n_rows`` when given (e.g. for `shift.simulate_camera`)."""
+    df = ev.table.df
+    if n_rows is not None and len(df) > n_rows:
+        df = df.sample(n_rows, random_state=seed)
+    df = df.reset_index(drop=True).assign(label=df["source_label"].to_numpy())
+    names = np.asarray(ev.mapping.data_task.classes, dtype=object)
+    return LesionTable(df.assign(label_name=names[df["label"].to_numpy()]),
+                       ev.mapping.data_task, origin=ev.table.origin)
+
+
+def comparison(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
+    """One row per named evaluation: rows scored, the primary metric and melanoma AUC with
+    CIs (``estimate [low, high]``), the share of images flagged as shifted and the error
+    rates of flagged and unflagged rows."""
+    rows = {}
+    for name, ev in evaluations.items():
+        ci = ev.ci.set_index("metric")
+        row: dict[str, Any] = {"n": len(ev.frame)}
+        for metric in (ev.mapping.task.primary_metric, "roc_auc", "melanoma_roc_auc"):
+            if metric in ci.index:
+                r = ci.loc[metric]
+                row[metric] = f"{r.estimate:.3f} [{r.low:.3f}, {r.high:.3f}]"
+        if ev.shift is not None:
+            row.update(flagged=ev.shift["share_flagged"],
+                       error_flagged=ev.shift["error_rate_flagged"],
+                       error_unflagged=ev.shift["error_rate_unflagged"])
+        rows[name] = row
+    return pd.DataFrame(rows).T.rename_axis("evaluation")
+
+
 # ----------------------------------------------------------------------------- writing
 def default_out(run: str | os.PathLike[str], source: str) -> Path:
     """``<run>_on_<source>`` beside the run folder (``source``: dataset or CSV stem)."""
@@ -229,8 +262,8 @@ def _fill(run: RunDir, ev: Evaluation, n_boot_plot: int) -> None:
     evaluation_figures(ev, run.figures_dir(), n_boot=n_boot_plot)
 
 
-def evaluation_figures(ev: Evaluation, folder: Path | None = None, n_boot: int = 200
-                       ) -> list[Any]:
+def evaluation_figures(ev: Evaluation, folder: Path | None = None, n_boot: int = 200,
+                       prefix: str = "external_") -> list[Any]:
     """ROC and PR (binary, or melanoma vs rest), confusion matrix, reliability and the
     primary metric per subgroup; saved under ``folder`` when given."""
     task = ev.mapping.task
@@ -241,7 +274,7 @@ def evaluation_figures(ev: Evaluation, folder: Path | None = None, n_boot: int =
         folder.mkdir(parents=True, exist_ok=True)
 
     def save(name: str) -> Path | None:
-        return folder / f"external_{name}.png" if folder is not None else None
+        return folder / f"{prefix}{name}.png" if folder is not None else None
 
     figs = []
     mel = 0 if task.kind == "binary" else ev.mapping.melanoma_class
