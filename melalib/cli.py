@@ -82,7 +82,7 @@ def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers,
-                            aspect=args.aspect)
+                            aspect=args.aspect, color_constancy=args.color_constancy)
     print(report.summary())
     return 0
 
@@ -203,6 +203,9 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aspect", default="keep", choices=PREPARE_ASPECTS,
                    help="keep: shorter side = --size (default); squash / crop / pad: square "
                    "outputs framed as training's aspect option")
+    p.add_argument("--color-constancy", dest="color_constancy", action="store_true",
+                   help="Shades of Gray colour correction of every output (as training's "
+                   "color_constancy=true)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("presets", help="list the named recipes for --preset")

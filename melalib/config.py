@@ -51,6 +51,7 @@ class DataConfig:
     image_size: int = 64  # model input size (square)
     aspect: str = "squash"  # non-square image -> square input: squash | crop (centre) | pad (black)
     augment: str = "medium"  # training augmentation: none | light (flips, rot90) | medium (+ crop, affine, colour) | heavy (wider + dropout)
+    color_constancy: bool = False  # Shades of Gray colour correction (p=6) of every image: training, TTA, predict, Grad-CAM
     n_folds: int = 5  # grouped CV folds
     fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
