@@ -119,6 +119,7 @@ class TrainConfig:
     loss: str = "auto"  # auto | bce | focal | ce
     focal_gamma: float = 2.0  # loss=focal: focusing parameter
     label_smoothing: float = 0.0  # target smoothing epsilon
+    meta_blanking: float = 0.0  # training only: probability of blanking a row's age, sex and site (each independently, per epoch)
     class_weighting: str = "none"  # none | balanced | sqrt (from training folds only)
     sampler: str = "none"  # none | balanced | sqrt
     freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs (>= epochs: head only)
@@ -277,6 +278,8 @@ class RunConfig:
         ):
             if not 0 <= value < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if not 0 <= t.meta_blanking <= 1:
+            raise ConfigError(f"meta_blanking must be in [0, 1], got {t.meta_blanking}")
         if self.fold < -1 or self.fold >= d.n_folds:
             raise ConfigError(f"fold must be -1 (all) or in [0, {d.n_folds - 1}], got {self.fold}")
         if not m.use_image and not m.use_meta:

@@ -373,7 +373,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     job = _Fold(cfg, table, run, info, device, fd,
                 make_dataset(cfg, table, fd.train_df, fd.meta_train, train=True,
-                             seed=derived_seed(t.seed, fold)),
+                             seed=derived_seed(t.seed, fold), encoder=fd.encoder),
                 make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False),
                 fd.train_df["label"].to_numpy().astype(int),
                 BatchPlan.of(t, len(fd.train_df), info.world_size), progress, folds or [fold])
