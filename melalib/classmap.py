@@ -120,8 +120,8 @@ class ClassMapping:
         """One line: the classes scored and what was dropped, with row counts."""
         r = self.report(data_labels)
         rows = ", ".join(f"{c} ({n} rows)" for c, n in r["dropped_rows_per_class"].items())
-        parts = [f"scored {r['n_scored']} of {r['n_rows']} rows on {len(self.task.classes)} "
-                 f"shared classes {list(self.task.classes)}"]
+        parts = [f"{r['n_scored']} of {r['n_rows']} rows have one of the "
+                 f"{len(self.task.classes)} classes both tasks define {list(self.task.classes)}"]
         if self.dropped_model_classes:
             parts.append(f"model classes without a counterpart (probability removed): "
                          f"{list(self.dropped_model_classes)}")

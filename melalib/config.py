@@ -41,7 +41,7 @@ from .transforms import ASPECTS, STRENGTHS, TTA_COUNTS
 class DataConfig:
     """Where the data comes from and how it is split and encoded."""
 
-    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | custom | image_folder
+    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | ham10000+milk10k | custom | image_folder
     data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached; image_folder: <data_dir>/<class>/*.jpg
     image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
     synthetic_task: str = "binary"  # binary | multiclass | paired

@@ -547,9 +547,31 @@ def finalize(run: RunDir, task: Task) -> dict[str, Any]:
         summary["oof"] = evaluate(task, oof["label"].to_numpy(), oof[task.prob_columns].to_numpy())
         summary["primary_metric"] = task.primary_metric
         summary["oof_primary"] = summary["oof"].get(task.primary_metric)
+        per_source = _per_source(run, task, oof)
+        if per_source:
+            summary["per_source"] = per_source
         write_csv(run.oof_path(), oof.sort_values("image_id").reset_index(drop=True))
     write_json(run.metrics_path(), summary)
     return summary
+
+
+def _per_source(run: RunDir, task: Task, oof: pd.DataFrame) -> dict[str, Any]:
+    """Pooled OOF metrics per ``source`` of a multi-source table (``ham10000+milk10k``);
+    {} for a single source."""
+    table = run.table().df
+    if "source" not in table.columns or table["source"].nunique() < 2:
+        return {}
+    source = table.set_index(table["image_id"].astype(str))["source"]
+    rows = source.reindex(oof["image_id"].astype(str)).to_numpy()
+    out: dict[str, Any] = {}
+    for name in sorted(pd.unique(rows[pd.notna(rows)])):
+        sub = oof[rows == name]
+        try:
+            out[str(name)] = evaluate(task, sub["label"].to_numpy(),
+                                      sub[task.prob_columns].to_numpy())
+        except MelalibError as exc:
+            out[str(name)] = {"error": str(exc)}
+    return out
 
 
 def _mlflow_log(cfg: RunConfig, run: RunDir, fold: int, row: dict[str, Any]) -> None:

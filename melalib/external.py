@@ -127,7 +127,7 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
     if len(df) == 0:
         raise DataError(f"no row left to score: {mapping.summary(table.df['label'])}",
                         file=table.origin or None)
-    log.warning("evaluate: %s", mapping.summary(table.df["label"]))
+    log.info("evaluate: %s", scored_summary(mapping, table, dropped))
     predictor.impute_absent(df, table.origin or "the external table")
     raw = predictor.predict(LesionTable(df, predictor.task, origin=table.origin), tta=tta,
                             batch_size=batch_size, progress=progress)
@@ -158,6 +158,14 @@ def shift_errors(frame: pd.DataFrame, task: Any, probs: np.ndarray) -> dict[str,
             "error_rate_flagged": rate(flag), "error_rate_unflagged": rate(~flag),
             "median_score": float(np.median(frame[SCORE])), "summary": shift_summary(
                 frame[SCORE].to_numpy())}
+
+
+def scored_summary(mapping: ClassMapping, table: LesionTable, dropped: dict[str, Any]) -> str:
+    """The class mapping's line, the rows left out for a missing image and the rows scored."""
+    line = mapping.summary(table.df["label"])
+    if dropped.get("missing_images"):
+        line += f"; {dropped['missing_images']} of them have no image file (left out)"
+    return f"{line}; {dropped['n_scored']} rows scored"
 
 
 def _as_2d(probs: np.ndarray) -> np.ndarray:
@@ -310,7 +318,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     ev = evaluate_external(args.run, table, tta=args.tta, batch_size=args.batch_size,
                            n_boot=args.n_boot, skip_missing_images=args.skip_missing_images)
     write_evaluation(ev, out, overwrite=args.overwrite, inputs=inputs)
-    print(f"{ev.mapping.summary(table.df['label'])}")
+    print(scored_summary(ev.mapping, table, ev.dropped))
     print(ev.summary())
     if ev.shift is not None:
         print(f"{ev.shift['summary']}; error rate flagged {_pct(ev.shift['error_rate_flagged'])}"

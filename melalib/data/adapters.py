@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..classmap import class_mapping
 from ..errors import DataError
 from ..table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
 from ..tasks import HAM7, ISIC2019_8, MELANOMA, MILK11, Task
@@ -45,6 +46,8 @@ MAIN_FILE = {"isic2020": "train.csv", "isic2019": "ISIC_2019_Training_GroundTrut
              "ham10000": "HAM10000_metadata.csv", "milk10k": "MILK10k_Training_Metadata.csv"}
 ISIC2019_CLASSES = ISIC2019_8.classes  # MEL NV BCC AK BKL DF VASC SCC; UNK must be 0
 HAM_IMAGE_DIRS = ("images_200x150", "HAM10000_images", "HAM10000_images_part_1", "images")
+#: MILK10k training image folders under data_dir, the first found is used
+MILK_IMAGE_DIRS = ("MILK10k_Training_Input", "images_256x192")
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -406,15 +409,17 @@ def load_milk10k(data_dir: PathLike, image_dir: PathLike | None = None, include_
     """MILK10k (ISIC 2025): one row per lesion (image_id = lesion_id), ``image_path`` the
     dermoscopic image, ``image_path_2`` the clinical close-up; task MILK11.
 
-    Images are ``{isic_id}.jpg`` under ``image_dir`` (default ``MILK10k_Training_Input`` /
-    ``MILK10k_Test_Input``), or under a ``{lesion_id}/`` subfolder there (the official zip
+    Images are ``{isic_id}.jpg`` under ``image_dir`` (default: the first of
+    `MILK_IMAGE_DIRS` under ``data_dir`` that exists for training, ``MILK10k_Test_Input``
+    for the test lesions), or under a ``{lesion_id}/`` subfolder there (the official zip
     layout) when that file exists. Extras: lesion_id, skin_tone, isic_id_derm / isic_id_clin,
     image_bytes_2, ``monet_<concept>_derm`` / ``_clin``.
     """
     data_dir = Path(data_dir)
     meta_csv = data_dir / "MILK10k_Training_Metadata.csv"
     gt_csv = data_dir / "MILK10k_Training_GroundTruth.csv"
-    train_dir = Path(image_dir) if image_dir else data_dir / "MILK10k_Training_Input"
+    found = [data_dir / d for d in MILK_IMAGE_DIRS if (data_dir / d).is_dir()]
+    train_dir = Path(image_dir) if image_dir else (found or [data_dir / MILK_IMAGE_DIRS[0]])[0]
     meta = _read_csv(meta_csv, MILK_META, "milk10k")
     gt = _read_csv(gt_csv, ("lesion_id", *MILK11.classes), "milk10k")
     gt_ids = _require_ids(gt, "lesion_id", gt_csv)
@@ -541,6 +546,35 @@ def merge_isic2019_2020(t2020: LesionTable, t2019: LesionTable) -> LesionTable:
                 "dropped_duplicates_within_2019": int(within.sum()),
                 "excluded_2019_test": len(t2019.test)}
     return LesionTable(df, MELANOMA, origin=t2020.origin).validate()
+
+
+def merge_ham_milk(ham: LesionTable, milk: LesionTable) -> LesionTable:
+    """Multi-source HAM10000 7-class table: the HAM10000 rows + the MILK10k training lesions
+    (their dermoscopic image) whose class HAM10000 defines (`classmap.class_mapping`:
+    AKIEC -> akiec, ...). ``source`` (``ham10000`` / ``milk10k``) says where each row comes
+    from, and training reports the OOF metrics per source; MILK10k image and group ids get
+    a ``milk10k:`` prefix (folds stay grouped by lesion within each source). Only the columns
+    both tables hold are kept (no source-only column becomes a shortcut; the clinical image
+    is left out). ``df.attrs``: ``dropped_milk_classes`` (rows per MILK10k-only class) and
+    ``excluded_milk_test``."""
+    for table, task, name in ((ham, HAM7, "ham"), (milk, MILK11, "milk")):
+        if table.task != task:
+            raise DataError(f"{name} must be a {task.name} table, got task {table.task.name!r}",
+                            file=table.origin or None)
+    mapping = class_mapping(HAM7, MILK11)
+    train = milk.train.reset_index(drop=True)
+    labels = mapping.labels(train["label"].to_numpy())
+    new = train[labels >= 0].copy()
+    new["label"] = labels[labels >= 0]
+    new["label_name"] = np.asarray(HAM7.classes, dtype=object)[new["label"].to_numpy()]
+    for column in ("group_id", "image_id"):  # never collide with a HAM10000 id
+        new[column] = "milk10k:" + new[column].astype(str)
+    columns = [c for c in ham.df.columns if c in new.columns]
+    df = pd.concat([ham.df[columns].assign(source="ham10000"),
+                    new[columns].assign(source="milk10k")], ignore_index=True)
+    df.attrs = {"dropped_milk_classes": mapping.report(train["label"])["dropped_rows_per_class"],
+                "excluded_milk_test": len(milk.test)}
+    return LesionTable(df, HAM7, origin=ham.origin).validate()
 
 
 # ------------------------------------------------------------------------ user's own data
@@ -719,8 +753,11 @@ def load_image_folder(root: PathLike, classes: Sequence[str] | None = None) -> L
 LOADERS = {"isic2020": load_isic2020, "isic2019": load_isic2019, "ham10000": load_ham10000,
            "milk10k": load_milk10k}
 #: every ``dataset`` that `load_table` serves (`melalib.config` validates against it)
-DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k", "custom",
-            "image_folder")
+DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k",
+            "ham10000+milk10k", "custom", "image_folder")
+#: the multi-source datasets: name -> (subfolders of data_dir, merge)
+MERGED = {"isic2020+2019": (("isic2020", "isic2019"), merge_isic2019_2020),
+          "ham10000+milk10k": (("ham10000", "milk10k"), merge_ham_milk)}
 
 
 def load_table(data_cfg: DataConfig) -> LesionTable:
@@ -753,11 +790,12 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             raise DataError("dataset=image_folder needs data_dir, a folder of class folders "
                             "(<data_dir>/<class>/*.jpg)")
         return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None)
-    if dataset not in (*LOADERS, "isic2020+2019"):
+    if dataset not in (*LOADERS, *MERGED):
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if dataset == "isic2020+2019":
-        expected = f"isic2020/{MAIN_FILE['isic2020']} and isic2019/{MAIN_FILE['isic2019']}"
-        hint = f"{DOWNLOAD['isic2020']}; {DOWNLOAD['isic2019']}"
+    if dataset in MERGED:
+        parts = MERGED[dataset][0]
+        expected = " and ".join(f"{p}/{MAIN_FILE[p]}" for p in parts)
+        hint = "; ".join(DOWNLOAD[p] for p in parts)
     else:
         expected, hint = MAIN_FILE[dataset], DOWNLOAD[dataset]
     if not data_cfg.data_dir or not Path(data_cfg.data_dir).is_dir():
@@ -766,9 +804,10 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
         raise DataError(f"{where}: dataset {dataset} expects a folder holding {expected}; {hint}",
                         file=data_cfg.data_dir or None)
     data_dir = Path(data_cfg.data_dir)
-    if dataset == "isic2020+2019":
-        return merge_isic2019_2020(load_isic2020(data_dir / "isic2020", image_dir),
-                                   load_isic2019(data_dir / "isic2019", image_dir))
+    if dataset in MERGED:
+        (first, second), merge = MERGED[dataset]
+        return merge(LOADERS[first](data_dir / first, image_dir),
+                     LOADERS[second](data_dir / second, image_dir))
     return LOADERS[dataset](data_dir, image_dir)
 
 
