@@ -74,6 +74,7 @@ from .runtime import (
 )
 from .samplers import build_sampler
 from .schedules import PER_EPOCH, build_scheduler
+from .shift import SCORE as SHIFT_SCORE
 from .shift import fit_fold_shift
 from .table import LesionTable
 from .targets import report_labels, report_probs, report_task, training_table
@@ -517,8 +518,10 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     metrics = evaluate(reported, oof["label"].to_numpy(), oof[reported.prob_columns].to_numpy())
     metrics["best_epoch"] = best.best_epoch
     if info.is_main:
-        fit_fold_shift(model, cfg, table, fd.train_df, fd.val_df, device, run.shift_path(fold),
-                       batch_size * 2)
+        shift = fit_fold_shift(model, cfg, table, fd.train_df, fd.val_df, device,
+                               run.shift_path(fold), batch_size * 2)
+        if shift is not None:
+            oof[SHIFT_SCORE] = shift
         if test is not None:
             write_csv(run.test_path(fold), test)
         write_json(run.metrics_path(fold), metrics)

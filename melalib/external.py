@@ -35,7 +35,7 @@ from .io import write_csv, write_json
 from .metrics import confusion, evaluate, evaluate_with_ci, per_class_report
 from .predictions import predicted_labels, prediction_frame
 from .runs import RunDir, check_report_folder, git_commit, package_versions, write_report_folder
-from .shift import FLAG, SCORE
+from .shift import FLAG, SCORE, separation
 from .shift import summary as shift_summary
 from .subgroups import subgroup_metrics
 from .table import LesionTable
@@ -139,15 +139,17 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
         frame[column] = raw[column].to_numpy()
     scores = _scores(mapping, df, probs, n_boot)
     if SCORE in frame.columns:
-        scores["shift"] = shift_errors(frame, mapping.task, probs)
+        scores["shift"] = shift_errors(frame, mapping.task, probs, _oof_shift(predictor))
     source = str(table.origin or "table")
     return Evaluation(Path(str(predictor.run.path if predictor.run else run)), source, mapping,
                       scored, frame, dropped=dropped, **scores)
 
 
-def shift_errors(frame: pd.DataFrame, task: Any, probs: np.ndarray) -> dict[str, Any]:
+def shift_errors(frame: pd.DataFrame, task: Any, probs: np.ndarray,
+                 in_domain: np.ndarray | None = None) -> dict[str, Any]:
     """Are the flagged images (``image_shift_flag``) the wrong ones more often? The share
-    flagged and the error rate of flagged and unflagged rows."""
+    flagged and the error rate of flagged and unflagged rows; with ``in_domain`` (the run's
+    OOF scores) the AUROC of the score telling these images from the training clinic's."""
     wrong = predicted_labels(task, probs) != frame["label"].to_numpy()
     flag = frame[FLAG].to_numpy(dtype=bool)
 
@@ -156,8 +158,10 @@ def shift_errors(frame: pd.DataFrame, task: Any, probs: np.ndarray) -> dict[str,
 
     return {"n": len(frame), "n_flagged": int(flag.sum()), "share_flagged": float(flag.mean()),
             "error_rate_flagged": rate(flag), "error_rate_unflagged": rate(~flag),
-            "median_score": float(np.median(frame[SCORE])), "summary": shift_summary(
-                frame[SCORE].to_numpy())}
+            "median_score": float(np.median(frame[SCORE])),
+            "auroc_vs_training_oof": (None if in_domain is None or not len(in_domain)
+                                      else separation(in_domain, frame[SCORE].to_numpy())),
+            "summary": shift_summary(frame[SCORE].to_numpy())}
 
 
 def scored_summary(mapping: ClassMapping, table: LesionTable, dropped: dict[str, Any]) -> str:
@@ -166,6 +170,14 @@ def scored_summary(mapping: ClassMapping, table: LesionTable, dropped: dict[str,
     if dropped.get("missing_images"):
         line += f"; {dropped['missing_images']} of them have no image file (left out)"
     return f"{line}; {dropped['n_scored']} rows scored"
+
+
+def _oof_shift(predictor: Predictor) -> np.ndarray | None:
+    """The run's out-of-fold image-shift scores (in-domain), when its OOF files hold them."""
+    if predictor.run is None or not predictor.run.done_folds():
+        return None
+    oof = predictor.run.oof_by_fold()
+    return oof[SCORE].dropna().to_numpy() if SCORE in oof.columns else None
 
 
 def _as_2d(probs: np.ndarray) -> np.ndarray:
@@ -321,8 +333,10 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     print(scored_summary(ev.mapping, table, ev.dropped))
     print(ev.summary())
     if ev.shift is not None:
+        auroc = ev.shift["auroc_vs_training_oof"]
         print(f"{ev.shift['summary']}; error rate flagged {_pct(ev.shift['error_rate_flagged'])}"
-              f", not flagged {_pct(ev.shift['error_rate_unflagged'])}")
+              f", not flagged {_pct(ev.shift['error_rate_unflagged'])}"
+              + ("" if auroc is None else f"; AUROC vs the training OOF images {auroc:.3f}"))
     print(f"wrote the evaluation to {out}")
     return 0
 

@@ -31,6 +31,7 @@ from .config import RunConfig
 from .data.images import read_image
 from .errors import CheckpointError, RunExistsError
 from .io import atomic_path
+from .metrics import roc_auc
 from .runtime import make_dataset, make_loader, to_device
 from .table import LesionTable
 
@@ -124,20 +125,29 @@ def frame_features(model: nn.Module, cfg: RunConfig, table: LesionTable, df: pd.
 
 def fit_fold_shift(model: nn.Module, cfg: RunConfig, table: LesionTable,
                    train_df: pd.DataFrame, val_df: pd.DataFrame, device: torch.device,
-                   path: Path, batch_size: int) -> ShiftStats | None:
+                   path: Path, batch_size: int) -> np.ndarray | None:
     """Fit and store (``path``) one fold's statistics: training rows (a seeded sample of
-    at most `MAX_TRAIN_ROWS`), threshold from the validation (OOF) rows. None for a model
-    without images."""
+    at most `MAX_TRAIN_ROWS`), threshold from the validation (OOF) rows. Returns the OOF
+    rows' scores (the engine stores them as the OOF frame's `SCORE` column); None for a
+    model without images."""
     if feature_module(model) is None or len(train_df) < 2 or len(val_df) == 0:
         return None
     if len(train_df) > MAX_TRAIN_ROWS:
         train_df = train_df.sample(MAX_TRAIN_ROWS, random_state=cfg.train.seed)
     workers = cfg.data.num_workers
+    oof = frame_features(model, cfg, table, val_df, device, batch_size, workers)
     stats = fit_stats(frame_features(model, cfg, table, train_df.reset_index(drop=True), device,
-                                     batch_size, workers),
-                      frame_features(model, cfg, table, val_df, device, batch_size, workers))
+                                     batch_size, workers), oof)
     stats.save(path)
-    return stats
+    return stats.score(oof)
+
+
+def separation(in_domain: np.ndarray, shifted: np.ndarray) -> float:
+    """AUROC of the score telling ``shifted`` rows from ``in_domain`` ones (0.5: chance)."""
+    a, b = np.asarray(in_domain, dtype=float), np.asarray(shifted, dtype=float)
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    s = np.r_[a, b]
+    return roc_auc(y, s / (1.0 + s))  # a monotone map into [0, 1) for the AUC
 
 
 def simulate_camera(table: LesionTable, folder: str | os.PathLike[str], contrast: float = 0.5,

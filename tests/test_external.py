@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY
+from sklearn.metrics import roc_auc_score
 
 from melalib import cli
 from melalib.config import RunConfig
@@ -67,6 +68,10 @@ def test_scores_only_shared_classes_and_writes_a_run_like_folder(trained, tmp_pa
     shift = json.loads(view.report_path("shift").read_text())
     assert shift["n_flagged"] == int(oof["image_shift_flag"].sum())
     assert shift["n"] == len(oof)
+    in_domain = pd.concat([RunDir.read(run).oof(k) for k in (0, 1)])["image_shift"]
+    y = np.r_[np.zeros(len(in_domain)), np.ones(len(oof))]
+    assert shift["auroc_vs_training_oof"] == pytest.approx(
+        roc_auc_score(y, np.r_[in_domain, oof["image_shift"]]))
 
 
 def test_missing_images_are_an_error_unless_skipped_and_counted(trained, tmp_path: Path

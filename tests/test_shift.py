@@ -18,7 +18,15 @@ from melalib.data.adapters import load_table
 from melalib.errors import CheckpointError, RunExistsError
 from melalib.inference import load_predictor
 from melalib.runs import RunDir
-from melalib.shift import FLAG, FLAG_QUANTILE, SCORE, ShiftStats, fit_stats, simulate_camera
+from melalib.shift import (
+    FLAG,
+    FLAG_QUANTILE,
+    SCORE,
+    ShiftStats,
+    fit_stats,
+    separation,
+    simulate_camera,
+)
 from melalib.table import LesionTable
 from melalib.tasks import MELANOMA
 
@@ -64,6 +72,10 @@ def test_training_stores_statistics_and_predictions_separate_shifted_images(run_
     run, df, root = run_and_rows
     view = RunDir.read(run)
     assert all(view.shift_path(k).is_file() for k in view.done_folds())
+    for k in view.done_folds():  # the threshold is the fold's own OOF 95th percentile
+        oof = view.oof(k)[SCORE].to_numpy()
+        assert np.mean(oof > 1) <= 1 - FLAG_QUANTILE + 1 / len(oof)
+        assert np.quantile(oof, FLAG_QUANTILE) == pytest.approx(1.0)
     predictor = load_predictor(run)
     inside = predictor.predict(df, progress=False)
     table = LesionTable(df, predictor.task)
@@ -71,6 +83,8 @@ def test_training_stores_statistics_and_predictions_separate_shifted_images(run_
     assert {SCORE, FLAG} <= set(inside.columns)
     y = np.r_[np.zeros(len(inside)), np.ones(len(shifted))]
     assert roc_auc_score(y, np.r_[inside[SCORE], shifted[SCORE]]) > 0.8
+    assert separation(inside[SCORE], shifted[SCORE]) == pytest.approx(
+        roc_auc_score(y, np.r_[inside[SCORE], shifted[SCORE]]))
     assert shifted[FLAG].mean() > inside[FLAG].mean()
     assert "image shift:" in predictor.last_shift
 
