@@ -269,6 +269,10 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap draws")
     p.add_argument("--skip-missing-images", dest="skip_missing_images", action="store_true",
                    help="score the rows whose images exist (the others are counted)")
+    p.add_argument("--oof", action="store_true", help="score the run's own rows out of fold "
+                   "(each by the model of the fold that held it out) instead of a table")
+    p.add_argument("--blank-meta", dest="blank_meta", action="store_true",
+                   help="blank age, sex and site of the scored rows (a clinic without metadata)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation")
     p.set_defaults(func=cmd_evaluate)
 

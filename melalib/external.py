@@ -30,6 +30,7 @@ from .classmap import ClassMapping, class_mapping
 from .config import DataConfig
 from .data.adapters import load_table
 from .errors import ConfigError, DataError
+from .features import BLANKABLE
 from .inference import Predictor, load_predictor
 from .io import write_csv, write_json
 from .metrics import confusion, evaluate, evaluate_with_ci, per_class_report
@@ -118,8 +119,12 @@ def scored_rows(table: LesionTable, mapping: ClassMapping, image_columns: list[s
 
 def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTable, *,
                       tta: int | None = None, batch_size: int = 64, n_boot: int = 1000,
-                      skip_missing_images: bool = False, progress: bool = True) -> Evaluation:
-    """Score ``run``'s fold ensemble on ``table``'s labelled rows (see the module doc)."""
+                      skip_missing_images: bool = False, progress: bool = True,
+                      oof: bool = False) -> Evaluation:
+    """Score ``run``'s fold ensemble on ``table``'s labelled rows (see the module doc).
+
+    ``oof``: ``table`` is the run's own (`oof_table`): each row is predicted by the model of
+    the fold that held it out, as training's out-of-fold predictions were."""
     predictor = run if isinstance(run, Predictor) else load_predictor(run)
     mapping = class_mapping(predictor.task, table.task)
     columns = predictor.required_columns()[1:]
@@ -129,8 +134,8 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
                         file=table.origin or None)
     log.info("evaluate: %s", scored_summary(mapping, table, dropped))
     predictor.impute_absent(df, table.origin or "the external table")
-    raw = predictor.predict(LesionTable(df, predictor.task, origin=table.origin), tta=tta,
-                            batch_size=batch_size, progress=progress)
+    raw = _predict(predictor, LesionTable(df, predictor.task, origin=table.origin), oof,
+                   tta=tta, batch_size=batch_size, progress=progress)
     scored = LesionTable(df, mapping.task, origin=table.origin)
     probs = mapping.probs(raw[predictor.task.prob_columns].to_numpy())
     frame = prediction_frame(df, mapping.task, _as_2d(probs), -1, labelled=True)
@@ -143,6 +148,40 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
     source = str(table.origin or "table")
     return Evaluation(Path(str(predictor.run.path if predictor.run else run)), source, mapping,
                       scored, frame, dropped=dropped, **scores)
+
+
+def oof_table(run: str | os.PathLike[str]) -> LesionTable:
+    """The run's own training rows, with their folds, to score out of fold."""
+    table = RunDir.read(run).table()
+    df = table.df[table.df["split"] == "train"].reset_index(drop=True)
+    return LesionTable(df, table.task, origin=f"{table.origin} (out of fold)")
+
+
+def blank_metadata(table: LesionTable) -> LesionTable:
+    """``table`` with age, sex and site blanked ("not recorded", `features.BLANKABLE`): how
+    a model does where a clinic records no metadata."""
+    df = table.df.assign(**{c: missing for c, missing in BLANKABLE if c in table.df.columns})
+    return LesionTable(df, table.task, origin=f"{table.origin} (metadata blanked)")
+
+
+def _predict(predictor: Predictor, table: LesionTable, oof: bool, **kwargs: Any
+             ) -> pd.DataFrame:
+    """The ensemble's predictions of ``table``, or with ``oof`` each fold model's of the rows
+    of its own fold (rows of folds without a model are an error)."""
+    if not oof:
+        return predictor.predict(table, **kwargs)
+    df = table.df
+    folds = {m.fold for m in predictor.members}
+    missing = ~df["fold"].isin(folds)
+    if missing.any():
+        raise DataError(f"{int(missing.sum())} rows belong to folds without a trained model "
+                        f"(trained: {sorted(folds)}); train every fold first",
+                        file=table.origin or None, row=int(np.flatnonzero(missing)[0]) + 1,
+                        column="fold")
+    frames = [Predictor([m], predictor.task, predictor.device, run=predictor.run).predict(
+        LesionTable(df[df["fold"] == m.fold], table.task, origin=table.origin), **kwargs)
+        for m in predictor.members]
+    return pd.concat(frames).set_index("image_id").loc[df["image_id"]].reset_index()
 
 
 def shift_errors(frame: pd.DataFrame, task: Any, probs: np.ndarray,
@@ -319,16 +358,24 @@ def evaluation_figures(ev: Evaluation, folder: Path | None = None, n_boot: int =
 
 # ------------------------------------------------------------------------------------ CLI
 def evaluate_cli(args: argparse.Namespace) -> int:
-    """``melalib evaluate RUN (--dataset NAME --data-dir DIR | --csv FILE) [--image-dir DIR]
-    [--out DIR] [--tta N] [--n-boot N] [--skip-missing-images] [--overwrite]``."""
-    source = args.dataset or args.csv
-    out = Path(args.out) if args.out else default_out(args.run, source)
+    """``melalib evaluate RUN (--dataset NAME --data-dir DIR | --csv FILE | --oof)
+    [--image-dir DIR] [--blank-meta] [--out DIR] [--tta N] [--n-boot N]
+    [--skip-missing-images] [--overwrite]``."""
+    if args.oof and (args.dataset or args.csv):
+        raise ConfigError("--oof scores the run's own rows out of fold: drop --dataset / --csv")
+    tag = "oof" if args.oof else Path(args.dataset or args.csv or "").stem
+    tag += "_blank_meta" if args.blank_meta else ""
+    out = Path(args.out) if args.out else default_out(args.run, tag)
     inputs = tuple(str(p) for p in (args.data_dir, args.csv, args.image_dir) if p)
     check_report_folder(out, KIND, overwrite=args.overwrite, inputs=(args.run, *inputs))
-    table = external_table(args.dataset or "", args.data_dir or "", args.csv or "",
-                           args.image_dir or "", args.label_column, args.image_column)
+    table = oof_table(args.run) if args.oof else external_table(
+        args.dataset or "", args.data_dir or "", args.csv or "", args.image_dir or "",
+        args.label_column, args.image_column)
+    if args.blank_meta:
+        table = blank_metadata(table)
     ev = evaluate_external(args.run, table, tta=args.tta, batch_size=args.batch_size,
-                           n_boot=args.n_boot, skip_missing_images=args.skip_missing_images)
+                           n_boot=args.n_boot, skip_missing_images=args.skip_missing_images,
+                           oof=args.oof)
     write_evaluation(ev, out, overwrite=args.overwrite, inputs=inputs)
     print(scored_summary(ev.mapping, table, ev.dropped))
     print(ev.summary())

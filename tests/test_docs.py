@@ -81,6 +81,8 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "--image-dir ../shared/data/milk10k/images_256x192 --skip-missing-images":
         "a trained run and the MILK10k images (tests/test_external.py runs the CLI on a "
         "synthetic MILK10k-like table)",
+    "melalib evaluate outputs/r50 --oof --blank-meta":
+        "a trained run (tests/test_external.py runs it on a tiny run)",
     "melalib evaluate outputs/r50 --csv other_clinic.csv --image-dir other_clinic/images":
         "another clinic's table (tests/test_external.py: the CLI on a CSV)",
     "papermill notebooks/06_external.ipynb out/06.ipynb -p name demo -p external_dataset "

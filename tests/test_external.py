@@ -17,7 +17,7 @@ from melalib import cli
 from melalib.config import RunConfig
 from melalib.data.adapters import load_table
 from melalib.errors import DataError, RunExistsError
-from melalib.external import evaluate_external, write_evaluation
+from melalib.external import blank_metadata, evaluate_external, oof_table, write_evaluation
 from melalib.metrics import confusion, evaluate
 from melalib.predictions import predicted_labels
 from melalib.runs import RunDir, check_report_folder
@@ -122,3 +122,22 @@ def test_cli_writes_replaces_its_own_folder_and_refuses_others(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert (run / "config.yaml").is_file()
+
+
+def test_oof_mode_reproduces_the_training_oof_and_blanked_metadata_changes_it(
+        trained, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = trained
+    ev = evaluate_external(run, oof_table(run), oof=True, n_boot=10, progress=False)
+    stored = RunDir.read(run).oof().set_index("image_id")
+    got = ev.frame.set_index("image_id")
+    columns = HAM7.prob_columns
+    assert len(got) == len(stored)
+    assert np.allclose(got[columns], stored.loc[got.index, columns], atol=1e-5)
+    assert np.allclose(got["image_shift"], stored.loc[got.index, "image_shift"], rtol=1e-3)
+    blank = evaluate_external(run, blank_metadata(oof_table(run)), oof=True, n_boot=10,
+                              progress=False)
+    assert not np.allclose(blank.frame[columns], ev.frame[columns])
+    assert cli.main(["evaluate", str(run), "--oof", "--blank-meta", "--n-boot", "10"]) == 0
+    assert RunDir.read(run.parent / "ham_on_oof_blank_meta").oof()["fold"].eq(-1).all()
+    assert cli.main(["evaluate", str(run), "--oof", "--dataset", "ham10000"]) == 2
+    assert "--oof" in capsys.readouterr().err
