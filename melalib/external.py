@@ -5,7 +5,9 @@
 `classmap.class_mapping` (only the classes both define are scored; what was dropped is
 reported with row counts) and scores them with the tools every run uses: `metrics`
 (bootstrap CIs grouped by ``group_id``, confusion matrix, per-class report, melanoma vs rest
-of a multiclass scoring), `calibration` (brier, ECE, reliability), `subgroups` and `plots`.
+of a multiclass scoring), `calibration` (brier, ECE, reliability), `subgroups` (per
+``source`` too when the table has several) and `plots`. ``oof=True`` scores the run's own
+rows out of fold (`oof_table`), `blank_metadata` blanks age, sex and site first.
 `write_evaluation` stores it as a run-like folder (`runs.write_report_folder`: marker kind
 ``evaluate``; ``table/`` with the scored task, ``oof.csv`` the scored predictions, so
 `RunDir.read` opens it). `evaluate_cli` is ``melalib evaluate``.
@@ -38,7 +40,7 @@ from .predictions import predicted_labels, prediction_frame
 from .runs import RunDir, check_report_folder, git_commit, package_versions, write_report_folder
 from .shift import FLAG, SCORE, separation
 from .shift import summary as shift_summary
-from .subgroups import subgroup_metrics
+from .subgroups import DEFAULT_BY, subgroup_metrics
 from .table import LesionTable
 from .tasks import MELANOMA
 
@@ -244,7 +246,11 @@ def _scores(mapping: ClassMapping, df: pd.DataFrame, probs: np.ndarray, n_boot: 
     conf = pd.DataFrame(matrix, index=pd.Index(task.classes, name="true"), columns=names)
     per_class = (per_class_report(y, probs, task.classes) if task.kind == "multiclass"
                  else None)
-    sub = subgroup_metrics(df, task, _as_2d(probs), n_boot=min(n_boot, 200))
+    by = None
+    if "source" in df.columns and df["source"].nunique() > 1:  # e.g. ham10000+milk10k
+        by = [c for c in DEFAULT_BY if c in df.columns or (c == "age_band" and "age" in df)]
+        by.append("source")
+    sub = subgroup_metrics(df, task, _as_2d(probs), n_boot=min(n_boot, 200), by=by)
     return {"metrics": metrics, "ci": ci, "per_class": per_class, "confusion": conf,
             "subgroups": sub}
 

@@ -15,6 +15,7 @@ from melalib.classmap import class_mapping
 from melalib.config import DataConfig, RunConfig
 from melalib.data.adapters import load_table, merge_ham_milk
 from melalib.errors import DataError
+from melalib.external import evaluate_external
 from melalib.tasks import HAM7, MILK11
 
 
@@ -61,6 +62,9 @@ def test_training_reports_oof_metrics_per_source(tmp_path: Path) -> None:
     oof = pd.read_csv(cfg.run_dir / "oof.csv")
     folds = pd.read_csv(cfg.run_dir / "table" / "table.csv").groupby("group_id")["fold"]
     assert (folds.nunique() == 1).all()  # grouped by lesion (within its source)
+    ev = evaluate_external(cfg.run_dir, merged, n_boot=10, progress=False)
+    by_source = ev.subgroups[ev.subgroups["subgroup_column"] == "source"]
+    assert set(by_source["value"]) == {"ham10000", "milk10k"}
     n_milk = metrics["per_source"]["milk10k"]["n"]
     assert n_milk == int(oof["image_id"].isin(merged.df.loc[merged.df["source"] == "milk10k",
                                                                "image_id"]).sum())
