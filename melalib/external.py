@@ -98,16 +98,17 @@ def scored_rows(table: LesionTable, mapping: ClassMapping, image_columns: list[s
     left out; a missing image is a DataError naming its row unless ``skip_missing_images``."""
     df = table.df.reset_index(drop=True)
     y = mapping.labels(df["label"].to_numpy())
-    missing = np.zeros(len(df), dtype=bool)
-    for column in image_columns:
-        missing |= ~df[column].map(lambda p: isinstance(p, str) and os.path.isfile(p)).to_numpy()
+    absent = {c: ~df[c].map(lambda p: isinstance(p, str) and os.path.isfile(p)).to_numpy()
+              for c in image_columns}
+    missing = np.logical_or.reduce([*absent.values(), np.zeros(len(df), dtype=bool)])
     first = np.flatnonzero(missing & (y >= 0))
     if len(first) and not skip_missing_images:
         pos = int(first[0])
+        column = next(c for c in image_columns if absent[c][pos])
         raise DataError(f"{len(first)} image(s) of scored rows are missing, the first "
-                        f"{df[image_columns[0]].iloc[pos]!r}; pass --skip-missing-images to "
-                        "score the others (they are counted in the report)",
-                        file=table.origin or None, row=pos + 1, column=image_columns[0])
+                        f"{df[column].iloc[pos]!r} (image_id {df['image_id'].iloc[pos]}); "
+                        "pass --skip-missing-images to score the others (they are counted "
+                        "in the report)", file=table.origin or None, row=pos + 1, column=column)
     keep = (y >= 0) & ~missing
     dropped = {**mapping.report(df["label"].to_numpy()),
                "missing_images": int(np.sum(missing & (y >= 0)))}
