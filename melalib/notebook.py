@@ -535,6 +535,10 @@ def external_table(cfg: RunConfig, dataset: str = "synthetic", data_dir: str = "
     ``seed`` (patients the run never saw); else an adapter's or a CSV's
     (`external.external_table`; relative paths against the project root)."""
     if dataset == "synthetic" and not csv:
+        if cfg.data.dataset != "synthetic":
+            raise ConfigError(f"external_dataset=synthetic draws the run's own synthetic "
+                              f"generator anew, but this run trained on {cfg.data.dataset}: "
+                              "name the external table (external_dataset / external_csv)")
         return load_dataset(replace(cfg.data, synthetic_seed=int(seed)))
     root = project_root()
     return external.external_table(dataset, resolve_path(data_dir, root),

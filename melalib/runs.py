@@ -219,9 +219,12 @@ def write_report_folder(path: str | os.PathLike[str], kind: str,
     only after the swap, and only when its marker names it)."""
     path = check_report_folder(path, kind, overwrite=overwrite, inputs=inputs)
     staging = path.with_name(f".{path.name}.new-{os.getpid()}")
-    if marker_kind(staging) == kind:
+    if marker_kind(staging) == kind:  # left by an interrupted earlier write
         shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=False)
+    if staging.exists():
+        raise RunExistsError(f"{staging} exists and melalib did not write it; remove it or "
+                             "pick another folder")
+    staging.mkdir(parents=True)
     write_json(staging / MARKER, {"melalib_run": path.name, "kind": kind})
     try:
         write(RunDir(staging, None))

@@ -16,11 +16,11 @@ from sklearn.metrics import roc_auc_score
 from melalib import cli
 from melalib.config import RunConfig
 from melalib.data.adapters import load_table
-from melalib.errors import DataError, RunExistsError
+from melalib.errors import ConfigError, DataError, RunExistsError
 from melalib.external import blank_metadata, evaluate_external, oof_table, write_evaluation
 from melalib.metrics import confusion, evaluate
 from melalib.predictions import predicted_labels
-from melalib.runs import RunDir, check_report_folder
+from melalib.runs import RunDir, check_report_folder, write_report_folder
 from melalib.tasks import HAM7, MILK11
 
 
@@ -141,3 +141,33 @@ def test_oof_mode_reproduces_the_training_oof_and_blanked_metadata_changes_it(
     assert RunDir.read(run.parent / "ham_on_oof_blank_meta").oof()["fold"].eq(-1).all()
     assert cli.main(["evaluate", str(run), "--oof", "--dataset", "ham10000"]) == 2
     assert "--oof" in capsys.readouterr().err
+
+
+def test_a_failed_write_keeps_the_earlier_report(tmp_path: Path) -> None:
+    def fill(run: RunDir) -> None:
+        (run.path / "oof.csv").write_text("first")
+
+    out = tmp_path / "report"
+    write_report_folder(out, "evaluate", fill)
+
+    def broken(run: RunDir) -> None:
+        (run.path / "oof.csv").write_text("half")
+        raise DataError("disk trouble")
+
+    with pytest.raises(DataError):
+        write_report_folder(out, "evaluate", broken, overwrite=True)
+    assert (out / "oof.csv").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging left
+
+
+def test_notebook_06_tables(trained, tmp_path: Path) -> None:
+    from melalib import notebook as nb
+
+    run, _ = trained
+    cfg = RunDir.read(run).cfg
+    table = nb.external_table(cfg, "synthetic", seed=4)
+    assert table.task == HAM7
+    assert table.content_hash() != RunDir.read(run).table().content_hash()  # drawn anew
+    assert nb.trained_run(cfg).path == run  # a finished run is read, not retrained
+    with pytest.raises(ConfigError, match="external_dataset"):
+        nb.external_table(cfg.with_overrides(["dataset=ham10000"]), "synthetic")
