@@ -42,6 +42,7 @@ from .shift import FLAG, SCORE, separation
 from .shift import summary as shift_summary
 from .subgroups import DEFAULT_BY, subgroup_metrics
 from .table import LesionTable
+from .targets import training_table
 from .tasks import MELANOMA
 
 log = logging.getLogger("melalib")
@@ -158,6 +159,19 @@ def oof_table(run: str | os.PathLike[str]) -> LesionTable:
     table = RunDir.read(run).table()
     df = table.df[table.df["split"] == "train"].reset_index(drop=True)
     return LesionTable(df, table.task, origin=f"{table.origin} (out of fold)")
+
+
+def diagnosis_table(table: LesionTable) -> LesionTable:
+    """A binary melanoma table (ISIC 2020 ``train.csv``, the merged 2019 + 2020 table,
+    synthetic binary data) labelled by its ``diagnosis`` words in the 9 shared diagnosis
+    classes (`targets.training_table`), so a multiclass model is scored on every class
+    both define, not on melanoma vs rest alone."""
+    if table.task != MELANOMA:
+        raise ConfigError(f"scoring by diagnosis needs a binary melanoma table with a "
+                          f"diagnosis column (ISIC 2020 train.csv, isic2020+2019, synthetic "
+                          f"binary); this table's task is {table.task.name!r} "
+                          f"{list(table.task.classes)}")
+    return training_table(table, "diagnosis")
 
 
 def blank_metadata(table: LesionTable) -> LesionTable:
@@ -371,13 +385,16 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     if args.oof and (args.dataset or args.csv):
         raise ConfigError("--oof scores the run's own rows out of fold: drop --dataset / --csv")
     tag = "oof" if args.oof else Path(args.dataset or args.csv or "").stem
-    tag += "_blank_meta" if args.blank_meta else ""
+    tag += ("_diagnosis" if args.by_diagnosis else "") + ("_blank_meta" if args.blank_meta
+                                                          else "")
     out = Path(args.out) if args.out else default_out(args.run, tag)
     inputs = tuple(str(p) for p in (args.data_dir, args.csv, args.image_dir) if p)
     check_report_folder(out, KIND, overwrite=args.overwrite, inputs=(args.run, *inputs))
     table = oof_table(args.run) if args.oof else external_table(
         args.dataset or "", args.data_dir or "", args.csv or "", args.image_dir or "",
         args.label_column, args.image_column)
+    if args.by_diagnosis:
+        table = diagnosis_table(table)
     if args.blank_meta:
         table = blank_metadata(table)
     ev = evaluate_external(args.run, table, tta=args.tta, batch_size=args.batch_size,

@@ -17,10 +17,17 @@ from melalib import cli
 from melalib.config import RunConfig
 from melalib.data.adapters import load_table
 from melalib.errors import ConfigError, DataError, RunExistsError
-from melalib.external import blank_metadata, evaluate_external, oof_table, write_evaluation
+from melalib.external import (
+    blank_metadata,
+    diagnosis_table,
+    evaluate_external,
+    oof_table,
+    write_evaluation,
+)
 from melalib.metrics import confusion, evaluate
 from melalib.predictions import predicted_labels
 from melalib.runs import RunDir, check_report_folder, write_report_folder
+from melalib.targets import DIAG9, DIAGNOSIS_MAP
 from melalib.tasks import HAM7, MILK11
 
 
@@ -171,3 +178,27 @@ def test_notebook_06_tables(trained, tmp_path: Path) -> None:
     assert nb.trained_run(cfg).path == run  # a finished run is read, not retrained
     with pytest.raises(ConfigError, match="external_dataset"):
         nb.external_table(cfg.with_overrides(["dataset=ham10000"]), "synthetic")
+
+
+def test_a_binary_table_is_scored_by_its_diagnosis_words(trained, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    run, ext = trained
+    binary = load_table(ext.with_overrides(["synthetic_task=binary"]).data)
+    table = diagnosis_table(binary)
+    assert table.task == DIAG9
+    ev = evaluate_external(run, table, n_boot=10, progress=False)
+    assert ev.mapping.task.kind == "multiclass" and "mel" in ev.mapping.task.classes
+    words = binary.train["diagnosis"].str.lower().map(DIAGNOSIS_MAP)
+    shared = {"AK", "BCC", "BKL", "DF", "MEL", "NV", "VASC"}
+    assert len(ev.frame) == int(words.isin(shared).sum())
+    binary_ev = evaluate_external(run, binary, n_boot=10, progress=False)
+    assert binary_ev.mapping.task.kind == "binary"  # without: melanoma vs rest
+    csv = tmp_path / "binary.csv"
+    df = binary.train
+    df.assign(image=df["image_path"], label=df["label_name"]).to_csv(csv, index=False)
+    assert cli.main(["evaluate", str(run), "--csv", str(csv), "--by-diagnosis",
+                     "--out", str(tmp_path / "dx"), "--n-boot", "10"]) == 2
+    err = capsys.readouterr().err  # a custom CSV's task is not the binary melanoma task
+    assert "scoring by diagnosis needs a binary melanoma table" in err
+    assert err.count("\n") == 1
