@@ -1,5 +1,5 @@
-"""`melalib` command line: prepare | train | predict | ensemble | stack | reproduce | demo |
-presets | weights | kaggle-bundle | explain.
+"""`melalib` command line: prepare | train | predict | evaluate | ensemble | stack | reproduce |
+demo | presets | weights | kaggle-bundle | explain.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
@@ -83,7 +83,7 @@ def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     report = prepare_images(args.src, args.dst, size=args.size, workers=args.workers,
-                            aspect=args.aspect)
+                            aspect=args.aspect, color_constancy=args.color_constancy)
     print(report.summary())
     return 0
 
@@ -101,6 +101,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_cli  # timm (see the note above)
 
     return predict_cli(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .external import evaluate_cli  # timm (see the note above)
+
+    return evaluate_cli(args)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -181,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for add in (_add_training_commands, _add_prediction_commands, _add_run_commands,
-                _add_kaggle_command, _add_explain_command):
+    for add in (_add_training_commands, _add_prediction_commands, _add_evaluate_command,
+                _add_run_commands, _add_kaggle_command, _add_explain_command):
         add(sub)
     return parser
 
@@ -204,6 +210,9 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aspect", default="keep", choices=PREPARE_ASPECTS,
                    help="keep: shorter side = --size (default); squash / crop / pad: square "
                    "outputs framed as training's aspect option")
+    p.add_argument("--color-constancy", dest="color_constancy", action="store_true",
+                   help="Shades of Gray colour correction of every output (as training's "
+                   "color_constancy=true)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("presets", help="list the named recipes for --preset")
@@ -252,6 +261,37 @@ def _add_prediction_commands(sub: argparse._SubParsersAction) -> None:
                    help="no patient-context features")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_stack)
+
+
+def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
+    """evaluate (external validation; `melalib.external`)."""
+    p = sub.add_parser("evaluate", help="score a trained run on another labelled table "
+                       "(external validation); writes a run-like folder")
+    p.add_argument("run", help="trained run folder (its fold ensemble is scored)")
+    p.add_argument("--dataset", help="adapter of the external table (ham10000, milk10k, ...)")
+    p.add_argument("--data-dir", dest="data_dir", help="folder of the --dataset files")
+    p.add_argument("--csv", help="or: a CSV of images and class names (custom adapter)")
+    p.add_argument("--image-dir", dest="image_dir", help="folder of the images")
+    p.add_argument("--label-column", dest="label_column", default="label",
+                   help="--csv: column of class names (default: label)")
+    p.add_argument("--image-column", dest="image_column", default="image",
+                   help="--csv: column of image file names (default: image)")
+    p.add_argument("--out", help="folder to write (default: <run>_on_<dataset or csv name>)")
+    p.add_argument("--tta", type=int, default=None, help="1, 2, 4 or 8 views")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64,
+                   help="images per forward pass (default: 64)")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap draws")
+    p.add_argument("--skip-missing-images", dest="skip_missing_images", action="store_true",
+                   help="score the rows whose images exist (the others are counted)")
+    p.add_argument("--oof", action="store_true", help="score the run's own rows out of fold "
+                   "(each by the model of the fold that held it out) instead of a table")
+    p.add_argument("--blank-meta", dest="blank_meta", action="store_true",
+                   help="blank age, sex and site of the scored rows (a clinic without metadata)")
+    p.add_argument("--by-diagnosis", dest="by_diagnosis", action="store_true",
+                   help="score a binary melanoma table by its diagnosis words (ISIC 2020): "
+                   "every class both define, not melanoma vs rest alone")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation")
+    p.set_defaults(func=cmd_evaluate)
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:

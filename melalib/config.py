@@ -42,7 +42,7 @@ from .transforms import ASPECTS, BORDER_AUGS, STRENGTHS, TTA_COUNTS
 class DataConfig:
     """Where the data comes from and how it is split and encoded."""
 
-    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | isic2024 | custom | image_folder
+    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | ham10000+milk10k | isic2024 | custom | image_folder
     data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached; image_folder: <data_dir>/<class>/*.jpg
     image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
     synthetic_task: str = "binary"  # binary | multiclass | paired
@@ -52,6 +52,7 @@ class DataConfig:
     image_size: int = 64  # model input size (square)
     aspect: str = "squash"  # non-square image -> square input: squash | crop (centre) | pad (black)
     augment: str = "medium"  # training augmentation: none | light (flips, rot90) | medium (+ crop, affine, colour) | heavy (wider + dropout)
+    color_constancy: bool = False  # Shades of Gray colour correction (p=6) of every image: training, TTA, predict, Grad-CAM
     n_folds: int = 5  # grouped CV folds
     fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
     fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
@@ -123,6 +124,7 @@ class TrainConfig:
     loss: str = "auto"  # auto | bce | focal | ce
     focal_gamma: float = 2.0  # loss=focal: focusing parameter
     label_smoothing: float = 0.0  # target smoothing epsilon
+    meta_blanking: float = 0.0  # training only: probability of blanking a row's age, sex and site (each independently, per epoch)
     class_weighting: str = "none"  # none | balanced | sqrt (from training folds only)
     sampler: str = "none"  # none | balanced | sqrt
     freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs (>= epochs: head only)
@@ -284,6 +286,8 @@ class RunConfig:
         ):
             if not 0 <= value < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if not 0 <= t.meta_blanking <= 1:
+            raise ConfigError(f"meta_blanking must be in [0, 1], got {t.meta_blanking}")
         if self.fold < -1 or self.fold >= d.n_folds:
             raise ConfigError(f"fold must be -1 (all) or in [0, {d.n_folds - 1}], got {self.fold}")
         if not m.use_image and not m.use_meta:

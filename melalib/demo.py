@@ -1,4 +1,4 @@
-"""`melalib demo`: the numbered notebooks 01 -> 05 executed headless on synthetic data.
+"""`melalib demo`: the numbered notebooks 01 -> 06 executed headless on synthetic data.
 
 `run_demo(output_dir)` runs each notebook with papermill (the ``python3`` ipykernel of this
 interpreter) with one shared set of parameters, so they all use one run
@@ -68,7 +68,7 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
              overwrite: bool = False, progress: bool = True, *,
              data_dir: str | os.PathLike[str] | None = None,
              parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Execute notebooks 01 -> 05 headless into ``output_dir`` and return a summary.
+    """Execute notebooks 01 -> 06 headless into ``output_dir`` and return a summary.
 
     ``data_dir``: where the synthetic data are generated (default ``<project>/data``);
     ``parameters``: extra papermill parameters on top of the preset (config fields or

@@ -74,6 +74,8 @@ from .runtime import (
 )
 from .samplers import build_sampler
 from .schedules import PER_EPOCH, build_scheduler
+from .shift import SCORE as SHIFT_SCORE
+from .shift import fit_fold_shift
 from .table import LesionTable
 from .targets import report_labels, report_probs, report_task, training_table
 from .tasks import Task
@@ -373,7 +375,7 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     job = _Fold(cfg, table, run, info, device, fd,
                 make_dataset(cfg, table, fd.train_df, fd.meta_train, train=True,
-                             seed=derived_seed(t.seed, fold)),
+                             seed=derived_seed(t.seed, fold), encoder=fd.encoder),
                 make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False),
                 fd.train_df["label"].to_numpy().astype(int),
                 BatchPlan.of(t, len(fd.train_df), info.world_size), progress, folds or [fold])
@@ -517,6 +519,10 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     metrics = evaluate(reported, oof["label"].to_numpy(), oof[reported.prob_columns].to_numpy())
     metrics["best_epoch"] = best.best_epoch
     if info.is_main:
+        shift = fit_fold_shift(model, cfg, table, fd.train_df, fd.val_df, device,
+                               run.shift_path(fold), batch_size * 2)
+        if shift is not None:
+            oof[SHIFT_SCORE] = shift
         if test is not None:
             write_csv(run.test_path(fold), test)
         write_json(run.metrics_path(fold), metrics)
@@ -545,9 +551,31 @@ def finalize(run: RunDir, task: Task) -> dict[str, Any]:
         summary["oof"] = evaluate(task, oof["label"].to_numpy(), oof[task.prob_columns].to_numpy())
         summary["primary_metric"] = task.primary_metric
         summary["oof_primary"] = summary["oof"].get(task.primary_metric)
+        per_source = _per_source(run, task, oof)
+        if per_source:
+            summary["per_source"] = per_source
         write_csv(run.oof_path(), oof.sort_values("image_id").reset_index(drop=True))
     write_json(run.metrics_path(), summary)
     return summary
+
+
+def _per_source(run: RunDir, task: Task, oof: pd.DataFrame) -> dict[str, Any]:
+    """Pooled OOF metrics per ``source`` of a multi-source table (``ham10000+milk10k``);
+    {} for a single source."""
+    table = run.table().df
+    if "source" not in table.columns or table["source"].nunique() < 2:
+        return {}
+    source = table.set_index(table["image_id"].astype(str))["source"]
+    rows = source.reindex(oof["image_id"].astype(str)).to_numpy()
+    out: dict[str, Any] = {}
+    for name in sorted(pd.unique(rows[pd.notna(rows)])):
+        sub = oof[rows == name]
+        try:
+            out[str(name)] = evaluate(task, sub["label"].to_numpy(),
+                                      sub[task.prob_columns].to_numpy())
+        except MelalibError as exc:
+            out[str(name)] = {"error": str(exc)}
+    return out
 
 
 def _mlflow_log(cfg: RunConfig, run: RunDir, fold: int, row: dict[str, Any]) -> None:

@@ -107,6 +107,24 @@ def tbp_columns(df: pd.DataFrame) -> list[str]:
             and _usable(_numeric(df, c))]
 
 
+#: The metadata `blanked_variants` blanks, and the value that means "not recorded".
+BLANKABLE = (("age", np.nan), ("sex", "unknown"), ("site", "unknown"))
+
+
+def blanked_variants(encoder: MetaEncoder, df: pd.DataFrame) -> np.ndarray:
+    """(2**3, N, D) encodings of ``df`` with every subset of age / sex / site blanked
+    (variant ``k``: bit ``j`` of ``k`` blanks `BLANKABLE[j]`; variant 0 is ``df`` as it is):
+    what a row looks like to the model when that metadata is missing (``meta_blanking``)."""
+    out = []
+    for k in range(2 ** len(BLANKABLE)):
+        blank = df.copy()
+        for j, (column, missing) in enumerate(BLANKABLE):
+            if k >> j & 1 and column in blank.columns:
+                blank[column] = missing
+        out.append(encoder.transform(blank))
+    return np.stack(out).astype(np.float32)
+
+
 class MetaEncoder:
     """Encode sex, site, age and the optional extras; fit on training rows only."""
 

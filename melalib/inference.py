@@ -38,6 +38,8 @@ from .io import write_csv
 from .predictions import output_frame
 from .runs import RunDir
 from .runtime import make_dataset, make_loader, predict_probs
+from .shift import FLAG, FLAG_QUANTILE, SCORE, ShiftStats, image_features
+from .shift import summary as shift_summary
 from .table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
 from .tasks import Task
 from .thresholds import bake, run_thresholds
@@ -65,6 +67,7 @@ class Member:
     cfg: RunConfig
     path: Path
     fold: int | None = None
+    shift: ShiftStats | None = None  # the fold's image-feature statistics (`melalib.shift`)
 
 
 def load_member(path: Source, device: torch.device, *, config: RunConfig | None = None
@@ -87,6 +90,13 @@ class Predictor:
     sources: list[Path] = field(default_factory=list)
     #: per-feature drift of the last `predict` call's metadata (`MetaEncoder.drift`)
     last_drift: pd.DataFrame | None = None
+    #: the last `predict` call's image-shift line (`shift.summary`); None without statistics
+    last_shift: str | None = None
+
+    @property
+    def scores_shift(self) -> bool:
+        """Every member has stored image-shift statistics (runs trained before: no score)."""
+        return all(m.shift is not None for m in self.members)
 
     @property
     def cfg(self) -> RunConfig:
@@ -147,6 +157,7 @@ class Predictor:
         for line in drift_warnings(self.last_drift):
             log.warning("%s", line)
         total = np.zeros((len(df), self.task.n_outputs), dtype=np.float64)
+        shift = np.zeros(len(df), dtype=np.float64)
         for i, member in enumerate(self.members):
             if len(df) == 0:
                 break
@@ -163,7 +174,17 @@ class Predictor:
             ordered = np.empty_like(probs)
             ordered[index] = probs
             total += ordered
-        return output_frame(df["image_id"].to_numpy(), self.task, total / len(self.members))
+            if self.scores_shift:
+                shift += member.shift.score(image_features(member.model, loader, self.device))
+        out = output_frame(df["image_id"].to_numpy(), self.task, total / len(self.members))
+        self.last_shift = None
+        if self.scores_shift and len(df):
+            out[SCORE] = shift / len(self.members)
+            out[FLAG] = out[SCORE] > 1.0
+            self.last_shift = shift_summary(out[SCORE].to_numpy())
+            alarming = out[FLAG].mean() > 2 * (1 - FLAG_QUANTILE)  # well above in-domain
+            log.log(logging.WARNING if alarming else logging.INFO, "%s", self.last_shift)
+        return out
 
     def predict_folder(self, image_dir: Source | None, metadata_csv: Source | None = None,
                        image_column: str = "image", image2_column: str = "image2",
@@ -201,16 +222,22 @@ class Predictor:
         df["image_bytes"] = _file_sizes(df["image_path"])
         if "image_path_2" in df.columns:
             df["image_bytes_2"] = _file_sizes(df["image_path_2"])
+        self.impute_absent(df, str(metadata_csv or image_dir))
+        return df
+
+    def impute_absent(self, df: pd.DataFrame, where: str) -> list[str]:
+        """Add the metadata columns the encoders were fitted on but ``df`` lacks (NaN: imputed
+        with the training statistics), log them once and list them in
+        ``df.attrs["imputed_columns"]``."""
         imputed = sorted({c for m in self.members for c in m.encoder.columns
                           if not c.startswith("@") and c not in df.columns})
         for column in imputed:
             df[column] = np.nan
         if imputed:
             log.warning("%s: metadata column(s) %s used in training are absent; imputed with the "
-                        "training statistics for all %d rows", metadata_csv or image_dir,
-                        imputed, len(df))
+                        "training statistics for all %d rows", where, imputed, len(df))
         df.attrs["imputed_columns"] = imputed
-        return df
+        return imputed
 
     def _describe(self) -> str:
         m = self.cfg.model
@@ -260,7 +287,22 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
                                   f"({_input_kind(members[0].cfg)})")
         members.append(member)
     assert task is not None
+    _load_shift(members, run)
     return Predictor(members, task, dev, run=run, sources=paths)
+
+
+def _load_shift(members: list[Member], run: RunDir | None) -> None:
+    """Each member's stored image-shift statistics; said once when some are absent."""
+    if not members[0].cfg.model.use_image:
+        return
+    for member in members:
+        path = run.shift_path(member.fold) if run is not None and member.fold is not None \
+            else None
+        member.shift = ShiftStats.load(path) if path is not None and path.is_file() else None
+    if any(m.shift is None for m in members):
+        log.warning("no image-shift statistics stored with %s (trained before melalib stored "
+                    "them, or a checkpoint outside its run): predictions get no %s score",
+                    run.path if run is not None else members[0].path, SCORE)
 
 
 def _input_kind(cfg: RunConfig) -> tuple[bool, bool, int]:
@@ -450,6 +492,8 @@ def predict_cli(args: argparse.Namespace) -> int:
     path = write_csv(args.out, out)
     views = predictor.tta if tta is None else tta
     print(f"wrote {len(out)} predictions ({len(predictor)} model(s), tta={views}) to {path}")
+    if predictor.last_shift:
+        print(predictor.last_shift)
     if predictor.last_drift is not None and not predictor.last_drift.empty:
         drift_path = write_csv(drift_file(path), predictor.last_drift)
         for line in drift_warnings(predictor.last_drift):

@@ -11,7 +11,8 @@
   tables are usable without their 33k JPEGs);
 * `baseline_config`: the metadata-only baseline run of 02;
 * `fold_metrics` (03); `curve_figures`, `score_test`, `write_submission`, `write_metrics`
-  (04); `show_cams` (05): the loops and branches a notebook cell must not hold.
+  (04); `show_cams` (05); `trained_run`, `external_table`, `shift_figure` (06): the loops
+  and branches a notebook cell must not hold.
 
 The domain logic they display lives in the package: blending in `melalib.ensemble`,
 cross-fitted calibration in `melalib.calibration`, sklearn baselines in
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import explain, plots
+from . import explain, external, plots, shift
 from . import stack as stacking
 from .config import RunConfig, field_index, get_preset
 from .data.adapters import load_table as load_dataset
@@ -53,9 +54,16 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "baseline_epochs": "02: epochs of the metadata-only baseline (melalib.train)",
     "ensemble_method": "04: best (the run or blend with the best OOF score) | mean | rank | "
                        "geometric | search (weights searched on OOF)",
-    "n_boot": "04: bootstrap replicates of the confidence intervals",
+    "n_boot": "04, 06: bootstrap replicates of the confidence intervals",
     "stack_seeds": "04: seeds per fold of the second-stage stacker (0: no stacking)",
     "n_examples": "05: cases shown per error type (false negatives, false positives, ...)",
+    "external_dataset": "06: adapter of the external table (synthetic: the run's generator "
+                        "with external_seed); '' with external_csv",
+    "external_data_dir": "06: folder of the external dataset's files",
+    "external_image_dir": "06: folder of the external images (overrides the adapter's)",
+    "external_csv": "06: a CSV of images and class names to score instead of a dataset",
+    "external_seed": "06: synthetic external table: the generator's seed (unseen patients)",
+    "camera_rows": "06: rows copied through a simulated other camera for the shift figure",
     "n_show": "01: images shown per class in the sample grid",
 }
 
@@ -63,7 +71,7 @@ EXTRA_PARAMETERS: dict[str, str] = {
 PATH_FIELDS = ("output_dir", "data_dir", "image_dir", "custom_csv", "pretrained_path")
 
 NOTEBOOKS = ("01_eda.ipynb", "02_features.ipynb", "03_train.ipynb", "04_ensemble.ipynb",
-             "05_gradcam.ipynb")
+             "05_gradcam.ipynb", "06_external.ipynb")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -559,3 +567,48 @@ def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
     shown = ["image_id", "fold", "label_name", "pred_name", "confidence", "group_id", "age",
              "sex", "site"]
     return errors[[c for c in shown if c in errors.columns]], fig
+
+
+# -------------------------------------------------------------------------- external
+def trained_run(cfg: RunConfig) -> RunDir:
+    """The run ``cfg`` names: read when its folder holds a finished run (whatever config
+    trained it), else trained now with ``cfg`` (resumed when partly done) and read."""
+    try:
+        run = RunDir.read(cfg.run_dir)
+        if run.complete:
+            return run
+    except ConfigError:
+        pass
+    from .engine import train  # timm: imported only when a run has to be trained
+
+    train(cfg, progress=False)
+    return RunDir.read(cfg.run_dir)
+
+
+def external_table(cfg: RunConfig, dataset: str = "synthetic", data_dir: str = "",
+                   image_dir: str = "", csv: str = "", seed: int = 1) -> LesionTable:
+    """The labelled table notebook 06 scores: ``synthetic``: ``cfg``'s generator with
+    ``seed`` (patients the run never saw); else an adapter's or a CSV's
+    (`external.external_table`; relative paths against the project root)."""
+    if dataset == "synthetic" and not csv:
+        if cfg.data.dataset != "synthetic":
+            raise ConfigError(f"external_dataset=synthetic draws the run's own synthetic "
+                              f"generator anew, but this run trained on {cfg.data.dataset}: "
+                              "name the external table (external_dataset / external_csv)")
+        return load_dataset(replace(cfg.data, synthetic_seed=int(seed)))
+    root = project_root()
+    return external.external_table(dataset, resolve_path(data_dir, root),
+                                   resolve_path(csv, root), resolve_path(image_dir, root))
+
+
+def shift_figure(evaluations: Mapping[str, Any], save: str | os.PathLike[str] | None = None
+                 ) -> Any:
+    """`plots.shift_plot` of the evaluations' ``image_shift`` columns, or a note when the
+    run stores no image-shift statistics (trained before melalib stored them)."""
+    scores = {name: ev.frame[shift.SCORE] for name, ev in evaluations.items()
+              if shift.SCORE in ev.frame.columns}
+    if not scores:
+        note("This run stores no image-shift statistics (trained before melalib stored "
+             "them): retrain it to get the image_shift score.")
+        return None
+    return plots.shift_plot(scores, save=save)

@@ -711,3 +711,27 @@ def aspect_plot(image: Any, size: int = 128, save: str | Path | None = None) -> 
     height, width = raw.shape[:2]
     titles = [f"image {width}x{height}"] + [f"aspect={a} ({size}x{size})" for a in ASPECTS]
     return image_grid(views, titles=titles, ncols=len(views), save=save)
+
+
+@_styled
+def shift_plot(scores: Mapping[str, Any], threshold: float = 1.0, ax: Axes | None = None,
+               save: str | Path | None = None, title: str | None = None) -> Figure:
+    """Histograms of image-shift scores (`melalib.shift`), one per named set, with the
+    in-domain threshold and each set's flagged share in the legend."""
+    if not scores:
+        raise DataError("shift_plot needs at least one named set of scores")
+    fig, axes, owned = _figure(ax, figsize=(7.0, 4.5))
+    a = axes[0, 0]
+    arrays = {name: np.asarray(s, dtype=float) for name, s in scores.items()}
+    finite = np.concatenate([s[np.isfinite(s)] for s in arrays.values()])
+    top = max(float(finite.max()) if len(finite) else threshold, threshold) * 1.05
+    bins = np.linspace(0.0, top, 40)
+    for name, s in arrays.items():
+        share = float(np.mean(s > threshold)) if len(s) else float("nan")
+        a.hist(s, bins=bins, alpha=0.55, density=True,
+               label=f"{name} (n={len(s)}, {share:.0%} flagged)")
+    a.axvline(threshold, ls="--", color="grey", lw=1, label="threshold (in-domain 95 %)")
+    a.set(xlabel="image shift (distance / fold threshold)", ylabel="density")
+    a.legend(loc="upper right", fontsize=8)
+    a.set_title(title or "Image shift of the model's features")
+    return _finish(fig, save, owned)

@@ -8,6 +8,7 @@ Layout of ``outputs/<run>/``::
     checkpoints/         fold{k}_last.pt (resume), fold{k}_best.pt (predictions)
     history_fold{k}.csv  per-epoch losses, metrics and learning rate
     features_fold{k}.csv the metadata features the fold's model used
+    shift_fold{k}.npz    the fold's image-feature statistics and OOF threshold (image shift)
     oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
     test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
     oof.csv, metrics.json  once every fold is done
@@ -86,6 +87,10 @@ MARKER = ".melalib-run"  # melalib's own mark on a run folder it created (JSON: 
 #: theirs before any training: a folder holding only these becomes the run).
 NOTEBOOK_OUTPUTS = ("figures", "features.json", "ensemble.json", "errors.json",
                     "submission.csv")
+#: The report tables of a run-like folder (``melalib evaluate``), by `RunDir.report_path`.
+REPORT_FILES = {"ci": "metrics_ci.csv", "confusion": "confusion.csv",
+                "per_class": "per_class.csv", "subgroups": "subgroups.csv",
+                "class_mapping": "class_mapping.json", "shift": "image_shift.json"}
 FOLD_FILE = re.compile(r"(?:oof|test|history)_fold(\d+)\.csv")
 T = TypeVar("T")
 
@@ -164,6 +169,80 @@ def _owned(path: Path, name: str) -> bool:
         return json.loads(marker.read_text()).get("melalib_run") == name
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def marker_kind(path: Path) -> str | None:
+    """What wrote the folder: ``train`` for a training run's marker, the ``kind`` a report
+    folder's marker names (``evaluate``), None when there is no readable marker."""
+    marker = path / MARKER
+    if path.is_symlink() or not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return str(data.get("kind", "train")) if isinstance(data, dict) else None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_report_folder(path: str | os.PathLike[str], kind: str, *, overwrite: bool = False,
+                        inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """Refuse ``path`` as the output of a ``kind`` report (``melalib evaluate``) unless it is
+    free: missing or empty, or (with ``overwrite``) a folder melalib's marker names as such
+    a report. Never a training run, a folder melalib did not write, a symbolic link, or a
+    folder holding (or inside) one of the ``inputs``."""
+    path = Path(path)
+    for item in inputs:
+        if item and _overlaps(path, Path(item)):
+            raise RunExistsError(f"{path} overlaps the input {item}; write the {kind} report "
+                                 "to another folder (melalib never writes over its inputs)")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RunExistsError(f"{path} is a symbolic link or a file; pick another folder")
+    if path.is_dir() and any(path.iterdir()):
+        found = marker_kind(path)
+        if found != kind:
+            what = "a training run" if found == "train" else "not a melalib report folder"
+            raise RunExistsError(f"{path} exists and is {what}; pick another folder (melalib "
+                                 "never replaces folders it did not write for this)")
+        if not overwrite:
+            raise RunExistsError(f"{path} holds an earlier {kind} report; pass --overwrite "
+                                 "to replace it, or pick another folder")
+    return path
+
+
+def write_report_folder(path: str | os.PathLike[str], kind: str,
+                        write: Callable[[RunDir], None], *, overwrite: bool = False,
+                        inputs: Sequence[str | os.PathLike[str]] = ()) -> RunDir:
+    """Write a run-like report folder (`check_report_folder` first): ``write`` fills a
+    staging folder beside ``path``, which then replaces ``path`` (the old report is deleted
+    only after the swap, and only when its marker names it)."""
+    path = check_report_folder(path, kind, overwrite=overwrite, inputs=inputs)
+    staging = path.with_name(f".{path.name}.new-{os.getpid()}")
+    if marker_kind(staging) == kind:  # left by an interrupted earlier write
+        shutil.rmtree(staging)
+    if staging.exists():
+        raise RunExistsError(f"{staging} exists and melalib did not write it; remove it or "
+                             "pick another folder")
+    staging.mkdir(parents=True)
+    write_json(staging / MARKER, {"melalib_run": path.name, "kind": kind})
+    try:
+        write(RunDir(staging, None))
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    aside = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.is_dir():
+        os.rename(path, aside)
+    os.rename(staging, path)
+    if marker_kind(aside) == kind:
+        shutil.rmtree(aside)
+    elif aside.is_dir() and not any(aside.iterdir()):
+        aside.rmdir()
+    return RunDir(path, None)
 
 
 def _remove_owned(path: Path, name: str) -> None:
@@ -390,6 +469,21 @@ class RunDir:
     # ------------------------------------------------------------------ paths
     def checkpoint(self, fold: int, kind: str = "last") -> Path:
         return self.path / "checkpoints" / f"fold{fold}_{kind}.pt"
+
+    def figures_dir(self) -> Path:
+        """Where figures of the run (notebooks, ``melalib evaluate``) go."""
+        return self.path / "figures"
+
+    def report_path(self, name: str) -> Path:
+        """A report table of a run-like folder (`REPORT_FILES`: ``ci``, ``confusion``,
+        ``per_class``, ``subgroups``, ``class_mapping``, ``shift``)."""
+        if name not in REPORT_FILES:
+            raise ConfigError(f"unknown report {name!r}; known: {sorted(REPORT_FILES)}")
+        return self.path / REPORT_FILES[name]
+
+    def shift_path(self, fold: int) -> Path:
+        """Fold ``fold``'s image-shift statistics (`melalib.shift`), written at training."""
+        return self.path / f"shift_fold{fold}.npz"
 
     def history_path(self, fold: int) -> Path:
         return self.path / f"history_fold{fold}.csv"

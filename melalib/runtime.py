@@ -31,7 +31,7 @@ from .data.dataset import LesionDataset
 from .data.images import ImageOptions
 from .device import FP32, Precision
 from .errors import ConfigError, MelalibError
-from .features import MetaEncoder
+from .features import MetaEncoder, blanked_variants
 from .models import input_normalization
 from .pseudo import check_validation, with_pseudo_rows
 from .table import LesionTable
@@ -75,9 +75,11 @@ def fold_data(cfg: RunConfig, table: LesionTable, fold: int) -> FoldData:
 
 
 def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.ndarray | None,
-                 *, train: bool, labelled: bool = True, seed: int = 0) -> LesionDataset:
+                 *, train: bool, labelled: bool = True, seed: int = 0,
+                 encoder: MetaEncoder | None = None) -> LesionDataset:
     """Rows ``df`` of ``table`` as model inputs, with the run's (training or evaluation)
-    transforms normalised as the backbone's weights expect."""
+    transforms normalised as the backbone's weights expect; a training dataset given the
+    fold's ``encoder`` blanks metadata under ``meta_blanking`` (`features.blanked_variants`)."""
     if cfg.model.dual_image and not table.paired:
         raise ConfigError("dual_image=true needs a paired dataset (image_path_2), e.g. milk10k "
                           "or synthetic_task=paired")
@@ -85,9 +87,13 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
     transform = build_transforms(cfg.data.image_size, train=train, strength=cfg.data.augment,
                                  seed=seed, aspect=cfg.data.aspect, mean=mean, std=std,
                                  border_aug=cfg.data.border_aug)
+    blanking = cfg.train.meta_blanking if train and encoder is not None and meta is not None \
+        and meta.shape[1] else 0.0
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
                          paired=cfg.model.dual_image, labelled=labelled,
-                         image_options=ImageOptions.from_config(cfg.data))
+                         image_options=ImageOptions.from_config(cfg.data),
+                         meta_variants=blanked_variants(encoder, df) if blanking else None,
+                         meta_blanking=blanking)
 
 
 # ------------------------------------------------------------------------------ loaders

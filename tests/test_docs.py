@@ -77,6 +77,19 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "../shared/data/ham10000": "tests/test_notebooks.py (slow, realdata) runs it on HAM10000",
     "papermill notebooks/02_features.ipynb out/02.ipynb -p dataset isic2020 -p data_dir "
     "data/isic2020": "the ISIC 2020 tables (tests/test_notebooks.py runs 02 on them, slow)",
+    "melalib evaluate outputs/r50 --dataset milk10k --data-dir ../shared/data/milk10k "
+    "--image-dir ../shared/data/milk10k/images_256x192 --skip-missing-images":
+        "a trained run and the MILK10k images (tests/test_external.py runs the CLI on a "
+        "synthetic MILK10k-like table)",
+    "melalib evaluate outputs/r50 --oof --blank-meta":
+        "a trained run (tests/test_external.py runs it on a tiny run)",
+    "melalib evaluate outputs/r50 --csv other_clinic.csv --image-dir other_clinic/images":
+        "another clinic's table (tests/test_external.py: the CLI on a CSV)",
+    "papermill notebooks/06_external.ipynb out/06.ipynb -p name demo -p external_dataset "
+    "milk10k -p external_data_dir ../shared/data/milk10k -p external_image_dir "
+    "../shared/data/milk10k/images_256x192": "a trained run and the MILK10k images "
+    "(tests/test_notebooks.py runs 06 in the quick series; tests/test_external.py scores a "
+    "HAM-like run on MILK-like data)",
     "melalib train --preset ham10000_lite0_pretrained --set data_dir=../shared/data/ham10000":
         "HAM10000 images (tests/test_weights.py trains the preset's recipe on tiny data)",
     "melalib train --preset ham10000_lite0_pretrained --set data_dir=../shared/data/ham10000 "

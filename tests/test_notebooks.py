@@ -1,5 +1,5 @@
 """The numbered notebooks: committed stripped and logic-free, executable headless with
-papermill (01 -> 05 on the tiny synthetic config, from the repository root or from
+papermill (01 -> 06 on the tiny synthetic config, from the repository root or from
 ``notebooks/``), and the helpers of `melalib.notebook` they call."""
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ _EXECUTED: dict[str, Any] = {}
 
 
 def executed_series(base: Path) -> dict[str, Any]:
-    """The quick demo (papermill, 01 -> 05, tiny config) run once per session; the demo
+    """The quick demo (papermill, 01 -> 06, tiny config) run once per session; the demo
     tests reuse it."""
     if "summary" not in _EXECUTED:
         from melalib.demo import run_demo
@@ -397,7 +397,8 @@ def test_series_saves_its_figures(executed: dict[str, Any]) -> None:
     names = {p.name for p in (run_dir / "figures").glob("*.png")}
     expected = {"01_class_balance.png", "01_age_by_label.png", "01_site_by_label.png",
                 "01_sample_images.png", "03_learning_curves.png", "04_roc.png", "04_pr.png",
-                "04_confusion.png", "04_reliability.png", "04_subgroups.png"}
+                "04_confusion.png", "04_reliability.png", "04_subgroups.png",
+                "06_roc.png", "06_confusion.png", "06_image_shift.png"}
     assert expected <= names, expected - names
     assert {p.name for p in executed["summary"]["figures"]} == names
     assert any(n.startswith("05_cam_") for n in names)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..classmap import class_mapping
 from ..errors import DataError
 from ..table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
 from ..tasks import HAM7, ISIC2019_8, ISIC2024, MELANOMA, MILK11, Task
@@ -681,6 +682,35 @@ def merge_isic2019_2020(t2020: LesionTable, t2019: LesionTable) -> LesionTable:
     return LesionTable(df, MELANOMA, origin=t2020.origin).validate()
 
 
+def merge_ham_milk(ham: LesionTable, milk: LesionTable) -> LesionTable:
+    """Multi-source HAM10000 7-class table: the HAM10000 rows + the MILK10k training lesions
+    (their dermoscopic image) whose class HAM10000 defines (`classmap.class_mapping`:
+    AKIEC -> akiec, ...). ``source`` (``ham10000`` / ``milk10k``) says where each row comes
+    from, and training reports the OOF metrics per source; MILK10k image and group ids get
+    a ``milk10k:`` prefix (folds stay grouped by lesion within each source). Only the columns
+    both tables hold are kept (no source-only column becomes a shortcut; the clinical image
+    is left out). ``df.attrs``: ``dropped_milk_classes`` (rows per MILK10k-only class) and
+    ``excluded_milk_test``."""
+    for table, task, name in ((ham, HAM7, "ham"), (milk, MILK11, "milk")):
+        if table.task != task:
+            raise DataError(f"{name} must be a {task.name} table, got task {table.task.name!r}",
+                            file=table.origin or None)
+    mapping = class_mapping(HAM7, MILK11)
+    train = milk.train.reset_index(drop=True)
+    labels = mapping.labels(train["label"].to_numpy())
+    new = train[labels >= 0].copy()
+    new["label"] = labels[labels >= 0]
+    new["label_name"] = np.asarray(HAM7.classes, dtype=object)[new["label"].to_numpy()]
+    for column in ("group_id", "image_id"):  # never collide with a HAM10000 id
+        new[column] = "milk10k:" + new[column].astype(str)
+    columns = [c for c in ham.df.columns if c in new.columns]
+    df = pd.concat([ham.df[columns].assign(source="ham10000"),
+                    new[columns].assign(source="milk10k")], ignore_index=True)
+    df.attrs = {"dropped_milk_classes": mapping.report(train["label"])["dropped_rows_per_class"],
+                "excluded_milk_test": len(milk.test)}
+    return LesionTable(df, HAM7, origin=ham.origin).validate()
+
+
 # ------------------------------------------------------------------------ user's own data
 def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: str = "label",
                     group_column: str | None = None,
@@ -858,7 +888,10 @@ LOADERS = {"isic2020": load_isic2020, "isic2019": load_isic2019, "ham10000": loa
            "milk10k": load_milk10k, "isic2024": load_isic2024}
 #: every ``dataset`` that `load_table` serves (`melalib.config` validates against it)
 DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k",
-            "isic2024", "custom", "image_folder")
+            "ham10000+milk10k", "isic2024", "custom", "image_folder")
+#: the multi-source datasets: name -> (subfolders of data_dir, merge)
+MERGED = {"isic2020+2019": (("isic2020", "isic2019"), merge_isic2019_2020),
+          "ham10000+milk10k": (("ham10000", "milk10k"), merge_ham_milk)}
 
 
 def load_table(data_cfg: DataConfig) -> LesionTable:
@@ -891,11 +924,12 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             raise DataError("dataset=image_folder needs data_dir, a folder of class folders "
                             "(<data_dir>/<class>/*.jpg)")
         return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None)
-    if dataset not in (*LOADERS, "isic2020+2019"):
+    if dataset not in (*LOADERS, *MERGED):
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if dataset == "isic2020+2019":
-        expected = f"isic2020/{MAIN_FILE['isic2020']} and isic2019/{MAIN_FILE['isic2019']}"
-        hint = f"{DOWNLOAD['isic2020']}; {DOWNLOAD['isic2019']}"
+    if dataset in MERGED:
+        parts = MERGED[dataset][0]
+        expected = " and ".join(f"{p}/{MAIN_FILE[p]}" for p in parts)
+        hint = "; ".join(DOWNLOAD[p] for p in parts)
     else:
         expected, hint = MAIN_FILE[dataset], DOWNLOAD[dataset]
     if not data_cfg.data_dir or not Path(data_cfg.data_dir).is_dir():
@@ -904,9 +938,10 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
         raise DataError(f"{where}: dataset {dataset} expects a folder holding {expected}; {hint}",
                         file=data_cfg.data_dir or None)
     data_dir = Path(data_cfg.data_dir)
-    if dataset == "isic2020+2019":
-        return merge_isic2019_2020(load_isic2020(data_dir / "isic2020", image_dir),
-                                   load_isic2019(data_dir / "isic2019", image_dir))
+    if dataset in MERGED:
+        (first, second), merge = MERGED[dataset]
+        return merge(LOADERS[first](data_dir / first, image_dir),
+                     LOADERS[second](data_dir / second, image_dir))
     if dataset == "milk10k":
         return load_milk10k(data_dir, image_dir, view=data_cfg.milk_view)
     return LOADERS[dataset](data_dir, image_dir)

@@ -58,6 +58,8 @@ class LesionDataset(Dataset):
         load_size: int | None = None,
         origin: str | None = None,
         image_options: ImageOptions | None = None,
+        meta_variants: np.ndarray | None = None,
+        meta_blanking: float = 0.0,
     ) -> None:
         self.df = df.reset_index(drop=True)
         self.task = task
@@ -93,6 +95,12 @@ class LesionDataset(Dataset):
                 raise DataError(f"metadata feature {col} is {self.meta[row, col]} (not finite)",
                                 file=origin, row=int(row) + 1, column=f"meta[{col}]")
         self.meta_t = torch.from_numpy(self.meta)
+        self.meta_blanking = float(meta_blanking)
+        self.variants_t = (None if meta_variants is None or not meta_blanking
+                           else torch.from_numpy(np.asarray(meta_variants, dtype=np.float32)))
+        if self.variants_t is not None and tuple(self.variants_t.shape[1:]) != self.meta.shape:
+            raise DataError(f"meta_variants of shape {tuple(self.variants_t.shape)} do not fit "
+                            f"the metadata {self.meta.shape}", file=origin)
         self.targets = self._targets()
         self.seed = seed if seed is not None else getattr(transform, "seed", None)
         self.load_size = load_size or getattr(transform, "image_size", None)
@@ -168,11 +176,20 @@ class LesionDataset(Dataset):
             reseed(info.seed % 2**63)
         self._worker_seeded = info.seed
 
+    def _meta(self, i: int) -> torch.Tensor:
+        """Row ``i``'s metadata; under ``meta_blanking`` age, sex and site are each blanked
+        with that probability, drawn from (seed, epoch, row) like the augmentations."""
+        if self.variants_t is None or self.seed is None:
+            return self.meta_t[i]
+        rng = np.random.default_rng(self.item_seed(i, branch=2))
+        bits = rng.random(self.variants_t.shape[0].bit_length() - 1) < self.meta_blanking
+        return self.variants_t[int(np.dot(bits, 2 ** np.arange(len(bits)))), i]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} is outside 0..{len(self) - 1}")
-        item: dict[str, Any] = {"meta": self.meta_t[i], "target": self.targets[i], "index": i}
+        item: dict[str, Any] = {"meta": self._meta(i), "target": self.targets[i], "index": i}
         if self.use_image:
             item["image"] = self._apply(self._read(i, 0), i, 0)
             if self.paired:

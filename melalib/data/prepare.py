@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,7 +188,8 @@ def _jpeg_frame(path: str | os.PathLike[str]) -> tuple[int, int, int, bool] | No
 def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],
                    size: int = 512, workers: int | None = None,
                    pattern: Sequence[str] | str = PATTERNS, quality: int = 95,
-                   aspect: str = "keep", progress: bool = True) -> PrepareReport:
+                   aspect: str = "keep", progress: bool = True,
+                   color_constancy: bool = False) -> PrepareReport:
     """Resize every image under ``src_dir`` into ``dst_dir`` (see the module docstring).
 
     ``size``: shorter side of the outputs (``aspect=keep``, never enlarged) or the side of
@@ -198,6 +200,8 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     resize is copied as it is). ``dst_dir`` may not be
     ``src_dir``, lie inside it or contain it. A folder prepared earlier with other settings
     (size, aspect, quality) is refused, so a resume never mixes two sizes.
+    ``color_constancy``: every output is colour-corrected (`images.shades_of_gray`, as
+    training's ``color_constancy=true``; no JPEG is copied unchanged).
     """
     src, dst = Path(src_dir).expanduser().absolute(), Path(dst_dir).expanduser().absolute()
     patterns = (pattern,) if isinstance(pattern, str) else tuple(pattern)
@@ -205,7 +209,9 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
     if aspect not in PREPARE_ASPECTS:
         raise ConfigError(f"aspect must be one of {', '.join(PREPARE_ASPECTS)}; got {aspect!r}")
-    settings = {"size": int(size), "aspect": aspect, "quality": int(quality)}
+    settings: dict[str, Any] = {"size": int(size), "aspect": aspect, "quality": int(quality)}
+    if color_constancy:  # only then: caches prepared before the option keep their settings
+        settings["color_constancy"] = True
     _claim(dst, settings)
     report = PrepareReport(src_dir=src, dst_dir=dst, size=int(size))
     start = time.perf_counter()
@@ -214,7 +220,7 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     outputs: dict[str, str] = {}  # output name -> its source (two sources, one output: fail)
     try:
         todo = _pending(src, dst, patterns, report, outputs, bar)
-        args = (int(size), int(quality), aspect)
+        args = (int(size), int(quality), aspect, bool(color_constancy))
         for results in _run(todo, args, n_workers):
             for source, reason in results:
                 if reason is None:
@@ -318,7 +324,7 @@ def _chunks(items: Iterator[tuple[str, str]], n: int) -> Iterator[list[tuple[str
         yield chunk
 
 
-def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, str],
+def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, str, bool],
          workers: int) -> Iterator[list[tuple[str, str | None]]]:
     """Results per chunk; at most ``4 * workers`` chunks in flight (bounded memory)."""
     if workers <= 1:
@@ -338,22 +344,24 @@ def _run(todo: Iterator[tuple[str, str]], args: tuple[int, int, str],
 
 
 def _convert_chunk(chunk: list[tuple[str, str]], size: int, quality: int,
-                   aspect: str) -> list[tuple[str, str | None]]:
+                   aspect: str, color_constancy: bool = False) -> list[tuple[str, str | None]]:
     """Worker: convert each (source, output); reason None on success."""
-    return [(source, convert_one(source, output, size, quality, aspect))
+    return [(source, convert_one(source, output, size, quality, aspect, color_constancy))
             for source, output in chunk]
 
 
 def convert_one(source: str | os.PathLike[str], output: str | os.PathLike[str], size: int,
-                quality: int = 95, aspect: str = "keep") -> str | None:
+                quality: int = 95, aspect: str = "keep", color_constancy: bool = False
+                ) -> str | None:
     """Write ``source`` resized to ``output`` (JPEG, atomically); the failure reason or None.
 
     A JPEG that `copies_unchanged` is decoded at 1/8 scale (every byte is still entropy-
     decoded, so a corrupt or truncated file is refused as on the resize path) and then
     copied byte for byte instead of re-encoded."""
-    copy = copies_unchanged(source, size, aspect)
+    copy = not color_constancy and copies_unchanged(source, size, aspect)
+    options = ImageOptions(color_constancy=color_constancy)
     try:  # a copy is only checked: decoding at the smallest DCT scale reads every byte too
-        pixels = read_image(source, 1 if copy else size)
+        pixels = read_image(source, 1 if copy else size, options)
     except ImageError as err:
         return err.detail
     output = Path(output)

@@ -1,0 +1,204 @@
+"""External validation (`melalib.external`, ``melalib evaluate``): a tiny synthetic HAM10000-like
+run scored on a synthetic MILK10k-like table; the run-like folder it writes, the classes it
+drops, the folders it refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY
+from sklearn.metrics import roc_auc_score
+
+from melalib import cli
+from melalib.config import RunConfig
+from melalib.data.adapters import load_table
+from melalib.errors import ConfigError, DataError, RunExistsError
+from melalib.external import (
+    blank_metadata,
+    diagnosis_table,
+    evaluate_external,
+    oof_table,
+    write_evaluation,
+)
+from melalib.metrics import confusion, evaluate
+from melalib.predictions import predicted_labels
+from melalib.runs import RunDir, check_report_folder, write_report_folder
+from melalib.targets import DIAG9, DIAGNOSIS_MAP
+from melalib.tasks import HAM7, MILK11
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
+    """A tiny multiclass (HAM7) run and the config of a paired (MILK11) external table."""
+    from melalib.engine import train
+
+    root = tmp_path_factory.mktemp("external")
+    base = {**TINY, "data_dir": str(root / "data"), "output_dir": str(root / "out")}
+    cfg = RunConfig.from_dict({**base, "name": "ham", "synthetic_task": "multiclass"})
+    train(cfg, progress=False)
+    ext = RunConfig.from_dict({**base, "name": "ext", "synthetic_task": "paired",
+                               "synthetic_seed": 3})
+    return cfg.run_dir, ext
+
+
+def test_scores_only_shared_classes_and_writes_a_run_like_folder(trained, tmp_path: Path
+                                                                 ) -> None:
+    run, ext = trained
+    table = load_table(ext.data)
+    assert table.task == MILK11
+    ev = evaluate_external(run, table, n_boot=20, progress=False)
+    assert ev.mapping.task.classes == HAM7.classes
+    labelled = table.df[table.df["label"] >= 0]
+    milk_only = labelled["label"].isin([MILK11.index_of(c) for c in
+                                        ("BEN_OTH", "INF", "MAL_OTH", "SCCKA")])
+    assert len(ev.frame) == int((~milk_only).sum()) == ev.dropped["n_scored"]
+    assert sum(ev.dropped["dropped_rows_per_class"].values()) == int(milk_only.sum())
+    out = write_evaluation(ev, tmp_path / "ham_on_milk").path
+    view = RunDir.read(out)
+    assert view.task == ev.mapping.task
+    oof = view.oof()
+    probs = oof[view.task.prob_columns].to_numpy()
+    y = oof["label"].to_numpy()
+    stored = json.loads(view.metrics_path().read_text())
+    assert stored["external"]["balanced_accuracy"] == pytest.approx(
+        evaluate(view.task, y, probs)["balanced_accuracy"])
+    matrix = pd.read_csv(view.report_path("confusion")).set_index("true")
+    assert matrix[list(HAM7.classes)].to_numpy().tolist() == confusion(
+        y, predicted_labels(view.task, probs), 7, include_ties=True)[:, :7].tolist()
+    names = {p.name for p in view.figures_dir().glob("*.png")}
+    assert {"external_confusion.png", "external_reliability.png"} <= names
+    assert view.table().df["source_label"].isin(range(MILK11.n_classes)).all()
+    shift = json.loads(view.report_path("shift").read_text())
+    assert shift["n_flagged"] == int(oof["image_shift_flag"].sum())
+    assert shift["n"] == len(oof)
+    in_domain = pd.concat([RunDir.read(run).oof(k) for k in (0, 1)])["image_shift"]
+    y = np.r_[np.zeros(len(in_domain)), np.ones(len(oof))]
+    assert shift["auroc_vs_training_oof"] == pytest.approx(
+        roc_auc_score(y, np.r_[in_domain, oof["image_shift"]]))
+
+
+def test_missing_images_are_an_error_unless_skipped_and_counted(trained, tmp_path: Path
+                                                               ) -> None:
+    run, ext = trained
+    table = load_table(ext.data)
+    scored = table.df.index[table.df["label"] == MILK11.index_of("NV")]
+    table.df.loc[scored[0], "image_path"] = str(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=r"missing.*gone\.png") as info:
+        evaluate_external(run, table, n_boot=10, progress=False)
+    assert info.value.row == int(scored[0]) + 1
+    ev = evaluate_external(run, table, n_boot=10, skip_missing_images=True, progress=False)
+    assert ev.dropped["missing_images"] == 1
+
+
+def test_refuses_folders_it_did_not_write_and_its_inputs(trained, tmp_path: Path) -> None:
+    run, _ = trained
+    with pytest.raises(RunExistsError, match="training run"):
+        check_report_folder(run, "evaluate", overwrite=True)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="not a melalib report"):
+        check_report_folder(foreign, "evaluate", overwrite=True)
+    with pytest.raises(RunExistsError, match="overlaps the input"):
+        check_report_folder(tmp_path / "data" / "out", "evaluate", inputs=[tmp_path / "data"])
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_writes_replaces_its_own_folder_and_refuses_others(
+        trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, ext = trained
+    table = load_table(ext.data)
+    df = table.df[table.df["label"] >= 0]
+    csv = tmp_path / "ext.csv"
+    pd.DataFrame({"image": df["image_path"], "label": np.asarray(MILK11.classes)[df["label"]],
+                  "age": df["age"], "sex": df["sex"], "site": df["site"]}).to_csv(csv, index=False)
+    out = tmp_path / "report"
+    args = ["evaluate", str(run), "--csv", str(csv), "--out", str(out), "--n-boot", "10"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "SCCKA" in printed and "balanced_accuracy" in printed
+    assert RunDir.read(out).task.classes == HAM7.classes
+    assert cli.main(args) == 2  # an earlier report: replaced only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert cli.main(["evaluate", str(run), "--csv", str(csv), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (run / "config.yaml").is_file()
+
+
+def test_oof_mode_reproduces_the_training_oof_and_blanked_metadata_changes_it(
+        trained, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = trained
+    ev = evaluate_external(run, oof_table(run), oof=True, n_boot=10, progress=False)
+    stored = RunDir.read(run).oof().set_index("image_id")
+    got = ev.frame.set_index("image_id")
+    columns = HAM7.prob_columns
+    assert len(got) == len(stored)
+    assert np.allclose(got[columns], stored.loc[got.index, columns], atol=1e-5)
+    assert np.allclose(got["image_shift"], stored.loc[got.index, "image_shift"], rtol=1e-3)
+    blank = evaluate_external(run, blank_metadata(oof_table(run)), oof=True, n_boot=10,
+                              progress=False)
+    assert not np.allclose(blank.frame[columns], ev.frame[columns])
+    assert cli.main(["evaluate", str(run), "--oof", "--blank-meta", "--n-boot", "10"]) == 0
+    assert RunDir.read(run.parent / "ham_on_oof_blank_meta").oof()["fold"].eq(-1).all()
+    assert cli.main(["evaluate", str(run), "--oof", "--dataset", "ham10000"]) == 2
+    assert "--oof" in capsys.readouterr().err
+
+
+def test_a_failed_write_keeps_the_earlier_report(tmp_path: Path) -> None:
+    def fill(run: RunDir) -> None:
+        (run.path / "oof.csv").write_text("first")
+
+    out = tmp_path / "report"
+    write_report_folder(out, "evaluate", fill)
+
+    def broken(run: RunDir) -> None:
+        (run.path / "oof.csv").write_text("half")
+        raise DataError("disk trouble")
+
+    with pytest.raises(DataError):
+        write_report_folder(out, "evaluate", broken, overwrite=True)
+    assert (out / "oof.csv").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging left
+
+
+def test_notebook_06_tables(trained, tmp_path: Path) -> None:
+    from melalib import notebook as nb
+
+    run, _ = trained
+    cfg = RunDir.read(run).cfg
+    table = nb.external_table(cfg, "synthetic", seed=4)
+    assert table.task == HAM7
+    assert table.content_hash() != RunDir.read(run).table().content_hash()  # drawn anew
+    assert nb.trained_run(cfg).path == run  # a finished run is read, not retrained
+    with pytest.raises(ConfigError, match="external_dataset"):
+        nb.external_table(cfg.with_overrides(["dataset=ham10000"]), "synthetic")
+
+
+def test_a_binary_table_is_scored_by_its_diagnosis_words(trained, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    run, ext = trained
+    binary = load_table(ext.with_overrides(["synthetic_task=binary"]).data)
+    table = diagnosis_table(binary)
+    assert table.task == DIAG9
+    ev = evaluate_external(run, table, n_boot=10, progress=False)
+    assert ev.mapping.task.kind == "multiclass" and "mel" in ev.mapping.task.classes
+    words = binary.train["diagnosis"].str.lower().map(DIAGNOSIS_MAP)
+    shared = {"AK", "BCC", "BKL", "DF", "MEL", "NV", "VASC"}
+    assert len(ev.frame) == int(words.isin(shared).sum())
+    binary_ev = evaluate_external(run, binary, n_boot=10, progress=False)
+    assert binary_ev.mapping.task.kind == "binary"  # without: melanoma vs rest
+    csv = tmp_path / "binary.csv"
+    df = binary.train
+    df.assign(image=df["image_path"], label=df["label_name"]).to_csv(csv, index=False)
+    assert cli.main(["evaluate", str(run), "--csv", str(csv), "--by-diagnosis",
+                     "--out", str(tmp_path / "dx"), "--n-boot", "10"]) == 2
+    err = capsys.readouterr().err  # a custom CSV's task is not the binary melanoma task
+    assert "scoring by diagnosis needs a binary melanoma table" in err
+    assert err.count("\n") == 1
