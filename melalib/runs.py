@@ -28,6 +28,7 @@ no ``config.yaml``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -107,7 +108,10 @@ class RunLock:
 
     The lock file is ``<output_dir>/.<name>.lock`` (beside the run folder, so it outlives
     a replacement of the folder); the kernel releases the lock when the holder exits, even
-    on SIGKILL. Where ``fcntl`` does not exist (Windows) no lock is taken.
+    on SIGKILL. The holder deletes the file when it leaves (a refused or failed command
+    leaves no lock file behind), and ``output_dir`` too when the lock created it and it is
+    still empty; a process that locked a file deleted meanwhile takes the lock again on the
+    new file. Where ``fcntl`` does not exist (Windows) no lock is taken.
     """
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -115,26 +119,29 @@ class RunLock:
         self.run = path
         self.path = path.with_name(f".{cfg.name}.lock")
         self._fh: Any = None
+        self._made_parent = False
 
     def __enter__(self) -> RunLock:
         try:
             import fcntl  # POSIX only: imported where the lock is taken
         except ImportError:  # pragma: no cover - Windows
             return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # held until __exit__
-        except OSError as exc:
-            raise write_error(self.path, exc) from exc
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+        self._made_parent = not self.path.parent.exists()
+        for _ in range(100):  # another holder may delete the file between open and flock
+            fh = self._open()
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                fh.close()
+                self._tidy_parent()
+                raise RunLockedError(
+                    f"run {self.run} is being trained by another process (PID {holder}, lock "
+                    f"{self.path}); wait for it to finish or stop it, then rerun") from None
+            if self._is_current(fh):
+                break
             fh.close()
-            raise RunLockedError(
-                f"run {self.run} is being trained by another process (PID {holder}, lock "
-                f"{self.path}); wait for it to finish or stop it, then rerun") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -142,10 +149,31 @@ class RunLock:
         self._fh = fh
         return self
 
+    def _open(self) -> Any:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return open(self.path, "a+")  # held until __exit__
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+
+    def _is_current(self, fh: Any) -> bool:
+        """True when the locked file is still the one at ``self.path`` (not deleted)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+        except OSError:
+            return False
+
+    def _tidy_parent(self) -> None:
+        if self._made_parent:
+            with contextlib.suppress(OSError):  # only when still empty
+                self.path.parent.rmdir()
+
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
+            self.path.unlink(missing_ok=True)  # while held: no one else holds this file
             self._fh.close()  # closing releases the lock
             self._fh = None
+            self._tidy_parent()
 
 
 def _write_marker(path: Path, name: str) -> None:
@@ -251,8 +279,9 @@ class RunDir:
 
         - no folder, or one holding only `NOTEBOOK_OUTPUTS` (what notebooks 01 and 02 write
           before any training; they are kept): created (with melalib's marker
-          ``.melalib-run``), then ``build``; a ``build`` that fails leaves a folder the next
-          command may replace;
+          ``.melalib-run``), then ``build``; a ``build`` that fails deletes the folder it
+          created (kept only for a ``bad_images.csv`` report, which the next command may
+          replace): the corrected command starts as if nothing had run;
         - the same config: resumed; a folder whose start failed (``failed_start`` in
           run.json, no table stored: e.g. a missing data_dir) with another config: replaced
           as below, so it never blocks the corrected command;
@@ -282,6 +311,7 @@ class RunDir:
                     "copied), so melalib will not replace it; delete it yourself or pick "
                     "another run name")
             return cls._replace(cfg, build)
+        created = not path.exists()
         if info is None:
             run._create()
         else:
@@ -290,15 +320,19 @@ class RunDir:
             if not (path / MARKER).is_file():
                 _write_marker(path, cfg.name)  # a legacy run resumed with its own config
             write_yaml(path / "config.yaml", cfg.to_dict())
-        return run, run._build(build)
+        return run, run._build(build, created)
 
-    def _build(self, build: Callable[[RunDir], T]) -> T:
-        """``build(self)``; a failure before the table is stored is recorded in run.json
-        (``failed_start``), so the corrected command may replace this folder."""
+    def _build(self, build: Callable[[RunDir], T], created: bool = False) -> T:
+        """``build(self)``. When it fails, a folder this call ``created`` is deleted again
+        (a refused command leaves nothing behind) unless it holds the pre-flight's report
+        ``bad_images.csv``; a failure before the table is stored is recorded in run.json
+        (``failed_start``), so the corrected command may replace the folder."""
         try:
             result = build(self)
         except BaseException as exc:
-            if "table_hash" not in (self.info() or {}):
+            if created and not (self.path / "bad_images.csv").exists():
+                _remove_owned(self.path, self.cfg.name)
+            elif "table_hash" not in (self.info() or {}):
                 self.update_info(failed_start=f"{type(exc).__name__}: {exc}"[:500])
             raise
         info = self.info() or {}
@@ -339,7 +373,11 @@ class RunDir:
         aside = path.with_name(f".{cfg.name}.old-{os.getpid()}")
         _remove_owned(aside, cfg.name)
         os.rename(path, aside)
-        os.rename(staging.path, path)
+        try:
+            os.rename(staging.path, path)
+        except OSError as exc:
+            os.rename(aside, path)  # the old run back in place
+            raise write_error(path, exc) from exc
         staging.path = path
         _remove_owned(aside, cfg.name)
         return staging, result
