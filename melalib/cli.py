@@ -17,7 +17,7 @@ from .config import RunConfig, get_preset, read_yaml_config
 from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
-from .io import json_text
+from .io import json_text, one_line
 from .presets import PRESETS, describe
 from .reproduce import reproduce
 from .stack import stack_cli
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MelalibError as exc:
-        print(f"melalib {args.command}: error: {exc}", file=sys.stderr)
+        print(f"melalib {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"melalib {args.command}: interrupted; rerun the same command to resume",

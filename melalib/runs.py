@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import yaml
 
-from .config import RunConfig
+from .config import RunConfig, load_yaml
 from .errors import ConfigError, DataError, RunExistsError, RunLockedError
 from .io import write_error, write_json, write_yaml
 from .predictions import fold_average, read_predictions
@@ -85,6 +85,12 @@ MARKER = ".melalib-run"  # melalib's own mark on a run folder it created (JSON: 
 NOTEBOOK_OUTPUTS = ("figures", "features.json", "ensemble.json", "errors.json",
                     "submission.csv")
 FOLD_FILE = re.compile(r"(?:oof|test|history)_fold(\d+)\.csv")
+#: Names of the files and folders a run (or ``melalib stack``'s run-like folder) holds.
+RUN_ENTRIES = re.compile(
+    r"config\.yaml|run\.json|train\.log|table|checkpoints|oof\.csv|metrics\.json|"
+    r"(?:oof|test|history|features)_fold\d+\.csv|metrics_fold\d+\.json|"
+    r"(?:bad|skipped|unlisted)_images\.csv|feature_importance\.csv|metrics_ci\.csv|"
+    r"\.melalib-\w+")
 T = TypeVar("T")
 
 
@@ -180,15 +186,43 @@ def _write_marker(path: Path, name: str) -> None:
     write_json(path / MARKER, {"melalib_run": name})
 
 
-def _owned(path: Path, name: str) -> bool:
-    """True when ``path`` is a real folder holding melalib's marker for run ``name``."""
+def _marker_name(path: Path) -> str | None:
+    """The run name in ``path``'s marker; None for a link, no folder or no readable marker."""
     marker = path / MARKER
     if path.is_symlink() or not path.is_dir() or not marker.is_file():
-        return False
+        return None
     try:
-        return json.loads(marker.read_text()).get("melalib_run") == name
+        name = json.loads(marker.read_text()).get("melalib_run")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _owned(path: Path, name: str) -> bool:
+    """True when ``path`` is a real folder holding melalib's marker for run ``name``."""
+    return _marker_name(path) == name
+
+
+def _not_owned(path: Path, name: str) -> RunExistsError:
+    """Why ``path`` will not be replaced: no marker, or a marker naming another run."""
+    other = _marker_name(path)
+    if other is not None:
+        return RunExistsError(
+            f"{path} carries the marker of another run ({MARKER} names {other[:80]!r}, not "
+            f"{name[:80]!r}: copied or renamed by hand), so melalib will not replace it; "
+            "delete it yourself or pick another run name")
+    return RunExistsError(
+        f"{path} has no melalib marker ({MARKER}; the run predates it or was copied), so "
+        "melalib will not replace it; delete it yourself or pick another run name")
+
+
+def _check_links(path: Path) -> None:
+    """Refuse a run folder whose sub-folders are symbolic links: writes would leave it."""
+    for sub in ("checkpoints", "table"):
+        if (path / sub).is_symlink():
+            raise RunExistsError(
+                f"{path / sub} is a symbolic link (to {os.readlink(path / sub)}); melalib "
+                "does not write through links out of a run folder: replace it by a folder")
 
 
 def _remove_owned(path: Path, name: str) -> None:
@@ -298,6 +332,7 @@ class RunDir:
             raise RunExistsError(f"{path} exists and is a file, not a run folder; pick another "
                                  "run name or output_dir")
         _recover_swap(path)
+        _check_links(path)
         info = run.info() if path.is_dir() else None
         if info is None and not _adoptable(path):
             raise RunExistsError(
@@ -306,10 +341,7 @@ class RunDir:
                 "output_dir: melalib never deletes folders it did not write")
         if info is not None and (cfg.overwrite or not run._same_config(info)):
             if not _owned(path, cfg.name):
-                raise RunExistsError(
-                    f"{path} has no melalib marker ({MARKER}; the run predates it or was "
-                    "copied), so melalib will not replace it; delete it yourself or pick "
-                    "another run name")
+                raise _not_owned(path, cfg.name)
             return cls._replace(cfg, build)
         created = not path.exists()
         if info is None:
@@ -417,11 +449,23 @@ class RunDir:
         if not p.is_file():
             return None
         try:
-            return RunConfig.from_dict(yaml.safe_load(p.read_text()))
+            return RunConfig.from_dict(load_yaml(p.read_text()))
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{p}: cannot read the run's config: {exc}") from exc
+            reason = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"{p}: cannot read the run's config: {reason}") from exc
 
     # ------------------------------------------------------------------ paths
+    def owns(self, path: str | os.PathLike[str]) -> bool:
+        """True when ``path`` is (or lies in) one of this run's own files or folders, or a
+        notebook output (`NOTEBOOK_OUTPUTS`): what a command reading the run must never
+        write over. Other new files inside the run folder are not its own."""
+        try:
+            rel = Path(path).resolve().relative_to(self.path.resolve())
+        except ValueError:
+            return False
+        top = rel.parts[0] if rel.parts else ""
+        return not top or top in NOTEBOOK_OUTPUTS or RUN_ENTRIES.fullmatch(top) is not None
+
     def checkpoint(self, fold: int, kind: str = "last") -> Path:
         return self.path / "checkpoints" / f"fold{fold}_{kind}.pt"
 
