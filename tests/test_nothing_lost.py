@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -76,3 +77,93 @@ def test_nan_weights_error_names_the_weights_on_its_own_line(tiny_cfg, tmp_path:
     assert "weights already hold NaN" in line and "lower lr" not in line.replace(
         "a lower lr will not help", "")
     assert re.search(r"(\A|[\r\n])melalib train: error", err)  # not on the progress bar's line
+
+
+def test_long_run_names_are_one_line_errors(tiny_cfg, capsys) -> None:
+    cfg = tiny_cfg(fold=0)
+    melalib.train(cfg)
+    capsys.readouterr()
+    for name, extra in (("r" * 300, []), ("q" * 246, ["--overwrite"])):
+        rc = main(["train", "--preset", "tiny", "--output-dir", cfg.output_dir, "--name", name,
+                   *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "at most 100" in err
+        assert len(err) < 400
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["tiny"]
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefg", "bcdefgh", strict=True)) + "lr: *h\n"
+
+
+def test_yaml_alias_bombs_are_refused_in_a_short_line(tiny_cfg, tmp_path: Path,
+                                                      capsys) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    assert len(BOMB) < 1000
+    rc = main(["train", "--config", str(bomb), "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and len(err) < 1000 and "alias" in err
+    cfg = tiny_cfg(fold=0)  # a run whose config.yaml was replaced by a bomb
+    melalib.train(cfg)
+    capsys.readouterr()
+    (cfg.run_dir / "config.yaml").write_text(BOMB)
+    rc = main(["predict", str(cfg.run_dir), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and len(err) < 1000 and "alias" in err
+
+
+def test_cli_error_lines_are_capped() -> None:
+    from melalib.io import one_line
+
+    line = one_line("bad value " + "x" * 10_000_000 + "\nsecond line")
+    assert "\n" not in line and len(line) < 2100 and line.endswith("characters cut)")
+
+
+def test_refused_legacy_pickle_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    import torch
+
+    from melalib.checkpoints import load_checkpoint
+    from melalib.errors import CheckpointError, ConfigError
+    from melalib.weights import read_state_dict
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"f": os.system}, path, _use_new_zipfile_serialization=False)
+    for load, error in ((load_checkpoint, CheckpointError), (read_state_dict, ConfigError)):
+        with pytest.raises(error) as info:
+            load(path)
+        text = str(info.value)
+        assert "Re-running" not in text and "set to `False`" not in text
+        assert "weights_only=False" not in text and "posix.system" in text
+
+
+def test_marker_of_another_run_is_named_as_such(tiny_cfg) -> None:
+    import shutil
+
+    from melalib.errors import RunExistsError
+
+    cfg = tiny_cfg(fold=0)
+    melalib.train(cfg)
+    shutil.copytree(cfg.run_dir, cfg.run_dir.with_name("copy"))
+    with pytest.raises(RunExistsError, match=r"marker of another run.*names 'tiny'"):
+        melalib.train(tiny_cfg(fold=0, name="copy", overwrite=True))
+
+
+def test_stack_across_datasets_names_the_reason(tiny_cfg, tmp_path: Path) -> None:
+    from melalib.errors import DataError
+    from melalib.stack import load_inputs, stack, table_inputs
+    from tests.test_stack import _table
+
+    cfg = tiny_cfg()  # every fold
+    melalib.train(cfg)
+    other = tmp_path / "other"
+    stack(table_inputs(_table()), other, n_seeds=1, n_boot=0, importance=False)
+    for runs in ([cfg.run_dir, other], [other, cfg.run_dir]):
+        with pytest.raises(DataError, match="different tables") as info:
+            load_inputs(runs)
+        assert "train every fold first" not in str(info.value)
+    partial = tiny_cfg(name="partial", fold=0)
+    melalib.train(partial)
+    with pytest.raises(DataError, match="1 of 2 folds are trained; train every fold first"):
+        load_inputs([cfg.run_dir, partial.run_dir])
