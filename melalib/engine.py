@@ -126,7 +126,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
             _setup_file_log(run, info)
             folds = range(cfg.data.n_folds) if fold == -1 else [fold]
             for k in folds:
-                if run.fold_done(k):
+                if _finished(run, table, cfg, k):
                     log.info("fold %d already finished in %s; skipping", k, run.path)
                     continue
                 train_fold(cfg, table, k, run, device=device, info=info, progress=progress,
@@ -150,6 +150,21 @@ def _checked_table(cfg: RunConfig, run: RunDir, table: LesionTable | None, fold:
     build_loss(cfg.train, trained.task, fd.train_df["label"].to_numpy().astype(int))
     check_model(cfg.model, trained.task, fd.encoder.dim, cfg.data.image_size)
     return built
+
+
+def _finished(run: RunDir, table: LesionTable, cfg: RunConfig, fold: int) -> bool:
+    """Fold ``fold``'s OOF file is complete: its completion record matches and it holds
+    exactly the fold's validation rows. A file left incomplete (truncated, edited, another
+    fold's rows) is logged and the fold predicted again from its checkpoints."""
+    if not run.oof_path(fold).is_file():
+        return False
+    _, val_df = training_table(table, cfg.data.target).fold(fold)
+    if run.check_fold(fold, val_df["image_id"].astype(str).tolist()):
+        return True
+    log.warning("fold %d: %s does not hold the fold's %d validation rows or does not match "
+                "its completion record; training / predicting the fold again", fold,
+                run.oof_path(fold).name, len(val_df))
+    return False
 
 
 def _setup_file_log(run: RunDir, info: ddp.DistInfo) -> None:
@@ -556,7 +571,8 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
         if test is not None:
             write_csv(run.test_path(fold), test)
         write_json(run.metrics_path(fold), metrics)
-        write_csv(run.oof_path(fold), oof)  # written last: its presence marks the fold done
+        write_csv(run.oof_path(fold), oof)  # then its record: together they mark it done
+        run.record_fold(fold)
     return metrics
 
 

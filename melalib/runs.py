@@ -9,6 +9,7 @@ Layout of ``outputs/<run>/``::
     history_fold{k}.csv  per-epoch losses, metrics and learning rate
     features_fold{k}.csv the metadata features the fold's model used
     oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
+    done_fold{k}.json    the fold's completion record: OOF rows, hash of its ids and of the file
     test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
     oof.csv, metrics.json  once every fold is done
     bad_images.csv       unreadable / missing images found by the pre-flight check
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -88,7 +90,7 @@ FOLD_FILE = re.compile(r"(?:oof|test|history)_fold(\d+)\.csv")
 #: Names of the files and folders a run (or ``melalib stack``'s run-like folder) holds.
 RUN_ENTRIES = re.compile(
     r"config\.yaml|run\.json|train\.log|table|checkpoints|oof\.csv|metrics\.json|"
-    r"(?:oof|test|history|features)_fold\d+\.csv|metrics_fold\d+\.json|"
+    r"(?:oof|test|history|features)_fold\d+\.csv|(?:metrics|done)_fold\d+\.json|"
     r"(?:bad|skipped|unlisted)_images\.csv|feature_importance\.csv|metrics_ci\.csv|"
     r"\.melalib-\w+")
 T = TypeVar("T")
@@ -488,8 +490,47 @@ class RunDir:
         ``metrics.json``."""
         return self.path / ("metrics.json" if fold is None else f"metrics_fold{fold}.json")
 
+    def fold_record_path(self, fold: int) -> Path:
+        """``done_fold{k}.json``: the fold's completion record (`record_fold`)."""
+        return self.path / f"done_fold{fold}.json"
+
+    def record_fold(self, fold: int) -> None:
+        """Write fold ``fold``'s completion record: its OOF file's row count, the hash of
+        its image ids and of the file itself (written after the OOF file)."""
+        write_json(self.fold_record_path(fold), _oof_stamp(self.oof_path(fold)))
+
+    def fold_record(self, fold: int) -> dict[str, Any] | None:
+        """The fold's completion record; None when absent or unreadable (a run written
+        before records existed, or a crash between the OOF file and its record)."""
+        try:
+            return json.loads(self.fold_record_path(fold).read_text())
+        except (OSError, ValueError):
+            return None
+
     def fold_done(self, fold: int) -> bool:
-        return self.oof_path(fold).is_file()
+        """The fold's OOF file exists and matches its completion record (a file truncated
+        or edited since is not done); without a record, the file alone counts (older runs;
+        training checks those against the table: `check_fold`)."""
+        if not self.oof_path(fold).is_file():
+            return False
+        record = self.fold_record(fold)
+        return record is None or record.get("sha256") == _file_hash(self.oof_path(fold))
+
+    def check_fold(self, fold: int, ids: Sequence[str]) -> bool:
+        """True when fold ``fold`` is done (`fold_done`) and its OOF file holds exactly the
+        validation image ``ids`` of the fold (as many rows, the same ids); a fold done
+        without a record then gets one."""
+        if not self.fold_done(fold):
+            return False
+        try:
+            stamp = _oof_stamp(self.oof_path(fold))
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            return False
+        if stamp["n_rows"] != len(ids) or stamp["ids_sha256"] != _ids_hash(ids):
+            return False
+        if self.fold_record(fold) is None:
+            write_json(self.fold_record_path(fold), stamp)
+        return True
 
     @property
     def complete(self) -> bool:
@@ -575,6 +616,20 @@ class RunDir:
         ``features.json`` / ``ensemble.json`` / ``errors.json``); {} when absent."""
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ids_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+
+
+def _oof_stamp(path: Path) -> dict[str, Any]:
+    """Row count, id hash and file hash of an OOF file (a fold's completion record)."""
+    ids = read_predictions(path)["image_id"].tolist()
+    return {"n_rows": len(ids), "ids_sha256": _ids_hash(ids), "sha256": _file_hash(path)}
 
 
 def shared_task(runs: Sequence[RunDir]) -> Task:

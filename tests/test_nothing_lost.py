@@ -167,3 +167,26 @@ def test_stack_across_datasets_names_the_reason(tiny_cfg, tmp_path: Path) -> Non
     melalib.train(partial)
     with pytest.raises(DataError, match="1 of 2 folds are trained; train every fold first"):
         load_inputs([cfg.run_dir, partial.run_dir])
+
+
+@pytest.mark.parametrize("with_record", [True, False], ids=["record", "legacy-run"])
+def test_truncated_fold_file_is_not_a_finished_fold(tiny_cfg, with_record: bool) -> None:
+    import pandas as pd
+
+    from melalib.runs import RunDir
+
+    cfg = tiny_cfg()
+    melalib.train(cfg)
+    run = RunDir.read(cfg.run_dir)
+    full = run.oof_path(1).read_text().splitlines(keepends=True)
+    n_rows = len(full) - 1
+    assert run.fold_done(1) and run.fold_record(1)["n_rows"] == n_rows
+    if not with_record:  # a run written before completion records existed
+        run.fold_record_path(1).unlink()
+    run.oof_path(1).write_text("".join(full[: 1 + n_rows // 2]))  # a truncated file
+    assert run.fold_done(1) is (not with_record)  # the record catches it at once
+    summary = melalib.train(cfg)  # the same command: resumes
+    assert len(pd.read_csv(run.oof_path(1))) == n_rows
+    assert summary["folds_done"] == [0, 1] and run.fold_done(1)
+    assert len(pd.read_csv(cfg.run_dir / "oof.csv")) == len(run.oof(0)) + n_rows
+    assert "does not hold the fold's" in (cfg.run_dir / "train.log").read_text()
