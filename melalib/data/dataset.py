@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, ImageError
 from ..tasks import Task
-from .images import ImageOptions, read_image
+from .images import ImageOptions, incomplete_data, read_image
 
 IMAGE_COLUMNS = ("image_path", "image_path_2")
 
@@ -204,9 +204,11 @@ def image_problem(path: Any, options: ImageOptions | None = None) -> str | None:
         return f"corrupt or truncated: {exc}"
     try:
         read_image(p, 64, options)
+        return incomplete_data(p)  # data that Pillow decodes although it ends early
     except ImageError as exc:
         return exc.detail
-    return None
+    except OSError as exc:
+        return f"unreadable: {exc}"
 
 
 def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUMNS,
