@@ -70,6 +70,8 @@ class DataConfig:
     custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
     custom_classes: tuple[str, ...] = ()  # dataset=custom / image_folder: class order (default: sorted)
     custom_fold_column: str = ""  # dataset=custom: column of predefined folds 0..n_folds-1 (audited for leakage)
+    custom_label_map: tuple[str, ...] = ()  # dataset=custom: label=class pairs (Mel=mel) mapping label variants onto a class
+    positive_label: str = ""  # dataset=custom, binary: the positive class (default: the label naming melanoma / malignant / 1; required when none or both do)
     image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
     max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
 
