@@ -126,7 +126,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
             _setup_file_log(run, info)
             folds = range(cfg.data.n_folds) if fold == -1 else [fold]
             for k in folds:
-                if _finished(run, table, cfg, k):
+                if _finished(run, table, cfg, k, write=info.is_main):
                     log.info("fold %d already finished in %s; skipping", k, run.path)
                     continue
                 train_fold(cfg, table, k, run, device=device, info=info, progress=progress,
@@ -152,14 +152,16 @@ def _checked_table(cfg: RunConfig, run: RunDir, table: LesionTable | None, fold:
     return built
 
 
-def _finished(run: RunDir, table: LesionTable, cfg: RunConfig, fold: int) -> bool:
+def _finished(run: RunDir, table: LesionTable, cfg: RunConfig, fold: int, *,
+              write: bool = True) -> bool:
     """Fold ``fold``'s OOF file is complete: its completion record matches and it holds
     exactly the fold's validation rows. A file left incomplete (truncated, edited, another
-    fold's rows) is logged and the fold predicted again from its checkpoints."""
+    fold's rows) is logged and the fold predicted again from its checkpoints. ``write``:
+    this process may add a missing record (DDP rank 0)."""
     if not run.oof_path(fold).is_file():
         return False
     _, val_df = training_table(table, cfg.data.target).fold(fold)
-    if run.check_fold(fold, val_df["image_id"].astype(str).tolist()):
+    if run.check_fold(fold, val_df["image_id"].astype(str).tolist(), record=write):
         return True
     log.warning("fold %d: %s does not hold the fold's %d validation rows or does not match "
                 "its completion record; training / predicting the fold again", fold,

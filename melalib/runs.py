@@ -516,10 +516,10 @@ class RunDir:
         record = self.fold_record(fold)
         return record is None or record.get("sha256") == _file_hash(self.oof_path(fold))
 
-    def check_fold(self, fold: int, ids: Sequence[str]) -> bool:
+    def check_fold(self, fold: int, ids: Sequence[str], record: bool = True) -> bool:
         """True when fold ``fold`` is done (`fold_done`) and its OOF file holds exactly the
         validation image ``ids`` of the fold (as many rows, the same ids); a fold done
-        without a record then gets one."""
+        without a record then gets one (when ``record``: the writing process)."""
         if not self.fold_done(fold):
             return False
         try:
@@ -528,7 +528,7 @@ class RunDir:
             return False
         if stamp["n_rows"] != len(ids) or stamp["ids_sha256"] != _ids_hash(ids):
             return False
-        if self.fold_record(fold) is None:
+        if record and self.fold_record(fold) is None:
             write_json(self.fold_record_path(fold), stamp)
         return True
 

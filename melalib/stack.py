@@ -43,7 +43,7 @@ import pandas as pd
 from .config import RunConfig
 from .data.adapters import load_table
 from .data.build import configured_folds
-from .errors import ConfigError, DataError, LeakageError, MelalibError
+from .errors import ConfigError, DataError, LeakageError, MelalibError, WriteError
 from .io import claim_folder, write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .runs import RunDir, git_commit, package_versions, shared_task
@@ -276,7 +276,9 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
     started = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:  # the write rule (`claim_folder`), checked before the work
-        claim_folder(out, "stack", overwrite=overwrite, inputs=inputs.runs, create=False)
+        _check_out(out, inputs.runs)
+        _adopt_legacy(out)
+        claim_folder(out, "stack", overwrite=overwrite, create=False)
     df = inputs.table.df.reset_index(drop=True)
     X_all = stack_features(df, inputs.scores, meta=meta, context=context)
     is_train = (df["split"] == "train").to_numpy()
@@ -292,11 +294,34 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
                    context=context, features=list(X_all.columns),
                    seconds=round(time.perf_counter() - started, 1))
     if out is not None:
-        claim_folder(out, "stack", overwrite=overwrite, inputs=inputs.runs,
-                     subfolders=("table",), clear=True)
+        claim_folder(out, "stack", overwrite=overwrite, subfolders=("table",), clear=True)
         _write(out, inputs, oof, tests, imp, metrics)
     return StackResult(oof, pd.concat(tests.values(), ignore_index=True) if tests else
                        pd.DataFrame(), imp, metrics, out)
+
+
+def _adopt_legacy(out: Path) -> None:
+    """A stack folder written before the marker existed (its run.json says ``"kind":
+    "stack"``) gets the marker, so it stays replaceable with ``overwrite``."""
+    if out.is_symlink() or not out.is_dir() or list(out.glob(".melalib-*")):
+        return
+    try:
+        info = RunDir(out, None).info() or {}
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and info.get("kind") == "stack":
+        write_json(out / ".melalib-stack", {"melalib": "stack"})
+
+
+def _check_out(out: Path, runs: Sequence[Path]) -> None:
+    """The stack folder is none of the input runs, holds none, and is none of a run's own
+    files (a new folder inside a run, such as notebook 04's ``<run>/stack``, is fine)."""
+    real = out.resolve()
+    for run in runs:
+        if real == run.resolve() or run.resolve().is_relative_to(real) or \
+                RunDir(run, None).owns(out):
+            raise WriteError(f"stack output folder {out} would overwrite or hold the input run "
+                             f"{run}; write the stack somewhere else")
 
 
 # ----------------------------------------------------------------------------- report

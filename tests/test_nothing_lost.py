@@ -190,3 +190,27 @@ def test_truncated_fold_file_is_not_a_finished_fold(tiny_cfg, with_record: bool)
     assert summary["folds_done"] == [0, 1] and run.fold_done(1)
     assert len(pd.read_csv(cfg.run_dir / "oof.csv")) == len(run.oof(0)) + n_rows
     assert "does not hold the fold's" in (cfg.run_dir / "train.log").read_text()
+
+
+def test_stack_inside_a_run_folder_as_notebook_04_writes_it(tiny_cfg) -> None:
+    import json
+
+    from melalib.errors import WriteError
+    from melalib.stack import load_inputs, stack
+
+    cfg = tiny_cfg()
+    melalib.train(cfg)
+    inputs = load_inputs([cfg.run_dir])
+    before = _tree(cfg.run_dir)
+    out = cfg.run_dir / "stack"  # a new folder inside the run: not one of its own files
+    for _ in range(2):  # a rerun replaces its own stack
+        stack(inputs, out, n_seeds=1, n_boot=0, importance=False, overwrite=True)
+    assert (out / ".melalib-stack").is_file() and (out / "oof.csv").is_file()
+    assert {k: v for k, v in _tree(cfg.run_dir).items() if not k.startswith("stack")} == before
+    for target in (cfg.run_dir, cfg.run_dir / "table", cfg.run_dir.parent):
+        with pytest.raises(WriteError):
+            stack(inputs, target, n_seeds=1, n_boot=0, importance=False, overwrite=True)
+    (out / ".melalib-stack").unlink()  # a stack written before the marker existed
+    assert json.loads((out / "run.json").read_text())["kind"] == "stack"
+    stack(inputs, out, n_seeds=1, n_boot=0, importance=False, overwrite=True)
+    assert _tree(cfg.run_dir).keys() >= before.keys()

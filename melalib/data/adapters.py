@@ -590,20 +590,8 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
     if not train.any():
         raise DataError(f"no training rows: none of the {len(df)} row(s) has split 'train' "
                         f"in column {split_column!r}", file=csv, column=split_column)
-    df[label_column] = df[label_column].map(_label_text, na_action="ignore")
-    if label_map:
-        mapping = {_label_text(k): _label_text(v) for k, v in label_map.items()}
-        df[label_column] = df[label_column].map(lambda v: mapping.get(v, v),
-                                                na_action="ignore")
     explicit = classes is not None
-    if classes is None:
-        classes = sorted(df.loc[train, label_column].dropna().unique().tolist())
-        _check_label_variants(df.loc[train, label_column], csv, label_column)
-        _check_label_typos(df.loc[train, label_column], csv, label_column)
-    classes = tuple(_label_text(str(c)) for c in classes)
-    if len(classes) < 2:
-        raise DataError(f"needs at least 2 classes, found {list(classes)}", file=csv,
-                        column=label_column)
+    classes = _custom_classes(df, label_column, train, classes, label_map, csv)
     labels = _class_labels(df[label_column], classes, csv, label_column, allow_empty=True)
     if (train & (labels < 0)).any():
         raise DataError("empty label on a training row", file=csv,
@@ -634,6 +622,26 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
         out["label"] = np.where(labels >= 0, index[np.clip(labels, 0, None)], labels)
         task = _task_for(order, "custom")
     return _table([out], task, csv)
+
+
+def _custom_classes(df: pd.DataFrame, column: str, train: np.ndarray,
+                    classes: Sequence[str] | None, label_map: Mapping[str, str] | None,
+                    csv: Path) -> tuple[str, ...]:
+    """Normalise (and map) the labels in ``df[column]`` in place; the classes: the given
+    ones, else the training rows' labels, sorted, after the variant and typo checks."""
+    df[column] = df[column].map(_label_text, na_action="ignore")
+    if label_map:
+        mapping = {_label_text(k): _label_text(v) for k, v in label_map.items()}
+        df[column] = df[column].map(lambda v: mapping.get(v, v), na_action="ignore")
+    if classes is None:
+        classes = sorted(df.loc[train, column].dropna().unique().tolist())
+        _check_label_variants(df.loc[train, column], csv, column)
+        _check_label_typos(df.loc[train, column], csv, column)
+    classes = tuple(_label_text(str(c)) for c in classes)
+    if len(classes) < 2:
+        raise DataError(f"needs at least 2 classes, found {list(classes)}", file=csv,
+                        column=column)
+    return classes
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
