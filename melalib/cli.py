@@ -247,7 +247,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-5,
                    help="largest allowed OOF probability difference (default: 1e-5)")
     p.add_argument("--output-dir", dest="output_dir", default=None,
-                   help="where the re-run goes (default: a temporary folder)")
+                   help="folder in which the re-run gets a fresh <name>-reproduce-XXXX "
+                   "folder (default: a temporary folder)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="run the notebook series headless on synthetic data")
