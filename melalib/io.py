@@ -174,9 +174,10 @@ def claim_folder(path: str | Path, kind: str, *, overwrite: bool = False,
     ``.melalib-<kind>``, or must already carry that marker (another kind, or none, is
     refused even with ``overwrite``; an empty folder is taken). An existing marked folder
     needs ``overwrite``; with ``clear`` its old entries are then deleted (links as links,
-    never followed) before the new files are written. Never one of the command's ``inputs``, never a link, and
-    none of ``subfolders`` (written into) a link. ``create=False`` only checks (call it
-    before the work, and again with ``create=True`` to write)."""
+    never followed) before the new files are written. Never one of the command's
+    ``inputs``, never a link, and none of ``subfolders`` (written into) a link.
+    ``create=False`` only checks (call it before the work, and again with ``create=True``
+    to write)."""
     path = check_not_input(path, inputs, f"output folder ({kind})")
     marker = path / f"{MARKER_PREFIX}{kind}"
     if path.exists() and not path.is_dir():

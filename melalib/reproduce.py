@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .io import write_error
+from .predictions import read_predictions
 from .runs import RunDir
 
 
@@ -31,7 +32,10 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
     if cfg is None or info is None:
         raise ConfigError(f"{run_dir} is not a melalib training run (config.yaml and run.json "
                           "expected)")
-    done = original.done_folds()
+    # folds with an OOF file; one edited since training (its completion record differs:
+    # `RunDir.fold_done`) is still compared, and reported in ``changed_since_training``
+    done = [k for k in range(cfg.data.n_folds) if original.oof_path(k).is_file()]
+    changed = [k for k in done if not original.fold_done(k)]
     if not done:
         raise ConfigError(f"{run_dir} has no finished fold to reproduce")
     inside = output_dir and Path(output_dir).resolve().is_relative_to(run_dir.resolve())
@@ -50,7 +54,7 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
         new_info = rerun.info() or {}
         diffs = {}
         for fold in done:
-            a, b = original.oof(fold), rerun.oof(fold)
+            a, b = read_predictions(original.oof_path(fold)), rerun.oof(fold)
             merged = a.merge(b, on="image_id", suffixes=("_a", "_b"), validate="one_to_one")
             if len(merged) != len(a) or len(merged) != len(b):
                 diffs[fold] = float("inf")
@@ -64,7 +68,8 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
     return {
         "run_dir": str(run_dir), "folds": done, "table_hash_match": same_table,
         "max_abs_diff": worst, "per_fold_max_abs_diff": {str(k): v for k, v in diffs.items()},
-        "atol": atol, "match": bool(same_table and worst <= atol),
+        "changed_since_training": changed,
+        "atol": atol, "match": bool(same_table and worst <= atol and not changed),
         "rerun_dir": str(again.run_dir) if output_dir else None,
         "original_versions": info.get("versions"), "reproduced_versions": new_info.get("versions"),
     }

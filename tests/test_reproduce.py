@@ -93,6 +93,7 @@ def test_reproduce_matches_and_a_tampered_prediction_does_not(finished_run, tmp_
         assert code == 1 and result["match"] is False
         assert result["table_hash_match"] is True
         assert result["max_abs_diff"] == pytest.approx(delta, abs=1e-6)
+        assert result["changed_since_training"] == [0]  # the completion record tells
     assert main(["reproduce", str(run), "--output-dir", str(run / "inside")]) == 2
     assert not (run / "inside").exists()
     (run / "oof_fold0.csv").write_bytes(original)
