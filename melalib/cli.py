@@ -17,7 +17,7 @@ from .config import RunConfig, get_preset, read_yaml_config
 from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
-from .io import json_text
+from .io import json_text, one_line
 from .localize import BORDER, MISSING
 from .presets import PRESETS, describe
 from .reproduce import reproduce
@@ -301,7 +301,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-5,
                    help="largest allowed OOF probability difference (default: 1e-5)")
     p.add_argument("--output-dir", dest="output_dir", default=None,
-                   help="where the re-run goes (default: a temporary folder)")
+                   help="folder in which the re-run gets a fresh <name>-reproduce-XXXX "
+                   "folder (default: a temporary folder)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="run the notebook series headless on synthetic data")
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MelalibError as exc:
-        print(f"melalib {args.command}: error: {exc}", file=sys.stderr)
+        print(f"melalib {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"melalib {args.command}: interrupted; rerun the same command to resume",

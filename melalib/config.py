@@ -74,6 +74,8 @@ class DataConfig:
     custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
     custom_classes: tuple[str, ...] = ()  # dataset=custom / image_folder: class order (default: sorted)
     custom_fold_column: str = ""  # dataset=custom: column of predefined folds 0..n_folds-1 (audited for leakage)
+    custom_label_map: tuple[str, ...] = ()  # dataset=custom: label=class pairs (Mel=mel) mapping label variants onto a class
+    positive_label: str = ""  # dataset=custom, binary: the positive class (default: the label naming melanoma / malignant / 1; required when none or both do)
     image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
     max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
     # issue 25 (explanations): training against the dermoscope-border shortcut
@@ -404,8 +406,18 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
+#: Longest run name (UTF-8 bytes): ``.<name>.new-<pid>``, ``.<name>.lock`` and
+#: ``<name>-reproduce-XXXX`` must still fit the usual 255-byte limit of a file name.
+MAX_NAME_BYTES = 100
+
+
 def _check_name(name: str) -> None:
     """A run name is one printable path component: the run folder is <output_dir>/<name>."""
+    n_bytes = len(name.encode("utf-8", "surrogateescape"))
+    if n_bytes > MAX_NAME_BYTES:
+        raise ConfigError(f"run name {name[:40]!r}... is {n_bytes} bytes long; a run name may "
+                          f"have at most {MAX_NAME_BYTES} (the run folder, its lock and its "
+                          "swap folder are named after it)")
     problem = (
         "is empty" if not name.strip() else
         "contains a NUL byte" if "\0" in name else
@@ -442,13 +454,32 @@ def _flatten(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: a config never needs ``*name`` references, and
+    nested ones expand exponentially (a few hundred bytes -> gigabytes: an alias bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML alias *{str(event.anchor)[:40]} refused: melalib configs "
+                "take no aliases or anchors (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values: safe types only, aliases refused (`_NoAliasLoader`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe types
+
+
 def read_yaml_config(path: str | Path) -> dict[str, Any]:
     """A YAML config as flat overrides; a ``preset:`` key is expanded under the file's keys."""
     path = Path(path)
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = load_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        reason = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{path}: cannot read config: {reason}") from exc
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping, got {type(d).__name__}")
     preset = d.pop("preset", None)

@@ -59,12 +59,19 @@ from .features import MetaEncoder
 from .io import write_csv, write_json
 from .losses import build_loss, weighted_loss
 from .metrics import evaluate, primary_metric
-from .models import build_model, check_pretrained, param_groups, set_backbone_trainable
+from .models import (
+    build_model,
+    check_model,
+    check_pretrained,
+    param_groups,
+    set_backbone_trainable,
+)
 from .predictions import prediction_frame
 from .pseudo import row_weights
 from .runs import RunDir, RunLock
 from .runtime import (
     FoldData,
+    check_pairing,
     fold_data,
     forward,
     make_dataset,
@@ -78,7 +85,7 @@ from .shift import SCORE as SHIFT_SCORE
 from .shift import fit_fold_shift
 from .table import LesionTable
 from .targets import report_labels, report_probs, report_task, training_table
-from .tasks import Task
+from .tasks import MELANOMA, Task
 
 log = logging.getLogger("melalib")
 
@@ -105,14 +112,16 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
         raise ConfigError("sampler != none is not supported under torchrun (DDP); use "
                           "class_weighting instead")
     progress = progress and info.is_main and os.environ.get("MELALIB_PROGRESS", "1") != "0"
-    if info.is_main:
-        check_pretrained(cfg.model)  # a missing or unfit weight file writes no run folder
+    if info.is_main:  # a missing or unfit weight file or backbone writes no run folder
+        check_pretrained(cfg.model)
+        if cfg.model.use_image:  # the backbone at this image size; the rest once the
+            check_model(cfg.model, MELANOMA, 0, cfg.data.image_size)  # task is known
         table = source_table(cfg, table)  # nor do unreadable tables or absent images
     lock = RunLock(cfg) if info.is_main else nullcontext()
     try:
         with lock:
             if info.is_main:
-                run, table = RunDir.start(cfg, lambda r: build_table(cfg, r, table))
+                run, table = RunDir.start(cfg, lambda r: _checked_table(cfg, r, table, fold))
             ddp.barrier(info)
             if not info.is_main:
                 run = RunDir.open(cfg.with_overrides({"overwrite": False}), write=False)
@@ -120,7 +129,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
             _setup_file_log(run, info)
             folds = range(cfg.data.n_folds) if fold == -1 else [fold]
             for k in folds:
-                if run.fold_done(k):
+                if _finished(run, table, cfg, k, write=info.is_main):
                     log.info("fold %d already finished in %s; skipping", k, run.path)
                     continue
                 train_fold(cfg, table, k, run, device=device, info=info, progress=progress,
@@ -130,6 +139,37 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
             return summary
     finally:
         ddp.cleanup(info)
+
+
+def _checked_table(cfg: RunConfig, run: RunDir, table: LesionTable | None, fold: int
+                   ) -> LesionTable:
+    """`build_table`, then what the first fold would fail on with this table (pairs for
+    ``dual_image``, the loss for the task, the model on the meta device): inside
+    `RunDir.start`, so a failure leaves an ``--overwrite``'s old run in place."""
+    built = build_table(cfg, run, table)
+    trained = training_table(built, cfg.data.target)
+    check_pairing(cfg, trained)
+    fd = fold_data(cfg, trained, max(fold, 0))
+    build_loss(cfg.train, trained.task, fd.train_df["label"].to_numpy().astype(int))
+    check_model(cfg.model, trained.task, fd.encoder.dim, cfg.data.image_size)
+    return built
+
+
+def _finished(run: RunDir, table: LesionTable, cfg: RunConfig, fold: int, *,
+              write: bool = True) -> bool:
+    """Fold ``fold``'s OOF file is complete: its completion record matches and it holds
+    exactly the fold's validation rows. A file left incomplete (truncated, edited, another
+    fold's rows) is logged and the fold predicted again from its checkpoints. ``write``:
+    this process may add a missing record (DDP rank 0)."""
+    if not run.oof_path(fold).is_file():
+        return False
+    _, val_df = training_table(table, cfg.data.target).fold(fold)
+    if run.check_fold(fold, val_df["image_id"].astype(str).tolist(), record=write):
+        return True
+    log.warning("fold %d: %s does not hold the fold's %d validation rows or does not match "
+                "its completion record; training / predicting the fold again", fold,
+                run.oof_path(fold).name, len(val_df))
+    return False
 
 
 def _setup_file_log(run: RunDir, info: ddp.DistInfo) -> None:
@@ -179,19 +219,18 @@ class Trainer:
         net.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, count = 0.0, 0
-        bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not progress)
-        for i, batch in enumerate(batches):
-            if i >= n_batches:
-                break
-            loss, n = self._loss(net, batch, desc, i)
-            self.scaler.scale(loss / t.grad_accum).backward()
-            if (i + 1) % t.grad_accum == 0 or i + 1 == n_batches:
-                self._step()
-            total += float(loss.detach()) * n
-            count += n
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        bar.close()
+        with tqdm(total=n_batches, desc=desc, leave=False, disable=not progress) as bar:
+            for i, batch in enumerate(batches):  # an error closes the bar before it is shown
+                if i >= n_batches:
+                    break
+                loss, n = self._loss(net, batch, desc, i)
+                self.scaler.scale(loss / t.grad_accum).backward()
+                if (i + 1) % t.grad_accum == 0 or i + 1 == n_batches:
+                    self._step()
+                total += float(loss.detach()) * n
+                count += n
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(count, 1)
 
     def _loss(self, net: nn.Module, batch: dict[str, Any], desc: str, i: int
@@ -206,8 +245,8 @@ class Trainer:
             w = self.row_weight[batch["index"].cpu()].to(self.device)
             loss = weighted_loss(self.loss_fn, logits.float(), batch["target"], w)
         if not torch.isfinite(loss):
-            raise MelalibError(f"{desc}: the loss became {loss.item()} at batch {i}; lower lr "
-                               "or enable clip_grad")
+            raise MelalibError(f"{desc}: the loss became {loss.item()} at batch {i}; "
+                               f"{_nonfinite_cause(self.model, batch)}")
         return loss, len(logits)
 
     def _step(self) -> None:
@@ -237,6 +276,21 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+
+
+def _nonfinite_cause(model: nn.Module, batch: dict[str, Any]) -> str:
+    """What to do about a NaN / inf loss: weights that already hold NaN / inf (a weight file
+    or checkpoint), inputs that do (the metadata), or else a diverging optimisation."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        return (f"the model's weights already hold NaN or inf ({len(bad)} tensor(s), e.g. "
+                f"{bad[0]}): check the pretrained weights file (pretrained_path) or the "
+                "checkpoint resumed from; a lower lr will not help")
+    bad_inputs = [k for k in ("image", "image2", "meta") if isinstance(batch.get(k), torch.Tensor)
+                  and batch[k].is_floating_point() and not torch.isfinite(batch[k]).all()]
+    if bad_inputs:
+        return f"the batch's {', '.join(bad_inputs)} hold NaN or inf: check the input data"
+    return "lower lr or enable clip_grad"
 
 
 # ------------------------------------------------------------------------ a fold's state
@@ -526,7 +580,8 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
         if test is not None:
             write_csv(run.test_path(fold), test)
         write_json(run.metrics_path(fold), metrics)
-        write_csv(run.oof_path(fold), oof)  # written last: its presence marks the fold done
+        write_csv(run.oof_path(fold), oof)  # then its record: together they mark it done
+        run.record_fold(fold)
     return metrics
 
 

@@ -30,8 +30,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from .errors import ConfigError, DataError
-from .io import write_csv, write_json
+from .errors import ConfigError, DataError, WriteError
+from .io import check_not_input, write_csv, write_json
 from .metrics import evaluate, metric_for, primary_metric
 from .predictions import align, aligned_frame, check_frame, probabilities, shared_labels
 from .runs import RunDir, shared_task
@@ -412,6 +412,12 @@ def ensemble_cli(args: argparse.Namespace) -> int:
             f"{r.path}={w:.3f}" for r, w in zip(blended.runs, blended.weights, strict=True)))
     metrics = blend_metrics(blended)
     out = Path(args.out)
+    for target in (out, out.with_suffix(".metrics.json")):  # never over an input run's files
+        check_not_input(target, [], "output file")
+        owner = next((r for r in blended.runs if r.owns(target)), None)
+        if owner is not None:
+            raise WriteError(f"output file {target} is one of run {owner.path}'s own files, "
+                             "which ensemble reads; write the submission elsewhere")
     metrics_path = write_json(out.with_suffix(".metrics.json"), metrics)
     if blended.test is None:
         raise DataError(f"run(s) {[str(p) for p in blended.no_test]} have no test predictions "

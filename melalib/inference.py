@@ -33,8 +33,8 @@ from .config import RunConfig
 from .data.adapters import is_milk10k_table, load_milk10k_test
 from .device import resolve_device, resolve_precision
 from .ensemble import submission
-from .errors import CheckpointError, ConfigError, DataError, MelalibError
-from .io import write_csv
+from .errors import CheckpointError, ConfigError, DataError, MelalibError, WriteError
+from .io import check_not_input, write_csv
 from .predictions import output_frame
 from .runs import RunDir
 from .runtime import make_dataset, make_loader, predict_probs
@@ -461,6 +461,14 @@ def predict_cli(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.source)
     csv = getattr(args, "csv", None)
     image_dir = getattr(args, "image_dir", None)
+    inputs = [p for p in (csv, image_dir) if p]
+    if Path(args.source).is_file():
+        inputs.append(args.source)
+    for target in (Path(args.out), drift_file(Path(args.out))):  # never over an input
+        check_not_input(target, inputs, "output file")
+        if predictor.run is not None and predictor.run.owns(target):
+            raise WriteError(f"output file {target} is one of run {predictor.run.path}'s own "
+                             "files, which predict reads; write the predictions elsewhere")
     tta = getattr(args, "tta", None)
     batch_size = getattr(args, "batch_size", 64) or 64
     milk = bool(csv) and _milk_csv(Path(csv))

@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -127,3 +127,87 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """``message`` on one line (line breaks become spaces), at most ``limit`` characters: an
+    error that echoes a huge value (a pasted table, an expanded YAML) stays readable."""
+    flat = " ".join(message.splitlines())
+    if len(flat) <= limit:
+        return flat
+    return f"{flat[:limit]}... ({len(flat) - limit} more characters cut)"
+
+
+# --------------------------------------------------------------------- the write rule
+#: The marker file a writing command leaves in a folder it created: ``.melalib-<kind>``
+#: (training runs: ``.melalib-run``, kept by `melalib.runs`).
+MARKER_PREFIX = ".melalib-"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies under it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_not_input(path: str | Path, inputs: Sequence[str | Path], what: str) -> Path:
+    """``path`` (an output file or folder) checked against a command's ``inputs`` (files and
+    folders): it may not be one of them, lie inside an input folder or contain an input.
+    WriteError naming both otherwise; a symbolic link as the output is refused too."""
+    path = Path(path)
+    if path.is_symlink():
+        raise WriteError(f"{what} {path} is a symbolic link (to {os.readlink(path)}); melalib "
+                         "does not write through links: name the real file or folder")
+    real = path.resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if _inside(real, src) or (path.is_dir() and _inside(src, real)) or (
+                not path.exists() and _inside(src, real)):
+            raise WriteError(f"{what} {path} would overwrite or hold this command's input "
+                             f"{given}; write somewhere else")
+    return path
+
+
+def claim_folder(path: str | Path, kind: str, *, overwrite: bool = False,
+                 inputs: Sequence[str | Path] = (), subfolders: Sequence[str] = (),
+                 create: bool = True, clear: bool = False) -> Path:
+    """The one write rule of a command's output folder: ``path`` is created with the marker
+    ``.melalib-<kind>``, or must already carry that marker (another kind, or none, is
+    refused even with ``overwrite``; an empty folder is taken). An existing marked folder
+    needs ``overwrite``; with ``clear`` its old entries are then deleted (links as links,
+    never followed) before the new files are written. Never one of the command's
+    ``inputs``, never a link, and none of ``subfolders`` (written into) a link.
+    ``create=False`` only checks (call it before the work, and again with ``create=True``
+    to write)."""
+    path = check_not_input(path, inputs, f"output folder ({kind})")
+    marker = path / f"{MARKER_PREFIX}{kind}"
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"output folder {path} exists and is a file; pick another name")
+    if path.is_dir() and any(path.iterdir()):
+        if not marker.is_file():
+            others = sorted(p.name for p in path.glob(f"{MARKER_PREFIX}*"))
+            owner = f"it is another kind of melalib folder ({', '.join(others)})" if others \
+                else "melalib did not create it"
+            raise WriteError(f"output folder {path} holds files and {owner}, so melalib "
+                             f"will not write a {kind} into it (not even with overwrite); "
+                             "pick a new folder")
+        if not overwrite:
+            raise WriteError(f"output folder {path} holds an earlier {kind}; pass "
+                             "--overwrite to replace it, or pick another name")
+    for sub in subfolders:
+        if (path / sub).is_symlink():
+            raise WriteError(f"{path / sub} is a symbolic link (to {os.readlink(path / sub)}); "
+                             "melalib does not write through links")
+    if not create:
+        return path
+    try:
+        if clear and marker.is_file():  # ours, and overwrite was given: the old entries go
+            for entry in path.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                elif entry != marker:
+                    entry.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    write_json(marker, {"melalib": kind})
+    return path

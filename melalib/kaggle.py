@@ -38,7 +38,7 @@ import yaml
 
 from .config import RunConfig, field_index
 from .errors import ConfigError
-from .io import write_json, write_text
+from .io import claim_folder, write_json, write_text
 from .notebook import notebooks_dir, parameter_names
 
 log = logging.getLogger("melalib")
@@ -283,8 +283,7 @@ def build_bundle(out: str | Path, kernel_id: str, title: str | None = None,
         check_weights(str(params["backbone"]), weights_file)
     name = Path(notebook).name
     nb = bundle_notebook(notebook, params, wheel_ref, input_root)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out, "kaggle-bundle", overwrite=True, subfolders=("wheel",))
     write_text(out / name, nbformat.writes(nb) + "\n")
     write_json(out / "kernel-metadata.json", {
         "id": kernel_id, "title": title, "code_file": name, "language": "python",

@@ -9,6 +9,7 @@ multi-sample dropout. `MetaMLP` is the metadata-only baseline. Both take
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from collections.abc import Iterator, Sequence
@@ -221,6 +222,29 @@ def build_model(model_cfg: ModelConfig, task: Task, n_meta: int) -> nn.Module:
         drop_path_rate=model_cfg.drop_path_rate,
     )
 
+
+
+def check_model(model_cfg: ModelConfig, task: Task, n_meta: int, image_size: int) -> None:
+    """Build the model on PyTorch's meta device (no memory, no weights) and pass it a batch of
+    ``image_size`` inputs: a mistyped backbone, an input size the backbone cannot take (a ViT
+    at 32 px) or an impossible head fail here as one ConfigError, before a run is written.
+    The weights themselves are `check_pretrained`'s; an operator without a meta kernel is
+    not held against the model."""
+    cfg = dataclasses.replace(model_cfg, pretrained=False, pretrained_path="")
+    with torch.device("meta"):
+        model = build_model(cfg, task, n_meta).eval()
+        image = torch.empty(2, 3, image_size, image_size) if cfg.use_image else None
+        inputs = dict(image=image, meta=torch.empty(2, n_meta) if n_meta else None,
+                      image2=image if cfg.use_image and cfg.dual_image else None)
+        try:
+            model(**inputs)
+        except NotImplementedError:  # no meta kernel for an operator: cannot tell here
+            log.debug("check_model: %s has an operator without a meta kernel", cfg.backbone)
+        except Exception as exc:  # timm asserts (ViT input size), shape errors
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"backbone {cfg.backbone!r} cannot take image_size="
+                              f"{image_size} inputs ({reason}); pick another image_size or "
+                              "backbone") from None
 
 # ----------------------------------------------------------------------- Grad-CAM
 def _backbones(model: nn.Module) -> list[nn.Module]:

@@ -10,6 +10,7 @@ Layout of ``outputs/<run>/``::
     features_fold{k}.csv the metadata features the fold's model used
     shift_fold{k}.npz    the fold's image-feature statistics and OOF threshold (image shift)
     oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
+    done_fold{k}.json    the fold's completion record: OOF rows, hash of its ids and of the file
     test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
     oof.csv, metrics.json  once every fold is done
     bad_images.csv       unreadable / missing images found by the pre-flight check
@@ -32,7 +33,9 @@ no ``config.yaml``).
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -50,7 +53,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import yaml
 
-from .config import RunConfig
+from .config import RunConfig, load_yaml
 from .errors import ConfigError, DataError, RunExistsError, RunLockedError
 from .io import write_error, write_json, write_yaml
 from .predictions import fold_average, read_predictions
@@ -92,6 +95,12 @@ REPORT_FILES = {"ci": "metrics_ci.csv", "confusion": "confusion.csv",
                 "per_class": "per_class.csv", "subgroups": "subgroups.csv",
                 "class_mapping": "class_mapping.json", "shift": "image_shift.json"}
 FOLD_FILE = re.compile(r"(?:oof|test|history)_fold(\d+)\.csv")
+#: Names of the files and folders a run (or ``melalib stack``'s run-like folder) holds.
+RUN_ENTRIES = re.compile(
+    r"config\.yaml|run\.json|train\.log|table|checkpoints|oof\.csv|metrics\.json|"
+    r"(?:oof|test|history|features)_fold\d+\.csv|(?:metrics|done)_fold\d+\.json|"
+    r"(?:bad|skipped|unlisted)_images\.csv|feature_importance\.csv|metrics_ci\.csv|"
+    r"\.melalib-\w+")
 T = TypeVar("T")
 
 
@@ -115,7 +124,10 @@ class RunLock:
 
     The lock file is ``<output_dir>/.<name>.lock`` (beside the run folder, so it outlives
     a replacement of the folder); the kernel releases the lock when the holder exits, even
-    on SIGKILL. Where ``fcntl`` does not exist (Windows) no lock is taken.
+    on SIGKILL. The holder deletes the file when it leaves (a refused or failed command
+    leaves no lock file behind), and ``output_dir`` too when the lock created it and it is
+    still empty; a process that locked a file deleted meanwhile takes the lock again on the
+    new file. Where ``fcntl`` does not exist (Windows) no lock is taken.
     """
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -123,26 +135,29 @@ class RunLock:
         self.run = path
         self.path = path.with_name(f".{cfg.name}.lock")
         self._fh: Any = None
+        self._made_parent = False
 
     def __enter__(self) -> RunLock:
         try:
             import fcntl  # POSIX only: imported where the lock is taken
         except ImportError:  # pragma: no cover - Windows
             return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # held until __exit__
-        except OSError as exc:
-            raise write_error(self.path, exc) from exc
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+        self._made_parent = not self.path.parent.exists()
+        for _ in range(100):  # another holder may delete the file between open and flock
+            fh = self._open()
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                fh.close()
+                self._tidy_parent()
+                raise RunLockedError(
+                    f"run {self.run} is being trained by another process (PID {holder}, lock "
+                    f"{self.path}); wait for it to finish or stop it, then rerun") from None
+            if self._is_current(fh):
+                break
             fh.close()
-            raise RunLockedError(
-                f"run {self.run} is being trained by another process (PID {holder}, lock "
-                f"{self.path}); wait for it to finish or stop it, then rerun") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -150,25 +165,74 @@ class RunLock:
         self._fh = fh
         return self
 
+    def _open(self) -> Any:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return open(self.path, "a+")  # held until __exit__
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+
+    def _is_current(self, fh: Any) -> bool:
+        """True when the locked file is still the one at ``self.path`` (not deleted)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+        except OSError:
+            return False
+
+    def _tidy_parent(self) -> None:
+        if self._made_parent:
+            with contextlib.suppress(OSError):  # only when still empty
+                self.path.parent.rmdir()
+
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
+            self.path.unlink(missing_ok=True)  # while held: no one else holds this file
             self._fh.close()  # closing releases the lock
             self._fh = None
+            self._tidy_parent()
 
 
 def _write_marker(path: Path, name: str) -> None:
     write_json(path / MARKER, {"melalib_run": name})
 
 
-def _owned(path: Path, name: str) -> bool:
-    """True when ``path`` is a real folder holding melalib's marker for run ``name``."""
+def _marker_name(path: Path) -> str | None:
+    """The run name in ``path``'s marker; None for a link, no folder or no readable marker."""
     marker = path / MARKER
     if path.is_symlink() or not path.is_dir() or not marker.is_file():
-        return False
+        return None
     try:
-        return json.loads(marker.read_text()).get("melalib_run") == name
+        name = json.loads(marker.read_text()).get("melalib_run")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _owned(path: Path, name: str) -> bool:
+    """True when ``path`` is a real folder holding melalib's marker for run ``name``."""
+    return _marker_name(path) == name
+
+
+def _not_owned(path: Path, name: str) -> RunExistsError:
+    """Why ``path`` will not be replaced: no marker, or a marker naming another run."""
+    other = _marker_name(path)
+    if other is not None:
+        return RunExistsError(
+            f"{path} carries the marker of another run ({MARKER} names {other[:80]!r}, not "
+            f"{name[:80]!r}: copied or renamed by hand), so melalib will not replace it; "
+            "delete it yourself or pick another run name")
+    return RunExistsError(
+        f"{path} has no melalib marker ({MARKER}; the run predates it or was copied), so "
+        "melalib will not replace it; delete it yourself or pick another run name")
+
+
+def _check_links(path: Path) -> None:
+    """Refuse a run folder whose sub-folders are symbolic links: writes would leave it."""
+    for sub in ("checkpoints", "table"):
+        if (path / sub).is_symlink():
+            raise RunExistsError(
+                f"{path / sub} is a symbolic link (to {os.readlink(path / sub)}); melalib "
+                "does not write through links out of a run folder: replace it by a folder")
 
 
 def marker_kind(path: Path) -> str | None:
@@ -333,8 +397,9 @@ class RunDir:
 
         - no folder, or one holding only `NOTEBOOK_OUTPUTS` (what notebooks 01 and 02 write
           before any training; they are kept): created (with melalib's marker
-          ``.melalib-run``), then ``build``; a ``build`` that fails leaves a folder the next
-          command may replace;
+          ``.melalib-run``), then ``build``; a ``build`` that fails deletes the folder it
+          created (kept only for a ``bad_images.csv`` report, which the next command may
+          replace): the corrected command starts as if nothing had run;
         - the same config: resumed; a folder whose start failed (``failed_start`` in
           run.json, no table stored: e.g. a pseudo_run that is not there; training loads
           the table before it calls this) with another config: replaced
@@ -352,6 +417,7 @@ class RunDir:
             raise RunExistsError(f"{path} exists and is a file, not a run folder; pick another "
                                  "run name or output_dir")
         _recover_swap(path)
+        _check_links(path)
         info = run.info() if path.is_dir() else None
         if info is None and not _adoptable(path):
             raise RunExistsError(
@@ -360,11 +426,9 @@ class RunDir:
                 "output_dir: melalib never deletes folders it did not write")
         if info is not None and (cfg.overwrite or not run._same_config(info)):
             if not _owned(path, cfg.name):
-                raise RunExistsError(
-                    f"{path} has no melalib marker ({MARKER}; the run predates it or was "
-                    "copied), so melalib will not replace it; delete it yourself or pick "
-                    "another run name")
+                raise _not_owned(path, cfg.name)
             return cls._replace(cfg, build)
+        created = not path.exists()
         if info is None:
             run._create()
         else:
@@ -373,15 +437,19 @@ class RunDir:
             if not (path / MARKER).is_file():
                 _write_marker(path, cfg.name)  # a legacy run resumed with its own config
             write_yaml(path / "config.yaml", cfg.to_dict())
-        return run, run._build(build)
+        return run, run._build(build, created)
 
-    def _build(self, build: Callable[[RunDir], T]) -> T:
-        """``build(self)``; a failure before the table is stored is recorded in run.json
-        (``failed_start``), so the corrected command may replace this folder."""
+    def _build(self, build: Callable[[RunDir], T], created: bool = False) -> T:
+        """``build(self)``. When it fails, a folder this call ``created`` is deleted again
+        (a refused command leaves nothing behind) unless it holds the pre-flight's report
+        ``bad_images.csv``; a failure before the table is stored is recorded in run.json
+        (``failed_start``), so the corrected command may replace the folder."""
         try:
             result = build(self)
         except BaseException as exc:
-            if "table_hash" not in (self.info() or {}):
+            if created and not (self.path / "bad_images.csv").exists():
+                _remove_owned(self.path, self.cfg.name)
+            elif "table_hash" not in (self.info() or {}):
                 self.update_info(failed_start=f"{type(exc).__name__}: {exc}"[:500])
             raise
         info = self.info() or {}
@@ -422,7 +490,11 @@ class RunDir:
         aside = path.with_name(f".{cfg.name}.old-{os.getpid()}")
         _remove_owned(aside, cfg.name)
         os.rename(path, aside)
-        os.rename(staging.path, path)
+        try:
+            os.rename(staging.path, path)
+        except OSError as exc:
+            os.rename(aside, path)  # the old run back in place
+            raise write_error(path, exc) from exc
         staging.path = path
         _remove_owned(aside, cfg.name)
         return staging, result
@@ -462,11 +534,23 @@ class RunDir:
         if not p.is_file():
             return None
         try:
-            return RunConfig.from_dict(yaml.safe_load(p.read_text()))
+            return RunConfig.from_dict(load_yaml(p.read_text()))
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{p}: cannot read the run's config: {exc}") from exc
+            reason = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"{p}: cannot read the run's config: {reason}") from exc
 
     # ------------------------------------------------------------------ paths
+    def owns(self, path: str | os.PathLike[str]) -> bool:
+        """True when ``path`` is (or lies in) one of this run's own files or folders, or a
+        notebook output (`NOTEBOOK_OUTPUTS`): what a command reading the run must never
+        write over. Other new files inside the run folder are not its own."""
+        try:
+            rel = Path(path).resolve().relative_to(self.path.resolve())
+        except ValueError:
+            return False
+        top = rel.parts[0] if rel.parts else ""
+        return not top or top in NOTEBOOK_OUTPUTS or RUN_ENTRIES.fullmatch(top) is not None
+
     def checkpoint(self, fold: int, kind: str = "last") -> Path:
         return self.path / "checkpoints" / f"fold{fold}_{kind}.pt"
 
@@ -504,8 +588,47 @@ class RunDir:
         ``metrics.json``."""
         return self.path / ("metrics.json" if fold is None else f"metrics_fold{fold}.json")
 
+    def fold_record_path(self, fold: int) -> Path:
+        """``done_fold{k}.json``: the fold's completion record (`record_fold`)."""
+        return self.path / f"done_fold{fold}.json"
+
+    def record_fold(self, fold: int) -> None:
+        """Write fold ``fold``'s completion record: its OOF file's row count, the hash of
+        its image ids and of the file itself (written after the OOF file)."""
+        write_json(self.fold_record_path(fold), _oof_stamp(self.oof_path(fold)))
+
+    def fold_record(self, fold: int) -> dict[str, Any] | None:
+        """The fold's completion record; None when absent or unreadable (a run written
+        before records existed, or a crash between the OOF file and its record)."""
+        try:
+            return json.loads(self.fold_record_path(fold).read_text())
+        except (OSError, ValueError):
+            return None
+
     def fold_done(self, fold: int) -> bool:
-        return self.oof_path(fold).is_file()
+        """The fold's OOF file exists and matches its completion record (a file truncated
+        or edited since is not done); without a record, the file alone counts (older runs;
+        training checks those against the table: `check_fold`)."""
+        if not self.oof_path(fold).is_file():
+            return False
+        record = self.fold_record(fold)
+        return record is None or record.get("sha256") == _file_hash(self.oof_path(fold))
+
+    def check_fold(self, fold: int, ids: Sequence[str], record: bool = True) -> bool:
+        """True when fold ``fold`` is done (`fold_done`) and its OOF file holds exactly the
+        validation image ``ids`` of the fold (as many rows, the same ids); a fold done
+        without a record then gets one (when ``record``: the writing process)."""
+        if not self.fold_done(fold):
+            return False
+        try:
+            stamp = _oof_stamp(self.oof_path(fold))
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            return False
+        if stamp["n_rows"] != len(ids) or stamp["ids_sha256"] != _ids_hash(ids):
+            return False
+        if record and self.fold_record(fold) is None:
+            write_json(self.fold_record_path(fold), stamp)
+        return True
 
     @property
     def complete(self) -> bool:
@@ -617,6 +740,20 @@ class RunDir:
         ``features.json`` / ``ensemble.json`` / ``errors.json``); {} when absent."""
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ids_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+
+
+def _oof_stamp(path: Path) -> dict[str, Any]:
+    """Row count, id hash and file hash of an OOF file (a fold's completion record)."""
+    ids = read_predictions(path)["image_id"].tolist()
+    return {"n_rows": len(ids), "ids_sha256": _ids_hash(ids), "sha256": _file_hash(path)}
 
 
 def shared_task(runs: Sequence[RunDir]) -> Task:

@@ -74,15 +74,20 @@ def fold_data(cfg: RunConfig, table: LesionTable, fold: int) -> FoldData:
     return FoldData(train_df, val_df, test_df, encoder, *meta)
 
 
+def check_pairing(cfg: RunConfig, table: LesionTable) -> None:
+    """ConfigError when ``dual_image=true`` meets a table without second images."""
+    if cfg.model.dual_image and not table.paired:
+        raise ConfigError("dual_image=true needs a paired dataset (image_path_2), e.g. milk10k "
+                          "or synthetic_task=paired")
+
+
 def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.ndarray | None,
                  *, train: bool, labelled: bool = True, seed: int = 0,
                  encoder: MetaEncoder | None = None) -> LesionDataset:
     """Rows ``df`` of ``table`` as model inputs, with the run's (training or evaluation)
     transforms normalised as the backbone's weights expect; a training dataset given the
     fold's ``encoder`` blanks metadata under ``meta_blanking`` (`features.blanked_variants`)."""
-    if cfg.model.dual_image and not table.paired:
-        raise ConfigError("dual_image=true needs a paired dataset (image_path_2), e.g. milk10k "
-                          "or synthetic_task=paired")
+    check_pairing(cfg, table)
     mean, std = input_normalization(cfg.model)
     transform = build_transforms(cfg.data.image_size, train=train, strength=cfg.data.augment,
                                  seed=seed, aspect=cfg.data.aspect, mean=mean, std=std,
@@ -149,23 +154,24 @@ def predict_probs(model: nn.Module, loader: DataLoader, task: Task, device: torc
     views = tta_views(tta)
     model.eval()
     probs, indices, losses, counts = [], [], 0.0, 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        batch = to_device(batch, device, channels_last)
-        acc = None
-        for view in views:
-            viewed = dict(batch)
-            for key in ("image", "image2"):
-                if key in viewed:
-                    viewed[key] = view(viewed[key])
-            with precision.autocast(device):
-                logits = forward(model, viewed).float()
-            if loss_fn is not None and view is views[0]:
-                losses += float(loss_fn(logits, batch["target"])) * len(logits)
-                counts += len(logits)
-            p = probs_from_logits(logits, task)
-            acc = p if acc is None else acc + p
-        probs.append((acc / len(views)).cpu().numpy())
-        indices.append(batch["index"].cpu().numpy())
+    with tqdm(loader, desc=desc, leave=False, disable=not progress) as bar:
+        for batch in bar:  # an error closes the bar before it is shown
+            batch = to_device(batch, device, channels_last)
+            acc = None
+            for view in views:
+                viewed = dict(batch)
+                for key in ("image", "image2"):
+                    if key in viewed:
+                        viewed[key] = view(viewed[key])
+                with precision.autocast(device):
+                    logits = forward(model, viewed).float()
+                if loss_fn is not None and view is views[0]:
+                    losses += float(loss_fn(logits, batch["target"])) * len(logits)
+                    counts += len(logits)
+                p = probs_from_logits(logits, task)
+                acc = p if acc is None else acc + p
+            probs.append((acc / len(views)).cpu().numpy())
+            indices.append(batch["index"].cpu().numpy())
     if not probs:
         return np.zeros((0, task.n_outputs)), np.zeros(0, dtype=np.int64), float("nan")
     mean_loss = losses / counts if counts else float("nan")

@@ -45,9 +45,9 @@ import pandas as pd
 from .config import RunConfig
 from .data.adapters import load_table
 from .data.build import configured_folds
-from .errors import ConfigError, DataError, LeakageError, MelalibError
+from .errors import ConfigError, DataError, LeakageError, MelalibError, WriteError
 from .features import tbp_columns
-from .io import write_csv, write_json
+from .io import claim_folder, write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .runs import RunDir, git_commit, package_versions, shared_task
 from .table import SITES, LesionTable
@@ -121,8 +121,7 @@ def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
         oof = oof.set_index("image_id")
         missing = train.index.difference(oof.index)
         if len(missing):
-            raise DataError(f"has no OOF prediction for {len(missing)} training image(s), e.g. "
-                            f"{missing[0]!r}: train every fold first", file=run_dir)
+            raise DataError(_missing_reason(run, missing, len(train), dirs[0]), file=run_dir)
         differ = oof["fold"].reindex(train.index).to_numpy() != train["fold"].to_numpy()
         if differ.any():
             bad = train.index[np.flatnonzero(differ)[0]]
@@ -137,6 +136,21 @@ def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
             column[test_ids.to_numpy()] = t.reindex(test_ids.to_numpy()).to_numpy()
         scores[f"score_{_run_name(run_dir, used)}"] = column.to_numpy()
     return StackInputs(table, task, scores, tuple(dirs))
+
+
+def _missing_reason(run: RunDir, missing: pd.Index, n_train: int, first: Path) -> str:
+    """Why ``run`` lacks OOF rows for ``missing`` of the first run's ``n_train`` training
+    images: folds still to train, or another dataset (every fold trained)."""
+    example = f"e.g. {str(missing[0])[:60]!r}"
+    done = len(run.done_folds())
+    if run.cfg is not None and done < run.cfg.data.n_folds:
+        return (f"has no OOF prediction for {len(missing)} training image(s), {example}: "
+                f"{done} of {run.cfg.data.n_folds} folds are trained; train every fold first")
+    shared = 1.0 - len(missing) / max(n_train, 1)
+    return (f"has no OOF prediction for {len(missing)} training image(s) of {first}, "
+            f"{example}, although every fold is trained: the runs were trained on different "
+            f"tables (another dataset or data_dir; {shared:.0%} of the images shared); stack "
+            "runs of one dataset")
 
 
 def table_inputs(table: LesionTable) -> StackInputs:
@@ -267,8 +281,10 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
         raise ConfigError(f"n_seeds must be >= 1, got {n_seeds}")
     started = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty; pick another name or overwrite")
+    if out is not None:  # the write rule (`claim_folder`), checked before the work
+        _check_out(out, inputs.runs)
+        _adopt_legacy(out)
+        claim_folder(out, "stack", overwrite=overwrite, create=False)
     df = inputs.table.df.reset_index(drop=True)
     X_all = stack_features(df, inputs.scores, meta=meta, context=context)
     is_train = (df["split"] == "train").to_numpy()
@@ -284,9 +300,34 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
                    context=context, features=list(X_all.columns),
                    seconds=round(time.perf_counter() - started, 1))
     if out is not None:
+        claim_folder(out, "stack", overwrite=overwrite, subfolders=("table",), clear=True)
         _write(out, inputs, oof, tests, imp, metrics)
     return StackResult(oof, pd.concat(tests.values(), ignore_index=True) if tests else
                        pd.DataFrame(), imp, metrics, out)
+
+
+def _adopt_legacy(out: Path) -> None:
+    """A stack folder written before the marker existed (its run.json says ``"kind":
+    "stack"``) gets the marker, so it stays replaceable with ``overwrite``."""
+    if out.is_symlink() or not out.is_dir() or list(out.glob(".melalib-*")):
+        return
+    try:
+        info = RunDir(out, None).info() or {}
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and info.get("kind") == "stack":
+        write_json(out / ".melalib-stack", {"melalib": "stack"})
+
+
+def _check_out(out: Path, runs: Sequence[Path]) -> None:
+    """The stack folder is none of the input runs, holds none, and is none of a run's own
+    files (a new folder inside a run, such as notebook 04's ``<run>/stack``, is fine)."""
+    real = out.resolve()
+    for run in runs:
+        if real == run.resolve() or run.resolve().is_relative_to(real) or \
+                RunDir(run, None).owns(out):
+            raise WriteError(f"stack output folder {out} would overwrite or hold the input run "
+                             f"{run}; write the stack somewhere else")
 
 
 # ----------------------------------------------------------------------------- report
@@ -333,7 +374,6 @@ def _baseline(task: Task, y: np.ndarray, p: pd.Series, groups: pd.Series, n_boot
 def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, pd.DataFrame],
            imp: pd.DataFrame, metrics: dict[str, Any]) -> None:
     run = RunDir(out, None)  # a run-like folder: `RunDir.read` and `melalib ensemble` read it
-    out.mkdir(parents=True, exist_ok=True)
     inputs.table.save(run.table_dir())
     write_json(out / "run.json", {
         "kind": "stack", "inputs": [str(r) for r in inputs.runs], "model": metrics["model"],

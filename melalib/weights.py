@@ -219,7 +219,14 @@ def _unpickler_reason(exc: BaseException) -> str:
     if found:
         line = next((ln.strip() for ln in reason.splitlines() if ln.strip()), "")
         return line.split(". ")[0].rstrip(".")[:200] or type(exc).__name__
-    return first_line(exc)
+    # torch's legacy-format message: its advice first, the reason on a later line; a line
+    # that mentions weights_only (the advice to load unsafely) is never quoted
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    kept = [ln for ln in lines if "weights_only" not in ln and not ln.startswith(
+        ("Weights only load failed", "Check the documentation"))]
+    if kept:
+        return kept[0].rstrip(".")[:200]
+    return "the file is not a plain tensor file" if lines else type(exc).__name__
 
 
 def first_line(exc: BaseException | None) -> str:

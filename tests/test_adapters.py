@@ -516,7 +516,9 @@ def test_image_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     err = raises(load_image_folder, tmp_path, file=tmp_path / "empty", row=None, column=None)
     assert "holds no images" in str(err)
-    assert len(load_image_folder(tmp_path, classes=["malignant", "benign"]).df) == 3
+    assert len(load_image_folder(tmp_path, classes=["benign", "malignant"]).df) == 3
+    with pytest.raises(DataError, match="puts 'malignant' first"):  # negative first
+        load_image_folder(tmp_path, classes=["malignant", "benign"])
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -569,8 +571,12 @@ def test_image_folder_is_a_dataset(tmp_path):
     assert table.task.classes == ("benign", "melanoma")
     assert table.df["image_id"].tolist() == ["benign/b1.jpg", "benign/b2.jpg", "melanoma/m1.jpg"]
     assert table.df["label"].tolist() == [0, 0, 1]
+    with pytest.raises(DataError, match="puts 'melanoma' first"):  # melanoma as negative?
+        load_table(DataConfig(dataset="image_folder", data_dir=str(tmp_path),
+                              custom_classes=("melanoma", "benign")))
     swapped = load_table(DataConfig(dataset="image_folder", data_dir=str(tmp_path),
-                                    custom_classes=("melanoma", "benign")))
+                                    custom_classes=("melanoma", "benign"),
+                                    positive_label="benign"))
     assert swapped.task.classes == ("melanoma", "benign")
     assert swapped.df["label"].tolist() == [0, 1, 1]
     with pytest.raises(DataError, match="needs data_dir"):

@@ -32,7 +32,7 @@ def test_numeric_labels_are_normalised(tmp_path: Path) -> None:
 def test_rare_class_named_like_another_is_refused(tmp_path: Path, typo: str, other: str) -> None:
     rows = [f"m{i},mel" for i in range(12)] + [f"n{i},nev" for i in range(12)] + [f"x,{typo}"]
     csv = _csv(tmp_path / "t.csv", "image,label", rows)
-    with pytest.raises(DataError, match=rf"class '{typo}' has only 1 row.*typo of class "
+    with pytest.raises(DataError, match=rf"'{typo}'.* (typo of|looks like) class "
                                         rf"'{other}'.*custom_classes") as info:
         load_custom_csv(csv)
     assert info.value.row == 25 and info.value.column == "label"
@@ -52,7 +52,7 @@ def test_fold_column_is_refused_unless_named(tmp_path: Path) -> None:
     csv = _csv(tmp_path / "t.csv", "image,label,fold", ["a,x,0", "b,y,1"])
     with pytest.raises(DataError, match=r"'fold' column.*custom_fold_column=fold"):
         load_custom_csv(csv)
-    table = load_custom_csv(csv, fold_column="fold")
+    table = load_custom_csv(csv, fold_column="fold", positive_label="y")
     assert table.df["fold"].tolist() == [0, 1]
 
 
@@ -98,3 +98,38 @@ def test_na_like_patient_id_is_named_not_called_empty(tmp_path: Path, text: str)
     empty = _csv(tmp_path / "e.csv", "image,label,patient", ["a,x,P1", "b,y,"])
     with pytest.raises(DataError, match="empty patient"):
         load_custom_csv(empty, group_column="patient")
+
+
+@pytest.mark.parametrize("variant, n", [("Mel", 2), ("melanoma", 3), (" MEL", 12), ("mel_", 1)])
+def test_label_variants_of_a_class_are_refused_at_any_count(tmp_path: Path, variant: str,
+                                                            n: int) -> None:
+    """Issue 24: two `Mel` (or three `melanoma`) beside `mel` silently made a 3-class task."""
+    rows = ([f"m{i},mel" for i in range(14)] + [f"n{i},nev" for i in range(14)]
+            + [f"v{i},{variant}" for i in range(n)])
+    csv = _csv(tmp_path / "t.csv", "image,label", rows)
+    with pytest.raises(DataError, match=r"looks like class 'mel'.*custom_label_map") as info:
+        load_custom_csv(csv)
+    assert info.value.row == 29 and info.value.column == "label"
+    table = load_custom_csv(csv, label_map={variant.strip(): "mel"})  # mapped explicitly
+    assert table.task.classes == ("nev", "mel") and (table.df["label"] == 1).sum() == 14 + n
+
+
+def test_binary_positive_class_is_named_by_the_labels_not_the_sort_order(tmp_path: Path
+                                                                          ) -> None:
+    """Issue 24: a custom `mel` / `nv` table took `nv` (sorted last) as the positive class."""
+    rows = [f"m{i},mel" for i in range(4)] + [f"n{i},nv" for i in range(8)]
+    table = load_custom_csv(_csv(tmp_path / "t.csv", "image,label", rows))
+    assert table.task.classes == ("nv", "mel")  # (negative, positive)
+    assert table.df.loc[table.df["image_id"].str.startswith("m"), "label"].eq(1).all()
+    benign = load_custom_csv(_csv(tmp_path / "b.csv", "image,label",
+                                  ["a,malignant", "b,benign", "c,benign"]))
+    assert benign.task.classes == ("benign", "malignant")
+    ambiguous = _csv(tmp_path / "a.csv", "image,label", ["a,bcc", "b,nv", "c,nv"])
+    with pytest.raises(DataError, match="positive_label"):
+        load_custom_csv(ambiguous)
+    chosen = load_custom_csv(ambiguous, positive_label="bcc")
+    assert chosen.task.classes == ("nv", "bcc") and chosen.df["label"].tolist() == [1, 0, 0]
+    with pytest.raises(DataError, match="puts 'mel' first"):
+        load_custom_csv(tmp_path / "t.csv", classes=["mel", "nv"])
+    with pytest.raises(DataError, match="not one of the classes"):
+        load_custom_csv(ambiguous, positive_label="mel")

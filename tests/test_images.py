@@ -131,3 +131,47 @@ def test_missing_and_corrupt_files_are_image_errors(tmp_path: Path) -> None:
         read_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match=r"bad\.png"):
         read_image(tmp_path / "bad.png")
+
+
+def _short_png(path, width: int = 32, height: int = 32) -> None:
+    """A well-formed PNG (valid chunks and CRCs, IEND) whose compressed pixel rows stop
+    half-way: Pillow decodes it without an error, the missing rows black."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\x00" + bytes([200] * width * 3) for _ in range(height // 2))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_preflight_rejects_image_data_that_ends_early(tmp_path) -> None:
+    """Issue 24: a PNG whose data ends early decoded with black rows and passed."""
+    import io
+
+    import pandas as pd
+
+    from melalib.data.dataset import check_images_readable
+    from melalib.data.images import incomplete_data
+
+    _short_png(tmp_path / "short.png")
+    jpeg = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    data = jpeg.getvalue()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    good = []
+    for name, kwargs in (("a.png", {}), ("i.png", {"interlace": 1}), ("b.jpg", {}),
+                         ("p.jpg", {"progressive": True})):
+        Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(
+            tmp_path / name, **kwargs)
+        good.append(str(tmp_path / name))
+    assert "ends early" in incomplete_data(tmp_path / "short.png")
+    paths = [str(tmp_path / "short.png"), str(tmp_path / "cut.jpg"), *good]
+    bad = check_images_readable(pd.DataFrame({"image_path": paths}), workers=1)
+    assert bad["path"].tolist() == paths[:2] and bad["row"].tolist() == [1, 2]
+    assert "ends early" in bad["reason"].iloc[0]

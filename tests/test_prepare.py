@@ -291,3 +291,37 @@ def test_small_jpeg_is_copied_byte_for_byte(tmp_path: Path) -> None:
     with Image.open(dst / "large.jpg") as im:
         assert im.size == (171, 128)
     assert not list(dst.glob(".*.tmp"))
+
+
+def test_resume_redoes_an_output_whose_source_changed(tmp_path: Path) -> None:
+    """Issue 24: `prepare` resumed after a source image changed used to keep the stale copy."""
+    import os
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    _photo(rng, 200, 160).save(src / "a.jpg")
+    _photo(rng, 200, 160).save(src / "b.jpg")
+    first = prepare_images(src, dst, size=64, workers=1, progress=False)
+    assert (first.n_done, first.n_redone) == (2, 0)
+    old = (dst / "a.jpg").read_bytes()
+    Image.new("RGB", (200, 160), (250, 10, 10)).save(src / "a.jpg")  # the source changes
+    stat = (src / "a.jpg").stat()
+    os.utime(src / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**10))  # even older
+    again = prepare_images(src, dst, size=64, workers=1, progress=False)
+    assert (again.n_done, again.n_redone, again.n_skipped_existing) == (1, 1, 1)
+    assert (dst / "a.jpg").read_bytes() != old
+    assert np.asarray(Image.open(dst / "a.jpg"))[..., 0].mean() > 200  # the new content
+    third = prepare_images(src, dst, size=64, workers=1, progress=False)
+    assert (third.n_done, third.n_skipped_existing) == (0, 2)
+
+
+def test_prepare_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "mine"
+    src.mkdir()
+    _photo(np.random.default_rng(4), 64, 64).save(src / "a.jpg")
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="did not write"):
+        prepare_images(src, dst, size=32, workers=1, progress=False)
+    assert [p.name for p in dst.iterdir()] == ["notes.txt"]

@@ -83,3 +83,18 @@ def test_seaborn_is_neither_declared_nor_imported() -> None:
     project = _pyproject()["project"]
     assert not any(r.startswith("seaborn") for r in project["dependencies"])
     assert not [p for p in (REPO / "melalib").rglob("*.py") if "import seaborn" in p.read_text()]
+
+
+def test_pyproject_states_the_real_torch_minimum() -> None:
+    """Issue 24: pyproject allowed torch>=2.1, but checkpoint and weight loading use
+    torch.serialization.safe_globals / get_unsafe_globals_in_checkpoint (torch 2.5)."""
+    used = {name for path in (REPO / "melalib").rglob("*.py")
+            for name in re.findall(r"torch\.serialization\.(\w+)", path.read_text())}
+    assert {"safe_globals", "get_unsafe_globals_in_checkpoint"} <= used
+    project = _pyproject()["project"]
+    torch_req = next(r for r in project["dependencies"] if re.match(r"torch[>=<~ ]", r))
+    minimum = tuple(int(x) for x in re.search(r">=\s*(\d+)\.(\d+)", torch_req).groups())
+    assert minimum >= (2, 5), torch_req
+    env = (REPO / "environment.yml").read_text()
+    assert f"torch>={minimum[0]}.{minimum[1]}" in env
+    assert f"torch>={minimum[0]}.{minimum[1]}" in (REPO / "README.md").read_text()

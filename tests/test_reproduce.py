@@ -75,20 +75,27 @@ def test_reproduce_matches_and_a_tampered_prediction_does_not(finished_run, tmp_
     assert result["folds"] == [0] and result["table_hash_match"] is True
     assert result["max_abs_diff"] <= result["atol"] == 1e-5
     assert (run / "oof_fold0.csv").read_bytes() == original  # the original is only read
-    fresh = pd.read_csv(rerun / "original" / "oof_fold0.csv")
+    assert Path(result["rerun_dir"]).parent.parent == rerun  # a fresh folder under it
+    fresh = pd.read_csv(Path(result["rerun_dir"]) / "oof_fold0.csv")
     pd.testing.assert_frame_equal(fresh, pd.read_csv(run / "oof_fold0.csv"), atol=1e-5)
 
-    # tamper with one probability of the original: the comparison must catch it (the re-run
-    # in `rerun` is reused: it is finished, so reproduce only compares)
+    # tamper with one probability of the original: the comparison must catch it, even when
+    # --output-dir is the run's own parent (the re-run goes to a fresh folder, never the run)
     oof = pd.read_csv(run / "oof_fold0.csv", dtype={"image_id": str, "group_id": str})
     oof.loc[3, "prob_melanoma"] = 1.0 - oof.loc[3, "prob_melanoma"] + 0.01
     delta = abs(oof.loc[3, "prob_melanoma"] - fresh.loc[3, "prob_melanoma"])
     oof.to_csv(run / "oof_fold0.csv", index=False)
-    code = main(["reproduce", str(run), "--output-dir", str(rerun)])
-    result = json.loads(capsys.readouterr().out)
-    assert code == 1 and result["match"] is False
-    assert result["table_hash_match"] is True
-    assert result["max_abs_diff"] == pytest.approx(delta, abs=1e-6)
+    for target in (rerun, run.parent):
+        code = main(["reproduce", str(run), "--output-dir", str(target)])
+        captured = capsys.readouterr()
+        assert code == 1, captured.err
+        result = json.loads(captured.out)
+        assert code == 1 and result["match"] is False
+        assert result["table_hash_match"] is True
+        assert result["max_abs_diff"] == pytest.approx(delta, abs=1e-6)
+        assert result["changed_since_training"] == [0]  # the completion record tells
+    assert main(["reproduce", str(run), "--output-dir", str(run / "inside")]) == 2
+    assert not (run / "inside").exists()
     (run / "oof_fold0.csv").write_bytes(original)
 
 

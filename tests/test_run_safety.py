@@ -76,11 +76,11 @@ def test_overwrite_validates_config_and_data_before_touching_the_old_run(tiny_cf
     with pytest.raises(DataError, match=r"mistyped\.csv"):
         melalib.train(bad)
     assert sorted(p.relative_to(cfg.run_dir) for p in cfg.run_dir.rglob("*")) == before
-    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == [".tiny.lock", "tiny"]
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["tiny"]
     # a valid replacement: swapped in, the old run gone, nothing left beside it
     melalib.train(tiny_cfg(fold=0, overwrite=True, lr=0.05))
     assert RunDir(cfg.run_dir, cfg).load_config().train.lr == 0.05
-    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == [".tiny.lock", "tiny"]
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["tiny"]
 
 
 def test_overwrite_never_deletes_a_folder_without_melalib_marker(tiny_cfg) -> None:
@@ -94,14 +94,16 @@ def test_overwrite_never_deletes_a_folder_without_melalib_marker(tiny_cfg) -> No
 
 
 def test_failed_start_does_not_block_the_corrected_command(tiny_cfg, tmp_path: Path) -> None:
-    # a table that cannot be loaded writes nothing (test_unreadable_table_writes_no_run); a
-    # step of the build that fails after the folder exists (here: pseudo-labels from a run
-    # that is not there) is recorded as failed_start
+    # a step of the build that fails after the folder exists (here: pseudo-labels from a run
+    # that is not there) removes the folder it created
     bad = tiny_cfg(fold=0, pseudo_run=str(tmp_path / "nope"))
     with pytest.raises(ConfigError):
         melalib.train(bad)
-    info = json.loads((bad.run_dir / "run.json").read_text())
-    assert "no such folder" in info["failed_start"] and "table_hash" not in info
+    assert not Path(bad.output_dir).exists()  # the folder it created is gone again
+    bad.run_dir.mkdir(parents=True)  # a folder left by a start that died (e.g. SIGKILL)
+    (bad.run_dir / MARKER).write_text(json.dumps({"melalib_run": bad.name}))
+    (bad.run_dir / "run.json").write_text(json.dumps({"failed_start": "DataError: ..."}))
+    (bad.run_dir / "config.yaml").write_text("name: tiny\nlr: 0.5\n")
     summary = melalib.train(tiny_cfg(fold=0))
     assert summary["folds_done"] == [0]
     assert "failed_start" not in json.loads((bad.run_dir / "run.json").read_text())

@@ -111,7 +111,7 @@ def test_metadata_only_stack_writes_a_run_like_folder(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"roc_auc", "pauc_80"} <= set(metrics["oof_ci"]) and "pauc_80" in metrics["oof"]
     assert result.importance["feature"].nunique() == len(metrics["features"])
-    with pytest.raises(Exception, match="not empty"):
+    with pytest.raises(Exception, match="earlier stack"):
         stack(table_inputs(_table()), out, n_boot=0)
 
 

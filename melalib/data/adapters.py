@@ -717,7 +717,8 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
                     meta_columns: Mapping[str, str] | None = None,
                     classes: Sequence[str] | None = None, image_dir: PathLike | None = None,
                     image_ext: str = "", split_column: str | None = None,
-                    fold_column: str | None = None) -> LesionTable:
+                    fold_column: str | None = None, positive_label: str = "",
+                    label_map: Mapping[str, str] | None = None) -> LesionTable:
     """A user CSV naming images and labels (task name ``custom``).
 
     ``meta_columns`` maps canonical names to the CSV's columns, e.g. ``{"age": "age_years",
@@ -730,8 +731,13 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
     several images of one patient or lesion could land on both sides of a fold split.
     Numeric-looking labels are normalised (``0`` and ``0.0`` are one class); without
     ``classes``, a rare class named like a much larger one (``melanoma`` among ``mel``) is
-    refused as a likely typo. ``fold_column`` holds predefined folds (integers >= 0); a
-    column named ``fold`` that is not named there is refused, never silently ignored.
+    refused as a likely typo, and so are labels that differ from another only in case,
+    spacing or a synonym (``Mel`` / ``melanoma`` beside ``mel``, any count) unless
+    ``label_map`` maps them (``{"Mel": "mel"}``). A binary task's positive class is the one
+    the labels name (melanoma, malignant, 1: `positive_class`) or ``positive_label``, never
+    the sort order; a table naming neither needs ``positive_label``. ``fold_column`` holds
+    predefined folds (integers >= 0); a column named ``fold`` that is not named there is
+    refused, never silently ignored.
     """
     csv = Path(csv)
     meta_columns = dict(meta_columns or {})
@@ -752,14 +758,8 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
     if not train.any():
         raise DataError(f"no training rows: none of the {len(df)} row(s) has split 'train' "
                         f"in column {split_column!r}", file=csv, column=split_column)
-    df[label_column] = df[label_column].map(_label_text, na_action="ignore")
-    if classes is None:
-        classes = sorted(df.loc[train, label_column].dropna().unique().tolist())
-        _check_label_typos(df.loc[train, label_column], csv, label_column)
-    classes = tuple(_label_text(str(c)) for c in classes)
-    if len(classes) < 2:
-        raise DataError(f"needs at least 2 classes, found {list(classes)}", file=csv,
-                        column=label_column)
+    explicit = classes is not None
+    classes = _custom_classes(df, label_column, train, classes, label_map, csv)
     labels = _class_labels(df[label_column], classes, csv, label_column, allow_empty=True)
     if (train & (labels < 0)).any():
         raise DataError("empty label on a training row", file=csv,
@@ -784,7 +784,32 @@ def load_custom_csv(csv: PathLike, image_column: str = "image", label_column: st
                         "grouped folds itself); set custom_fold_column=fold to use these folds "
                         "(checked for patient leakage), or rename or drop the column",
                         file=csv, column="fold")
+    order = binary_order(classes, positive_label, csv, label_column, explicit)
+    if order != classes:  # the positive class last: class indices follow the new order
+        index = np.asarray([order.index(c) for c in classes])
+        out["label"] = np.where(labels >= 0, index[np.clip(labels, 0, None)], labels)
+        task = _task_for(order, "custom")
     return _table([out], task, csv)
+
+
+def _custom_classes(df: pd.DataFrame, column: str, train: np.ndarray,
+                    classes: Sequence[str] | None, label_map: Mapping[str, str] | None,
+                    csv: Path) -> tuple[str, ...]:
+    """Normalise (and map) the labels in ``df[column]`` in place; the classes: the given
+    ones, else the training rows' labels, sorted, after the variant and typo checks."""
+    df[column] = df[column].map(_label_text, na_action="ignore")
+    if label_map:
+        mapping = {_label_text(k): _label_text(v) for k, v in label_map.items()}
+        df[column] = df[column].map(lambda v: mapping.get(v, v), na_action="ignore")
+    if classes is None:
+        classes = sorted(df.loc[train, column].dropna().unique().tolist())
+        _check_label_variants(df.loc[train, column], csv, column)
+        _check_label_typos(df.loc[train, column], csv, column)
+    classes = tuple(_label_text(str(c)) for c in classes)
+    if len(classes) < 2:
+        raise DataError(f"needs at least 2 classes, found {list(classes)}", file=csv,
+                        column=column)
+    return classes
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -798,6 +823,84 @@ def _label_text(value: str) -> str:
         return text
     number = float(text)
     return str(int(number)) if number.is_integer() else repr(number)
+
+
+#: Labels that mean the same class (besides case, spacing, ``_`` and ``-``).
+LABEL_SYNONYMS = {"melanoma": "mel", "malignant melanoma": "mel", "nevus": "nv", "naevus": "nv",
+                  "nevi": "nv", "basal cell carcinoma": "bcc", "actinic keratosis": "ak",
+                  "squamous cell carcinoma": "scc", "dermatofibroma": "df",
+                  "vascular lesion": "vasc", "benign keratosis": "bkl"}
+#: Label keys that name the positive class of a binary task.
+POSITIVE_KEYS = frozenset({"mel", "malignant", "1", "positive", "true", "yes"})
+
+
+def label_key(name: str) -> str:
+    """What variants of one class share: case, spacing, ``_`` / ``-`` and synonyms
+    (`LABEL_SYNONYMS`) ignored (``Mel``, `` MEL``, ``melanoma`` -> ``mel``)."""
+    text = " ".join(re.sub(r"[_\-]+", " ", str(name)).lower().split())
+    return LABEL_SYNONYMS.get(text, text)
+
+
+def positive_class(classes: Sequence[str]) -> str | None:
+    """The one label of a binary task that names the positive class (melanoma, malignant,
+    1, positive...), or None when none or both do."""
+    found = [c for c in classes if label_key(c) in POSITIVE_KEYS]
+    return found[0] if len(found) == 1 else None
+
+
+def binary_order(classes: Sequence[str], positive_label: str, file: Path,
+                 column: str, explicit: bool = False) -> tuple[str, ...]:
+    """A binary task's classes as (negative, positive): the positive one is
+    ``positive_label``, else the one the labels name (`positive_class`), never the sort
+    order; DataError when it cannot be told. ``explicit``: the user's own class list
+    (negative first), kept unless it puts a class that names the positive first. More
+    classes are returned as they are."""
+    classes = tuple(classes)
+    if explicit and not positive_label and len(classes) == 2:
+        named = positive_class(classes)
+        if named is not None and named != classes[1]:
+            raise DataError(f"custom_classes {list(classes)} puts {named!r} first, i.e. as the "
+                            "negative class (the list is negative first); reorder it or set "
+                            f"positive_label={named}", file=file, column=column)
+        return classes
+    positive = _label_text(positive_label) if positive_label else None
+    if len(classes) != 2:
+        if positive:
+            raise DataError(f"positive_label={positive_label!r} needs a binary table; this one "
+                            f"has {len(classes)} classes {list(classes)}", file=file,
+                            column=column)
+        return classes
+    if positive is not None and positive not in classes:
+        raise DataError(f"positive_label={positive_label!r} is not one of the classes "
+                        f"{list(classes)}", file=file, column=column)
+    positive = positive or positive_class(classes)
+    if positive is None:
+        raise DataError(f"a binary table with classes {list(classes)}: melalib cannot tell "
+                        "which one is positive (neither or both look like melanoma / "
+                        "malignant / 1); say so: --set positive_label=<class>", file=file,
+                        column=column)
+    return tuple(c for c in classes if c != positive) + (positive,)
+
+
+def _check_label_variants(labels: pd.Series, file: Path, column: str) -> None:
+    """Raise DataError when two labels differ only in case, spacing or a synonym (any
+    count): ``Mel`` beside ``mel`` would add a class and change the task and its metric."""
+    counts = labels.value_counts()
+    groups: dict[str, list[str]] = {}
+    for name in counts.index:
+        groups.setdefault(label_key(str(name)), []).append(name)
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        main, variant = names[0], names[1]  # value_counts: most frequent first
+        rows = (np.flatnonzero((labels == variant).to_numpy()) + 1).tolist()
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise DataError(
+            f"label {str(variant)[:40]!r} ({len(rows)} row(s): {shown}) looks like class "
+            f"{str(main)[:40]!r} ({int(counts[main])} rows), differing only in case, spacing "
+            f"or a synonym; fix the labels, or map them: --set custom_label_map="
+            f"'{str(variant)[:40]}={str(main)[:40]}' (if they are two real classes, list "
+            "every class in custom_classes)", file=file, row=rows[0], column=column)
 
 
 def _check_label_typos(labels: pd.Series, file: Path, column: str, rare: int = 5,
@@ -845,23 +948,27 @@ def _fold_values(df: pd.DataFrame, column: str, train: np.ndarray, file: Path) -
     return np.where(train, values.fillna(-1).to_numpy(), -1).astype(np.int64)
 
 
-def load_image_folder(root: PathLike, classes: Sequence[str] | None = None) -> LesionTable:
+def load_image_folder(root: PathLike, classes: Sequence[str] | None = None,
+                      positive_label: str = "") -> LesionTable:
     """Class-per-subfolder images (``root/<class>/*.jpg|jpeg|png``), metadata unknown, each
     image its own group (image_id ``<class>/<file name>``). Other entries are ignored and
     counted in ``df.attrs["ignored_files"]`` (folders outside ``classes`` in
-    ``ignored_folders``); an empty class folder raises DataError."""
+    ``ignored_folders``); an empty class folder raises DataError. Two classes: the positive
+    one as in `load_custom_csv` (`binary_order`), never the sort order."""
     root = Path(root)
     if not root.is_dir():
         raise DataError("image folder does not exist", file=root)
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     folders = [p.name for p in entries if p.is_dir()]
     ignored = sum(1 for p in root.iterdir() if not p.is_dir())
+    explicit = classes is not None
     classes = tuple(folders if classes is None else (str(c) for c in classes))
     missing = [c for c in classes if c not in folders]
     if missing:
         raise DataError(f"no class folder(s) {missing}; found {folders}", file=root)
     if len(classes) < 2:
         raise DataError(f"needs at least 2 class folders, found {list(classes)}", file=root)
+    classes = binary_order(classes, positive_label, root, "class folder", explicit)
     ids: list[str] = []
     paths: list[str] = []
     labels: list[int] = []
@@ -918,12 +1025,15 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             split_column=data_cfg.custom_split_column or None,
             meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
             classes=data_cfg.custom_classes or None, image_dir=image_dir,
-            fold_column=data_cfg.custom_fold_column or None)
+            fold_column=data_cfg.custom_fold_column or None,
+            positive_label=data_cfg.positive_label,
+            label_map=parse_meta_columns(data_cfg.custom_label_map))
     if dataset == "image_folder":
         if not data_cfg.data_dir:
             raise DataError("dataset=image_folder needs data_dir, a folder of class folders "
                             "(<data_dir>/<class>/*.jpg)")
-        return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None)
+        return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None,
+                                 positive_label=data_cfg.positive_label)
     if dataset not in (*LOADERS, *MERGED):
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if dataset in MERGED:

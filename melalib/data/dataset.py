@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, ImageError
 from ..tasks import Task
-from .images import ImageOptions, hdf5_member, image_exists, read_image
+from .images import ImageOptions, hdf5_member, image_exists, incomplete_data, read_image
 
 IMAGE_COLUMNS = ("image_path", "image_path_2")
 
@@ -228,9 +228,12 @@ def _decode_problem(path: Path, options: ImageOptions | None) -> str | None:
     """Why `read_image` refuses ``path`` (None: it decodes)."""
     try:
         read_image(path, 64, options)
+        # data that Pillow decodes although it ends early (archive members are decoded whole)
+        return None if hdf5_member(path) is not None else incomplete_data(path)
     except ImageError as exc:
         return exc.detail
-    return None
+    except OSError as exc:
+        return f"unreadable: {exc}"
 
 
 def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUMNS,

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,65 @@ def _to_rgb(img: Image.Image, path: Path, options: ImageOptions) -> np.ndarray:
             return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
         return np.ascontiguousarray(rgba[..., :3])
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+
+
+# ------------------------------------------------------------- strict completeness check
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+
+
+def incomplete_data(path: str | os.PathLike[str]) -> str | None:
+    """Why the image data of a PNG or JPEG at ``path`` ends early, or None. Pillow decodes a
+    PNG whose compressed rows stop short (the rest comes out black) and a JPEG whose scan
+    data stops before its end marker without an error; the pre-flight refuses both."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head == _PNG_SIGNATURE:
+            return _png_short(fh)
+        if head[:2] == b"\xff\xd8":
+            data = head + fh.read()
+            if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+                return "JPEG data ends before its end-of-image marker (truncated)"
+    return None
+
+
+def _png_expected(width: int, height: int, depth: int, color: int, interlace: int) -> int:
+    """Bytes of filtered scanlines a complete PNG of this header decompresses to."""
+    bits = _PNG_CHANNELS.get(color, 4) * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-(w * bits) // 8))
+    return total
+
+
+def _png_short(fh: Any) -> str | None:
+    """The PNG's IDAT stream, decompressed in pieces (never held whole): short or unended."""
+    inflate, produced, expected = zlib.decompressobj(), 0, None
+    while True:
+        header = fh.read(8)
+        if len(header) < 8:
+            return "PNG data ends before its IEND chunk (truncated)"
+        length, kind = struct.unpack(">I4s", header)
+        body = fh.read(length)
+        fh.read(4)  # CRC: Pillow's verify() checks it
+        if kind == b"IHDR" and len(body) >= 13:
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+            expected = _png_expected(width, height, depth, color, interlace)
+        elif kind == b"IDAT":
+            try:
+                while body and produced <= (expected or 0):
+                    produced += len(inflate.decompress(body, 1 << 20))
+                    body = inflate.unconsumed_tail
+            except zlib.error as exc:
+                return f"PNG image data is corrupt ({exc})"
+        elif kind == b"IEND":
+            break
+    if expected is not None and produced < expected:
+        return (f"PNG image data ends early: {produced} of {expected} bytes of pixel rows "
+                "(the missing rows would be black)")
+    return None

@@ -42,6 +42,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageOptions, read_image
 
 PATTERNS = ("*.jpg", "*.jpeg", "*.png")
 SETTINGS_FILE = "prepare.json"
+SOURCES_FILE = "prepare_sources.json"  # output name -> [size, mtime_ns] of its source
 SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
 LINEAR_BELOW = 2.0  # bilinear while the remaining downscale is below this; LANCZOS above
@@ -59,7 +60,8 @@ class PrepareReport:
     size: int
     n_total: int = 0  # image files found in src_dir
     n_done: int = 0  # written by this call
-    n_skipped_existing: int = 0  # already in dst_dir (an earlier run)
+    n_skipped_existing: int = 0  # already in dst_dir (an earlier run), source unchanged
+    n_redone: int = 0  # in dst_dir, but its source changed since: converted again
     n_failed: int = 0  # unreadable: listed in failures and skipped_images.csv
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source path, reason)
     seconds: float = 0.0
@@ -70,7 +72,9 @@ class PrepareReport:
 
     def summary(self) -> str:
         return (f"{self.n_total} images in {self.src_dir}: {self.n_done} written, "
-                f"{self.n_skipped_existing} already done, {self.n_failed} failed "
+                f"{self.n_skipped_existing} already done, "
+                f"{f'{self.n_redone} redone (source changed), ' if self.n_redone else ''}"
+                f"{self.n_failed} failed "
                 f"({self.seconds:.1f} s, {self.images_per_second:.1f} images/s) -> {self.dst_dir}")
 
 
@@ -218,18 +222,21 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     report.n_total = sum(1 for _ in _walk(src, patterns))
     bar = tqdm(total=report.n_total, unit="img", desc=f"prepare {size}px", disable=not progress)
     outputs: dict[str, str] = {}  # output name -> its source (two sources, one output: fail)
+    stamps = _Stamps(dst)
     try:
-        todo = _pending(src, dst, patterns, report, outputs, bar)
+        todo = _pending(src, dst, patterns, report, outputs, bar, stamps)
         args = (int(size), int(quality), aspect, bool(color_constancy))
         for results in _run(todo, args, n_workers):
             for source, reason in results:
                 if reason is None:
                     report.n_done += 1
+                    stamps.done(source)
                 else:
                     report.failures.append((source, reason))
             bar.update(len(results))
     finally:
         bar.close()
+        stamps.save()
     report.n_failed = len(report.failures)
     skipped = pd.DataFrame(report.failures, columns=["path", "reason"])
     write_csv(dst / SKIPPED_FILE, skipped)
@@ -261,8 +268,15 @@ def _check_args(src: Path, dst: Path, size: int, quality: int, workers: int | No
 
 
 def _claim(dst: Path, settings: dict[str, object]) -> None:
-    """Record the settings in ``dst``; refuse a folder prepared with other settings."""
+    """Record the settings in ``dst``; refuse a folder prepared with other settings, a
+    folder holding other files (``prepare.json`` is prepare's marker) and a link."""
     marker = dst / SETTINGS_FILE
+    if dst.is_symlink():
+        raise DataError(f"destination is a symbolic link (to {os.readlink(dst)}); melalib does "
+                        "not write through links: name the real folder", file=dst)
+    if not marker.is_file() and dst.is_dir() and any(dst.iterdir()):
+        raise DataError("destination holds files that melalib prepare did not write (no "
+                        f"{SETTINGS_FILE}); pick a new or empty folder", file=dst)
     if marker.is_file():
         try:
             old = _current_settings(json.loads(marker.read_text()))
@@ -294,9 +308,47 @@ def _walk(src: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
                 yield Path(root) / name
 
 
+class _Stamps:
+    """Each output's source as it was converted (size, mtime in ns), in ``SOURCES_FILE``: a
+    resume keeps an output only while its source is unchanged. An output without a record
+    (an older melalib, or a run killed before it saved the record) is kept when it is newer
+    than its source."""
+
+    def __init__(self, dst: Path) -> None:
+        self.path = dst / SOURCES_FILE
+        try:
+            self.recorded: dict[str, list[int]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.recorded = {}
+        self.pending: dict[str, tuple[str, list[int]]] = {}  # source -> (key, stamp)
+
+    def current(self, key: str, source: Path, out: Path) -> bool:
+        """True when ``out`` was made from ``source`` as it is now; records the stamp that
+        a conversion of ``source`` will be filed under."""
+        st = source.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        self.pending[str(source)] = (key, stamp)
+        if not (out.is_file() and out.stat().st_size > 0):
+            return False
+        old = self.recorded.get(key)
+        fresh = old == stamp if old is not None else out.stat().st_mtime_ns >= st.st_mtime_ns
+        if fresh:
+            self.recorded[key] = stamp
+        return fresh
+
+    def done(self, source: str) -> None:
+        key, stamp = self.pending.pop(source)
+        self.recorded[key] = stamp
+
+    def save(self) -> None:
+        if self.path.parent.is_dir():
+            write_json(self.path, self.recorded)
+
+
 def _pending(src: Path, dst: Path, patterns: tuple[str, ...], report: PrepareReport,
-             outputs: dict[str, str], bar: tqdm) -> Iterator[tuple[str, str]]:
-    """(source, output) pairs still to do; counts outputs that already exist."""
+             outputs: dict[str, str], bar: tqdm, stamps: _Stamps) -> Iterator[tuple[str, str]]:
+    """(source, output) pairs still to do; counts outputs that already exist and whose
+    source is unchanged; an output whose source changed is deleted and done again."""
     for path in _walk(src, patterns):
         rel = path.relative_to(src).with_suffix(".jpg")
         out = dst / rel
@@ -306,10 +358,13 @@ def _pending(src: Path, dst: Path, patterns: tuple[str, ...], report: PrepareRep
             bar.update(1)
             continue
         outputs[key] = str(path)
-        if out.is_file() and out.stat().st_size > 0:
+        if stamps.current(key, path, out):
             report.n_skipped_existing += 1
             bar.update(1)
             continue
+        if out.is_file():  # made from an older version of the source: never kept stale
+            out.unlink()
+            report.n_redone += 1
         yield str(path), str(out)
 
 
