@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from . import __version__
-from .config import RunConfig, get_preset, read_yaml_config
+from .config import RunConfig, get_preset, read_yaml_layers, resolve
 from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
@@ -27,12 +27,19 @@ from .stack import stack_cli
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
-    """Config from --preset, then --config YAML on top, then --set overrides and flags."""
-    flat: dict[str, Any] = get_preset(args.preset) if getattr(args, "preset", None) else {}
-    if getattr(args, "config", None):
-        flat.update(read_yaml_config(args.config))
+    """Config from --preset, then --config YAML on top (its own ``preset:`` first), then
+    --set overrides and flags (`melalib.config.resolve`: explicit beats preset)."""
+    preset, layers = getattr(args, "preset", None) or "", []
+    if preset:
+        get_preset(preset)  # an unknown --preset is named as such, not as the file's error
     try:
-        cfg = RunConfig.from_dict(flat)
+        if getattr(args, "config", None):
+            file_preset, values = read_yaml_layers(args.config)
+            if file_preset and preset:
+                layers.append((f"preset {file_preset}", get_preset(file_preset)))
+            preset = preset or file_preset
+            layers.append((f"config {args.config}", values))
+        cfg = resolve(layers, preset)
     except ConfigError as exc:  # name the file the bad key or value came from
         if getattr(args, "config", None):
             raise ConfigError(f"{args.config}: {exc}") from exc
@@ -44,7 +51,7 @@ def load_config(args: argparse.Namespace) -> RunConfig:
             overrides.append(f"{flag}={value}")
     if getattr(args, "overwrite", False):
         overrides.append("overwrite=true")
-    return cfg.with_overrides(overrides) if overrides else cfg
+    return cfg.with_overrides(overrides, source="command line") if overrides else cfg
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +149,8 @@ def _fmt(value: Any) -> str:
 def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
     from .kaggle import build_bundle  # nbformat / papermill (see the note above)
 
-    path = build_bundle(args.out, kernel_id=args.kernel_id, title=args.title,
+    out = args.out or default_bundle_dir(args.kernel_id)
+    path = build_bundle(out, kernel_id=args.kernel_id, title=args.title,
                         notebook=args.notebook, competition=args.competition,
                         weights_dataset=args.weights_dataset, wheel_dataset=args.wheel_dataset,
                         weights_model=args.weights_model, weights_file=args.weights_file,
@@ -150,6 +158,11 @@ def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
                             s.split("=", 1) for s in (args.parameter or [])))
     print(path)
     return 0
+
+
+def default_bundle_dir(kernel_id: str) -> str:
+    """``outputs/kaggle/<kernel-slug>``: where `melalib kaggle-bundle` writes by default."""
+    return f"outputs/kaggle/{kernel_id.rsplit('/', 1)[-1]}"
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -251,9 +264,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="run the notebook series headless on synthetic data")
-    p.add_argument("--output-dir", dest="output_dir", default="outputs/demo",
-                   help="folder for the executed notebooks and runs (default: outputs/demo)")
-    p.add_argument("--quick", action="store_true", help="the tiny configuration (seconds)")
+    p.add_argument("--output-dir", dest="output_dir", default=None,
+                   help="folder for the executed notebooks and runs (default: outputs/demo, "
+                   "with --quick outputs/demo-quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="the tiny configuration (seconds; smoke values, not a result)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a demo folder made with other parameters")
     p.set_defaults(func=cmd_demo)
@@ -268,7 +283,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 def _add_kaggle_command(sub: argparse._SubParsersAction) -> None:
     """kaggle-bundle."""
     p = sub.add_parser("kaggle-bundle", help="folder ready for `kaggle kernels push`")
-    p.add_argument("out", help="bundle folder to write")
+    p.add_argument("out", nargs="?", default=None,
+                   help="bundle folder to write (default: outputs/kaggle/<kernel-slug>, "
+                   "beside the runs and ignored by git)")
     p.add_argument("--kernel-id", dest="kernel_id", required=True, help="user/kernel-slug")
     p.add_argument("--title", default=None,
                    help="kernel title (default: derived from the kernel slug, so Kaggle keeps "

@@ -50,25 +50,37 @@ EXTRAS = {
 }
 
 
-def demo_parameters(output_dir: str | os.PathLike[str], quick: bool = False,
+#: The preset each mode trains (`--quick`: smoke values, not a result).
+PRESET = {True: "tiny", False: "synthetic_demo"}
+
+
+def default_output_dir(quick: bool = False) -> str:
+    """Where a demo goes unless told: ``outputs/demo``, ``outputs/demo-quick`` for
+    ``--quick``, so the two never share (or are advised to overwrite) one folder."""
+    return "outputs/demo-quick" if quick else "outputs/demo"
+
+
+def demo_parameters(output_dir: str | os.PathLike[str] | None = None, quick: bool = False,
                     data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The papermill parameters every demo notebook receives (plain JSON values)."""
-    params: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v
-                              for k, v in get_preset("tiny" if quick else "synthetic_demo").items()}
+    """The papermill parameters every demo notebook receives (plain JSON values): the
+    mode's ``preset`` (resolved in the notebook as any other preset) and where to write."""
     root = project_root()
-    params.update(
-        output_dir=resolve_path(output_dir, root), name=RUN_NAME,
+    get_preset(PRESET[bool(quick)])  # a renamed preset fails here, not in a kernel
+    params: dict[str, Any] = dict(
+        preset=PRESET[bool(quick)],
+        output_dir=resolve_path(output_dir or default_output_dir(quick), root), name=RUN_NAME,
         data_dir=resolve_path(data_dir, root) if data_dir else str(root / "data"),
         runs=f"{RUN_NAME},{RUN_NAME}_meta_only", **EXTRAS[bool(quick)])
     return params
 
 
-def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = False,
+def run_demo(output_dir: str | os.PathLike[str] | None = None, quick: bool = False,
              overwrite: bool = False, progress: bool = True, *,
              data_dir: str | os.PathLike[str] | None = None,
              parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Execute notebooks 01 -> 05 headless into ``output_dir`` and return a summary.
 
+    ``output_dir``: default `default_output_dir` (one per mode);
     ``data_dir``: where the synthetic data are generated (default ``<project>/data``);
     ``parameters``: extra papermill parameters on top of the preset (config fields or
     notebook extras). A folder holding a demo made with other parameters raises
@@ -140,8 +152,9 @@ def _prepare(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, An
         old = state.get("parameters") or {}
         diff = {k: (old.get(k), params.get(k)) for k in sorted(set(old) | set(params))
                 if old.get(k) != params.get(k)}
-        raise RunExistsError(f"{out} holds a demo made with other parameters {diff}; pass "
-                             "overwrite=True (--overwrite) to replace it, or another output_dir")
+        raise RunExistsError(f"{out} holds a demo made with other parameters {diff}; choose "
+                             "another output_dir (--output-dir) to keep it, or pass "
+                             "overwrite=True (--overwrite) to delete and replace it")
     if state is None:
         out.mkdir(parents=True, exist_ok=True)
         state = {"parameters": params, "done": [], "seconds": {}}

@@ -32,7 +32,7 @@ from PIL import Image
 
 from . import explain, plots
 from . import stack as stacking
-from .config import RunConfig, field_index, get_preset
+from .config import RunConfig, field_index, get_preset, resolve
 from .data.adapters import load_table as load_dataset
 from .data.build import configured_folds
 from .ensemble import submission
@@ -112,28 +112,28 @@ def config_from_namespace(ns: Mapping[str, Any], *, root: str | os.PathLike[str]
 
     Every variable named like a config field is taken (so a ``parameters`` cell may hold
     any subset of the fields, and papermill may inject others); a ``None`` value means
-    "not set". A non-empty ``preset`` is applied first, the variables on top of it, then
-    ``overrides``. Relative paths (``output_dir``, ``data_dir``, ...) are resolved against
-    the project root (see `project_root`), and the synthetic dataset's empty ``data_dir``
-    becomes ``<root>/data``, so the notebook gives the same run from any working directory.
+    "not set", which is how the parameters cells leave every field a preset may set. A
+    non-empty ``preset`` is applied first, the variables on top of it, then ``overrides``
+    (`melalib.config.resolve`, as the CLI and Kaggle bundles do: explicit beats preset).
+    Relative paths (``output_dir``, ``data_dir``, ...) are resolved against the project
+    root (see `project_root`), and the synthetic dataset's empty ``data_dir`` becomes
+    ``<root>/data``, so the notebook gives the same run from any working directory.
     """
     fields = field_index()
-    flat: dict[str, Any] = {}
-    preset = overrides.pop("preset", None) or ns.get("preset") or ""
-    if preset:
-        flat.update(get_preset(str(preset)))
-    for key, value in ns.items():
-        if key in fields and value is not None:
-            flat[key] = list(value) if isinstance(value, tuple) else value
-    flat.update({k: v for k, v in overrides.items() if v is not None})
+    preset = str(overrides.pop("preset", None) or ns.get("preset") or "")
+    explicit = {k: list(v) if isinstance(v, tuple) else v for k, v in ns.items()
+                if k in fields and v is not None}
+    explicit.update({k: v for k, v in overrides.items() if v is not None})
     base = Path(root) if root is not None else project_root()
     for key in PATH_FIELDS:
-        if key in flat:
-            flat[key] = resolve_path(flat[key], base)
-    flat.setdefault("output_dir", resolve_path(RunConfig().output_dir, base))
-    if flat.get("dataset", "synthetic") == "synthetic" and not flat.get("data_dir"):
-        flat["data_dir"] = str(base / "data")
-    return RunConfig.from_dict(flat)
+        if key in explicit:
+            explicit[key] = resolve_path(explicit[key], base)
+    defaults = {"output_dir": resolve_path(RunConfig().output_dir, base)}
+    dataset = explicit.get("dataset", (get_preset(preset) if preset else {}).get("dataset"))
+    if (dataset or "synthetic") == "synthetic" and not explicit.get("data_dir"):
+        defaults["data_dir"] = str(base / "data")
+        explicit.pop("data_dir", None)  # "" means "not set" here
+    return resolve([("notebook default", defaults), ("notebook parameter", explicit)], preset)
 
 
 def figures_dir(cfg: RunConfig) -> Path:
