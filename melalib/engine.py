@@ -44,6 +44,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import RunConfig, TrainConfig
+from .data.adapters import check_data_dir
 from .data.build import build_table
 from .data.dataset import LesionDataset
 from .device import (
@@ -104,6 +105,8 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
                           "class_weighting instead")
     progress = progress and info.is_main and os.environ.get("MELALIB_PROGRESS", "1") != "0"
     if info.is_main:
+        if table is None:
+            check_data_dir(cfg.data)  # a missing data folder is named first, before weights
         check_pretrained(cfg.model)  # a missing or unfit weight file writes no run folder
     lock = RunLock(cfg) if info.is_main else nullcontext()
     try:

@@ -755,6 +755,21 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
         return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None)
     if dataset not in (*LOADERS, "isic2020+2019"):
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    check_data_dir(data_cfg)
+    data_dir = Path(data_cfg.data_dir)
+    if dataset == "isic2020+2019":
+        return merge_isic2019_2020(load_isic2020(data_dir / "isic2020", image_dir),
+                                   load_isic2019(data_dir / "isic2019", image_dir))
+    return LOADERS[dataset](data_dir, image_dir)
+
+
+def check_data_dir(data_cfg: DataConfig) -> None:
+    """DataError naming the folder when a downloaded dataset's ``data_dir`` is missing (a
+    cheap check `melalib.train` makes before anything slower, such as looking for weights);
+    the synthetic, custom and image-folder sources are left to `load_table`."""
+    dataset = data_cfg.dataset
+    if dataset not in (*LOADERS, "isic2020+2019"):
+        return
     if dataset == "isic2020+2019":
         expected = f"isic2020/{MAIN_FILE['isic2020']} and isic2019/{MAIN_FILE['isic2019']}"
         hint = f"{DOWNLOAD['isic2020']}; {DOWNLOAD['isic2019']}"
@@ -765,11 +780,11 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             "data_dir is empty"
         raise DataError(f"{where}: dataset {dataset} expects a folder holding {expected}; {hint}",
                         file=data_cfg.data_dir or None)
-    data_dir = Path(data_cfg.data_dir)
-    if dataset == "isic2020+2019":
-        return merge_isic2019_2020(load_isic2020(data_dir / "isic2020", image_dir),
-                                   load_isic2019(data_dir / "isic2019", image_dir))
-    return LOADERS[dataset](data_dir, image_dir)
+    for name in expected.split(" and "):
+        if not (Path(data_cfg.data_dir) / name).is_file():
+            raise DataError(f"{name} does not exist in data_dir: dataset {dataset} expects a "
+                            f"folder holding {expected}; {hint}",
+                            file=Path(data_cfg.data_dir) / name)
 
 
 def parse_meta_columns(items: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
