@@ -56,7 +56,8 @@ def load_config(args: argparse.Namespace) -> RunConfig:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (flat keys or data/model/train sections)")
-    p.add_argument("--preset", help="named recipe, e.g. synthetic_demo, isic2020_effnet_meta")
+    p.add_argument("--preset", help="named recipe under the other options (`melalib presets` "
+                   "lists them), e.g. synthetic_demo, isic2020_effnet_meta")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config field, e.g. --set epochs=3 (repeatable)")
     p.add_argument("--name", help="run name (outputs/<name>)")

@@ -129,7 +129,7 @@ class TrainConfig:
     tta: int = 1  # views averaged at prediction: 1 none, 2 +hflip, 4 +vflip, 8 +rot90
     max_steps_per_epoch: int = 0  # 0 = the whole epoch (a cap for smoke tests)
     deterministic: bool = True  # deterministic cuDNN (slower on GPU)
-    mlflow: bool = False  # log to an MLflow file store under <output_dir>/mlruns
+    mlflow: bool = False  # log to MLflow (melalib[mlflow]): $MLFLOW_TRACKING_URI, else SQLite <output_dir>/mlflow.db; a parent run per run, a nested run per fold
 
 
 @dataclass

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from . import progress as live
+from . import tracking
 from .checkpoints import (
     check_compatible,
     load_checkpoint,
@@ -108,6 +109,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
         if table is None:
             check_data_dir(cfg.data)  # a missing data folder is named first, before weights
         check_pretrained(cfg.model)  # a missing or unfit weight file writes no run folder
+        tracking.check(cfg)  # mlflow=true without mlflow: refused before anything is written
     lock = RunLock(cfg) if info.is_main else nullcontext()
     try:
         with lock:
@@ -126,6 +128,8 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
                 train_fold(cfg, table, k, run, device=device, info=info, progress=progress,
                            folds=list(folds))
             summary = finalize(run, table.task) if info.is_main else {}
+            if info.is_main:
+                tracking.end_run(cfg, run, table.task)
             ddp.barrier(info)
             return summary
     finally:
@@ -455,7 +459,7 @@ def _run_epoch(job: _Fold, state: FoldState, epoch: int) -> None:
     if info.is_main:
         state.save(job.run, best=improved)
         write_csv(job.run.history_path(state.fold), pd.DataFrame(state.history))
-        _mlflow_log(cfg, job.run, state.fold, state.history[-1])
+        tracking.log_epoch(cfg, job.run, state.fold, state.history[-1])
         log.info("fold %d epoch %d: train_loss %.4f val_loss %.4f %s %.4f%s", state.fold,
                  epoch + 1, train_loss, val_loss, metric, score, " (best)" if improved else "")
         live.report(cfg.name, state.fold, job.folds, epoch + 1, t.epochs, state.seconds())
@@ -523,6 +527,7 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
             write_csv(run.test_path(fold), test)
         write_json(run.metrics_path(fold), metrics)
         write_csv(run.oof_path(fold), oof)  # written last: its presence marks the fold done
+        tracking.end_fold(cfg, run, fold, reported, oof)
     return metrics
 
 
@@ -552,22 +557,3 @@ def finalize(run: RunDir, task: Task) -> dict[str, Any]:
     return summary
 
 
-def _mlflow_log(cfg: RunConfig, run: RunDir, fold: int, row: dict[str, Any]) -> None:
-    if not cfg.train.mlflow:
-        return
-    try:
-        import mlflow  # optional: only mlflow=true needs it
-    except ImportError as exc:
-        raise ConfigError("mlflow=true but mlflow is not installed: pip install mlflow") from exc
-    mlflow.set_tracking_uri((run.path.parent / "mlruns").resolve().as_uri())
-    mlflow.set_experiment(cfg.name)
-    run_name = f"fold{fold}"
-    active = mlflow.active_run()
-    if active is None or active.info.run_name != run_name:
-        if active is not None:
-            mlflow.end_run()
-        mlflow.start_run(run_name=run_name)
-        mlflow.log_params({k: str(v) for k, v in cfg.to_flat().items()})
-    mlflow.log_metrics({k: float(v) for k, v in row.items()
-                        if isinstance(v, (int, float)) and k not in ("fold", "epoch")},
-                       step=int(row["epoch"]))

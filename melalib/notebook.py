@@ -37,8 +37,14 @@ from .data.adapters import load_table as load_dataset
 from .data.build import configured_folds
 from .ensemble import submission
 from .errors import ConfigError
-from .io import write_csv, write_json
-from .metrics import MetricError, evaluate, threshold_for_sensitivity
+from .io import atomic_path, write_csv, write_json
+from .metrics import (
+    MetricError,
+    bootstrap_ci,
+    chance_level,
+    evaluate,
+    threshold_for_sensitivity,
+)
 from .predictions import probabilities, with_table_columns
 from .runs import RunDir
 from .table import LesionTable
@@ -134,6 +140,14 @@ def config_from_namespace(ns: Mapping[str, Any], *, root: str | os.PathLike[str]
         defaults["data_dir"] = str(base / "data")
         explicit.pop("data_dir", None)  # "" means "not set" here
     return resolve([("notebook default", defaults), ("notebook parameter", explicit)], preset)
+
+
+def config_table(cfg: RunConfig) -> pd.DataFrame:
+    """Every config field with its value and where the value came from (`RunConfig.sources`:
+    ``preset NAME``, ``notebook parameter``, ...; ``default`` when nobody set it)."""
+    flat = cfg.to_flat()
+    return pd.DataFrame({"value": pd.Series(flat, dtype=object),
+                         "source": pd.Series({k: cfg.sources.get(k, "default") for k in flat})})
 
 
 def figures_dir(cfg: RunConfig) -> Path:
@@ -346,11 +360,55 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = None
-                 ) -> pd.DataFrame:
+def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = None,
+                 run: RunDir | None = None, n_boot: int = 1000) -> pd.DataFrame:
     """The per-fold metrics of `melalib.train`'s summary, plus the pooled OOF row once
     every fold is done; ``columns`` picks metrics (default: `HEADLINE_METRICS` of the
-    summary's task kind)."""
+    summary's task kind). With the ``run``, each row also gets the 95 % CI of the primary
+    metric (`primary_cis`)."""
+    out = _fold_rows(summary, columns)
+    if run is not None:
+        metric = (summary.get("task") or {}).get("primary_metric", "")
+        out = out.join(primary_cis(run, metric, n_boot))
+    return out
+
+
+def primary_cis(run: RunDir, metric: str, n_boot: int = 1000) -> pd.DataFrame:
+    """``<metric> 95% CI`` per finished fold and pooled (bootstrap resampling patients,
+    `melalib.metrics.bootstrap_ci`); "n/a" where a fold's resamples leave it undefined."""
+    frames = {f"fold {k}": part for k, part in run.oof_by_fold().groupby("fold")}
+    if run.complete:
+        frames["pooled OOF"] = run.oof()
+    column = f"{metric} 95% CI"
+    cis = {}
+    for row, frame in frames.items():
+        try:
+            ci = bootstrap_ci(metric, frame["label"].to_numpy(),
+                              probabilities(run.task, frame), groups=frame["group_id"].to_numpy(),
+                              n_boot=n_boot)
+            cis[row] = f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+        except MetricError:
+            cis[row] = "n/a"
+    return pd.DataFrame({column: cis})
+
+
+def learning_curves(run: RunDir, task: Any, save: str | os.PathLike[str] | None = None
+                    ) -> Any:
+    """03's learning curves (`plots.learning_curves`) with the primary metric's chance
+    level (`melalib.metrics.chance_level`) drawn as a dotted line."""
+    fig = plots.learning_curves(run.history(), metric=task.primary_metric)
+    level = chance_level(task.primary_metric, len(task.classes))
+    if level is not None:
+        ax = fig.axes[-1]
+        ax.axhline(level, color="0.35", ls=":", lw=1.2, label=f"chance ({level:.2f})")
+        ax.legend(fontsize=7)
+    if save is not None:
+        with atomic_path(save) as tmp:
+            fig.savefig(tmp, format="png", dpi=plots.DPI)
+    return fig
+
+
+def _fold_rows(summary: Mapping[str, Any], columns: Sequence[str] | None) -> pd.DataFrame:
     rows = {f"fold {k}": v for k, v in summary.get("per_fold", {}).items()}
     if summary.get("oof"):
         rows["pooled OOF"] = summary["oof"]

@@ -124,3 +124,9 @@ def test_prepare_prints_a_human_summary(tmp_path: Path,
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"3 images in {src}: 3 written, 0 already done, 0 failed")
     assert "PrepareReport(" not in out
+
+
+def test_train_help_points_at_the_presets_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "melalib presets" in " ".join(capsys.readouterr().out.split())
