@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -18,8 +19,10 @@ from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
 from .io import json_text
+from .predictions import frame_ci
 from .presets import PRESETS, describe
 from .reproduce import reproduce
+from .runs import RunDir
 from .stack import stack_cli
 
 # engine, inference and weights (timm), demo and kaggle (the Jupyter stack) are imported by
@@ -69,9 +72,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     summary = train(cfg)
-    if summary:  # empty on the other ranks under torchrun: rank 0 alone reports
+    if summary and args.json:  # empty on the other ranks under torchrun: rank 0 reports
         print(json_text(train_report(summary, cfg.fold), sort_keys=False))
+    elif summary:
+        print(train_summary(summary, cfg.fold))
     return 0
+
+
+def train_summary(summary: dict[str, Any], fold: int, n_boot: int = 1000) -> str:
+    """What `melalib train` prints: each trained fold's primary metric with its 95 % CI
+    (bootstrap over patients) and size, the pooled out-of-fold score once every fold is
+    done, and where every metric is (the run's metrics.json)."""
+    report = train_report(summary, fold)
+    metric, run_dir = report["primary_metric"] or "", str(report["run_dir"])
+    try:
+        run = RunDir.read(run_dir)
+    except MelalibError:  # no run folder to resample (nothing to add CIs from)
+        run = None
+    lines = [f"{run_dir}: {len(report['folds_done'] or [])} of {report['n_folds']} folds done"]
+    for k, values in report["fold_metrics"].items():
+        ci = _fold_ci(run, metric, int(k), n_boot)
+        size = f"{values['n']:.0f} images" if "n" in values else ""
+        size += f", {values['n_pos']:.0f} positive" if "n_pos" in values else ""
+        lines.append(f"fold {k}: {metric} {_fmt(values.get(metric))}{_ci(ci)} ({size})")
+    if "oof_primary" in report:
+        ci = frame_ci(run.task, run.oof(), metric, n_boot) if run is not None else None
+        lines.append(f"pooled out-of-fold: {metric} {_fmt(report['oof_primary'])}{_ci(ci)}")
+    where = run.metrics_path() if run is not None else f"{run_dir}/metrics.json"
+    lines.append(f"[low, high]: 95 % CI, bootstrap over patients; every metric: {where} "
+                 "(--json prints this summary as JSON)")
+    return "\n".join(lines)
+
+
+def _fold_ci(run: RunDir | None, metric: str, fold: int, n_boot: int) -> dict[str, float] | None:
+    if run is None or fold not in run.done_folds():
+        return None
+    oof = run.oof_by_fold()
+    return frame_ci(run.task, oof[oof["fold"] == fold], metric, n_boot)
 
 
 def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
@@ -128,13 +165,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # the Jupyter stack (see the note above)
 
     summary = run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
-    metrics = summary["metrics"]
+    metrics, metric = summary["metrics"], summary["metrics"].get("primary_metric") or ""
     print(f"demo finished ({sum(summary['seconds'].values()):.0f} s of notebooks): executed in "
           f"{summary['output_dir']}, figures in {summary['run_dir'] / 'figures'}")
-    print(f"OOF {metrics.get('primary_metric')}: image+metadata model "
-          f"{_fmt(metrics.get('oof_primary'))}{_ci(metrics.get('oof_ci'))}; metadata-only "
-          f"baseline {_fmt((metrics.get('baseline_oof') or {}).get(metrics.get('primary_metric') or ''))}"
+    print(f"OOF {metric}: image+metadata model {_fmt(metrics.get('oof_primary'))}"
+          f"{_ci(metrics.get('oof_ci'))}; metadata-only baseline "
+          f"{_fmt((metrics.get('baseline_oof') or {}).get(metric))}"
           f"{_ci(metrics.get('baseline_ci'))}")
+    print("  OOF (out-of-fold): each image scored by the fold model that never trained on it;"
+          "\n  [low, high]: 95 % confidence interval, bootstrap resampling patients")
+    if summary.get("submission") and Path(summary["submission"]).is_file():
+        print(f"submission (notebook 04's blend): {summary['submission']}")
+    if args.quick:
+        tiny = PRESETS["tiny"]
+        print(f"--quick: smoke values (preset tiny: {tiny['synthetic_patients']} patients, "
+              f"{tiny['epochs']} epoch of {tiny['max_steps_per_epoch']} steps), not a result; "
+              "`melalib demo` gives the real numbers")
     return 0
 
 
@@ -200,6 +246,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.add_argument("--fold", type=int, help="fold to train (-1 = all; default from config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON (default: lines with 95 %% CIs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare", help="resize a folder of JPEGs into a cache (resumable)")

@@ -25,8 +25,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from . import progress as live
 from .config import get_preset
 from .errors import ConfigError, MelalibError, RunExistsError
@@ -58,6 +56,17 @@ def default_output_dir(quick: bool = False) -> str:
     """Where a demo goes unless told: ``outputs/demo``, ``outputs/demo-quick`` for
     ``--quick``, so the two never share (or are advised to overwrite) one folder."""
     return "outputs/demo-quick" if quick else "outputs/demo"
+
+
+#: The demo's one line: notebooks done and time so far, then the notebook and the training's
+#: fold, epoch and ETA (`melalib.progress.describe`, the only ETA); at most 80 columns.
+BAR: dict[str, Any] = dict(desc="melalib demo", unit="notebook", ncols=80,
+                           bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
+
+
+def short(notebook: str) -> str:
+    """``03_train.ipynb`` -> ``03_train`` (the demo line's notebook)."""
+    return notebook.removesuffix(".ipynb")
 
 
 def demo_parameters(output_dir: str | os.PathLike[str] | None = None, quick: bool = False,
@@ -102,15 +111,15 @@ def run_demo(output_dir: str | os.PathLike[str] | None = None, quick: bool = Fal
     live_file = out / ".progress.json"
     with _quiet_papermill(), _env(MELALIB_PROGRESS=os.environ.get("MELALIB_PROGRESS", "0"),
                                   **{live.ENV: str(live_file)}):
-        bar = tqdm(NOTEBOOKS, desc="melalib demo", unit="notebook", disable=not progress)
+        bar = live.bar(NOTEBOOKS, disable=not progress, **BAR)
         for name in bar:
-            bar.set_postfix_str(name)
+            bar.set_postfix_str(short(name))
             target = out / name
             if name in state["done"] and target.is_file():
                 continue
             started = time.perf_counter()
             try:
-                with _live_postfix(bar, name, live_file, enabled=progress,
+                with _live_postfix(bar, short(name), live_file, enabled=progress,
                                    interval=refresh_interval()):
                     papermill.execute_notebook(
                         str(source / name), str(target), parameters=params,

@@ -32,7 +32,6 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from . import progress as live
@@ -114,7 +113,7 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
     try:
         with lock:
             if info.is_main:
-                run, table = RunDir.start(cfg, lambda r: build_table(cfg, r, table))
+                run, table = RunDir.start(cfg, lambda r: build_table(cfg, r, table, progress))
             ddp.barrier(info)
             if not info.is_main:
                 run = RunDir.open(cfg.with_overrides({"overwrite": False}), write=False)
@@ -183,7 +182,7 @@ class Trainer:
         net.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, count = 0.0, 0
-        bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not progress)
+        bar = live.bar(total=n_batches, desc=desc, leave=False, disable=not progress)
         for i, batch in enumerate(batches):
             if i >= n_batches:
                 break
@@ -472,7 +471,8 @@ def _validate(job: _Fold, state: FoldState, epoch: int) -> tuple[np.ndarray, flo
     val_probs, val_loss = predict_distributed(
         trainer.eval_model, job.val_ds, task, job.device, job.info, job.plan.batch_size * 2,
         job.cfg.data.num_workers, precision=trainer.precision,
-        channels_last=job.cfg.train.channels_last, loss_fn=trainer.loss_fn)
+        channels_last=job.cfg.train.channels_last, loss_fn=trainer.loss_fn,
+        progress=job.progress, desc=f"fold {state.fold} validation")
     y_val = report_labels(job.data.val_df, task)
     try:
         score = float(primary_metric(report_task(task), y_val, report_probs(val_probs, task)))
@@ -510,14 +510,17 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     if val_probs is None or cfg.train.tta != 1:
         val_ds = make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False)
         val_probs, _ = predict_distributed(model, val_ds, task, device, info, batch_size * 2,
-                                           cfg.data.num_workers, **kwargs)
+                                           cfg.data.num_workers, progress=job.progress,
+                                           desc=f"fold {fold} out-of-fold", **kwargs)
     oof = prediction_frame(fd.val_df, task, val_probs, fold, labelled=True)
     test = None
     if len(fd.test_df):
         test_ds = make_dataset(cfg, table, fd.test_df, fd.meta_test, train=False,
                                labelled=False)
         test_probs, _ = predict_distributed(model, test_ds, task, device, info,
-                                            batch_size * 2, cfg.data.num_workers, **kwargs)
+                                            batch_size * 2, cfg.data.num_workers,
+                                            progress=job.progress, desc=f"fold {fold} test",
+                                            **kwargs)
         test = prediction_frame(fd.test_df, task, test_probs, fold, labelled=False)
     reported = report_task(task)
     metrics = evaluate(reported, oof["label"].to_numpy(), oof[reported.prob_columns].to_numpy())

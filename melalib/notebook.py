@@ -38,14 +38,8 @@ from .data.build import configured_folds
 from .ensemble import submission
 from .errors import ConfigError
 from .io import atomic_path, write_csv, write_json
-from .metrics import (
-    MetricError,
-    bootstrap_ci,
-    chance_level,
-    evaluate,
-    threshold_for_sensitivity,
-)
-from .predictions import probabilities, with_table_columns
+from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitivity
+from .predictions import frame_ci, probabilities, with_table_columns
 from .runs import RunDir
 from .table import LesionTable
 
@@ -379,17 +373,9 @@ def primary_cis(run: RunDir, metric: str, n_boot: int = 1000) -> pd.DataFrame:
     frames = {f"fold {k}": part for k, part in run.oof_by_fold().groupby("fold")}
     if run.complete:
         frames["pooled OOF"] = run.oof()
-    column = f"{metric} 95% CI"
-    cis = {}
-    for row, frame in frames.items():
-        try:
-            ci = bootstrap_ci(metric, frame["label"].to_numpy(),
-                              probabilities(run.task, frame), groups=frame["group_id"].to_numpy(),
-                              n_boot=n_boot)
-            cis[row] = f"[{ci['low']:.3f}, {ci['high']:.3f}]"
-        except MetricError:
-            cis[row] = "n/a"
-    return pd.DataFrame({column: cis})
+    cis = {row: frame_ci(run.task, frame, metric, n_boot) for row, frame in frames.items()}
+    return pd.DataFrame({f"{metric} 95% CI": {
+        row: f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "n/a" for row, ci in cis.items()}})
 
 
 def learning_curves(run: RunDir, task: Any, save: str | os.PathLike[str] | None = None

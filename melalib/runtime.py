@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .config import RunConfig
@@ -33,6 +32,7 @@ from .device import FP32, Precision
 from .errors import ConfigError, MelalibError
 from .features import MetaEncoder
 from .models import input_normalization
+from .progress import bar
 from .pseudo import check_validation, with_pseudo_rows
 from .table import LesionTable
 from .tasks import Task
@@ -142,7 +142,7 @@ def predict_probs(model: nn.Module, loader: DataLoader, task: Task, device: torc
     views = tta_views(tta)
     model.eval()
     probs, indices, losses, counts = [], [], 0.0, 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in bar(loader, desc=desc, leave=False, disable=not progress):
         batch = to_device(batch, device, channels_last)
         acc = None
         for view in views:

@@ -58,7 +58,7 @@ def test_quick_demo_runs_the_series_into_one_folder(executed: dict[str, Any]) ->
     assert all(p.is_file() for p in summary["notebooks"])
     state = json.loads((out / "demo.json").read_text())
     assert state["done"] == list(NOTEBOOKS) and set(state["seconds"]) == set(NOTEBOOKS)
-    assert state["parameters"]["synthetic_patients"] == PRESETS["tiny"]["synthetic_patients"]
+    assert state["parameters"]["preset"] == "tiny"
     assert state["parameters"]["output_dir"] == str(out)
     assert summary["figures"] and all(p.is_file() for p in summary["figures"])
     assert summary["submission"].is_file()
@@ -164,8 +164,26 @@ def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch,
     assert seen == {"output_dir": "somewhere", "quick": True, "overwrite": False}
     out = capsys.readouterr().out
     assert "image+metadata model 0.912 [0.850, 0.950]" in out
-    assert "metadata-only baseline 0.701;" not in out and out.rstrip().endswith("baseline 0.701")
+    assert "metadata-only baseline 0.701;" not in out and "baseline 0.701\n" in out
     assert "(12 s of notebooks)" in out
+    # the closing lines say what OOF and the CI mean, and flag --quick numbers
+    assert "OOF (out-of-fold): each image scored by the fold model that never trained" in out
+    assert "95 % confidence interval, bootstrap resampling patients" in out
+    assert "--quick: smoke values" in out and "not a result" in out
+
+
+def test_cli_demo_names_the_submission(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    submission = tmp_path / "synthetic" / "submission.csv"
+    submission.parent.mkdir()
+    submission.write_text("image_name,target\n")
+    monkeypatch.setattr(demo_mod, "run_demo", lambda **kw: {
+        "seconds": {}, "output_dir": tmp_path, "run_dir": submission.parent,
+        "submission": submission, "metrics": {"primary_metric": "roc_auc"}})
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"submission (notebook 04's blend): {submission}" in out
+    assert "smoke values" not in out
 
 
 def test_quick_demo_has_its_own_default_folder(monkeypatch: pytest.MonkeyPatch,

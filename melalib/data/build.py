@@ -34,13 +34,13 @@ def configured_folds(table: LesionTable, data_cfg: DataConfig) -> LesionTable:
                         stratify=data_cfg.fold_stratify)
 
 
-def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None
-                ) -> LesionTable:
-    """Load the dataset (or take ``table``), pre-flight its images, assign grouped folds
-    unless the table has a ``fold`` column (then checked), add pseudo-labels, validate, and
-    store the result in ``run``."""
+def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None,
+                progress: bool = False) -> LesionTable:
+    """Load the dataset (or take ``table``), pre-flight its images (a progress bar with
+    ``progress``), assign grouped folds unless the table has a ``fold`` column (then
+    checked), add pseudo-labels, validate, and store the result in ``run``."""
     table = load_table(cfg.data) if table is None else table
-    table = preflight_images(table, cfg, run)
+    table = preflight_images(table, cfg, run, progress)
     if "fold" in table.df.columns:  # predefined (custom_fold_column, or a table handed in)
         table = check_predefined_folds(table, cfg.data.n_folds)
     else:
@@ -53,7 +53,8 @@ def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | 
     return table
 
 
-def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
+def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None,
+                     progress: bool = False) -> LesionTable:
     """Every listed image must be readable; bad ones raise, or are skipped and logged.
 
     Image files next to the listed ones that the table does not name are counted in
@@ -69,7 +70,7 @@ def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> 
         log.warning("%d image file(s) next to the listed images are not in the table, e.g. %s",
                     len(unlisted), unlisted[0])
     bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers),
-                                options=ImageOptions.from_config(cfg.data))
+                                options=ImageOptions.from_config(cfg.data), progress=progress)
     if bad.empty:
         if run is not None:
             run.update_info(n_skipped_images=0)

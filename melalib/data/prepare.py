@@ -28,14 +28,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ImageError
 from ..io import write_csv, write_error, write_json
+from ..progress import bar as progress_bar
 from ..transforms import ASPECTS
 from .images import DEFAULT_MAX_PIXELS, ImageOptions, read_image
 
@@ -210,7 +211,7 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     report = PrepareReport(src_dir=src, dst_dir=dst, size=int(size))
     start = time.perf_counter()
     report.n_total = sum(1 for _ in _walk(src, patterns))
-    bar = tqdm(total=report.n_total, unit="img", desc=f"prepare {size}px", disable=not progress)
+    bar = progress_bar(total=report.n_total, unit="img", desc=f"prepare {size}px", disable=not progress)
     outputs: dict[str, str] = {}  # output name -> its source (two sources, one output: fail)
     try:
         todo = _pending(src, dst, patterns, report, outputs, bar)
@@ -289,7 +290,7 @@ def _walk(src: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
 
 
 def _pending(src: Path, dst: Path, patterns: tuple[str, ...], report: PrepareReport,
-             outputs: dict[str, str], bar: tqdm) -> Iterator[tuple[str, str]]:
+             outputs: dict[str, str], bar: Any) -> Iterator[tuple[str, str]]:
     """(source, output) pairs still to do; counts outputs that already exist."""
     for path in _walk(src, patterns):
         rel = path.relative_to(src).with_suffix(".jpg")
