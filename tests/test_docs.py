@@ -240,4 +240,5 @@ def test_papermill_help_notebook_shows_typed_parameters() -> None:
                           capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fold: int (default -1)" in done.stdout and "lr: float" in done.stdout
+    assert 'preset: str (default "synthetic_demo")' in done.stdout  # what the demo trains
     assert "Unknown type" not in done.stdout

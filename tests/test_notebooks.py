@@ -470,6 +470,23 @@ def _roc(df: pd.DataFrame) -> float:
     return float(roc_auc_score(df["label"], df["prob_melanoma"]))
 
 
+def test_03_learning_curve_has_a_chance_line_and_the_fold_table_cis(
+        executed: dict[str, Any]) -> None:
+    run = RunDir.read(executed["summary"]["run_dir"])
+    fig = nbh.learning_curves(run, run.task)
+    chance = [line for line in fig.axes[-1].get_lines()
+              if str(line.get_label()).startswith("chance")]
+    assert len(chance) == 1 and set(chance[0].get_ydata()) == {0.5}
+    summary = run.metrics()
+    table = nbh.fold_metrics(summary, run=run, n_boot=200)
+    column = table["roc_auc 95% CI"]
+    assert list(table.index) == [*(f"fold {k}" for k in run.done_folds()), "pooled OOF"]
+    for row, text in column.items():
+        if text != "n/a":
+            low, high = (float(v) for v in text.strip("[]").split(","))
+            assert low <= table.loc[row, "roc_auc"] <= high, (row, text)
+
+
 def test_training_and_baseline_metrics_match_their_predictions(executed: dict[str, Any]) -> None:
     run_dir = executed["summary"]["run_dir"]
     oof = pd.read_csv(run_dir / "oof.csv")
@@ -556,6 +573,9 @@ def test_03_runs_from_the_notebooks_folder_with_relative_paths(
     executed = (root / "notebooks" / "out.ipynb").read_text()
     assert "TqdmWarning" not in executed and "IProgress" not in executed
     assert "fold 1 epoch 1/1" in executed  # the training bar's text form
+    # text bars, not widgets: a saved widget's text form is its first frame (0 %, frozen)
+    assert "application/vnd.jupyter.widget-view+json" not in executed
+    assert "roc_auc 95% CI" in executed  # the fold table's CI column
     run = root / "outputs" / "cwd"
     assert (run / "oof_fold1.csv").is_file() and not (run / "oof_fold0.csv").exists()
     assert (run / "figures" / "03_learning_curves.png").is_file()
