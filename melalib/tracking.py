@@ -84,8 +84,8 @@ class Tracker:
         ``extra``) as params."""
         from mlflow.entities import Param  # optional dependency, as above
 
-        query = " and ".join(f"tags.`{k}` = '{v.replace(chr(39), chr(92) + chr(39))}'"
-                             for k, v in tags.items())
+        quoted = {k: v.replace("'", "\\'") for k, v in tags.items()}  # a path may hold '
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in quoted.items())
         found = self.client.search_runs([self.experiment_id], query, max_results=1)
         if found:
             return str(found[0].info.run_id)
