@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -153,7 +154,9 @@ def main() -> None:
     args = ap.parse_args()
     out, commit = Path(args.out), git_commit(REPO)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    command = ("python benchmarks/stack_results.py " + " ".join(sys.argv[1:])).strip()
+    # absolute paths are recorded relative to the checkout: committed docs never name /work/...
+    argv = [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in sys.argv[1:]]
+    command = ("python benchmarks/stack_results.py " + " ".join(argv)).strip()
     only = set(args.only.split(","))
     sections = {"isic2020": lambda: isic2020_rows(Path(args.data), out, args.n_boot, commit),
                 "synthetic": lambda: synthetic_rows(out, args.patients, args.epochs,

@@ -10,17 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import RunConfig, get_preset, read_yaml_config
+from .config import RunConfig, get_preset, read_yaml_layers, resolve
 from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
 from .io import json_text, one_line
 from .localize import BORDER, MISSING
+from .predictions import frame_ci
 from .presets import PRESETS, describe
 from .reproduce import reproduce
+from .runs import RunDir
 from .stack import stack_cli
 
 # engine, inference and weights (timm), demo and kaggle (the Jupyter stack) are imported by
@@ -28,12 +31,19 @@ from .stack import stack_cli
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
-    """Config from --preset, then --config YAML on top, then --set overrides and flags."""
-    flat: dict[str, Any] = get_preset(args.preset) if getattr(args, "preset", None) else {}
-    if getattr(args, "config", None):
-        flat.update(read_yaml_config(args.config))
+    """Config from --preset, then --config YAML on top (its own ``preset:`` first), then
+    --set overrides and flags (`melalib.config.resolve`: explicit beats preset)."""
+    preset, layers = getattr(args, "preset", None) or "", []
+    if preset:
+        get_preset(preset)  # an unknown --preset is named as such, not as the file's error
     try:
-        cfg = RunConfig.from_dict(flat)
+        if getattr(args, "config", None):
+            file_preset, values = read_yaml_layers(args.config)
+            if file_preset and preset:
+                layers.append((f"preset {file_preset}", get_preset(file_preset)))
+            preset = preset or file_preset
+            layers.append((f"config {args.config}", values))
+        cfg = resolve(layers, preset)
     except ConfigError as exc:  # name the file the bad key or value came from
         if getattr(args, "config", None):
             raise ConfigError(f"{args.config}: {exc}") from exc
@@ -45,12 +55,13 @@ def load_config(args: argparse.Namespace) -> RunConfig:
             overrides.append(f"{flag}={value}")
     if getattr(args, "overwrite", False):
         overrides.append("overwrite=true")
-    return cfg.with_overrides(overrides) if overrides else cfg
+    return cfg.with_overrides(overrides, source="command line") if overrides else cfg
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (flat keys or data/model/train sections)")
-    p.add_argument("--preset", help="named recipe, e.g. synthetic_demo, isic2020_effnet_meta")
+    p.add_argument("--preset", help="named recipe under the other options (`melalib presets` "
+                   "lists them), e.g. synthetic_demo, isic2020_effnet_meta")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config field, e.g. --set epochs=3 (repeatable)")
     p.add_argument("--name", help="run name (outputs/<name>)")
@@ -62,9 +73,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     summary = train(cfg)
-    if summary:  # empty on the other ranks under torchrun: rank 0 alone reports
+    if summary and args.json:  # empty on the other ranks under torchrun: rank 0 reports
         print(json_text(train_report(summary, cfg.fold), sort_keys=False))
+    elif summary:
+        print(train_summary(summary, cfg.fold))
     return 0
+
+
+def train_summary(summary: dict[str, Any], fold: int, n_boot: int = 1000) -> str:
+    """What `melalib train` prints: each trained fold's primary metric with its 95 % CI
+    (bootstrap over patients) and size, the pooled out-of-fold score once every fold is
+    done, and where every metric is (the run's metrics.json)."""
+    report = train_report(summary, fold)
+    metric, run_dir = report["primary_metric"] or "", str(report["run_dir"])
+    try:
+        run = RunDir.read(run_dir)
+    except MelalibError:  # no run folder to resample (nothing to add CIs from)
+        run = None
+    lines = [f"{run_dir}: {len(report['folds_done'] or [])} of {report['n_folds']} folds done"]
+    for k, values in report["fold_metrics"].items():
+        ci = _fold_ci(run, metric, int(k), n_boot)
+        size = f"{values['n']:.0f} images" if "n" in values else ""
+        size += f", {values['n_pos']:.0f} positive" if "n_pos" in values else ""
+        lines.append(f"fold {k}: {metric} {_fmt(values.get(metric))}{_ci(ci)} ({size})")
+    if "oof_primary" in report:
+        ci = frame_ci(run.task, run.oof(), metric, n_boot) if run is not None else None
+        lines.append(f"pooled out-of-fold: {metric} {_fmt(report['oof_primary'])}{_ci(ci)}")
+    where = run.metrics_path() if run is not None else f"{run_dir}/metrics.json"
+    lines.append(f"[low, high]: 95 % CI, bootstrap over patients; every metric: {where} "
+                 "(--json prints this summary as JSON)")
+    return "\n".join(lines)
+
+
+def _fold_ci(run: RunDir | None, metric: str, fold: int, n_boot: int) -> dict[str, float] | None:
+    if run is None or fold not in run.done_folds():
+        return None
+    oof = run.oof_by_fold()
+    return frame_ci(run.task, oof[oof["fold"] == fold], metric, n_boot)
 
 
 def train_report(summary: dict[str, Any], fold: int) -> dict[str, Any]:
@@ -127,13 +172,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # the Jupyter stack (see the note above)
 
     summary = run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
-    metrics = summary["metrics"]
+    metrics, metric = summary["metrics"], summary["metrics"].get("primary_metric") or ""
     print(f"demo finished ({sum(summary['seconds'].values()):.0f} s of notebooks): executed in "
           f"{summary['output_dir']}, figures in {summary['run_dir'] / 'figures'}")
-    print(f"OOF {metrics.get('primary_metric')}: image+metadata model "
-          f"{_fmt(metrics.get('oof_primary'))}{_ci(metrics.get('oof_ci'))}; metadata-only "
-          f"baseline {_fmt((metrics.get('baseline_oof') or {}).get(metrics.get('primary_metric') or ''))}"
+    print(f"OOF {metric}: image+metadata model {_fmt(metrics.get('oof_primary'))}"
+          f"{_ci(metrics.get('oof_ci'))}; metadata-only baseline "
+          f"{_fmt((metrics.get('baseline_oof') or {}).get(metric))}"
           f"{_ci(metrics.get('baseline_ci'))}")
+    print("  OOF (out-of-fold): each image scored by the fold model that never trained on it;"
+          "\n  [low, high]: 95 % confidence interval, bootstrap resampling patients")
+    if summary.get("submission") and Path(summary["submission"]).is_file():
+        print(f"submission (notebook 04's blend): {summary['submission']}")
+    if args.quick:
+        tiny = PRESETS["tiny"]
+        print(f"--quick: smoke values (preset tiny: {tiny['synthetic_patients']} patients, "
+              f"{tiny['epochs']} epoch of {tiny['max_steps_per_epoch']} steps), not a result; "
+              "`melalib demo` gives the real numbers")
     return 0
 
 
@@ -155,7 +209,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
     from .kaggle import build_bundle  # nbformat / papermill (see the note above)
 
-    path = build_bundle(args.out, kernel_id=args.kernel_id, title=args.title,
+    out = args.out or default_bundle_dir(args.kernel_id)
+    path = build_bundle(out, kernel_id=args.kernel_id, title=args.title,
                         notebook=args.notebook, competition=args.competition,
                         weights_dataset=args.weights_dataset, wheel_dataset=args.wheel_dataset,
                         weights_model=args.weights_model, weights_file=args.weights_file,
@@ -163,6 +218,11 @@ def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
                             s.split("=", 1) for s in (args.parameter or [])))
     print(path)
     return 0
+
+
+def default_bundle_dir(kernel_id: str) -> str:
+    """``outputs/kaggle/<kernel-slug>``: where `melalib kaggle-bundle` writes by default."""
+    return f"outputs/kaggle/{kernel_id.rsplit('/', 1)[-1]}"
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -199,6 +259,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.add_argument("--fold", type=int, help="fold to train (-1 = all; default from config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON (default: lines with 95 %% CIs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare", help="resize a folder of JPEGs into a cache (resumable)")
@@ -306,9 +368,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="run the notebook series headless on synthetic data")
-    p.add_argument("--output-dir", dest="output_dir", default="outputs/demo",
-                   help="folder for the executed notebooks and runs (default: outputs/demo)")
-    p.add_argument("--quick", action="store_true", help="the tiny configuration (seconds)")
+    p.add_argument("--output-dir", dest="output_dir", default=None,
+                   help="folder for the executed notebooks and runs (default: outputs/demo, "
+                   "with --quick outputs/demo-quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="the tiny configuration (seconds; smoke values, not a result)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a demo folder made with other parameters")
     p.set_defaults(func=cmd_demo)
@@ -323,7 +387,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 def _add_kaggle_command(sub: argparse._SubParsersAction) -> None:
     """kaggle-bundle."""
     p = sub.add_parser("kaggle-bundle", help="folder ready for `kaggle kernels push`")
-    p.add_argument("out", help="bundle folder to write")
+    p.add_argument("out", nargs="?", default=None,
+                   help="bundle folder to write (default: outputs/kaggle/<kernel-slug>, "
+                   "beside the runs and ignored by git)")
     p.add_argument("--kernel-id", dest="kernel_id", required=True, help="user/kernel-slug")
     p.add_argument("--title", default=None,
                    help="kernel title (default: derived from the kernel slug, so Kaggle keeps "

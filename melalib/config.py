@@ -15,9 +15,10 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -137,7 +138,7 @@ class TrainConfig:
     tta: int = 1  # views averaged at prediction: 1 none, 2 +hflip, 4 +vflip, 8 +rot90
     max_steps_per_epoch: int = 0  # 0 = the whole epoch (a cap for smoke tests)
     deterministic: bool = True  # deterministic cuDNN (slower on GPU)
-    mlflow: bool = False  # log to an MLflow file store under <output_dir>/mlruns
+    mlflow: bool = False  # log to MLflow (melalib[mlflow]): $MLFLOW_TRACKING_URI, else SQLite <output_dir>/mlflow.db; a parent run per run, a nested run per fold
 
 
 @dataclass
@@ -151,6 +152,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: The preset the config was resolved from ("" = none) and where each field that is not
+    #: at its default came from (flat name -> "preset NAME", "config FILE", "--set", ...);
+    #: set by `resolve`, kept by `with_overrides`, written to run.json. Not config fields.
+    preset: ClassVar[str] = ""
+    sources: ClassVar[Mapping[str, str]] = {}
 
     # ------------------------------------------------------------------ views
     @property
@@ -204,17 +210,20 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> RunConfig:
         try:
-            return cls.from_dict(read_yaml_config(path), **overrides)
+            preset, values = read_yaml_layers(path)
+            return resolve([(f"config {path}", values), ("argument", overrides)], preset)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_preset(cls, preset: str, /, **overrides: Any) -> RunConfig:
         """The named preset (melalib.presets) with ``overrides`` (any field, ``name`` too)."""
-        return cls.from_dict(get_preset(preset), **overrides)
+        return resolve([("argument", overrides)], preset=preset)
 
-    def with_overrides(self, items: list[str] | dict[str, Any]) -> RunConfig:
-        """A copy with ``key=value`` strings (CLI ``--set``) or a dict applied."""
+    def with_overrides(self, items: list[str] | dict[str, Any], source: str = "override"
+                       ) -> RunConfig:
+        """A copy with ``key=value`` strings (CLI ``--set``) or a dict applied; ``source``
+        names where they came from in the copy's `sources`."""
         if not isinstance(items, dict):
             parsed: dict[str, Any] = {}
             for item in items:
@@ -229,7 +238,10 @@ class RunConfig:
             if key not in flat:
                 _unknown(key)
             flat[key] = value
-        return RunConfig.from_dict(flat)
+        new = RunConfig.from_dict(flat)
+        new.preset = self.preset
+        new.sources = {**self.sources, **{k.split(".")[-1]: source for k in items}}
+        return new
 
     def validate(self) -> None:
         """Check values that types alone cannot (choices and ranges)."""
@@ -433,7 +445,10 @@ def _check_name(name: str) -> None:
 
 def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        close = difflib.get_close_matches(str(value), list(map(str, choices)), n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got "
+                          f"{value!r}{hint}")
 
 
 def _plain(obj: Any) -> Any:
@@ -472,8 +487,26 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe types
 
 
-def read_yaml_config(path: str | Path) -> dict[str, Any]:
-    """A YAML config as flat overrides; a ``preset:`` key is expanded under the file's keys."""
+def resolve(layers: Sequence[tuple[str, Mapping[str, Any]]] = (), preset: str = ""
+            ) -> RunConfig:
+    """The one resolution of a preset and explicit values, shared by the CLI, the notebooks
+    and Kaggle bundles: the preset first, then each ``(source, flat values)`` layer in order,
+    a later one winning, so an explicit value beats the preset and a default never does.
+    The config's `sources` names the layer that set each field (``"preset NAME"`` for the
+    preset's own)."""
+    flat: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, values in ((f"preset {preset}", get_preset(preset) if preset else {}),
+                           *layers):
+        flat.update(values)
+        sources.update(dict.fromkeys(values, source))
+    cfg = RunConfig.from_dict(flat)
+    cfg.preset, cfg.sources = preset, sources
+    return cfg
+
+
+def read_yaml_layers(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A YAML config file as (its ``preset:`` or "", its other keys as flat overrides)."""
     path = Path(path)
     try:
         d = load_yaml(path.read_text()) or {}
@@ -482,8 +515,14 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config: {reason}") from exc
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping, got {type(d).__name__}")
-    preset = d.pop("preset", None)
-    return {**(get_preset(preset) if preset else {}), **_flatten(d)}
+    preset = d.pop("preset", None) or ""
+    return str(preset), _flatten(d)
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """A YAML config as flat overrides; a ``preset:`` key is expanded under the file's keys."""
+    preset, values = read_yaml_layers(path)
+    return {**(get_preset(preset) if preset else {}), **values}
 
 
 def get_preset(name: str) -> dict[str, Any]:

@@ -25,8 +25,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from . import progress as live
 from .config import get_preset
 from .errors import ConfigError, MelalibError, RunExistsError
@@ -51,25 +49,48 @@ EXTRAS = {
 }
 
 
-def demo_parameters(output_dir: str | os.PathLike[str], quick: bool = False,
+#: The preset each mode trains (`--quick`: smoke values, not a result).
+PRESET = {True: "tiny", False: "synthetic_demo"}
+
+
+def default_output_dir(quick: bool = False) -> str:
+    """Where a demo goes unless told: ``outputs/demo``, ``outputs/demo-quick`` for
+    ``--quick``, so the two never share (or are advised to overwrite) one folder."""
+    return "outputs/demo-quick" if quick else "outputs/demo"
+
+
+#: The demo's one line: notebooks done and time so far, then the notebook and the training's
+#: fold, epoch and ETA (`melalib.progress.describe`, the only ETA); at most 80 columns.
+BAR: dict[str, Any] = dict(desc="melalib demo", unit="notebook", ncols=80,
+                           bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
+
+
+def short(notebook: str) -> str:
+    """``03_train.ipynb`` -> ``03_train`` (the demo line's notebook)."""
+    return notebook.removesuffix(".ipynb")
+
+
+def demo_parameters(output_dir: str | os.PathLike[str] | None = None, quick: bool = False,
                     data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The papermill parameters every demo notebook receives (plain JSON values)."""
-    params: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v
-                              for k, v in get_preset("tiny" if quick else "synthetic_demo").items()}
+    """The papermill parameters every demo notebook receives (plain JSON values): the
+    mode's ``preset`` (resolved in the notebook as any other preset) and where to write."""
     root = project_root()
-    params.update(
-        output_dir=resolve_path(output_dir, root), name=RUN_NAME,
+    get_preset(PRESET[bool(quick)])  # a renamed preset fails here, not in a kernel
+    params: dict[str, Any] = dict(
+        preset=PRESET[bool(quick)],
+        output_dir=resolve_path(output_dir or default_output_dir(quick), root), name=RUN_NAME,
         data_dir=resolve_path(data_dir, root) if data_dir else str(root / "data"),
         runs=f"{RUN_NAME},{RUN_NAME}_meta_only", **EXTRAS[bool(quick)])
     return params
 
 
-def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = False,
+def run_demo(output_dir: str | os.PathLike[str] | None = None, quick: bool = False,
              overwrite: bool = False, progress: bool = True, *,
              data_dir: str | os.PathLike[str] | None = None,
              parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Execute notebooks 01 -> 06 headless into ``output_dir`` and return a summary.
 
+    ``output_dir``: default `default_output_dir` (one per mode);
     ``data_dir``: where the synthetic data are generated (default ``<project>/data``);
     ``parameters``: extra papermill parameters on top of the preset (config fields or
     notebook extras). A folder holding a demo made with other parameters raises
@@ -91,15 +112,15 @@ def run_demo(output_dir: str | os.PathLike[str] = "outputs/demo", quick: bool = 
     live_file = out / ".progress.json"
     with _quiet_papermill(), _env(MELALIB_PROGRESS=os.environ.get("MELALIB_PROGRESS", "0"),
                                   **{live.ENV: str(live_file)}):
-        bar = tqdm(NOTEBOOKS, desc="melalib demo", unit="notebook", disable=not progress)
+        bar = live.bar(NOTEBOOKS, disable=not progress, **BAR)
         for name in bar:
-            bar.set_postfix_str(name)
+            bar.set_postfix_str(short(name))
             target = out / name
             if name in state["done"] and target.is_file():
                 continue
             started = time.perf_counter()
             try:
-                with _live_postfix(bar, name, live_file, enabled=progress,
+                with _live_postfix(bar, short(name), live_file, enabled=progress,
                                    interval=refresh_interval()):
                     papermill.execute_notebook(
                         str(source / name), str(target), parameters=params,
@@ -141,8 +162,9 @@ def _prepare(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, An
         old = state.get("parameters") or {}
         diff = {k: (old.get(k), params.get(k)) for k in sorted(set(old) | set(params))
                 if old.get(k) != params.get(k)}
-        raise RunExistsError(f"{out} holds a demo made with other parameters {diff}; pass "
-                             "overwrite=True (--overwrite) to replace it, or another output_dir")
+        raise RunExistsError(f"{out} holds a demo made with other parameters {diff}; choose "
+                             "another output_dir (--output-dir) to keep it, or pass "
+                             "overwrite=True (--overwrite) to delete and replace it")
     if state is None:
         out.mkdir(parents=True, exist_ok=True)
         state = {"parameters": params, "done": [], "seconds": {}}

@@ -32,10 +32,10 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from . import progress as live
+from . import tracking
 from .checkpoints import (
     check_compatible,
     load_checkpoint,
@@ -44,6 +44,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import RunConfig, TrainConfig
+from .data.adapters import check_data_dir
 from .data.build import build_table, source_table
 from .data.dataset import LesionDataset
 from .device import (
@@ -112,16 +113,20 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
         raise ConfigError("sampler != none is not supported under torchrun (DDP); use "
                           "class_weighting instead")
     progress = progress and info.is_main and os.environ.get("MELALIB_PROGRESS", "1") != "0"
-    if info.is_main:  # a missing or unfit weight file or backbone writes no run folder
-        check_pretrained(cfg.model)
-        if cfg.model.use_image:  # the backbone at this image size; the rest once the
-            check_model(cfg.model, MELANOMA, 0, cfg.data.image_size)  # task is known
-        table = source_table(cfg, table)  # nor do unreadable tables or absent images
+    if info.is_main:  # what can fail before a run folder exists is checked first, cheapest first
+        if table is None:
+            check_data_dir(cfg.data)  # a missing data folder is named before weights are sought
+        check_pretrained(cfg.model)  # a missing or unfit weight file
+        if cfg.model.use_image:  # the backbone at this image size (the rest once the task is known)
+            check_model(cfg.model, MELANOMA, 0, cfg.data.image_size)
+        tracking.check(cfg)  # mlflow=true without mlflow installed
+        table = source_table(cfg, table)  # an unreadable table or absent images
     lock = RunLock(cfg) if info.is_main else nullcontext()
     try:
         with lock:
             if info.is_main:
-                run, table = RunDir.start(cfg, lambda r: _checked_table(cfg, r, table, fold))
+                run, table = RunDir.start(
+                    cfg, lambda r: _checked_table(cfg, r, table, fold, progress))
             ddp.barrier(info)
             if not info.is_main:
                 run = RunDir.open(cfg.with_overrides({"overwrite": False}), write=False)
@@ -135,18 +140,20 @@ def train(cfg: RunConfig, fold: int | None = None, *, table: LesionTable | None 
                 train_fold(cfg, table, k, run, device=device, info=info, progress=progress,
                            folds=list(folds))
             summary = finalize(run, table.task) if info.is_main else {}
+            if info.is_main:
+                tracking.end_run(cfg, run, table.task)
             ddp.barrier(info)
             return summary
     finally:
         ddp.cleanup(info)
 
 
-def _checked_table(cfg: RunConfig, run: RunDir, table: LesionTable | None, fold: int
-                   ) -> LesionTable:
-    """`build_table`, then what the first fold would fail on with this table (pairs for
+def _checked_table(cfg: RunConfig, run: RunDir, table: LesionTable | None, fold: int,
+                   progress: bool = False) -> LesionTable:
+    """`build_table` (its image pre-flight with a bar under ``progress``), then what the first fold would fail on with this table (pairs for
     ``dual_image``, the loss for the task, the model on the meta device): inside
     `RunDir.start`, so a failure leaves an ``--overwrite``'s old run in place."""
-    built = build_table(cfg, run, table)
+    built = build_table(cfg, run, table, progress)
     trained = training_table(built, cfg.data.target)
     check_pairing(cfg, trained)
     fd = fold_data(cfg, trained, max(fold, 0))
@@ -219,7 +226,7 @@ class Trainer:
         net.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, count = 0.0, 0
-        with tqdm(total=n_batches, desc=desc, leave=False, disable=not progress) as bar:
+        with live.bar(total=n_batches, desc=desc, leave=False, disable=not progress) as bar:
             for i, batch in enumerate(batches):  # an error closes the bar before it is shown
                 if i >= n_batches:
                     break
@@ -509,7 +516,7 @@ def _run_epoch(job: _Fold, state: FoldState, epoch: int) -> None:
     if info.is_main:
         state.save(job.run, best=improved)
         write_csv(job.run.history_path(state.fold), pd.DataFrame(state.history))
-        _mlflow_log(cfg, job.run, state.fold, state.history[-1])
+        tracking.log_epoch(cfg, job.run, state.fold, state.history[-1])
         log.info("fold %d epoch %d: train_loss %.4f val_loss %.4f %s %.4f%s", state.fold,
                  epoch + 1, train_loss, val_loss, metric, score, " (best)" if improved else "")
         live.report(cfg.name, state.fold, job.folds, epoch + 1, t.epochs, state.seconds())
@@ -522,7 +529,8 @@ def _validate(job: _Fold, state: FoldState, epoch: int) -> tuple[np.ndarray, flo
     val_probs, val_loss = predict_distributed(
         trainer.eval_model, job.val_ds, task, job.device, job.info, job.plan.batch_size * 2,
         job.cfg.data.num_workers, precision=trainer.precision,
-        channels_last=job.cfg.train.channels_last, loss_fn=trainer.loss_fn)
+        channels_last=job.cfg.train.channels_last, loss_fn=trainer.loss_fn,
+        progress=job.progress, desc=f"fold {state.fold} validation")
     y_val = report_labels(job.data.val_df, task)
     try:
         score = float(primary_metric(report_task(task), y_val, report_probs(val_probs, task)))
@@ -560,14 +568,17 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
     if val_probs is None or cfg.train.tta != 1:
         val_ds = make_dataset(cfg, table, fd.val_df, fd.meta_val, train=False)
         val_probs, _ = predict_distributed(model, val_ds, task, device, info, batch_size * 2,
-                                           cfg.data.num_workers, **kwargs)
+                                           cfg.data.num_workers, progress=job.progress,
+                                           desc=f"fold {fold} out-of-fold", **kwargs)
     oof = prediction_frame(fd.val_df, task, val_probs, fold, labelled=True)
     test = None
     if len(fd.test_df):
         test_ds = make_dataset(cfg, table, fd.test_df, fd.meta_test, train=False,
                                labelled=False)
         test_probs, _ = predict_distributed(model, test_ds, task, device, info,
-                                            batch_size * 2, cfg.data.num_workers, **kwargs)
+                                            batch_size * 2, cfg.data.num_workers,
+                                            progress=job.progress, desc=f"fold {fold} test",
+                                            **kwargs)
         test = prediction_frame(fd.test_df, task, test_probs, fold, labelled=False)
     reported = report_task(task)
     metrics = evaluate(reported, oof["label"].to_numpy(), oof[reported.prob_columns].to_numpy())
@@ -582,6 +593,7 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
         write_json(run.metrics_path(fold), metrics)
         write_csv(run.oof_path(fold), oof)  # then its record: together they mark it done
         run.record_fold(fold)
+        tracking.end_fold(cfg, run, fold, reported, oof)
     return metrics
 
 
@@ -631,24 +643,3 @@ def _per_source(run: RunDir, task: Task, oof: pd.DataFrame) -> dict[str, Any]:
         except MelalibError as exc:
             out[str(name)] = {"error": str(exc)}
     return out
-
-
-def _mlflow_log(cfg: RunConfig, run: RunDir, fold: int, row: dict[str, Any]) -> None:
-    if not cfg.train.mlflow:
-        return
-    try:
-        import mlflow  # optional: only mlflow=true needs it
-    except ImportError as exc:
-        raise ConfigError("mlflow=true but mlflow is not installed: pip install mlflow") from exc
-    mlflow.set_tracking_uri((run.path.parent / "mlruns").resolve().as_uri())
-    mlflow.set_experiment(cfg.name)
-    run_name = f"fold{fold}"
-    active = mlflow.active_run()
-    if active is None or active.info.run_name != run_name:
-        if active is not None:
-            mlflow.end_run()
-        mlflow.start_run(run_name=run_name)
-        mlflow.log_params({k: str(v) for k, v in cfg.to_flat().items()})
-    mlflow.log_metrics({k: float(v) for k, v in row.items()
-                        if isinstance(v, (int, float)) and k not in ("fold", "epoch")},
-                       step=int(row["epoch"]))

@@ -36,7 +36,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from .config import RunConfig, field_index
+from .config import RunConfig, field_index, get_preset, resolve
 from .errors import ConfigError
 from .io import claim_folder, write_json, write_text
 from .notebook import notebooks_dir, parameter_names
@@ -47,7 +47,9 @@ INPUT_ROOT = "/kaggle/input"
 WORKING_DIR = "/kaggle/working"
 COMPETITION_DATASETS = {"siim-isic-melanoma-classification": "isic2020"}
 INSTALL_TAG = "melalib-install"
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*[a-z0-9]")  # used with fullmatch
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")  # fullmatch
+#: `kaggle kernels push` refuses shorter titles ("Title must be at least five characters").
+MIN_TITLE = 5
 #: Licence names Kaggle's dataset-metadata.json accepts (kaggle-cli docs/datasets_metadata.md,
 #: "Licenses"). MIT is not among them: the wheel dataset says "other" and names MIT in its
 #: description.
@@ -119,7 +121,8 @@ def baked_parameters(competition: str, weights_dataset: str | None, enable_gpu: 
         baked["pretrained_path"] = f"{input_root}/{_model_parts(weights_model)[1]}"
     for key, value in dict(parameters or {}).items():
         baked[key] = _scalar(value)
-    if baked.get("pretrained_path") and "backbone" not in baked:
+    preset = get_preset(str(baked["preset"])) if baked.get("preset") else {}
+    if baked.get("pretrained_path") and "backbone" not in {**preset, **baked}:
         raise ConfigError("pretrained weights are baked but no backbone: pass -p backbone=<the "
                           "timm model the weights were made for> (the notebook's default "
                           "would not load them)")
@@ -130,9 +133,16 @@ def baked_parameters(competition: str, weights_dataset: str | None, enable_gpu: 
     if weights_dataset and not baked.get("pretrained_path"):
         raise ConfigError("weights_dataset names no file: pass it as user/dataset/file.pth or "
                           f"set pretrained_path={input_root}/<dataset-slug>/<file>")
-    fields = field_index()
-    RunConfig.from_dict({k: v for k, v in baked.items() if k in fields})  # fail early
+    bundle_config(baked)  # fail early
     return baked
+
+
+def bundle_config(baked: Mapping[str, Any]) -> RunConfig:
+    """The config the kernel will train: the baked ``preset`` under the baked parameters,
+    resolved as the notebook resolves them (`melalib.config.resolve`)."""
+    fields = field_index()
+    return resolve([("kaggle bundle", {k: v for k, v in baked.items() if k in fields})],
+                   str(baked.get("preset") or ""))
 
 
 def _scalar(value: Any) -> Any:
@@ -266,6 +276,11 @@ def build_bundle(out: str | Path, kernel_id: str, title: str | None = None,
     if not _SLUG.fullmatch(kernel_id or ""):
         raise ConfigError(f"kernel_id must be 'user/kernel-slug' (lower case, digits, '-'), "
                           f"got {kernel_id!r}")
+    if len(title or default_title(kernel_id.split("/")[1])) < MIN_TITLE:
+        raise ConfigError(f"kernel_id {kernel_id!r}: Kaggle derives the kernel slug from its "
+                          f"title and refuses titles under {MIN_TITLE} characters (kaggle "
+                          "kernels push: 'Title must be at least five characters'); use a "
+                          "longer slug or pass a --title of that slug")
     if not wheel_dataset:
         raise ConfigError("wheel_dataset is required: the Kaggle dataset ('user/slug') that "
                           "holds the melalib wheel (kernels run without internet)")
@@ -280,7 +295,7 @@ def build_bundle(out: str | Path, kernel_id: str, title: str | None = None,
     params = baked_parameters(competition, weights_dataset, enable_gpu, kernel_slug,
                               input_root, parameters, weights_model=weights_model)
     if weights_file:
-        check_weights(str(params["backbone"]), weights_file)
+        check_weights(bundle_config(params).model.backbone, weights_file)
     name = Path(notebook).name
     nb = bundle_notebook(notebook, params, wheel_ref, input_root)
     out = claim_folder(out, "kaggle-bundle", overwrite=True, subfolders=("wheel",))

@@ -363,6 +363,17 @@ def metric_for(task: Task, name: str, threshold: float = 0.5) -> MetricFn:
     return METRIC_FUNCS[name]
 
 
+def chance_level(metric: str, n_classes: int = 2) -> float | None:
+    """What a model that ignores its inputs scores on ``metric``: 0.5 for a ROC AUC (also
+    macro one-vs-rest), 1 / K for balanced accuracy; None where it depends on the class
+    balance (accuracy, PR AUC, F1, ...)."""
+    if metric in ("roc_auc", "ovr_auc_macro"):
+        return 0.5
+    if metric == "balanced_accuracy":
+        return 1.0 / n_classes
+    return None
+
+
 def primary_metric(task: Task, y_true: Any, probs: Any) -> float:
     """``task.primary_metric`` on these predictions (called every epoch: fast; raises
     MetricError when undefined on this fold, e.g. one class only)."""

@@ -9,6 +9,7 @@ multi-sample dropout. `MetaMLP` is the metadata-only baseline. Both take
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -23,7 +24,13 @@ from .config import ModelConfig
 from .errors import ConfigError
 from .tasks import Task
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .weights import load_backbone_weights, no_weights_message, resolve_weights
+from .weights import (
+    hub_cache_only,
+    hub_probe,
+    load_backbone_weights,
+    no_weights_message,
+    resolve_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +55,13 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str = 
         kwargs["drop_path_rate"] = drop_path_rate
     source = resolve_weights(name, pretrained_path) if pretrained or pretrained_path else None
     if source is not None and source.kind == "hub":
+        unreachable = hub_probe()  # one probe; unreachable: timm's cache only, no retries
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans,
-                                      **kwargs)
+            with hub_cache_only() if unreachable else contextlib.nullcontext():
+                model = timm.create_model(name, pretrained=True, num_classes=0,
+                                          in_chans=in_chans, **kwargs)
         except Exception as exc:
-            raise ConfigError(no_weights_message(name, exc)) from exc
+            raise ConfigError(no_weights_message(name, unreachable or exc)) from exc
     else:
         model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans,
                                   **kwargs)

@@ -34,14 +34,14 @@ from PIL import Image
 
 from . import explain, external, plots, shift
 from . import stack as stacking
-from .config import RunConfig, field_index, get_preset
+from .config import RunConfig, field_index, get_preset, resolve
 from .data.adapters import load_table as load_dataset
 from .data.build import configured_folds
 from .ensemble import submission
 from .errors import ConfigError
-from .io import write_csv, write_json
-from .metrics import MetricError, evaluate, threshold_for_sensitivity
-from .predictions import predicted_labels, probabilities, with_table_columns
+from .io import atomic_path, write_csv, write_json
+from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitivity
+from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
 from .runs import RunDir
 from .table import LesionTable
 
@@ -122,28 +122,36 @@ def config_from_namespace(ns: Mapping[str, Any], *, root: str | os.PathLike[str]
 
     Every variable named like a config field is taken (so a ``parameters`` cell may hold
     any subset of the fields, and papermill may inject others); a ``None`` value means
-    "not set". A non-empty ``preset`` is applied first, the variables on top of it, then
-    ``overrides``. Relative paths (``output_dir``, ``data_dir``, ...) are resolved against
-    the project root (see `project_root`), and the synthetic dataset's empty ``data_dir``
-    becomes ``<root>/data``, so the notebook gives the same run from any working directory.
+    "not set", which is how the parameters cells leave every field a preset may set. A
+    non-empty ``preset`` is applied first, the variables on top of it, then ``overrides``
+    (`melalib.config.resolve`, as the CLI and Kaggle bundles do: explicit beats preset).
+    Relative paths (``output_dir``, ``data_dir``, ...) are resolved against the project
+    root (see `project_root`), and the synthetic dataset's empty ``data_dir`` becomes
+    ``<root>/data``, so the notebook gives the same run from any working directory.
     """
     fields = field_index()
-    flat: dict[str, Any] = {}
-    preset = overrides.pop("preset", None) or ns.get("preset") or ""
-    if preset:
-        flat.update(get_preset(str(preset)))
-    for key, value in ns.items():
-        if key in fields and value is not None:
-            flat[key] = list(value) if isinstance(value, tuple) else value
-    flat.update({k: v for k, v in overrides.items() if v is not None})
+    preset = str(overrides.pop("preset", None) or ns.get("preset") or "")
+    explicit = {k: list(v) if isinstance(v, tuple) else v for k, v in ns.items()
+                if k in fields and v is not None}
+    explicit.update({k: v for k, v in overrides.items() if v is not None})
     base = Path(root) if root is not None else project_root()
     for key in PATH_FIELDS:
-        if key in flat:
-            flat[key] = resolve_path(flat[key], base)
-    flat.setdefault("output_dir", resolve_path(RunConfig().output_dir, base))
-    if flat.get("dataset", "synthetic") == "synthetic" and not flat.get("data_dir"):
-        flat["data_dir"] = str(base / "data")
-    return RunConfig.from_dict(flat)
+        if key in explicit:
+            explicit[key] = resolve_path(explicit[key], base)
+    defaults = {"output_dir": resolve_path(RunConfig().output_dir, base)}
+    dataset = explicit.get("dataset", (get_preset(preset) if preset else {}).get("dataset"))
+    if (dataset or "synthetic") == "synthetic" and not explicit.get("data_dir"):
+        defaults["data_dir"] = str(base / "data")
+        explicit.pop("data_dir", None)  # "" means "not set" here
+    return resolve([("notebook default", defaults), ("notebook parameter", explicit)], preset)
+
+
+def config_table(cfg: RunConfig) -> pd.DataFrame:
+    """Every config field with its value and where the value came from (`RunConfig.sources`:
+    ``preset NAME``, ``notebook parameter``, ...; ``default`` when nobody set it)."""
+    flat = cfg.to_flat()
+    return pd.DataFrame({"value": pd.Series(flat, dtype=object),
+                         "source": pd.Series({k: cfg.sources.get(k, "default") for k in flat})})
 
 
 def figures_dir(cfg: RunConfig) -> Path:
@@ -358,11 +366,47 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = None
-                 ) -> pd.DataFrame:
+def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = None,
+                 run: RunDir | None = None, n_boot: int = 1000) -> pd.DataFrame:
     """The per-fold metrics of `melalib.train`'s summary, plus the pooled OOF row once
     every fold is done; ``columns`` picks metrics (default: `HEADLINE_METRICS` of the
-    summary's task kind)."""
+    summary's task kind). With the ``run``, each row also gets the 95 % CI of the primary
+    metric (`primary_cis`)."""
+    out = _fold_rows(summary, columns)
+    if run is not None:
+        metric = (summary.get("task") or {}).get("primary_metric", "")
+        out = out.join(primary_cis(run, metric, n_boot))
+    return out
+
+
+def primary_cis(run: RunDir, metric: str, n_boot: int = 1000) -> pd.DataFrame:
+    """``<metric> 95% CI`` per finished fold and pooled (bootstrap resampling patients,
+    `melalib.metrics.bootstrap_ci`); "n/a" where a fold's resamples leave it undefined."""
+    frames = {f"fold {k}": part for k, part in run.oof_by_fold().groupby("fold")}
+    if run.complete:
+        frames["pooled OOF"] = run.oof()
+    cis = {row: frame_ci(run.task, frame, metric, n_boot) for row, frame in frames.items()}
+    return pd.DataFrame({f"{metric} 95% CI": {
+        row: f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "n/a" for row, ci in cis.items()}})
+
+
+def learning_curves(run: RunDir, task: Any, save: str | os.PathLike[str] | None = None
+                    ) -> Any:
+    """03's learning curves (`plots.learning_curves`) with the primary metric's chance
+    level (`melalib.metrics.chance_level`) drawn as a dotted line."""
+    fig = plots.learning_curves(run.history(), metric=task.primary_metric)
+    level = chance_level(task.primary_metric, len(task.classes))
+    if level is not None:
+        ax = fig.axes[-1]
+        ax.axhline(level, color="0.35", ls=":", lw=1.2, label=f"chance ({level:.2f})")
+        ax.legend(fontsize=7)
+    if save is not None:
+        with atomic_path(save) as tmp:
+            fig.savefig(tmp, format="png", dpi=plots.DPI)
+    return fig
+
+
+def _fold_rows(summary: Mapping[str, Any], columns: Sequence[str] | None) -> pd.DataFrame:
     rows = {f"fold {k}": v for k, v in summary.get("per_fold", {}).items()}
     if summary.get("oof"):
         rows["pooled OOF"] = summary["oof"]

@@ -20,6 +20,7 @@ import pandas as pd
 
 from .arrays import argmax_labels
 from .errors import DataError
+from .metrics import MetricError, bootstrap_ci
 from .targets import diagnosis_columns, report_labels, report_probs, report_task
 from .tasks import Task
 
@@ -173,6 +174,18 @@ def probabilities(task: Task, frame: pd.DataFrame) -> np.ndarray:
     """The probability columns of a prediction frame: (N,) for binary, else (N, K)."""
     p = frame[task.prob_columns].to_numpy(dtype=np.float64)
     return p[:, 0] if task.kind == "binary" else p
+
+
+def frame_ci(task: Task, frame: pd.DataFrame, metric: str, n_boot: int = 1000
+             ) -> dict[str, float] | None:
+    """``metric`` of a labelled prediction frame with its 95 % bootstrap CI, resampling the
+    frame's groups (patients): dict(estimate, low, high, ...); None where it is undefined
+    (e.g. a fold with one class)."""
+    try:
+        return bootstrap_ci(metric, frame["label"].to_numpy(), probabilities(task, frame),
+                            groups=frame["group_id"].to_numpy(), n_boot=n_boot)
+    except MetricError:
+        return None
 
 
 def class_probs(task: Task, probs: np.ndarray) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""Live training progress across processes: which run, fold and epoch, and an ETA.
+"""Progress: every bar melalib draws (`bar`), and live training progress across processes
+(which run, fold and epoch, and an ETA).
+
+`bar` is tqdm.auto's widget where a live frontend renders widgets (a Jupyter server's
+kernel: JupyterLab, Notebook; VS Code; Colab; an interactive Kaggle session) and a text bar
+everywhere else: a terminal, a log, and papermill / nbclient, whose saved notebooks would
+keep only a widget's first frame (a bar frozen at 0 %). ``MELALIB_PROGRESS=0`` hides training's
+bars (`melalib.engine`).
+
 
 The engine calls `report` after every epoch; when ``$MELALIB_PROGRESS_FILE`` names a file,
 it writes one small JSON record there (atomically). `melalib demo` sets the variable for
@@ -12,11 +20,35 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm as auto_tqdm
+from tqdm.std import tqdm as text_tqdm
+
 ENV = "MELALIB_PROGRESS_FILE"
+#: Environment variables that mark a kernel whose frontend renders widgets.
+WIDGET_FRONTENDS = ("JPY_SESSION_NAME", "VSCODE_PID", "COLAB_RELEASE_TAG")
+
+
+def widget_frontend() -> bool:
+    """Whether this process is a Jupyter kernel whose frontend draws widgets (see above)."""
+    try:
+        from IPython import get_ipython  # only inside a kernel: IPython is already loaded
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or "IPKernelApp" not in getattr(shell, "config", {}):
+        return False
+    return any(os.environ.get(v) for v in WIDGET_FRONTENDS) or \
+        os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Interactive"
+
+
+def bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar (arguments as tqdm's): a widget or text, see the module note."""
+    cls = auto_tqdm if widget_frontend() else text_tqdm
+    return cls(iterable, **kwargs)
 
 
 def report(run: str, fold: int, folds: Sequence[int], epoch: int, epochs: int,

@@ -512,6 +512,8 @@ class RunDir:
             "fingerprint": self.cfg.fingerprint(),
             "seed": self.cfg.train.seed,
             "fold_seed": self.cfg.data.fold_seed,
+            "preset": self.cfg.preset,
+            "sources": dict(self.cfg.sources),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(sys.argv),
             "versions": package_versions(),

@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .config import RunConfig
@@ -33,6 +32,7 @@ from .device import FP32, Precision
 from .errors import ConfigError, MelalibError
 from .features import MetaEncoder, blanked_variants
 from .models import input_normalization
+from .progress import bar
 from .pseudo import check_validation, with_pseudo_rows
 from .table import LesionTable
 from .tasks import Task
@@ -154,8 +154,8 @@ def predict_probs(model: nn.Module, loader: DataLoader, task: Task, device: torc
     views = tta_views(tta)
     model.eval()
     probs, indices, losses, counts = [], [], 0.0, 0
-    with tqdm(loader, desc=desc, leave=False, disable=not progress) as bar:
-        for batch in bar:  # an error closes the bar before it is shown
+    with bar(loader, desc=desc, leave=False, disable=not progress) as batches:
+        for batch in batches:  # an error closes the bar before it is shown
             batch = to_device(batch, device, channels_last)
             acc = None
             for view in views:

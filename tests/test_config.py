@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,30 @@ def test_augment_and_image_folder_fields() -> None:
     assert RunConfig.from_dict({"augment": "heavy"}).data.augment == "heavy"
     with pytest.raises(ConfigError, match="dataset=image_folder needs data_dir"):
         RunConfig.from_dict({"dataset": "image_folder"})
+
+
+def test_a_mistyped_choice_gets_a_did_you_mean() -> None:
+    with pytest.raises(ConfigError, match="did you mean ham10000"):
+        RunConfig.from_dict({"dataset": "ham1000"})
+    with pytest.raises(ConfigError, match=r"got 'zzz'$"):  # nothing close: no guess
+        RunConfig.from_dict({"dataset": "zzz"})
+
+
+def test_explicit_beats_the_preset_and_the_sources_say_who_set_what(tmp_path: Path) -> None:
+    """A YAML file's preset under its keys, --preset under the file, --set above both."""
+    from melalib import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: tiny\nepochs: 3\n")
+    args = cli.build_parser().parse_args(["train", "--config", str(config), "--set",
+                                          "lr=0.01", "--name", "x"])
+    cfg = cli.load_config(args)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.backbone) == (3, 0.01, "resnet10t")
+    assert cfg.preset == "tiny"
+    assert cfg.sources["backbone"] == "preset tiny"
+    assert cfg.sources["epochs"] == f"config {config}"
+    assert cfg.sources["lr"] == cfg.sources["name"] == "command line"
+    assert "seed" not in cfg.sources  # a default: nobody set it
+    with pytest.raises(ConfigError, match="unknown preset 'tinny'"):
+        cli.load_config(cli.build_parser().parse_args(["train", "--preset", "tinny",
+                                                       "--config", str(config)]))

@@ -58,7 +58,7 @@ def test_quick_demo_runs_the_series_into_one_folder(executed: dict[str, Any]) ->
     assert all(p.is_file() for p in summary["notebooks"])
     state = json.loads((out / "demo.json").read_text())
     assert state["done"] == list(NOTEBOOKS) and set(state["seconds"]) == set(NOTEBOOKS)
-    assert state["parameters"]["synthetic_patients"] == PRESETS["tiny"]["synthetic_patients"]
+    assert state["parameters"]["preset"] == "tiny"
     assert state["parameters"]["output_dir"] == str(out)
     assert summary["figures"] and all(p.is_file() for p in summary["figures"])
     assert summary["submission"].is_file()
@@ -121,7 +121,7 @@ def test_other_parameters_are_refused_unless_overwrite(tmp_path: Path,
                       data_dir=tmp_path / "data")
     assert not marker.exists()
     assert len(fake.calls) == 2 * len(NOTEBOOKS)
-    assert fake.calls[-1][1]["epochs"] == PRESETS["synthetic_demo"]["epochs"]
+    assert fake.calls[-1][1]["preset"] == "synthetic_demo"
 
 
 def test_a_folder_that_is_not_a_demo_is_never_deleted(tmp_path: Path,
@@ -142,10 +142,10 @@ def test_unknown_parameters_are_refused(tmp_path: Path, fake: FakePapermill) -> 
 def test_demo_parameters_follow_the_presets(tmp_path: Path) -> None:
     quick = demo_mod.demo_parameters(tmp_path / "q", quick=True, data_dir=tmp_path / "data")
     full = demo_mod.demo_parameters("outputs/demo", quick=False)
-    for key, value in PRESETS["tiny"].items():
-        assert quick[key] == (list(value) if isinstance(value, tuple) else value)
-    for key, value in PRESETS["synthetic_demo"].items():
-        assert full[key] == value
+    # the preset itself is passed, so the notebooks resolve it as any other preset (under
+    # their parameters) and run.json names it
+    assert quick["preset"] == "tiny" and full["preset"] == "synthetic_demo"
+    assert not set(PRESETS["synthetic_demo"]) & set(full)
     assert quick["output_dir"] == str(tmp_path / "q")
     assert Path(full["output_dir"]).is_absolute() and full["output_dir"].endswith("outputs/demo")
     assert Path(full["data_dir"]).name == "data" and Path(full["data_dir"]).is_absolute()
@@ -169,8 +169,46 @@ def test_cli_demo_calls_run_demo(monkeypatch: pytest.MonkeyPatch,
     assert seen == {"output_dir": "somewhere", "quick": True, "overwrite": False}
     out = capsys.readouterr().out
     assert "image+metadata model 0.912 [0.850, 0.950]" in out
-    assert "metadata-only baseline 0.701;" not in out and out.rstrip().endswith("baseline 0.701")
+    assert "metadata-only baseline 0.701;" not in out and "baseline 0.701\n" in out
     assert "(12 s of notebooks)" in out
+    # the closing lines say what OOF and the CI mean, and flag --quick numbers
+    assert "OOF (out-of-fold): each image scored by the fold model that never trained" in out
+    assert "95 % confidence interval, bootstrap resampling patients" in out
+    assert "--quick: smoke values" in out and "not a result" in out
+
+
+def test_cli_demo_names_the_submission(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    submission = tmp_path / "synthetic" / "submission.csv"
+    submission.parent.mkdir()
+    submission.write_text("image_name,target\n")
+    monkeypatch.setattr(demo_mod, "run_demo", lambda **kw: {
+        "seconds": {}, "output_dir": tmp_path, "run_dir": submission.parent,
+        "submission": submission, "metrics": {"primary_metric": "roc_auc"}})
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"submission (notebook 04's blend): {submission}" in out
+    assert "smoke values" not in out
+
+
+def test_quick_demo_has_its_own_default_folder(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path, fake: FakePapermill) -> None:
+    """`melalib demo` then `melalib demo --quick` (both without --output-dir) write two
+    folders; in one shared folder the refusal names the way that keeps the full demo."""
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(demo_mod, "run_demo", lambda **kw: seen.append(kw) or {
+        "seconds": {}, "output_dir": Path("x"), "run_dir": Path("x/synthetic"), "metrics": {}})
+    assert cli.main(["demo"]) == 0 and cli.main(["demo", "--quick"]) == 0
+    folders = [demo_mod.demo_parameters(kw["output_dir"], kw["quick"])["output_dir"]
+               for kw in seen]
+    assert folders[0].endswith("outputs/demo") and folders[1].endswith("outputs/demo-quick")
+    monkeypatch.undo()
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    demo_mod.run_demo(tmp_path / "d", progress=False, data_dir=tmp_path / "data")
+    with pytest.raises(RunExistsError, match=r"another output_dir.*to keep it"):
+        demo_mod.run_demo(tmp_path / "d", quick=True, progress=False, data_dir=tmp_path / "data")
 
 
 def test_the_python3_kernel_runs_this_interpreter() -> None:

@@ -39,7 +39,7 @@ RUN_HERE = {  # executed below, as written, in a scratch folder with tiny data
     "melalib ensemble outputs/effb3_512 outputs/r50 --method search --out submission.csv",
     "melalib reproduce outputs/r50",
     "melalib stack outputs/effb3_512 outputs/r50 --name stack",
-    "melalib kaggle-bundle kaggle_bundle --kernel-id you/melalib-isic2020 --wheel-dataset "
+    "melalib kaggle-bundle --kernel-id you/melalib-isic2020 --wheel-dataset "
     "you/melalib-wheel --weights-dataset you/effnet-weights/tf_efficientnet_b3.ns_jft_in1k.bin"
     " -p backbone=tf_efficientnet_b3.ns_jft_in1k -p image_size=384 -p epochs=15",
     PYTHON_EXAMPLE,
@@ -207,7 +207,9 @@ def test_kaggle_example_runs_as_written(scratch: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(kaggle, "build_wheel", lambda dest: Path(dest))  # tests/test_kaggle.py
     command = next(e for _, e in documented_examples() if e.startswith("melalib kaggle-bundle"))
     _melalib(command)
-    meta = json.loads((scratch / "kaggle_bundle/kernel-metadata.json").read_text())
+    # the default folder sits beside the runs (ignored by git), not in the repository root
+    meta = json.loads((scratch / "outputs/kaggle/melalib-isic2020/kernel-metadata.json"
+                       ).read_text())
     assert meta["id"] == "you/melalib-isic2020" and meta["title"] == "melalib isic2020"
     assert meta["dataset_sources"] == ["you/melalib-wheel", "you/effnet-weights"]
 
@@ -260,4 +262,5 @@ def test_papermill_help_notebook_shows_typed_parameters() -> None:
                           capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fold: int (default -1)" in done.stdout and "lr: float" in done.stdout
+    assert 'preset: str (default "synthetic_demo")' in done.stdout  # what the demo trains
     assert "Unknown type" not in done.stdout

@@ -106,6 +106,8 @@ def test_bundle_without_gpu_or_weights(tmp_path: Path) -> None:
     (dict(parameters={"epoch": 3}), "unknown notebook parameter"),
     (dict(parameters={"epochs": 0}), "epochs must be >= 1"),
     (dict(weights_dataset="alice/weights"), "names no file"),
+    # one lower-case character is a valid slug shape; Kaggle refuses the short title
+    (dict(kernel_id="alice/k", title=None), "refuses titles under 5 characters"),
 ])
 def test_bad_bundle_requests_raise(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
     args: dict[str, Any] = dict(kernel_id="alice/k-one", title="k one",
@@ -257,3 +259,23 @@ def test_the_wheel_ships_stripped_numbered_notebooks_only(tmp_path: Path) -> Non
     assert all(c["outputs"] == [] and c["execution_count"] is None
                for c in nb["cells"] if c["cell_type"] == "code")
     assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+
+
+def test_a_preset_is_resolved_under_the_baked_parameters(tmp_path: Path) -> None:
+    """``-p preset=...``: the kernel trains the preset's backbone, size and weights; baked
+    values win over it, and weights need no extra backbone when the preset names one."""
+    build_bundle(tmp_path / "b", kernel_id="alice/k-one", wheel_dataset="alice/wheel",
+                 weights_dataset="alice/w/lite0.pth", with_wheel=False,
+                 parameters={"preset": "ham10000_lite0_pretrained", "epochs": "2"})
+    nb = nbformat.read(tmp_path / "b" / "03_train.ipynb", as_version=4)
+    params = _injected(nb)
+    from melalib import notebook as nbh
+
+    ns: dict[str, Any] = {}
+    exec(next(c.source for c in nb.cells if "parameters" in _tags(c)), ns)
+    ns.update(params)
+    cfg = nbh.config_from_namespace(ns, root=tmp_path)
+    preset = PRESETS["ham10000_lite0_pretrained"]
+    assert (cfg.model.backbone, cfg.data.image_size) == (preset["backbone"], preset["image_size"])
+    assert cfg.train.epochs == 2 and cfg.data.dataset == "isic2020"  # baked beats preset
+    assert cfg.sources["backbone"] == "preset ham10000_lite0_pretrained"

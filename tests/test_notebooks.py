@@ -20,8 +20,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from melalib import notebook as nbh
-from melalib.config import RunConfig
+from melalib.config import RunConfig, field_index
 from melalib.errors import ConfigError
+from melalib.presets import PRESETS
 from melalib.runs import RunDir
 from melalib.table import LesionTable
 from melalib.tasks import MELANOMA, Task
@@ -36,7 +37,29 @@ FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, as
 
 
 def _read(name: str) -> nbformat.NotebookNode:
-    return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    """The notebook as git commits it: the working copy through the repository's clean
+    filter, so outputs JupyterLab autosaved into ``notebooks/`` never fail a test."""
+    return nbformat.reads(stripped_text(NOTEBOOK_DIR / name), as_version=4)
+
+
+def stripped_text(path: Path) -> str:
+    """What the repository's clean filter (nbstripout with ``.gitconfig``'s extra keys)
+    makes of the notebook at ``path``, which is left as it is."""
+    done = subprocess.run([sys.executable, "-m", "nbstripout", "--textconv", "--extra-keys",
+                           nbstripout_extra_keys(), str(path)], capture_output=True, text=True,
+                          check=True)
+    return done.stdout
+
+
+def committed_text(name: str) -> str:
+    """The notebook as git holds it (the index: what the next commit contains), else (no
+    git checkout) the file."""
+    if (REPO / ".git").exists():
+        done = subprocess.run(["git", "show", f":notebooks/{name}"], cwd=REPO,
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return done.stdout
+    return (NOTEBOOK_DIR / name).read_text()
 
 
 def _tags(cell: Any) -> list[str]:
@@ -83,7 +106,7 @@ def nbstripout_extra_keys() -> str:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_committed_notebook_is_stripped_with_kernelspec(name: str) -> None:
-    nb = _read(name)
+    nb = nbformat.reads(committed_text(name), as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.metadata["kernelspec"]["language"] == "python"
@@ -95,11 +118,43 @@ def test_committed_notebook_is_stripped_with_kernelspec(name: str) -> None:
             assert cell.execution_count is None, f"{name}: a code cell has an execution count"
 
 
-def test_nbstripout_finds_nothing_to_strip() -> None:
+def test_nbstripout_finds_nothing_to_strip(tmp_path: Path) -> None:
+    """In what git commits (not the working copy JupyterLab autosaves into)."""
+    for source in numbered_sources():
+        (tmp_path / source.name).write_text(committed_text(source.name))
     done = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", "--extra-keys",
-                           nbstripout_extra_keys(), *map(str, numbered_sources())],
+                           nbstripout_extra_keys(), *map(str, sorted(tmp_path.iterdir()))],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _autosave(text: str) -> str:
+    """``text`` as JupyterLab's autosave leaves it after a run: outputs, counts,
+    language_info and widget state."""
+    nb = json.loads(text)
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.2"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    code[-1]["execution_count"] = 7
+    code[-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["x\n"]}]
+    return json.dumps(nb, indent=1)
+
+
+def test_autosaved_working_copies_pass_the_notebook_tests(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """JupyterLab (as the README suggests) autosaves outputs into notebooks/0*.ipynb: the
+    tests read what git commits, so they still pass."""
+    for source in numbered_sources():
+        (tmp_path / source.name).write_text(_autosave(source.read_text()))
+    monkeypatch.setattr(sys.modules[__name__], "NOTEBOOK_DIR", tmp_path)
+    for name in NOTEBOOKS:
+        test_committed_notebook_is_stripped_with_kernelspec(name)
+        test_code_cells_hold_no_logic(name)
+        test_narrative_leads_each_notebook(name)
+        assert all(c.outputs == [] for c in _read(name).cells if c.cell_type == "code")
+    (tmp_path / "verify").mkdir()
+    test_nbstripout_finds_nothing_to_strip(tmp_path / "verify")
 
 
 def test_nbstripout_undoes_what_jupyterlab_writes_on_save(tmp_path: Path) -> None:
@@ -134,12 +189,18 @@ def test_one_parameters_cell_of_config_fields(name: str) -> None:
     cells = [c for c in nb.cells if "parameters" in _tags(c)]
     assert len(cells) == 1, f"{name}: {len(cells)} cells tagged 'parameters'"
     tree = ast.parse(cells[0].source)
-    names = []
+    names, unset = [], set()
+    fields = field_index()
     for stmt in tree.body:  # `name: type = value`: papermill --help-notebook shows the type
         assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name), \
             ast.dump(stmt)
         value = ast.literal_eval(stmt.value)  # plain values only
-        assert ast.unparse(stmt.annotation) == type(value).__name__, ast.unparse(stmt)
+        if value is None:  # "not set": the preset's value (the type is the field's)
+            kind = fields[stmt.target.id][1].type
+            assert ast.unparse(stmt.annotation) == getattr(kind, "__name__", kind), stmt
+            unset.add(stmt.target.id)
+        else:
+            assert ast.unparse(stmt.annotation) == type(value).__name__, ast.unparse(stmt)
         names.append(stmt.target.id)
     assert len(names) == len(set(names))
     assert set(names) <= nbh.parameter_names(), set(names) - nbh.parameter_names()
@@ -149,10 +210,53 @@ def test_one_parameters_cell_of_config_fields(name: str) -> None:
     assert set(inspected) == set(names)
     assert all(p["inferred_type_name"] in ("str", "int", "float", "bool")
                for p in inspected.values()), inspected
-    # the defaults are a valid config: the notebook runs with no parameters
+    # a default never beats the preset: every field a preset may set is left None
+    assert set(names) & set().union(*PRESETS.values()) <= unset
+    # the defaults train what `melalib demo` trains (its preset; only paths and name differ)
     ns: dict[str, Any] = {}
     exec(compile(tree, name, "exec"), ns)
-    nbh.config_from_namespace(ns, root=REPO)
+    assert ns["preset"] == "synthetic_demo"
+    cfg = nbh.config_from_namespace(ns, root=REPO)
+    diff = cfg.result_diff(RunConfig.from_preset("synthetic_demo"))
+    assert set(diff) <= {"data_dir"}, diff  # <root>/data: where the synthetic data are cached
+
+
+def test_a_passed_parameter_beats_the_preset_and_run_json_names_the_sources(
+        tmp_path: Path) -> None:
+    """``-p preset=ham10000_lite0_pretrained -p epochs 2`` in 03: the preset's backbone,
+    size and weights, the passed epochs; resolved as the CLI and a Kaggle bundle do."""
+    from melalib import cli
+    from melalib.kaggle import baked_parameters, bundle_config
+
+    ns: dict[str, Any] = {}
+    exec(_read("03_train.ipynb").cells[1].source, ns)
+    data = str(tmp_path / "d")
+    ns.update(preset="ham10000_lite0_pretrained", epochs=2, data_dir=data)
+    cfg = nbh.config_from_namespace(ns, root=tmp_path)
+    preset = PRESETS["ham10000_lite0_pretrained"]
+    assert (cfg.model.backbone, cfg.data.image_size, cfg.model.pretrained) == \
+        (preset["backbone"], preset["image_size"], True)
+    assert cfg.train.epochs == 2 and cfg.train.tta == preset["tta"]
+    assert cfg.sources["backbone"] == "preset ham10000_lite0_pretrained"
+    assert cfg.sources["epochs"] == "notebook parameter" and "lr" in cfg.sources
+    args = cli.build_parser().parse_args(["train", "--preset", "ham10000_lite0_pretrained",
+                                          "--set", "epochs=2", "--set", f"data_dir={data}"])
+    from_cli = cli.load_config(args)
+    baked = baked_parameters("siim-isic-melanoma-classification", None, False, "k-one",
+                             parameters={"preset": "ham10000_lite0_pretrained", "epochs": "2",
+                                         "dataset": "ham10000", "data_dir": data})
+    from_kaggle = bundle_config(baked)
+    for other in (from_cli, from_kaggle):
+        diff = cfg.result_diff(other)
+        assert diff == {}, diff
+        assert other.sources["backbone"] == "preset ham10000_lite0_pretrained"
+    assert from_cli.sources["epochs"] == "command line"
+    # run.json records the preset and every field's source
+    run = RunDir.open(cfg.with_overrides({"output_dir": str(tmp_path / "o")}))
+    info = json.loads((run.path / "run.json").read_text())
+    assert info["preset"] == "ham10000_lite0_pretrained"
+    assert info["sources"]["image_size"] == "preset ham10000_lite0_pretrained"
+    assert info["sources"]["epochs"] == "notebook parameter"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -386,10 +490,13 @@ def test_series_executes_headless_with_the_tiny_parameters(executed: dict[str, A
                   if o.output_type == "error"]
         assert not errors, f"{path.name}: {errors[:1]}"
         injected = [c for c in nb.cells if "injected-parameters" in _tags(c)]
-        assert len(injected) == 1 and "synthetic_patients = 16" in injected[0].source
-        assert "backbone = \"resnet10t\"" in injected[0].source
+        assert len(injected) == 1 and 'preset = "tiny"' in injected[0].source
         assert any(o.output_type in ("display_data", "execute_result")
                    for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    run = RunDir.read(summary["run_dir"])
+    assert run.cfg.model.backbone == "resnet10t" and run.cfg.data.synthetic_patients == 16
+    info = json.loads((summary["run_dir"] / "run.json").read_text())
+    assert info["preset"] == "tiny" and info["sources"]["backbone"] == "preset tiny"
 
 
 def test_series_saves_its_figures(executed: dict[str, Any]) -> None:
@@ -408,6 +515,23 @@ def test_series_saves_its_figures(executed: dict[str, Any]) -> None:
 
 def _roc(df: pd.DataFrame) -> float:
     return float(roc_auc_score(df["label"], df["prob_melanoma"]))
+
+
+def test_03_learning_curve_has_a_chance_line_and_the_fold_table_cis(
+        executed: dict[str, Any]) -> None:
+    run = RunDir.read(executed["summary"]["run_dir"])
+    fig = nbh.learning_curves(run, run.task)
+    chance = [line for line in fig.axes[-1].get_lines()
+              if str(line.get_label()).startswith("chance")]
+    assert len(chance) == 1 and set(chance[0].get_ydata()) == {0.5}
+    summary = run.metrics()
+    table = nbh.fold_metrics(summary, run=run, n_boot=200)
+    column = table["roc_auc 95% CI"]
+    assert list(table.index) == [*(f"fold {k}" for k in run.done_folds()), "pooled OOF"]
+    for row, text in column.items():
+        if text != "n/a":
+            low, high = (float(v) for v in text.strip("[]").split(","))
+            assert low <= table.loc[row, "roc_auc"] <= high, (row, text)
 
 
 def test_training_and_baseline_metrics_match_their_predictions(executed: dict[str, Any]) -> None:
@@ -504,6 +628,9 @@ def test_03_runs_from_the_notebooks_folder_with_relative_paths(
     executed = (root / "notebooks" / "out.ipynb").read_text()
     assert "TqdmWarning" not in executed and "IProgress" not in executed
     assert "fold 1 epoch 1/1" in executed  # the training bar's text form
+    # text bars, not widgets: a saved widget's text form is its first frame (0 %, frozen)
+    assert "application/vnd.jupyter.widget-view+json" not in executed
+    assert "roc_auc 95% CI" in executed  # the fold table's CI column
     run = root / "outputs" / "cwd"
     assert (run / "oof_fold1.csv").is_file() and not (run / "oof_fold0.csv").exists()
     assert (run / "figures" / "03_learning_curves.png").is_file()

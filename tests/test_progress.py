@@ -6,7 +6,7 @@ import io
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nbformat
 import pytest
@@ -70,6 +70,29 @@ def test_live_postfix_shows_the_kernels_progress(tmp_path: Path,
     assert bar.postfixes[-1] == "03_train.ipynb"
 
 
+def test_bars_are_text_unless_a_frontend_draws_widgets(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """papermill / nbclient kernels get text bars: a widget's saved text form is its first
+    frame, a bar frozen at 0 %. A Jupyter server's kernel (JPY_SESSION_NAME) gets widgets."""
+    from tqdm.notebook import tqdm as widget_tqdm
+
+    class Shell:
+        config: ClassVar[dict] = {"IPKernelApp": {}}
+
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
+    for name in (*live.WIDGET_FRONTENDS, "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    assert not live.widget_frontend()  # a kernel papermill started
+    bar = live.bar(range(3), disable=True)
+    assert not isinstance(bar, widget_tqdm)
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/03_train.ipynb")
+    assert live.widget_frontend()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)  # plain Python: never widgets
+    assert not live.widget_frontend()
+
+
 def test_demo_passes_the_progress_file_to_the_kernels(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernels inherit $MELALIB_PROGRESS_FILE; what they report shows in the demo bar."""
@@ -88,11 +111,16 @@ def test_demo_passes_the_progress_file_to_the_kernels(tmp_path: Path,
     monkeypatch.setattr(demo_mod, "_check_kernel", lambda: None)
     monkeypatch.setattr(demo_mod, "refresh_interval", lambda: 0.2)
     stream = io.StringIO()
-    monkeypatch.setattr(demo_mod, "tqdm",  # the demo's bar (tqdm.auto, imported by demo)
+    monkeypatch.setattr(live, "bar",  # the demo's bar, as a terminal would show it
                         lambda *a, **k: console_tqdm(*a, **{**k, "file": stream}))
     demo_mod.run_demo(tmp_path / "demo", quick=True, data_dir=tmp_path / "data")
     assert seen and all(s == str(tmp_path / "demo" / ".progress.json") for s in seen)
-    assert "03_train.ipynb | synthetic fold 3/3 epoch 3/6 | ETA" in stream.getvalue()
+    shown = stream.getvalue()
+    assert "03_train | synthetic fold 3/3 epoch 3/6 | ETA" in shown
+    # one ETA (the training's; tqdm's own "<remaining" is not shown), within 80 columns
+    lines = [line.strip() for line in shown.replace("\r", "\n").split("\n") if line.strip()]
+    assert lines and all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert all(line.count("ETA") <= 1 and "<" not in line for line in lines), lines
 
 
 def test_live_progress_refreshes_slowly_outside_a_terminal(

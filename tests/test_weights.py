@@ -18,7 +18,7 @@ from melalib import weights
 from melalib.cli import main
 from melalib.config import ModelConfig, RunConfig, get_preset
 from melalib.engine import train
-from melalib.errors import ConfigError
+from melalib.errors import ConfigError, DataError
 from melalib.models import build_model, create_backbone, input_normalization
 from melalib.tasks import MELANOMA
 
@@ -111,6 +111,53 @@ def test_hub_failure_is_one_line_naming_the_options(monkeypatch: pytest.MonkeyPa
     assert "\n" not in message
     for option in ("pretrained_path=", "melalib[weights]", "timm's hub", LITE0):
         assert option in message
+
+
+def test_an_unreachable_hub_is_probed_once_and_never_retried(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Offline, huggingface_hub retried each request with back-off (about a minute, 44
+    warnings for the README's ISIC 2020 command); now one probe, then timm's cache only."""
+    import socket
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    probes: list[tuple[str, int]] = []
+    real = socket.create_connection
+
+    def counted(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        probes.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    with pytest.raises(ConfigError, match=r"hub: 127\.0\.0\.1:9 unreachable") as err:
+        create_backbone("resnet10t", pretrained=True)
+    assert probes == [("127.0.0.1", 9)]
+    assert "\n" not in str(err.value)
+    captured = capfd.readouterr()
+    assert "Retry" not in caplog.text + captured.out + captured.err
+
+
+def test_the_data_folder_is_checked_before_the_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's ISIC 2020 command without the data: the missing folder is named, and
+    no weights are looked for."""
+    import melalib.models
+
+    looked: list[str] = []
+    monkeypatch.setattr(melalib.models, "hub_probe", lambda *a: looked.append("hub") or "x")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "isic2020_effnet_meta", "--set",
+                 "data_dir=data/isic2020", "--fold", "2"]) == 2
+    assert "data_dir 'data/isic2020' does not exist" in capsys.readouterr().err
+    (tmp_path / "data" / "isic2020").mkdir(parents=True)  # a folder without train.csv
+    with pytest.raises(DataError, match=r"train\.csv does not exist"):
+        train(RunConfig.from_preset("isic2020_effnet_meta", data_dir="data/isic2020",
+                                    output_dir=str(tmp_path / "o")))
+    assert looked == [] and not (tmp_path / "outputs").exists()
 
 
 def test_weight_file_of_another_backbone_or_corrupt_is_one_line(tmp_path: Path) -> None:

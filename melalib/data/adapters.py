@@ -1036,6 +1036,24 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
                                  positive_label=data_cfg.positive_label)
     if dataset not in (*LOADERS, *MERGED):
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    check_data_dir(data_cfg)
+    data_dir = Path(data_cfg.data_dir)
+    if dataset in MERGED:
+        (first, second), merge = MERGED[dataset]
+        return merge(LOADERS[first](data_dir / first, image_dir),
+                     LOADERS[second](data_dir / second, image_dir))
+    if dataset == "milk10k":
+        return load_milk10k(data_dir, image_dir, view=data_cfg.milk_view)
+    return LOADERS[dataset](data_dir, image_dir)
+
+
+def check_data_dir(data_cfg: DataConfig) -> None:
+    """DataError naming the folder when a downloaded dataset's ``data_dir`` is missing (a
+    cheap check `melalib.train` makes before anything slower, such as looking for weights);
+    the synthetic, custom and image-folder sources are left to `load_table`."""
+    dataset = data_cfg.dataset
+    if dataset not in (*LOADERS, *MERGED):
+        return
     if dataset in MERGED:
         parts = MERGED[dataset][0]
         expected = " and ".join(f"{p}/{MAIN_FILE[p]}" for p in parts)
@@ -1047,14 +1065,11 @@ def load_table(data_cfg: DataConfig) -> LesionTable:
             "data_dir is empty"
         raise DataError(f"{where}: dataset {dataset} expects a folder holding {expected}; {hint}",
                         file=data_cfg.data_dir or None)
-    data_dir = Path(data_cfg.data_dir)
-    if dataset in MERGED:
-        (first, second), merge = MERGED[dataset]
-        return merge(LOADERS[first](data_dir / first, image_dir),
-                     LOADERS[second](data_dir / second, image_dir))
-    if dataset == "milk10k":
-        return load_milk10k(data_dir, image_dir, view=data_cfg.milk_view)
-    return LOADERS[dataset](data_dir, image_dir)
+    for name in expected.split(" and "):
+        if not (Path(data_cfg.data_dir) / name).is_file():
+            raise DataError(f"{name} does not exist in data_dir: dataset {dataset} expects a "
+                            f"folder holding {expected}; {hint}",
+                            file=Path(data_cfg.data_dir) / name)
 
 
 def parse_meta_columns(items: Sequence[str] | Mapping[str, str]) -> dict[str, str]:

@@ -43,14 +43,14 @@ def source_table(cfg: RunConfig, table: LesionTable | None = None) -> LesionTabl
     return table
 
 
-def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None
-                ) -> LesionTable:
+def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None,
+                progress: bool = False) -> LesionTable:
     """Load the dataset (or take ``table``), leave out rows with absent images
-    (`drop_missing`), pre-flight the other images, assign grouped folds unless the table has
-    a ``fold`` column (then checked), add pseudo-labels, validate, and store the result in
-    ``run``."""
+    (`drop_missing`), pre-flight the other images (a progress bar with ``progress``), assign
+    grouped folds unless the table has a ``fold`` column (then checked), add pseudo-labels,
+    validate, and store the result in ``run``."""
     table = drop_missing(load_table(cfg.data) if table is None else table, cfg, run)
-    table = preflight_images(table, cfg, run)
+    table = preflight_images(table, cfg, run, progress)
     if "fold" in table.df.columns:  # predefined (custom_fold_column, or a table handed in)
         table = check_predefined_folds(table, cfg.data.n_folds)
     else:
@@ -87,7 +87,8 @@ def drop_missing(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> Lesi
     return leave_out(table, missing, cfg)
 
 
-def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
+def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None,
+                     progress: bool = False) -> LesionTable:
     """Every listed image must be readable; bad ones raise, or are skipped and logged.
 
     Image files next to the listed ones that the table does not name are counted in
@@ -103,7 +104,7 @@ def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> 
         log.warning("%d image file(s) next to the listed images are not in the table, e.g. %s",
                     len(unlisted), unlisted[0])
     bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers),
-                                options=ImageOptions.from_config(cfg.data))
+                                options=ImageOptions.from_config(cfg.data), progress=progress)
     if bad.empty:
         if run is not None:
             run.update_info(n_skipped_images=0)

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import DataError, ImageError
+from ..progress import bar
 from ..tasks import Task
 from .images import ImageOptions, hdf5_member, image_exists, incomplete_data, read_image
 
@@ -238,8 +239,10 @@ def _decode_problem(path: Path, options: ImageOptions | None) -> str | None:
 
 def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUMNS,
                           workers: int | None = None,
-                          options: ImageOptions | None = None) -> pd.DataFrame:
-    """Every unreadable image the table names: DataFrame (row, column, path, reason).
+                          options: ImageOptions | None = None, progress: bool = False
+                          ) -> pd.DataFrame:
+    """Every unreadable image the table names: DataFrame (row, column, path, reason); a
+    progress bar with ``progress`` (a large table's pre-flight takes a minute).
 
     ``row`` is the 1-based position in ``df``; absent columns are skipped. Each file is
     opened, verified and decoded to its end (JPEGs in draft mode, ~5x faster; threads, as
@@ -249,7 +252,9 @@ def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUM
             for pos, path in enumerate(df[column].tolist())]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(pool.map(lambda job: image_problem(job[2], options), jobs))
+        reasons = list(bar(pool.map(lambda job: image_problem(job[2], options), jobs),
+                           total=len(jobs), desc="image pre-flight", unit="img", leave=False,
+                           disable=not progress))
     rows = [(row, column, str(path), reason)
             for (row, column, path), reason in zip(jobs, reasons, strict=True)
             if reason is not None]

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, ImageError
 from ..io import write_csv, write_error, write_json
+from ..progress import bar as progress_bar
 from ..transforms import ASPECTS
 from .images import DEFAULT_MAX_PIXELS, ImageOptions, read_image
 
@@ -220,7 +220,7 @@ def prepare_images(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     report = PrepareReport(src_dir=src, dst_dir=dst, size=int(size))
     start = time.perf_counter()
     report.n_total = sum(1 for _ in _walk(src, patterns))
-    bar = tqdm(total=report.n_total, unit="img", desc=f"prepare {size}px", disable=not progress)
+    bar = progress_bar(total=report.n_total, unit="img", desc=f"prepare {size}px", disable=not progress)
     outputs: dict[str, str] = {}  # output name -> its source (two sources, one output: fail)
     stamps = _Stamps(dst)
     try:
@@ -346,7 +346,7 @@ class _Stamps:
 
 
 def _pending(src: Path, dst: Path, patterns: tuple[str, ...], report: PrepareReport,
-             outputs: dict[str, str], bar: tqdm, stamps: _Stamps) -> Iterator[tuple[str, str]]:
+             outputs: dict[str, str], bar: Any, stamps: _Stamps) -> Iterator[tuple[str, str]]:
     """(source, output) pairs still to do; counts outputs that already exist and whose
     source is unchanged; an output whose source changed is deleted and done again."""
     for path in _walk(src, patterns):
