@@ -25,15 +25,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, RunExistsError
+from .errors import ConfigError
 from .explain import Explanation, explain, save_overlays, select_rows
 from .faithful import run_faithfulness
 from .io import atomic_path, write_csv, write_json
+from .io import claim_folder as io_claim_folder
 from .localize import BORDER, MaskSource, centre_prior, framed_masks, localization, pooled
 from .runs import RunDir
-
-OUT_MARKER = ".melalib-explain"
-WRITTEN = ("explanations.csv", "summary.json", "maps.npz")
 
 
 @dataclass
@@ -106,37 +104,13 @@ def measure(run: RunDir | str | Path, rows: pd.DataFrame, *, method: str = "grad
 
 
 # ------------------------------------------------------------------------- output folder
-def _inside(a: Path, b: Path) -> bool:
-    """``a`` is ``b`` or lies inside it."""
-    return a == b or b in a.parents
-
-
 def claim_folder(out: str | Path, overwrite: bool, inputs: list[Path]) -> Path:
-    """``out`` made ready for writing: created and marked, or an existing marked folder
-    whose earlier files are removed (``overwrite``). Refuses a folder that is not its own,
-    and any folder that holds or lies inside one of ``inputs``."""
-    path = Path(out)
-    real = path.resolve()
-    for given in inputs:
-        src = Path(given).resolve()
-        if _inside(real, src) or _inside(src, real):
-            raise ConfigError(f"the output folder {path} would overlap the input {given}; "
-                              "choose a folder outside it")
-    marker = path / OUT_MARKER
-    if path.exists() and any(path.iterdir()):
-        if not marker.is_file():
-            raise RunExistsError(f"{path} exists and is not a melalib explain folder (no "
-                                 f"{OUT_MARKER}); choose a new or empty folder")
-        if not overwrite:
-            raise RunExistsError(f"{path} already holds explanations; pass --overwrite to "
-                                 "replace them")
-        for name in WRITTEN:
-            (path / name).unlink(missing_ok=True)
-        for png in (path / "overlays").glob("*.png"):
-            png.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"melalib_explain": True})
-    return path
+    """``out`` made ready for writing under the one write rule (`io.claim_folder`, kind
+    ``explain``): created and marked, or an existing explain folder whose earlier files are
+    removed (``overwrite``); never a folder that is not its own, never one that holds or lies
+    inside one of ``inputs``, never through a link."""
+    return io_claim_folder(out, "explain", overwrite=overwrite, inputs=inputs,
+                           subfolders=("overlays",), clear=True)
 
 
 def write_explanations(result: ExplainResult, out: str | Path, run: RunDir,

@@ -106,10 +106,10 @@ def test_explain_owns_its_folder_and_never_writes_over_inputs(
     (mine / "notes.txt").write_text("keep me")
     assert _explain(run, mine, "--ids", str(first_id), "--no-masks", "--overwrite") == 2
     err = capsys.readouterr().err
-    assert "not a melalib explain folder" in err and "Traceback" not in err
+    assert "melalib did not create it" in err and "Traceback" not in err
     assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
     assert _explain(run, run / "explain", "--ids", str(first_id), "--no-masks") == 2
-    assert "overlap the input" in capsys.readouterr().err
+    assert "would overwrite or hold this command's input" in capsys.readouterr().err
     assert not (run / "explain").exists()
 
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from melalib.cli import main
+from melalib.runs import marker_kind
 
 #: Output arguments, relative to the tree: fresh paths, a training run and its files, a
 #: folder melalib did not write, a Kaggle-like folder, the inputs, a link out of the tree.
@@ -99,9 +100,18 @@ COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
                              "--workers", "1"],
     "kaggle-bundle": lambda r, t: ["kaggle-bundle", str(t), "--kernel-id", "me/melalib-run",
                                    "--wheel-dataset", "me/melalib-wheel", "--no-gpu"],
+    "evaluate": lambda r, t: ["evaluate", str(r / "runs" / "r"), "--oof", "--out", str(t),
+                              "--overwrite", "--n-boot", "10"],
+    "explain": lambda r, t: ["explain", str(r / "runs" / "r"), "--ids", _first_id(r),
+                             "--no-masks", "--out", str(t), "--overwrite"],
 }
 FOLDER_MARKERS = {"stack": ".melalib-stack", "kaggle-bundle": ".melalib-kaggle-bundle",
-                  "prepare": "prepare.json"}
+                  "prepare": "prepare.json", "explain": ".melalib-explain"}
+
+
+def _first_id(root: Path) -> str:
+    """An image id of the trained run's OOF rows (what ``explain --ids`` names)."""
+    return (root / "runs" / "r" / "oof.csv").read_text().splitlines()[1].split(",")[0]
 
 
 def _under(path: Path, roots: list[Path]) -> bool:
@@ -127,6 +137,8 @@ def _allowed(command: str, root: Path, target: Path) -> tuple[list[Path], list[P
         marker = target / ".melalib-run"
         own = marker.is_file() and not target.is_symlink() and json.loads(
             marker.read_text()).get("melalib_run") == target.name
+    elif command == "evaluate":  # a report folder: the run marker names its kind
+        own = not target.is_symlink() and marker_kind(target) == "evaluate"
     else:
         own = not target.is_symlink() and (target / FOLDER_MARKERS[command]).is_file()
     ok = (fresh or empty or own) and not _under(real, inputs)
