@@ -18,7 +18,7 @@ from .config import RunConfig, get_preset, read_yaml_layers, resolve
 from .data.prepare import PREPARE_ASPECTS, prepare_images
 from .ensemble import BLENDS, ensemble_cli
 from .errors import ConfigError, MelalibError
-from .io import json_text, one_line
+from .io import check_not_input, json_text, one_line
 from .localize import BORDER, MISSING
 from .predictions import frame_ci
 from .presets import PRESETS, describe
@@ -72,6 +72,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train  # timm: imported when training (see the note above)
 
     cfg = load_config(args)
+    if cfg.overwrite and getattr(args, "config", None):  # --overwrite never replaces the
+        check_not_input(cfg.run_dir, [args.config], "run folder")  # --config file's folder
     summary = train(cfg)
     if summary and args.json:  # empty on the other ranks under torchrun: rank 0 reports
         print(json_text(train_report(summary, cfg.fold), sort_keys=False))

@@ -188,7 +188,8 @@ def test_writing_commands_touch_only_their_own_outputs(command: str, target: str
     ("stack", "runs/r"), ("stack", "foreign"), ("predict-csv", "in.csv"),
     ("kaggle-bundle", "bundle"), ("reproduce", "runs"), ("train", "runs/s"),
     ("train", "foreign/metrics.json"), ("ensemble", "runs/r/oof.csv"),
-    ("prepare", "foreign"), ("stack", "link")])
+    ("prepare", "foreign"), ("stack", "link"), ("train", "runs/r"), ("evaluate", "runs/r"),
+    ("explain", "runs/r"), ("evaluate", "foreign"), ("explain", "link")])
 def test_the_reported_write_probes(command: str, target: str, template, monkeypatch,
                                    capsys) -> None:
     """The probes of issue 24, every one, whatever hypothesis draws above."""
