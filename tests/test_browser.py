@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_notebooks import scratch_copy  # the tests folder, inserted above
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +48,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     project = tmp_path / "project"
     (project / "notebooks").mkdir(parents=True)
     (project / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
-    shutil.copy2(REPO / "notebooks" / NOTEBOOK, project / "notebooks" / NOTEBOOK)
+    scratch_copy(REPO / "notebooks" / NOTEBOOK, project / "notebooks" / NOTEBOOK)  # as committed
     port, token = _free_port(), secrets.token_hex(16)
     settings = tmp_path / "lab-settings"
     # Every cell in the DOM (Lab 4 renders only the visible ones by default), no news popup.

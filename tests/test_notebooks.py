@@ -51,6 +51,13 @@ def stripped_text(path: Path) -> str:
     return done.stdout
 
 
+def scratch_copy(source: Path, dest: Path) -> Path:
+    """``source`` written to ``dest`` as git commits it (`stripped_text`): the browser test's
+    scratch project starts from the committed notebook, not from what Lab autosaved."""
+    dest.write_text(stripped_text(source))
+    return dest
+
+
 def committed_text(name: str) -> str:
     """The notebook as git holds it (the index: what the next commit contains), else (no
     git checkout) the file."""
@@ -155,6 +162,9 @@ def test_autosaved_working_copies_pass_the_notebook_tests(tmp_path: Path,
         assert all(c.outputs == [] for c in _read(name).cells if c.cell_type == "code")
     (tmp_path / "verify").mkdir()
     test_nbstripout_finds_nothing_to_strip(tmp_path / "verify")
+    copy = scratch_copy(tmp_path / NOTEBOOKS[0], tmp_path / "scratch.ipynb")  # -m browser's
+    assert all(c.outputs == [] and c.execution_count is None
+               for c in nbformat.read(copy, as_version=4).cells if c.cell_type == "code")
 
 
 def test_nbstripout_undoes_what_jupyterlab_writes_on_save(tmp_path: Path) -> None:
