@@ -120,14 +120,13 @@ def test_01_eda_runs_all_cells_in_jupyterlab(lab: tuple[str, Path]) -> None:
     assert any(o.get("data", {}).get("image/png") for c in code for o in c["outputs"])
     assert (project / "outputs" / "notebooks" / "figures" / "01_class_balance.png").is_file()
     # what Lab saved (outputs, language_info, ...) strips back to the committed source
-    from test_notebooks import nbstripout_extra_keys
+    from test_notebooks import committed_text, nbstripout_extra_keys
 
     done = subprocess.run([sys.executable, "-m", "nbstripout", "--extra-keys",
                            nbstripout_extra_keys(), str(project / "notebooks" / NOTEBOOK)],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert (project / "notebooks" / NOTEBOOK).read_text() == \
-        (REPO / "notebooks" / NOTEBOOK).read_text()
+    assert (project / "notebooks" / NOTEBOOK).read_text() == committed_text(NOTEBOOK)
 
 
 def _kernel_idle(page) -> bool:
