@@ -36,7 +36,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from .config import RunConfig, field_index, get_preset, resolve
+from .config import RunConfig, field_index, get_preset, load_yaml, resolve
 from .errors import ConfigError
 from .io import claim_folder, write_json, write_text
 from .notebook import notebooks_dir, parameter_names
@@ -149,7 +149,7 @@ def _scalar(value: Any) -> Any:
     if not isinstance(value, str):
         return list(value) if isinstance(value, tuple) else value
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)  # aliases refused: a value never expands
     except yaml.YAMLError:
         return value
     return parsed if isinstance(parsed, (bool, int, float)) else value
