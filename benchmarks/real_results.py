@@ -193,10 +193,9 @@ def fold_curves(run: Any, metric: str) -> dict[str, dict[str, Any]]:
 
 
 def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the checkout (``../runs/x`` for a run kept beside it): committed
+    results never record this machine's absolute paths."""
+    return os.path.relpath(Path(path).resolve(), REPO)
 
 
 def config_record(cfg: RunConfig, keys: Sequence[str]) -> dict[str, Any]:

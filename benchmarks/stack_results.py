@@ -154,7 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     out, commit = Path(args.out), git_commit(REPO)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    # absolute paths are recorded relative to the checkout: committed docs never name /work/...
+    # absolute paths are recorded relative to the checkout: committed docs never name this machine's absolute paths
     argv = [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in sys.argv[1:]]
     command = ("python benchmarks/stack_results.py " + " ".join(argv)).strip()
     only = set(args.only.split(","))
