@@ -202,3 +202,47 @@ def test_a_binary_table_is_scored_by_its_diagnosis_words(trained, tmp_path: Path
     err = capsys.readouterr().err  # a custom CSV's task is not the binary melanoma task
     assert "scoring by diagnosis needs a binary melanoma table" in err
     assert err.count("\n") == 1
+
+
+# ----------------------------------------------------------- benchmarks/external_results
+def _bench():
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "external_results.py"
+    spec = importlib.util.spec_from_file_location("external_results", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained) -> None:
+    bench = _bench()
+    run, ext = trained
+    table = load_table(ext.data)
+    args = bench.parse([str(run), "--fold", "0", "--n-boot", "20"])
+    res = bench.measure_run(str(run), table, "milk10k", args)
+    oof = RunDir.read(run).oof(0)
+    task = RunDir.read(run).task
+    own = res["in_domain"]["all"]
+    assert own["n"] == len(oof)
+    assert own["balanced_accuracy"]["estimate"] == pytest.approx(evaluate(
+        task, oof["label"].to_numpy(), oof[task.prob_columns].to_numpy())["balanced_accuracy"])
+    assert res["in_domain_blank_meta"]["n"] == len(oof)  # fold 0's rows, re-predicted
+    ev = evaluate_external(run, table, n_boot=20, progress=False)
+    assert res["external"]["n"] == len(ev.frame)
+    assert res["external"]["balanced_accuracy"]["estimate"] == pytest.approx(
+        ev.metrics["balanced_accuracy"])
+    assert res["external"]["shift"]["n"] == len(ev.frame)
+    (row,) = bench.render([res])[2:]
+    assert f"{own['balanced_accuracy']['estimate']:.3f}" in row
+    assert f"{res['external']['balanced_accuracy']['estimate']:.3f}" in row
+
+
+def test_benchmark_does_not_call_a_training_source_external(trained) -> None:
+    bench = _bench()
+    run, ext = trained
+    args = bench.parse([str(run), "--fold", "0", "--n-boot", "20"])
+    res = bench.measure_run(str(run), load_table(ext.data), "synthetic", args)
+    assert "external" not in res
+    assert "(trained on it" in bench.render([res])[2]
