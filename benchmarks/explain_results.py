@@ -198,5 +198,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def render_section(path: Path) -> list[str]:
+    """The results.md section from the JSON this script writes (nothing when absent)."""
+    if not path.is_file():
+        return []
+    import json
+
+    recorded = json.loads(path.read_text())
+    results = recorded["results"]
+    lines = ["## 7. Explanations against true lesion masks (HAM10000)", "",
+             "Grad-CAM maps (melalib's `explain` code, pytorch-grad-cam) of out-of-fold "
+             "HAM10000 images that have a true lesion mask in `../shared/data` (80 % of "
+             "lesions), up to the same seeded number per true class, each explaining its "
+             "run's own call; masks framed exactly as the model input (`aspect=crop`). "
+             "Concentration = share of map mass on the lesion / lesion's share of the frame "
+             "(1 = a uniform map); pointing = the map's maximum lies on the lesion; border "
+             "peak / mass = the maximum / the mass in the outer eighth of the frame; "
+             "border_change = the drop of the explained probability when that band is "
+             "occluded; deletion / insertion = area under the probability curve as the most "
+             "(least) salient pixels are removed (inserted), beside a random pixel order. "
+             "Centre prior: a fixed Gaussian at the frame centre; random weights: the same "
+             "network re-initialised. CIs: 1,000 lesion-grouped bootstrap replicates. The "
+             "runs are trained on fold 0 only (paired: same fold, seed and epochs).", "",
+             f"Made by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`).", ""]
+    if len(results) > 1:
+        lines += [compare(results), ""]
+    lines += [render(results), ""]
+    return lines
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -164,6 +164,10 @@ def test_benchmark_measures_a_run_and_records_its_table(
     assert "Dice of the Otsu estimate" in printed
     assert f"{res['oof_primary']:.3f}" in printed
     assert "| run | OOF |" not in printed  # one run: no side-by-side table
+    section = "\n".join(bench.render_section(out))
+    assert section.startswith("## 7. Explanations") and recorded["command"] in section
+    assert row in section
+    assert bench.render_section(elsewhere / "absent.json") == []
 
 
 def test_benchmark_sets_runs_side_by_side(project: Path) -> None:

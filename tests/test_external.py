@@ -216,7 +216,8 @@ def _bench():
     return module
 
 
-def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained) -> None:
+def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained, tmp_path: Path
+                                                                    ) -> None:
     bench = _bench()
     run, ext = trained
     table = load_table(ext.data)
@@ -237,6 +238,13 @@ def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained) -> 
     (row,) = bench.render([res])[2:]
     assert f"{own['balanced_accuracy']['estimate']:.3f}" in row
     assert f"{res['external']['balanced_accuracy']['estimate']:.3f}" in row
+    recorded = tmp_path / "external.json"
+    recorded.write_text(json.dumps({"command": "python benchmarks/external_results.py x",
+                                    "git_commit": "0" * 40, "results": [res]}))
+    section = bench.render_section(recorded)
+    assert section[0].startswith("## 6. External validation") and row in section
+    assert any("misses the goals" in line or "meets the goals" in line for line in section)
+    assert bench.render_section(tmp_path / "absent.json") == []
 
 
 def test_benchmark_does_not_call_a_training_source_external(trained) -> None:
