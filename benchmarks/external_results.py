@@ -183,8 +183,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-dir", default="../shared/data/milk10k/images_256x192")
     p.add_argument("--fold", type=int, default=None, help="in-domain: only this fold's rows")
     p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--out", default=None, help="JSON file to write (merged by run name)")
+    p.add_argument("--out", default=None, help="JSON file to write; rows of other runs it already holds are kept")
     return p.parse_args(argv)
+
+
+def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``out``'s recorded rows with ``results`` replacing those of the same run (in the
+    recorded order, new runs last): runs finished at different times share one table."""
+    if not out.is_file():
+        return results
+    import json
+
+    fresh = {r["run"]: r for r in results}
+    old = json.loads(out.read_text())["results"]
+    kept = [fresh.pop(r["run"], r) for r in old]
+    return kept + [r for r in results if r["run"] in fresh]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     results = [measure_run(path, table, args.dataset, args) for path in args.runs]
     print("\n".join(render(results)))
     if args.out:
+        rows = merged(Path(args.out), results)
+        flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in args.runs]
         command = "python benchmarks/external_results.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv)
+            [r["run"] for r in rows] + flags)
         write_json(Path(args.out), {"command": command, "git_commit": git_commit(),
-                                    "goals": GOALS, "results": results})
+                                    "goals": GOALS, "results": rows})
     return 0
 
 

@@ -254,3 +254,12 @@ def test_benchmark_does_not_call_a_training_source_external(trained) -> None:
     res = bench.measure_run(str(run), load_table(ext.data), "synthetic", args)
     assert "external" not in res
     assert "(trained on it" in bench.render([res])[2]
+
+
+def test_benchmark_json_keeps_other_runs_rows_and_replaces_a_rerun(tmp_path: Path) -> None:
+    bench = _bench()
+    out = tmp_path / "external.json"
+    out.write_text(json.dumps({"results": [{"run": "a", "v": 1}, {"run": "b", "v": 1}]}))
+    rows = bench.merged(out, [{"run": "c", "v": 2}, {"run": "a", "v": 2}])
+    assert rows == [{"run": "a", "v": 2}, {"run": "b", "v": 1}, {"run": "c", "v": 2}]
+    assert bench.merged(tmp_path / "none.json", [{"run": "c"}]) == [{"run": "c"}]
