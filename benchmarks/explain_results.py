@@ -198,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render_section(path: Path) -> list[str]:
-    """The results.md section from the JSON this script writes (nothing when absent)."""
+def render_section(path: Path, *variants: Path) -> list[str]:
+    """The results.md section from the JSON this script writes (nothing when absent), then
+    the side-by-side table of each ``variants`` JSON (the same runs measured otherwise,
+    e.g. ``--layer finer``) under its command."""
     if not path.is_file():
         return []
     import json
@@ -224,6 +226,10 @@ def render_section(path: Path) -> list[str]:
     if len(results) > 1:
         lines += [compare(results), ""]
     lines += [render(results), ""]
+    for variant in (v for v in variants if v.is_file()):
+        other = json.loads(variant.read_text())
+        lines += [f"The same images measured by `{other['command']}` (commit "
+                  f"`{other['git_commit'][:10]}`):", "", compare(other["results"]), ""]
     return lines
 
 

@@ -168,6 +168,11 @@ def test_benchmark_measures_a_run_and_records_its_table(
     assert section.startswith("## 7. Explanations") and recorded["command"] in section
     assert row in section
     assert bench.render_section(elsewhere / "absent.json") == []
+    variant = elsewhere / "variant.json"
+    variant.write_text(json.dumps({**recorded, "command": "python benchmarks/x --layer finer",
+                                   "results": [res, {**res, "run": "other"}]}))
+    section = "\n".join(bench.render_section(out, variant, elsewhere / "absent.json"))
+    assert "`python benchmarks/x --layer finer`" in section and "| run | OOF |" in section
 
 
 def test_benchmark_sets_runs_side_by_side(project: Path) -> None:
