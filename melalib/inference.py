@@ -265,7 +265,7 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
         folds = run.done_folds()
         if not folds:
             raise CheckpointError(f"run {run.path} has no finished fold (no "
-                                  f"{LAYOUT['oof_fold'].glob}); "
+                                  f"{LAYOUT['fold_oof'].glob}); "
                                   "train it first or pass a checkpoint file")
         paths = [run.checkpoint(k, "best") for k in folds]
         run_cfg = run.cfg

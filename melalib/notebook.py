@@ -178,8 +178,8 @@ def read_runs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[RunDir]:
             raise ConfigError(f"{exc}; train it first (03_train) or fix the `runs` "
                               "parameter") from exc
         if not (run.complete or run.done_folds()):
-            raise ConfigError(f"{path}: no fold has finished (no {LAYOUT['oof_fold'].glob}); train it "
-                              "first (03_train)")
+            raise ConfigError(f"{path}: no fold has finished (no {LAYOUT['fold_oof'].glob}); "
+                              "train it first (03_train)")
         out.append(run)
     return out
 

@@ -57,7 +57,7 @@ def add_pseudo_labels(table: LesionTable, run_dir: str | Path, threshold: float
                           f"{table.task.name!r}")
     test = run.test_mean()
     if test is None:
-        raise DataError(f"pseudo_run has no test predictions ({LAYOUT['test_fold'].glob})",
+        raise DataError(f"pseudo_run has no test predictions ({LAYOUT['fold_test'].glob})",
                         file=run_dir)
     labels = pseudo_labels(test, table.task, threshold)
     df = table.df.copy()

@@ -143,11 +143,11 @@ LAYOUT: dict[str, Entry] = {
     "features": Entry("features_fold{k}.csv", "the metadata features the fold's model used"),
     "shift": Entry("shift_fold{k}.npz", "the fold's image-feature statistics and OOF "
                    "threshold (image shift)"),
-    "oof_fold": Entry("oof_fold{k}.csv", "image_id, group_id, fold, label, prob_<class>..."),
+    "fold_oof": Entry("oof_fold{k}.csv", "image_id, group_id, fold, label, prob_<class>..."),
     "fold_record": Entry("done_fold{k}.json", "the fold's completion record: OOF rows, hash "
                          "of its ids and of the file"),
     "fold_metrics": Entry("metrics_fold{k}.json", "the fold's OOF metrics and best epoch"),
-    "test_fold": Entry("test_fold{k}.csv", "test-split predictions of the fold's model (if a "
+    "fold_test": Entry("test_fold{k}.csv", "test-split predictions of the fold's model (if a "
                        "test split)"),
     "oof": Entry("oof.csv", "every fold's OOF predictions, once every fold is done"),
     "metrics": Entry("metrics.json", "pooled and per-fold OOF metrics, once every fold is "
@@ -695,10 +695,10 @@ class RunDir:
 
     def oof_path(self, fold: int | None = None) -> Path:
         """``oof_fold{k}.csv``, or with no fold the pooled ``oof.csv``."""
-        return self.file("oof") if fold is None else self.file("oof_fold", fold)
+        return self.file("oof") if fold is None else self.file("fold_oof", fold)
 
     def test_path(self, fold: int) -> Path:
-        return self.file("test_fold", fold)
+        return self.file("fold_test", fold)
 
     def metrics_path(self, fold: int | None = None) -> Path:
         """``metrics_fold{k}.json`` (a fold's scores, best epoch), or with no fold the run's
@@ -756,7 +756,7 @@ class RunDir:
         """Folds whose OOF predictions are written (of ``n_folds``; for a folder without a
         config, every ``oof_fold{k}.csv`` found)."""
         if self.cfg is None:
-            return _fold_numbers(self.path, "oof_fold")
+            return _fold_numbers(self.path, "fold_oof")
         return [k for k in range(self.cfg.data.n_folds) if self.fold_done(k)]
 
     # ------------------------------------------------------------------ table
@@ -858,7 +858,7 @@ class RunDir:
         """The finished folds' test predictions averaged per image (`fold_average`; a
         folder without a config: every ``test_fold{k}.csv``); None when the run has none
         (its dataset has no test split)."""
-        folds = self.done_folds() if self.cfg is not None else _fold_numbers(self.path, "test_fold")
+        folds = self.done_folds() if self.cfg is not None else _fold_numbers(self.path, "fold_test")
         paths = [self.test_path(k) for k in folds]
         frames = [read_predictions(p) for p in paths if p.is_file()]
         return fold_average(frames, self.task) if frames else None

@@ -144,7 +144,7 @@ def test_every_file_a_run_holds_is_in_the_layout(tiny_run: RunDir) -> None:
     assert all(tiny_run.owns(tiny_run.path / n) for n in names)
     for key in ("config", "provenance", "table", "checkpoints", "oof", "metrics", "log"):
         assert tiny_run.file(key).exists(), key
-    for key in ("history", "features", "oof_fold", "fold_record", "fold_metrics", "test_fold"):
+    for key in ("history", "features", "fold_oof", "fold_record", "fold_metrics", "fold_test"):
         assert tiny_run.file(key, 1).is_file(), key
     for key in ("shift", "missing_images", "unlisted_images", "bad_images", "ci"):
         assert tiny_run.owns(LAYOUT[key].path(tiny_run.path, 3)), key
