@@ -49,6 +49,7 @@ from melalib.config import ModelConfig, RunConfig  # noqa: E402
 from melalib.device import Precision  # noqa: E402
 from melalib.losses import build_loss  # noqa: E402
 from melalib.models import build_model  # noqa: E402
+from melalib.runs import RunDir  # noqa: E402
 from melalib.schedules import build_scheduler  # noqa: E402
 from melalib.tasks import MELANOMA  # noqa: E402
 
@@ -317,7 +318,7 @@ def section_ddp(sizes: Sizes, tmp: Path, device: str) -> bool:
     start = time.perf_counter()
     cfg = run_config(tmp, sizes, device, fold=0)
     code, log = melalib_train(tmp, cfg, "ddp1", torchrun=True)
-    ok = code == 0 and (tmp / "runs" / "ddp1" / "oof_fold0.csv").is_file()
+    ok = code == 0 and RunDir(tmp / "runs" / "ddp1", None).oof_path(0).is_file()
     print(f"{'OK' if ok else 'FAILED'} in {time.perf_counter() - start:.0f} s"
           + ("" if ok else f" (exit {code}):\n{log}"), flush=True)
     return ok

@@ -43,6 +43,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from melalib.runs import LAYOUT
+
+BAD_IMAGES = LAYOUT["bad_images"].name  # named as a run names its list
 WIDTH, HEIGHT = 128, 96
 N_BASES = 16
 CORRUPT = ("truncated", "empty", "text", "cut-header", "random-bytes")
@@ -143,7 +146,7 @@ def run_stage(stage: str, csv: Path, workers: int, size: int) -> dict[str, objec
         unlisted = find_unlisted_images(table.df)
         result.update(items=len(table), bad=len(bad), unlisted=len(unlisted),
                       bad_files=sorted(Path(p).name for p in bad["path"]))
-        bad.to_csv(csv.parent / "bad_images.csv", index=False)
+        bad.to_csv(csv.parent / BAD_IMAGES, index=False)
     elif stage == "loader":
         import torch
         from torch.utils.data import DataLoader
@@ -153,7 +156,7 @@ def run_stage(stage: str, csv: Path, workers: int, size: int) -> dict[str, objec
 
         torch.set_num_threads(1)
         table = _table(csv)
-        bad = pd.read_csv(csv.parent / "bad_images.csv")
+        bad = pd.read_csv(csv.parent / BAD_IMAGES)
         keep = np.ones(len(table), dtype=bool)
         keep[bad["row"].to_numpy() - 1] = False
         df = table.df[keep].reset_index(drop=True)

@@ -586,7 +586,7 @@ def folded_table(cfg: RunConfig) -> LesionTable:
     """The table and folds the engine builds for ``cfg`` (`melalib.data.build.build_table`)."""
     from melalib.data.build import build_table
 
-    return build_table(cfg)
+    return build_table(cfg)[0]
 
 
 def logistic(class_weight: str | None = None) -> Callable[[], Any]:
@@ -1174,7 +1174,7 @@ def render_ham(results: dict[str, Any]) -> list[str]:
                      "command"], rows)
     lines += ["", "Wall time = the command that recorded the row; a run resumed across "
               "sessions counts only the part run by that command. Training time = the "
-              "run's per-epoch seconds summed over every fold (`history_fold*.csv`; "
+              "run's per-epoch seconds summed over every fold (its per-epoch history; "
               "prediction and TTA not included), on a CPU shared with other jobs.", ""]
     lines += render_recipe(exps)
     dist = exps.get("distributions", {}).get("tables", {}).get("ham10000")

@@ -71,7 +71,7 @@ def _cli_value(value: Any) -> str:
 
 def _train(params: dict[str, Any], out: Path, n_boot: int, commit: str | None
            ) -> tuple[RunConfig, dict[str, Any]]:
-    """Train (or read the finished) run; its OOF metrics with CIs; its commit from run.json."""
+    """Train (or read the finished) run; its OOF metrics with CIs; its commit from its provenance."""
     cfg = RunConfig.from_dict({**params, "output_dir": str(out), "data_dir": str(out / "data")})
     started = time.perf_counter()
     run = RunDir(cfg.run_dir, cfg)

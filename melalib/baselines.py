@@ -58,7 +58,7 @@ def _fold_probs(task: Any, make_model: ModelFactory, x_fit: np.ndarray, y_fit: n
 def oof_predictions(table: LesionTable, features: str, make_model: ModelFactory,
                     extra: np.ndarray | None = None) -> pd.DataFrame:
     """Out-of-fold predictions of ``make_model()`` on `MetaEncoder(features)` features, both
-    fitted on each fold's training rows; columns as a run's ``oof_fold{k}.csv`` (image_id,
+    fitted on each fold's training rows; columns as a run's per-fold OOF files (image_id,
     group_id, fold, label, prob_*), folds in order. ``extra``: per-row features of
     ``table.df`` (e.g. frozen image embeddings), placed before the metadata columns."""
     task = table.task

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .data.images import ImageOptions
 from .errors import CheckpointError, ConfigError, WriteError
 from .features import MetaEncoder
 from .io import atomic_path, write_error
-from .models import build_model
+from .models import build_model, input_normalization
 from .tasks import Task
 from .weights import refusal_reason
 
@@ -108,21 +109,92 @@ def check_compatible(state: dict[str, Any], *, path: str | Path, config: Any = N
     if diffs:
         raise CheckpointError(f"checkpoint {path} was made for another model ({'; '.join(diffs)})")
     if config is not None:
-        try:
-            saved = RunConfig.from_dict(state.get("config") or {})
-        except ConfigError as exc:
-            raise CheckpointError(f"checkpoint {path} holds a config this melalib cannot read "
-                                  f"({exc})") from exc
-        changed = saved.result_diff(config)
-        if changed:
-            raise CheckpointError(
-                f"checkpoint {path} comes from another config (checkpoint vs now: {changed}); "
-                "use the config it was trained with or start a new run")
+        _refuse_changed(_stored_config(state, path), config, path)
     if fingerprint is not None and state.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"checkpoint {path} comes from another config (fingerprint "
             f"{state.get('fingerprint')} != {fingerprint}); use the config it was trained with "
             "or start a new run")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's inputs were made, stored in its checkpoint at training (``preprocessing``)
+    and read back by everything that feeds the model new images (``melalib predict``,
+    Grad-CAM, ``melalib evaluate``): input size and aspect, the normalisation mean / std of
+    its weights, the image decoder's options (colour constancy, alpha, pixel ceiling), and
+    the task it answers (name and class order)."""
+
+    image_size: int
+    aspect: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_options: ImageOptions
+    task: str
+    classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, cfg: RunConfig, task: Task) -> Preprocessing:
+        """What training ``cfg`` feeds its model (mean / std: `models.input_normalization`)."""
+        mean, std = input_normalization(cfg.model)
+        return cls(cfg.data.image_size, cfg.data.aspect, tuple(map(float, mean)),
+                   tuple(map(float, std)), ImageOptions.from_config(cfg.data), task.name,
+                   tuple(task.classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std),
+                "classes": list(self.classes),
+                "image_options": dataclasses.asdict(self.image_options)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(int(d["image_size"]), str(d["aspect"]), tuple(map(float, d["mean"])),
+                   tuple(map(float, d["std"])), ImageOptions(**d["image_options"]),
+                   str(d["task"]), tuple(map(str, d["classes"])))
+
+
+def stored_preprocessing(state: dict[str, Any], cfg: RunConfig, task: Task,
+                         path: str | Path) -> Preprocessing:
+    """The checkpoint's own `Preprocessing`; a checkpoint written before melalib stored it
+    gets what its config implies (mean / std re-derived from timm, as training then did)."""
+    stored = state.get("preprocessing")
+    if stored is None:
+        return Preprocessing.of(cfg, task)
+    try:
+        return Preprocessing.from_dict(stored)
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds an unreadable preprocessing record: "
+                              f"{exc}") from exc
+
+
+def _stored_config(state: dict[str, Any], path: str | Path) -> RunConfig:
+    try:
+        return RunConfig.from_dict(state.get("config") or {})
+    except (ConfigError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds a config this melalib cannot read "
+                              f"({exc})") from exc
+
+
+def _refuse_changed(saved: RunConfig, config: RunConfig, path: str | Path) -> None:
+    changed = saved.result_diff(config)
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {path} comes from another config (checkpoint vs now: {changed}); "
+            "use the config it was trained with or start a new run")
+
+
+def checkpoint_config(state: dict[str, Any], path: str | Path,
+                      config: RunConfig | None = None) -> RunConfig:
+    """The checkpoint's config. ``config`` (the run's, already parsed) is returned as it is
+    when the checkpoint stores exactly it, so a run's folds never parse it again; otherwise
+    the stored one is parsed and, with ``config``, compared field by field (CheckpointError
+    naming what differs, as `check_compatible`)."""
+    if config is not None and state.get("config") == config.to_dict():
+        return config
+    saved = _stored_config(state, path)
+    if config is not None:
+        _refuse_changed(saved, config, path)
+    return saved
 
 
 def ema_weights(ema_state: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +220,7 @@ class CheckpointModel:
     task: Task
     fold: int | None
     best_epoch: int | None
+    preprocessing: Preprocessing
 
 
 def load_model(path: str | Path, device: torch.device, *, config: RunConfig | None = None
@@ -161,14 +234,14 @@ def load_model(path: str | Path, device: torch.device, *, config: RunConfig | No
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by "
                               "melalib's training loop")
+    cfg = checkpoint_config(state, path, config)
     try:
-        cfg = RunConfig.from_dict(state["config"])
         task = Task.from_dict(state["task"])
         encoder = MetaEncoder.from_dict(state["meta_encoder"])
     except (ConfigError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} holds an unreadable config, task or metadata "
+        raise CheckpointError(f"checkpoint {path} holds an unreadable task or metadata "
                               f"encoder: {exc}") from exc
-    check_compatible(state, path=path, config=config, backbone=cfg.model.backbone,
+    check_compatible(state, path=path, backbone=cfg.model.backbone,
                      n_outputs=task.n_outputs, n_meta=encoder.dim)
     # the checkpoint's weights replace any pretrained ones: never download or read them
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path="")
@@ -182,4 +255,5 @@ def load_model(path: str | Path, device: torch.device, *, config: RunConfig | No
     model.to(device).eval()
     fold, best_epoch = state.get("fold"), state.get("best_epoch")
     return CheckpointModel(model, encoder, cfg, task, None if fold is None else int(fold),
-                           None if best_epoch is None else int(best_epoch))
+                           None if best_epoch is None else int(best_epoch),
+                           stored_preprocessing(state, cfg, task, path))

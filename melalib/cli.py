@@ -36,6 +36,10 @@ def load_config(args: argparse.Namespace) -> RunConfig:
     preset, layers = getattr(args, "preset", None) or "", []
     if preset:
         get_preset(preset)  # an unknown --preset is named as such, not as the file's error
+    overrides = _command_line(args)
+    if not getattr(args, "config", None):  # one parse: the preset, then the command line
+        return resolve([("command line", _as_layer(overrides))], preset) if overrides \
+            else resolve([], preset)
     try:
         if getattr(args, "config", None):
             file_preset, values = read_yaml_layers(args.config)
@@ -48,6 +52,11 @@ def load_config(args: argparse.Namespace) -> RunConfig:
         if getattr(args, "config", None):
             raise ConfigError(f"{args.config}: {exc}") from exc
         raise
+    return cfg.with_overrides(overrides, source="command line") if overrides else cfg
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """``--set`` items and the flags that set config fields, as ``key=value``."""
     overrides = list(getattr(args, "set", None) or [])
     for flag in ("fold", "name", "output_dir"):
         value = getattr(args, flag, None)
@@ -55,7 +64,19 @@ def load_config(args: argparse.Namespace) -> RunConfig:
             overrides.append(f"{flag}={value}")
     if getattr(args, "overwrite", False):
         overrides.append("overwrite=true")
-    return cfg.with_overrides(overrides, source="command line") if overrides else cfg
+    return overrides
+
+
+def _as_layer(overrides: list[str]) -> dict[str, str]:
+    """``key=value`` items as a `config.resolve` layer (``train.lr``: its last part), as
+    `RunConfig.with_overrides` reads them."""
+    layer = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        layer[key.strip().split(".")[-1]] = value.strip()
+    return layer
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -78,18 +99,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary and args.json:  # empty on the other ranks under torchrun: rank 0 reports
         print(json_text(train_report(summary, cfg.fold), sort_keys=False))
     elif summary:
-        print(train_summary(summary, cfg.fold))
+        print(train_summary(summary, cfg.fold, config=cfg))
     return 0
 
 
-def train_summary(summary: dict[str, Any], fold: int, n_boot: int = 1000) -> str:
+def train_summary(summary: dict[str, Any], fold: int, n_boot: int = 1000,
+                  config: RunConfig | None = None) -> str:
     """What `melalib train` prints: each trained fold's primary metric with its 95 % CI
     (bootstrap over patients) and size, the pooled out-of-fold score once every fold is
-    done, and where every metric is (the run's metrics.json)."""
+    done, and where every metric is (`RunDir.metrics_path`)."""
     report = train_report(summary, fold)
     metric, run_dir = report["primary_metric"] or "", str(report["run_dir"])
     try:
-        run = RunDir.read(run_dir)
+        run = RunDir.read(run_dir, config=config)  # ``config``: parsed already
     except MelalibError:  # no run folder to resample (nothing to add CIs from)
         run = None
     lines = [f"{run_dir}: {len(report['folds_done'] or [])} of {report['n_folds']} folds done"]
@@ -101,7 +123,7 @@ def train_summary(summary: dict[str, Any], fold: int, n_boot: int = 1000) -> str
     if "oof_primary" in report:
         ci = frame_ci(run.task, run.oof(), metric, n_boot) if run is not None else None
         lines.append(f"pooled out-of-fold: {metric} {_fmt(report['oof_primary'])}{_ci(ci)}")
-    where = run.metrics_path() if run is not None else f"{run_dir}/metrics.json"
+    where = (run or RunDir(Path(run_dir), None)).metrics_path()
     lines.append(f"[low, high]: 95 % CI, bootstrap over patients; every metric: {where} "
                  "(--json prints this summary as JSON)")
     return "\n".join(lines)

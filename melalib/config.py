@@ -65,7 +65,7 @@ class DataConfig:
     file_size_feature: bool = False  # default/context features: add the image file size (a shortcut across sources; isic11 always has it)
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
-    missing_images: str = "error"  # listed training rows whose image files are absent (a partial download): error (before anything is written) | drop (train on the rows whose images are all present; missing_images.csv lists the rest)
+    missing_images: str = "error"  # listed training rows whose image files are absent (a partial download): error (before anything is written) | drop (train on the rows whose images are all present; the run lists the rest)
     milk_view: str = "dermoscopic"  # dataset=milk10k: the image a single-image model sees: dermoscopic | clinical (dual_image: both)
     custom_csv: str = ""  # dataset=custom: CSV naming images, labels and metadata
     custom_image_column: str = "image"  # dataset=custom: column of image file names
@@ -154,7 +154,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: The preset the config was resolved from ("" = none) and where each field that is not
     #: at its default came from (flat name -> "preset NAME", "config FILE", "--set", ...);
-    #: set by `resolve`, kept by `with_overrides`, written to run.json. Not config fields.
+    #: set by `resolve`, kept by `with_overrides`, written to the run's provenance. Not config fields.
     preset: ClassVar[str] = ""
     sources: ClassVar[Mapping[str, str]] = {}
 
@@ -164,7 +164,7 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (tuples as lists), as written to config.yaml."""
+        """Nested plain dict (tuples as lists), as a run stores its config."""
         return _plain(dataclasses.asdict(self))
 
     def to_flat(self) -> dict[str, Any]:

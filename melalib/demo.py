@@ -4,7 +4,7 @@
 interpreter) with one shared set of parameters, so they all use one run
 ``<output_dir>/synthetic/`` (its figures in ``figures/``) and the metadata baseline
 ``<output_dir>/synthetic_meta_only/``. The executed notebooks are written to
-``<output_dir>/01_eda.ipynb`` ...; ``<output_dir>/metrics.json`` gathers the headline numbers
+``<output_dir>/01_eda.ipynb`` ...; ``<output_dir>``'s metrics file (named as a run's) gathers the headline numbers
 and ``<output_dir>/demo.json`` the progress. Re-running continues: finished notebooks are
 skipped and an interrupted training resumes from its checkpoints. ``quick`` uses the
 ``tiny`` preset (seconds per notebook); the default uses ``synthetic_demo`` (minutes on 2
@@ -31,6 +31,7 @@ from .errors import ConfigError, MelalibError, RunExistsError
 from .io import write_json
 from .metrics import bootstrap_ci
 from .notebook import NOTEBOOKS, notebooks_dir, parameter_names, project_root, resolve_path
+from .predictions import probabilities
 from .runs import RunDir
 
 log = logging.getLogger("melalib")
@@ -96,7 +97,7 @@ def run_demo(output_dir: str | os.PathLike[str] | None = None, quick: bool = Fal
     notebook extras). A folder holding a demo made with other parameters raises
     RunExistsError unless ``overwrite``, which deletes it first (only a demo folder, or an
     empty one, is ever deleted). Returns ``output_dir``, ``run_dir``, the executed
-    ``notebooks``, the ``figures``, the ``metrics`` (also in ``metrics.json``) and the
+    ``notebooks``, the ``figures``, the ``metrics`` (also in the demo folder's metrics file) and the
     seconds per notebook.
     """
     import papermill  # the Jupyter stack: imported when the demo runs, not with melalib
@@ -175,8 +176,8 @@ def _prepare(out: Path, params: dict[str, Any], overwrite: bool) -> dict[str, An
 def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
     run_dir = out / RUN_NAME
     run = RunDir(run_dir, None)  # its reports, written or not yet (an interrupted demo)
-    training, ensemble = run.metrics(), run.report("ensemble.json")
-    features = run.report("features.json")
+    training, ensemble = run.metrics(), run.report("ensemble_report")
+    features = run.report("features_report")
     metrics = {
         "primary_metric": training.get("primary_metric"),
         "oof_primary": training.get("oof_primary"),
@@ -190,11 +191,11 @@ def _summary(out: Path, seconds: dict[str, float]) -> dict[str, Any]:
         "ensemble_ci": ensemble.get("ci"),
         "test": ensemble.get("test"),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(RunDir(out, None).metrics_path(), metrics)
     return {"output_dir": out, "run_dir": run_dir,
             "notebooks": [out / name for name in NOTEBOOKS],
-            "figures": sorted((run_dir / "figures").glob("*.png")),
-            "submission": run_dir / "submission.csv", "metrics": metrics, "seconds": seconds}
+            "figures": sorted(run.figures_dir().glob("*.png")),
+            "submission": run.output_path("submission"), "metrics": metrics, "seconds": seconds}
 
 
 def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, float] | None:
@@ -208,10 +209,8 @@ def oof_ci(run_dir: Path, metric: str | None, n_boot: int = 1000) -> dict[str, f
         return None
     oof = run.oof()
     groups = oof["group_id"]  # the engine's prediction frame carries each row's group
-    probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
     try:
-        return bootstrap_ci(metric, oof["label"].to_numpy(),
-                            probs[:, 0] if probs.shape[1] == 1 else probs,
+        return bootstrap_ci(metric, oof["label"].to_numpy(), probabilities(run.task, oof),
                             groups=groups.to_numpy(), n_boot=n_boot)
     except MelalibError as exc:
         log.warning("no CI for %s: %s", run_dir.name, exc)

@@ -37,6 +37,7 @@ from . import distributed as ddp
 from . import progress as live
 from . import tracking
 from .checkpoints import (
+    Preprocessing,
     check_compatible,
     load_checkpoint,
     load_model,
@@ -67,7 +68,7 @@ from .models import (
     param_groups,
     set_backbone_trainable,
 )
-from .predictions import prediction_frame
+from .predictions import fold_scores, prediction_frame
 from .pseudo import row_weights
 from .runs import RunDir, RunLock
 from .runtime import (
@@ -153,7 +154,10 @@ def _checked_table(cfg: RunConfig, run: RunDir, table: LesionTable | None, fold:
     """`build_table` (its image pre-flight with a bar under ``progress``), then what the first fold would fail on with this table (pairs for
     ``dual_image``, the loss for the task, the model on the meta device): inside
     `RunDir.start`, so a failure leaves an ``--overwrite``'s old run in place."""
-    built = build_table(cfg, run, table, progress)
+    built, report = build_table(cfg, table, progress)
+    run.write_preflight(report)
+    report.check(run.file("bad_images"))
+    run.save_table(built)
     trained = training_table(built, cfg.data.target)
     check_pairing(cfg, trained)
     fd = fold_data(cfg, trained, max(fold, 0))
@@ -182,7 +186,7 @@ def _finished(run: RunDir, table: LesionTable, cfg: RunConfig, fold: int, *,
 def _setup_file_log(run: RunDir, info: ddp.DistInfo) -> None:
     if not info.is_main:
         return
-    target = str((run.path / "train.log").resolve())
+    target = str(run.file("log").resolve())
     if any(getattr(h, "baseFilename", None) == target for h in log.handlers):
         return
     for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
@@ -329,6 +333,7 @@ class FoldState:
             "history": list(self.history), "backbone": cfg.model.backbone,
             "n_outputs": self.task.n_outputs, "n_meta": self.encoder.dim,
             "meta_encoder": self.encoder.to_dict(),
+            "preprocessing": Preprocessing.of(cfg, self.task).to_dict(),
             "model": {k: v.detach().cpu().clone()
                       for k, v in trainer.model.state_dict().items()},
             "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
@@ -543,7 +548,7 @@ def _validate(job: _Fold, state: FoldState, epoch: int) -> tuple[np.ndarray, flo
 def _remove_stale_checkpoint_temps(run: RunDir, fold: int) -> None:
     """Delete half-written checkpoint temp files (``.fold{k}_*.pt.*.tmp``) that a killed run
     of this fold left behind; only this process writes them, and they can be large."""
-    for tmp in run.path.joinpath("checkpoints").glob(f".fold{fold}_*.pt.*.tmp"):
+    for tmp in run.checkpoint(fold).parent.glob(f".fold{fold}_*.pt.*.tmp"):
         tmp.unlink(missing_ok=True)
         log.info("fold %d: removed %s, left by an interrupted checkpoint write", fold, tmp.name)
 
@@ -598,22 +603,15 @@ def _predict_fold(job: _Fold, state: FoldState) -> dict[str, Any]:
 
 
 def finalize(run: RunDir, task: Task) -> dict[str, Any]:
-    """Pool the finished folds' OOF predictions and write oof.csv and metrics.json."""
+    """Pool the finished folds' OOF predictions and write the run's pooled OOF file and
+    metrics (`RunDir.oof_path`, `RunDir.metrics_path`)."""
     done = run.done_folds()
     summary: dict[str, Any] = {"run_dir": str(run.path), "folds_done": done,
                                "n_folds": run.cfg.data.n_folds, "task": task.to_dict()}
     if not done:
         return summary
     oof = run.oof_by_fold()
-    per_fold = {}
-    for k in done:
-        sub = oof[oof["fold"] == k]
-        try:
-            per_fold[str(k)] = evaluate(task, sub["label"].to_numpy(),
-                                        sub[task.prob_columns].to_numpy())
-        except MelalibError as exc:
-            per_fold[str(k)] = {"error": str(exc)}
-    summary["per_fold"] = per_fold
+    summary["per_fold"] = fold_scores(task, oof, done)
     if len(done) == run.cfg.data.n_folds:
         summary["oof"] = evaluate(task, oof["label"].to_numpy(), oof[task.prob_columns].to_numpy())
         summary["primary_metric"] = task.primary_metric

@@ -33,7 +33,14 @@ from scipy.stats import rankdata
 from .errors import ConfigError, DataError, WriteError
 from .io import check_not_input, write_csv, write_json
 from .metrics import evaluate, metric_for, primary_metric
-from .predictions import align, aligned_frame, check_frame, probabilities, shared_labels
+from .predictions import (
+    align,
+    aligned_frame,
+    check_frame,
+    probabilities,
+    probabilities_of,
+    shared_labels,
+)
 from .runs import RunDir, shared_task
 from .tasks import Task
 
@@ -130,7 +137,7 @@ def search_weights(oof_frames: Sequence[pd.DataFrame], task: Task,
     y = shared_labels(oof_frames, ids, "OOF")
     if y is None:
         raise DataError("search_weights needs OOF frames with a 'label' column (the run "
-                        "folders' oof.csv / oof_fold*.csv)", column="label")
+                        "folders' pooled or per-fold OOF files)", column="label")
     if (y < 0).any() or (y >= task.n_classes).any():
         pos = int(np.flatnonzero((y < 0) | (y >= task.n_classes))[0])
         raise DataError(f"OOF label {y[pos]} of {ids[pos]!r} is outside 0..{task.n_classes - 1}",
@@ -387,10 +394,8 @@ def blend_metrics(blended: Blend) -> dict[str, Any]:
     """Metrics of the blended OOF predictions and the primary metric of each run alone."""
     task, oof = blended.task, blended.oof
     y = oof["label"].to_numpy()
-    per_run = []
-    for df in blended.run_oofs:
-        aligned = df.set_index(df["image_id"].astype(str)).loc[oof["image_id"]]
-        per_run.append(float(primary_metric(task, y, aligned[task.prob_columns].to_numpy())))
+    per_run = [float(primary_metric(task, y, probabilities_of(df, oof["image_id"], task)))
+               for df in blended.run_oofs]
     return {"task": task.to_dict(), "method": blended.method,
             "weights": [float(w) for w in blended.weights], "n_oof": len(oof),
             "primary_metric": task.primary_metric, "per_run_primary": per_run,
@@ -421,7 +426,7 @@ def ensemble_cli(args: argparse.Namespace) -> int:
     metrics_path = write_json(out.with_suffix(".metrics.json"), metrics)
     if blended.test is None:
         raise DataError(f"run(s) {[str(p) for p in blended.no_test]} have no test predictions "
-                        "(test_fold*.csv): their dataset has no test split, so no submission "
+                        "(no per-fold test files): their dataset has no test split, so no submission "
                         f"was written (OOF metrics: {metrics_path})")
     sub = submission(blended.test, blended.task)
     write_csv(out, sub)

@@ -505,7 +505,7 @@ def fold_inputs(run: RunDir, rows: pd.DataFrame, device: str = "auto"
         member = predictor.members[0]
         df = by_id.loc[rows["image_id"].astype(str).iloc[at]].reset_index()
         dataset = make_dataset(member.cfg, table, df, member.encoder.transform(df), train=False,
-                               labelled=False)
+                               labelled=False, preprocessing=member.preprocessing)
         batch = default_collate([dataset[i] for i in range(len(dataset))])
         yield FoldInputs(at, member, predictor.task, batch, dataset.transform.mean,
                          dataset.transform.std)

@@ -9,7 +9,8 @@ of a multiclass scoring), `calibration` (brier, ECE, reliability), `subgroups` (
 ``source`` too when the table has several) and `plots`. ``oof=True`` scores the run's own
 rows out of fold (`oof_table`), `blank_metadata` blanks age, sex and site first.
 `write_evaluation` stores it as a run-like folder (`runs.write_report_folder`: marker kind
-``evaluate``; ``table/`` with the scored task, ``oof.csv`` the scored predictions, so
+``evaluate``; the stored table with the scored task and the pooled OOF file the scored
+predictions, so
 `RunDir.read` opens it). `evaluate_cli` is ``melalib evaluate``.
 """
 
@@ -18,8 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from .inference import Predictor, load_predictor
 from .io import write_csv, write_json
 from .metrics import confusion, evaluate, evaluate_with_ci, per_class_report
 from .predictions import predicted_labels, prediction_frame
-from .runs import RunDir, check_report_folder, git_commit, package_versions, write_report_folder
+from .runs import RunDir, check_report_folder, write_provenance, write_report_folder
 from .shift import FLAG, SCORE, separation
 from .shift import summary as shift_summary
 from .subgroups import DEFAULT_BY, subgroup_metrics
@@ -334,11 +333,8 @@ def _fill(run: RunDir, ev: Evaluation, n_boot_plot: int) -> None:
         "external_ci": {r["metric"]: {k: r[k] for k in ("estimate", "low", "high")}
                         for r in ev.ci.to_dict("records")},
         "class_mapping": ev.dropped, "image_shift": ev.shift, "summary": ev.summary()})
-    write_json(run.path / "run.json", {
-        "kind": KIND, "run": str(ev.run), "source": ev.source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
-        "versions": package_versions(), "git_commit": git_commit(),
-        "table_hash": ev.table.content_hash()})
+    write_provenance(run.path, kind=KIND, run=str(ev.run), source=ev.source,
+                     table_hash=ev.table.content_hash())
     evaluation_figures(ev, run.figures_dir(), n_boot=n_boot_plot)
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .checkpoints import load_model
+from .checkpoints import Preprocessing, load_model
 from .config import RunConfig
 from .data.adapters import is_milk10k_table, load_milk10k_test
 from .device import resolve_device, resolve_precision
@@ -36,7 +36,7 @@ from .ensemble import submission
 from .errors import CheckpointError, ConfigError, DataError, MelalibError, WriteError
 from .io import check_not_input, write_csv
 from .predictions import output_frame
-from .runs import RunDir
+from .runs import LAYOUT, RunDir
 from .runtime import make_dataset, make_loader, predict_probs
 from .shift import FLAG, FLAG_QUANTILE, SCORE, ShiftStats, image_features
 from .shift import summary as shift_summary
@@ -68,6 +68,8 @@ class Member:
     path: Path
     fold: int | None = None
     shift: ShiftStats | None = None  # the fold's image-feature statistics (`melalib.shift`)
+    #: how the model's inputs are made, from its checkpoint (`checkpoints.Preprocessing`)
+    preprocessing: Preprocessing | None = None
 
 
 def load_member(path: Source, device: torch.device, *, config: RunConfig | None = None
@@ -75,7 +77,8 @@ def load_member(path: Source, device: torch.device, *, config: RunConfig | None 
     """Rebuild the model and encoder of one checkpoint (`checkpoints.load_model`);
     CheckpointError if it does not fit."""
     loaded = load_model(path, device, config=config)
-    return Member(loaded.model, loaded.encoder, loaded.cfg, Path(path), loaded.fold), loaded.task
+    return (Member(loaded.model, loaded.encoder, loaded.cfg, Path(path), loaded.fold,
+                   preprocessing=loaded.preprocessing), loaded.task)
 
 
 # ------------------------------------------------------------------------------ predictor
@@ -162,7 +165,8 @@ class Predictor:
             if len(df) == 0:
                 break
             meta = member.encoder.transform(df)
-            dataset = make_dataset(member.cfg, table, df, meta, train=False, labelled=False)
+            dataset = make_dataset(member.cfg, table, df, meta, train=False, labelled=False,
+                                   preprocessing=member.preprocessing)
             workers = member.cfg.data.num_workers if num_workers is None else num_workers
             loader = make_loader(dataset, batch_size, shuffle=False, seed=0,
                                  num_workers=workers)
@@ -260,7 +264,8 @@ def load_predictor(source: Source | Sequence[Source], device: str = "auto") -> P
         run = _trained_run(Path(source))
         folds = run.done_folds()
         if not folds:
-            raise CheckpointError(f"run {run.path} has no finished fold (no oof_fold*.csv); "
+            raise CheckpointError(f"run {run.path} has no finished fold (no "
+                                  f"{LAYOUT['fold_oof'].glob}); "
                                   "train it first or pass a checkpoint file")
         paths = [run.checkpoint(k, "best") for k in folds]
         run_cfg = run.cfg
@@ -316,7 +321,8 @@ def _trained_run(path: Path) -> RunDir:
     except ConfigError as exc:
         raise CheckpointError(f"{exc}; pass a run folder or a checkpoint file") from exc
     if run.cfg is None:
-        raise CheckpointError(f"{path} holds predictions but no models (no config.yaml: a "
+        raise CheckpointError(f"{path} holds predictions but no models (no "
+                              f"{run.file('config').name}: a "
                               "melalib stack folder?); pass a training run or a checkpoint")
     return run
 
@@ -488,8 +494,7 @@ def predict_cli(args: argparse.Namespace) -> int:
         test = table.test
         if test.empty:
             raise DataError("the run's table has no test split; pass --csv or --image-dir "
-                            "to predict other images", file=predictor.run.table_dir() /
-                            "table.csv", column="split")
+                            "to predict other images", file=table.origin, column="split")
         out = predictor.predict(LesionTable(test, table.task, origin=table.origin), tta=tta,
                                 batch_size=batch_size)
     if getattr(args, "tune_thresholds", False):

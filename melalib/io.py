@@ -140,7 +140,7 @@ def one_line(message: str, limit: int = 2000) -> str:
 
 # --------------------------------------------------------------------- the write rule
 #: The marker file a writing command leaves in a folder it created: ``.melalib-<kind>``
-#: (training runs: ``.melalib-run``, kept by `melalib.runs`).
+#: (training runs: `melalib.runs.MARKER`, kept by `melalib.runs`).
 MARKER_PREFIX = ".melalib-"
 
 

@@ -42,7 +42,7 @@ from .errors import ConfigError
 from .io import atomic_path, write_csv, write_json
 from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitivity
 from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
-from .runs import RunDir
+from .runs import LAYOUT, RunDir
 from .table import LesionTable
 
 log = logging.getLogger("melalib")
@@ -156,7 +156,7 @@ def config_table(cfg: RunConfig) -> pd.DataFrame:
 
 def figures_dir(cfg: RunConfig) -> Path:
     """``<output_dir>/<name>/figures/`` (created)."""
-    folder = cfg.run_dir / "figures"
+    folder = RunDir(cfg.run_dir, cfg).figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -178,8 +178,8 @@ def read_runs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[RunDir]:
             raise ConfigError(f"{exc}; train it first (03_train) or fix the `runs` "
                               "parameter") from exc
         if not (run.complete or run.done_folds()):
-            raise ConfigError(f"{path}: no fold has finished (no oof_fold*.csv); train it "
-                              "first (03_train)")
+            raise ConfigError(f"{path}: no fold has finished (no {LAYOUT['fold_oof'].glob}); "
+                              "train it first (03_train)")
         out.append(run)
     return out
 

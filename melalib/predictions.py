@@ -1,6 +1,6 @@
 """The prediction frame: one row per image, ``image_id`` and the task's probability columns.
 
-A run folder's files (``oof_fold{k}.csv``, ``test_fold{k}.csv``, ``oof.csv``) hold
+A run folder's prediction files (per-fold OOF and test files, the pooled OOF file) hold
 ``image_id, group_id, fold`` (+ ``label`` for out-of-fold rows) and ``task.prob_columns``
 of the task the run reports (`melalib.targets.report_task`; a diagnosis-trained run adds
 its ``dx_<class>`` softmax columns). This module builds such frames (`prediction_frame`,
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .arrays import argmax_labels
-from .errors import DataError
-from .metrics import MetricError, bootstrap_ci
+from .errors import DataError, MelalibError
+from .metrics import MetricError, bootstrap_ci, evaluate
 from .targets import diagnosis_columns, report_labels, report_probs, report_task
 from .tasks import Task
 
@@ -29,9 +30,10 @@ TEXT_COLUMNS = {"image_id": str, "group_id": str}
 
 
 # ------------------------------------------------------------------------------ building
-def prediction_frame(df: pd.DataFrame, task: Task, probs: np.ndarray, fold: int, *,
-                     labelled: bool) -> pd.DataFrame:
-    """One fold's predictions of the rows ``df`` as a run folder stores them, in the
+def prediction_frame(df: pd.DataFrame, task: Task, probs: np.ndarray,
+                     fold: int | np.ndarray, *, labelled: bool) -> pd.DataFrame:
+    """One fold's predictions of the rows ``df`` (``fold``: its number, or each row's) as a
+    run folder stores them (the engine's, ``melalib stack``'s), in the
     reported task: a diagnosis-trained model's frame holds the binary label,
     ``prob_melanoma`` = the MEL softmax column and the ``dx_<class>`` probabilities."""
     out = pd.DataFrame({"image_id": df["image_id"].to_numpy(),
@@ -174,6 +176,34 @@ def probabilities(task: Task, frame: pd.DataFrame) -> np.ndarray:
     """The probability columns of a prediction frame: (N,) for binary, else (N, K)."""
     p = frame[task.prob_columns].to_numpy(dtype=np.float64)
     return p[:, 0] if task.kind == "binary" else p
+
+
+def fold_scores(task: Task, frame: pd.DataFrame, folds: Sequence[int] | None = None
+                ) -> dict[str, Any]:
+    """`metrics.evaluate` of each fold's rows of a labelled prediction frame, keyed by the
+    fold as text, folds ascending (``folds``: these, in this order); a fold whose metrics
+    are undefined (one class) gets ``{"error": reason}``. The per-fold scores of a training
+    run's and of a stack's metrics."""
+    out: dict[str, Any] = {}
+    for k in sorted(set(frame["fold"].tolist())) if folds is None else folds:
+        sub = frame[frame["fold"] == k]
+        try:
+            out[str(k)] = evaluate(task, sub["label"].to_numpy(), probabilities(task, sub))
+        except MelalibError as exc:
+            out[str(k)] = {"error": str(exc)}
+    return out
+
+
+def probabilities_of(frame: pd.DataFrame, ids: Sequence[str] | pd.Index, task: Task
+                     ) -> np.ndarray:
+    """`probabilities` of ``frame``'s rows of ``ids`` (text), in that order; DataError when
+    the frame has no row for one of them."""
+    own = _ids(frame)
+    at = own.get_indexer(pd.Index([str(i) for i in ids]))
+    if (at < 0).any():
+        missing = list(ids)[int(np.flatnonzero(at < 0)[0])]
+        raise DataError(f"no prediction for image_id {missing!r}", column="image_id")
+    return probabilities(task, frame.iloc[at])
 
 
 def frame_ci(task: Task, frame: pd.DataFrame, metric: str, n_boot: int = 1000

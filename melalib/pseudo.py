@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError, LeakageError
-from .runs import RunDir
+from .runs import LAYOUT, RunDir
 from .table import LesionTable
 from .tasks import Task
 
@@ -57,7 +57,8 @@ def add_pseudo_labels(table: LesionTable, run_dir: str | Path, threshold: float
                           f"{table.task.name!r}")
     test = run.test_mean()
     if test is None:
-        raise DataError("pseudo_run has no test predictions (test_fold*.csv)", file=run_dir)
+        raise DataError(f"pseudo_run has no test predictions ({LAYOUT['fold_test'].glob})",
+                        file=run_dir)
     labels = pseudo_labels(test, table.task, threshold)
     df = table.df.copy()
     is_test = (df["split"] == "test").to_numpy()

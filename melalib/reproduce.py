@@ -30,8 +30,8 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
     original = RunDir.read(run_dir)
     cfg, info = original.cfg, original.info()
     if cfg is None or info is None:
-        raise ConfigError(f"{run_dir} is not a melalib training run (config.yaml and run.json "
-                          "expected)")
+        raise ConfigError(f"{run_dir} is not a melalib training run ({original.file('config').name} "
+                          f"and {original.file('provenance').name} expected)")
     # folds with an OOF file; one edited since training (its completion record differs:
     # `RunDir.fold_done`) is still compared, and reported in ``changed_since_training``
     done = [k for k in range(cfg.data.n_folds) if original.oof_path(k).is_file()]
@@ -59,7 +59,7 @@ def reproduce(run_dir: str | Path, atol: float = 1e-5, output_dir: str | Path | 
             if len(merged) != len(a) or len(merged) != len(b):
                 diffs[fold] = float("inf")
                 continue
-            cols = [c for c in a.columns if c.startswith("prob_")]
+            cols = list(original.task.prob_columns)  # the run's reported probabilities
             delta = np.abs(merged[[f"{c}_a" for c in cols]].to_numpy()
                            - merged[[f"{c}_b" for c in cols]].to_numpy())
             diffs[fold] = float(delta.max()) if delta.size else 0.0

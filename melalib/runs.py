@@ -1,29 +1,12 @@
 """Run directories: create, resume or refuse; provenance; the run's table and folds.
 
-Layout of ``outputs/<run>/``::
-
-    config.yaml          resolved config (nested), the one `melalib reproduce` reruns
-    run.json             fingerprint, seed, package versions, git commit, table hash
-    table/               table.csv (with folds) + task.json, as trained on
-    checkpoints/         fold{k}_last.pt (resume), fold{k}_best.pt (predictions)
-    history_fold{k}.csv  per-epoch losses, metrics and learning rate
-    features_fold{k}.csv the metadata features the fold's model used
-    shift_fold{k}.npz    the fold's image-feature statistics and OOF threshold (image shift)
-    oof_fold{k}.csv      image_id, group_id, fold, label, prob_<class>...
-    done_fold{k}.json    the fold's completion record: OOF rows, hash of its ids and of the file
-    test_fold{k}.csv     test-split predictions of the fold's model (if a test split)
-    oof.csv, metrics.json  once every fold is done
-    bad_images.csv       unreadable / missing images found by the pre-flight check
-    skipped_images.csv   images left out under skip_bad_images=true (else an error)
-    missing_images.csv   rows left out because their image files are absent
-                         (missing_images=drop; test rows always)
-    unlisted_images.csv  image files beside the listed ones that the table does not name
-    train.log            per-epoch log lines (resumes, warnings)
-
-run.json also counts ``n_skipped_images``, ``n_unlisted_images``, ``n_missing_image_rows``
-(training rows left out) and ``n_missing_image_test_rows``. The notebooks add
-``NOTEBOOK_OUTPUTS`` (figures, their JSON reports, the submission); a folder holding only
-those becomes the run when training starts in it.
+The layout of ``outputs/<run>/`` is `LAYOUT`: one `Entry` per file or folder (name, what
+it holds, who writes it), from which every path below comes; `layout_text` prints it
+(docs/architecture.md shows it). The provenance record (`provenance`, written by
+`write_provenance`) also counts ``n_skipped_images``, ``n_unlisted_images``,
+``n_missing_image_rows`` (training rows left out) and ``n_missing_image_test_rows``. The
+notebooks add ``NOTEBOOK_OUTPUTS`` (figures, their JSON reports, the submission); a folder
+holding only those becomes the run when training starts in it.
 
 `RunDir` is the one reader and writer of this layout: `RunDir.start` / `RunDir.open` for
 training, `RunDir.read` for a read-only view of a finished (or partly finished) run, and of
@@ -45,20 +28,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import yaml
 
 from .config import RunConfig, load_yaml
 from .errors import ConfigError, DataError, RunExistsError, RunLockedError
-from .io import write_error, write_json, write_yaml
+from .io import write_csv, write_error, write_json, write_yaml
 from .predictions import fold_average, read_predictions
-from .table import LesionTable
+from .table import TABLE_FILE, TASK_FILE, LesionTable
 from .tasks import Task
+
+if TYPE_CHECKING:  # data.build imports pseudo, which reads runs
+    from .data.build import Preflight
 
 PACKAGES = ("melalib", "torch", "torchvision", "timm", "albumentations", "numpy", "pandas",
             "scikit-learn", "grad-cam")
@@ -85,22 +71,132 @@ def git_commit(path: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def provenance(**items: Any) -> dict[str, Any]:
+    """``items`` and how the output was made: when, by which command, package versions, git
+    commit, platform. The one provenance record of a run, a stack and an evaluation."""
+    return {**items, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv), "versions": package_versions(),
+            "git_commit": git_commit(), "platform": platform.platform()}
+
+
+def write_provenance(folder: str | os.PathLike[str], **items: Any) -> Path:
+    """Write `provenance` (``items`` first) as ``folder``'s ``run.json``."""
+    return write_json(LAYOUT["provenance"].path(Path(folder)), provenance(**items))
+
+
 MARKER = ".melalib-run"  # melalib's own mark on a run folder it created (JSON: name)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file or folder of a run: its ``name`` (``{k}`` stands for a fold number), what it
+    holds, and who writes it (``train``: `engine` and `data.build`; ``notebook``: the
+    notebooks, kept when training adopts the folder; ``report``: a run-like report folder
+    such as ``melalib evaluate``'s; ``stack``: ``melalib stack``)."""
+
+    name: str
+    about: str
+    writer: str = "train"
+    folder: bool = False
+
+    def path(self, root: Path, fold: int | None = None) -> Path:
+        if "{k}" in self.name:
+            if fold is None:
+                raise ValueError(f"{self.name} needs a fold number")
+            return root / self.name.replace("{k}", str(int(fold)))
+        return root / self.name
+
+    @property
+    def glob(self) -> str:
+        """The name with ``*`` for the fold (``oof_fold*.csv``), for globs and messages."""
+        return self.name.replace("{k}", "*")
+
+    @property
+    def regex(self) -> str:
+        """The concrete names of this entry (``{k}``: any fold number), for ``fullmatch``."""
+        return r"\d+".join(re.escape(part) for part in self.name.split("{k}"))
+
+    @property
+    def spellings(self) -> str:
+        """How code or prose may spell this entry's name: with a number, ``{k}``, ``*`` or
+        any ``{...}`` for the fold (a file name; folders are common words and not searched)."""
+        fold = r"(?:\d+|\*|\{[^}]*\})"
+        core = fold.join(re.escape(part) for part in self.name.split("{k}"))
+        return rf"(?<![\w.]){core}(?![\w])"
+
+
+#: Every file and folder a run holds (and the run-like folders `melalib stack` and
+#: `melalib evaluate` write): the one description `RunDir`'s paths, `RunDir.owns`,
+#: `NOTEBOOK_OUTPUTS`, `REPORT_FILES`, `layout_text` and tests/test_architecture.py's check
+#: that no other module spells these names come from.
+LAYOUT: dict[str, Entry] = {
+    "marker": Entry(MARKER, "melalib's mark on a run it created (JSON: name)"),
+    "config": Entry("config.yaml", "resolved config (nested), the one `melalib reproduce` "
+                    "reruns"),
+    "provenance": Entry("run.json", "fingerprint, seed, preset and sources, versions, git "
+                        "commit, table hash"),
+    "table": Entry("table", "the stored LesionTable (table.csv with folds + task.json), as "
+                   "trained on", folder=True),
+    "checkpoints": Entry("checkpoints", "fold{k}_last.pt (resume), fold{k}_best.pt "
+                         "(predictions)", folder=True),
+    "history": Entry("history_fold{k}.csv", "per-epoch losses, metrics and learning rate"),
+    "features": Entry("features_fold{k}.csv", "the metadata features the fold's model used"),
+    "shift": Entry("shift_fold{k}.npz", "the fold's image-feature statistics and OOF "
+                   "threshold (image shift)"),
+    "fold_oof": Entry("oof_fold{k}.csv", "image_id, group_id, fold, label, prob_<class>..."),
+    "fold_record": Entry("done_fold{k}.json", "the fold's completion record: OOF rows, hash "
+                         "of its ids and of the file"),
+    "fold_metrics": Entry("metrics_fold{k}.json", "the fold's OOF metrics and best epoch"),
+    "fold_test": Entry("test_fold{k}.csv", "test-split predictions of the fold's model (if a "
+                       "test split)"),
+    "oof": Entry("oof.csv", "every fold's OOF predictions, once every fold is done"),
+    "metrics": Entry("metrics.json", "pooled and per-fold OOF metrics, once every fold is "
+                     "done"),
+    "bad_images": Entry("bad_images.csv", "unreadable / missing images found by the "
+                        "pre-flight check"),
+    "skipped_images": Entry("skipped_images.csv", "images left out under "
+                            "skip_bad_images=true (else an error)"),
+    "missing_images": Entry("missing_images.csv", "rows left out for absent image files "
+                            "(missing_images=drop; test rows always)"),
+    "unlisted_images": Entry("unlisted_images.csv", "image files beside the listed ones that "
+                             "the table does not name"),
+    "log": Entry("train.log", "per-epoch log lines (resumes, warnings)"),
+    "figures": Entry("figures", "figures of the notebooks and `melalib evaluate`",
+                     writer="notebook", folder=True),
+    "features_report": Entry("features.json", "notebook 02's feature report",
+                             writer="notebook"),
+    "ensemble_report": Entry("ensemble.json", "notebook 04's blend report", writer="notebook"),
+    "errors_report": Entry("errors.json", "notebook 05's error rates", writer="notebook"),
+    "submission": Entry("submission.csv", "notebook 04's submission", writer="notebook"),
+    "feature_importance": Entry("feature_importance.csv", "the stacker's permutation "
+                                "importance", writer="stack"),
+    "ci": Entry("metrics_ci.csv", "metrics with patient-grouped bootstrap CIs",
+                writer="report"),
+    "confusion": Entry("confusion.csv", "confusion matrix", writer="report"),
+    "per_class": Entry("per_class.csv", "per-class metrics", writer="report"),
+    "subgroups": Entry("subgroups.csv", "metrics per subgroup", writer="report"),
+    "class_mapping": Entry("class_mapping.json", "classes scored, dropped and why",
+                           writer="report"),
+    "image_shift": Entry("image_shift.json", "error rates of shift-flagged rows",
+                         writer="report"),
+}
 #: What the notebooks write into a run folder next to the engine's files (01 and 02 write
 #: theirs before any training: a folder holding only these becomes the run).
-NOTEBOOK_OUTPUTS = ("figures", "features.json", "ensemble.json", "errors.json",
-                    "submission.csv")
+NOTEBOOK_OUTPUTS = tuple(e.name for e in LAYOUT.values() if e.writer == "notebook")
 #: The report tables of a run-like folder (``melalib evaluate``), by `RunDir.report_path`.
-REPORT_FILES = {"ci": "metrics_ci.csv", "confusion": "confusion.csv",
-                "per_class": "per_class.csv", "subgroups": "subgroups.csv",
-                "class_mapping": "class_mapping.json", "shift": "image_shift.json"}
-FOLD_FILE = re.compile(r"(?:oof|test|history)_fold(\d+)\.csv")
-#: Names of the files and folders a run (or ``melalib stack``'s run-like folder) holds.
-RUN_ENTRIES = re.compile(
-    r"config\.yaml|run\.json|train\.log|table|checkpoints|oof\.csv|metrics\.json|"
-    r"(?:oof|test|history|features)_fold\d+\.csv|(?:metrics|done)_fold\d+\.json|"
-    r"(?:bad|skipped|unlisted)_images\.csv|feature_importance\.csv|metrics_ci\.csv|"
-    r"\.melalib-\w+")
+REPORT_FILES = {("shift" if key == "image_shift" else key): e.name
+                for key, e in LAYOUT.items() if e.writer == "report"}
+#: Names of the files and folders a run (or a run-like folder) holds: what `RunDir.owns`.
+RUN_ENTRIES = re.compile("|".join(
+    [e.regex for e in LAYOUT.values() if e.writer != "notebook"] + [r"\.melalib-\w+"]))
+
+
+def layout_text() -> str:
+    """The layout as docs/architecture.md shows it: one line per entry."""
+    width = max(len(e.name) + e.folder for e in LAYOUT.values())
+    return "\n".join(f"{e.name + '/' * e.folder:<{width}}  {e.about}" for e in LAYOUT.values())
+
+
 T = TypeVar("T")
 
 
@@ -228,7 +324,7 @@ def _not_owned(path: Path, name: str) -> RunExistsError:
 
 def _check_links(path: Path) -> None:
     """Refuse a run folder whose sub-folders are symbolic links: writes would leave it."""
-    for sub in ("checkpoints", "table"):
+    for sub in (LAYOUT["checkpoints"].name, LAYOUT["table"].name):
         if (path / sub).is_symlink():
             raise RunExistsError(
                 f"{path / sub} is a symbolic link (to {os.readlink(path / sub)}); melalib "
@@ -335,9 +431,12 @@ def _adoptable(path: Path) -> bool:
     return all(entry.name in NOTEBOOK_OUTPUTS for entry in path.iterdir())
 
 
-def _fold_numbers(path: Path, prefix: str) -> list[int]:
-    """The folds ``k`` of the ``<prefix>_fold{k}.csv`` files in ``path``, ascending."""
-    found = (FOLD_FILE.fullmatch(p.name) for p in path.glob(f"{prefix}_fold*.csv"))
+def _fold_numbers(path: Path, key: str) -> list[int]:
+    """The folds ``k`` of the files of `LAYOUT` entry ``key`` in ``path``, ascending."""
+    name = LAYOUT[key].name
+    pattern = re.compile(r"(\d+)".join(re.escape(part) for part in name.split("{k}")))
+    found = (pattern.fullmatch(p.name) for p in path.glob(glob.escape(name).replace(
+        "{k}", "*")))
     return sorted(int(m.group(1)) for m in found if m)
 
 
@@ -349,11 +448,14 @@ class RunDir:
 
     path: Path
     cfg: RunConfig | None
+    _info: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    _task: Task | None = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- reading
     @classmethod
-    def read(cls, path: str | os.PathLike[str]) -> RunDir:
-        """A read-only view of an existing run folder, with the config it stores.
+    def read(cls, path: str | os.PathLike[str], config: RunConfig | None = None) -> RunDir:
+        """A read-only view of an existing run folder, with the config it stores (``config``:
+        the caller's, already parsed, used as it is when the folder stores exactly it).
 
         What counts as a melalib run is decided here: a folder with ``config.yaml`` (a
         training run), or a run-like folder with ``table/task.json`` and ``oof.csv`` (what
@@ -363,9 +465,9 @@ class RunDir:
         if not path.is_dir():
             raise ConfigError(f"{path} is not a melalib run: no such folder")
         view = cls(path, None)
-        if (path / "config.yaml").is_file():
-            view.cfg = view.load_config()
-        elif not ((path / "table" / "task.json").is_file() and (path / "oof.csv").is_file()):
+        if view.file("config").is_file():
+            view.cfg = view.load_config(known=config)
+        elif not (view.table_dir().joinpath(TASK_FILE).is_file() and view.oof_path().is_file()):
             raise ConfigError(
                 f"{path} is not a melalib run: no config.yaml (a training run) and no "
                 "table/task.json + oof.csv (a run-like folder such as melalib stack writes)")
@@ -373,12 +475,15 @@ class RunDir:
 
     @property
     def task(self) -> Task:
-        """The task of the stored table (``table/task.json``)."""
-        return Task.from_dict(json.loads((self._stored_table() / "task.json").read_text()))
+        """The task of the stored table (``table/task.json``), read once per view."""
+        if self._task is None:
+            self._task = Task.from_dict(
+                json.loads((self._stored_table() / TASK_FILE).read_text()))
+        return self._task
 
     def _stored_table(self) -> Path:
         folder = self.table_dir()
-        if not (folder / "task.json").is_file():
+        if not (folder / TASK_FILE).is_file():
             raise ConfigError(f"{self.path} has no stored table (no table/task.json): the "
                               "run never finished starting; train it first")
         return folder
@@ -436,7 +541,7 @@ class RunDir:
                 run.update_info(fingerprint=cfg.fingerprint())  # fields added since
             if not (path / MARKER).is_file():
                 _write_marker(path, cfg.name)  # a legacy run resumed with its own config
-            write_yaml(path / "config.yaml", cfg.to_dict())
+            write_yaml(run.file("config"), cfg.to_dict())
         return run, run._build(build, created)
 
     def _build(self, build: Callable[[RunDir], T], created: bool = False) -> T:
@@ -447,7 +552,7 @@ class RunDir:
         try:
             result = build(self)
         except BaseException as exc:
-            if created and not (self.path / "bad_images.csv").exists():
+            if created and not self.file("bad_images").exists():
                 _remove_owned(self.path, self.cfg.name)
             elif "table_hash" not in (self.info() or {}):
                 self.update_info(failed_start=f"{type(exc).__name__}: {exc}"[:500])
@@ -455,13 +560,13 @@ class RunDir:
         info = self.info() or {}
         if "failed_start" in info:
             info.pop("failed_start")
-            write_json(self.path / "run.json", info)
+            self._write_info(info)
         return result
 
     def _same_config(self, info: dict[str, Any]) -> bool:
         """True when the folder's config matches; another config is refused here unless
         ``overwrite`` or the folder's start failed (then it is replaced)."""
-        old = self.load_config()
+        old = self.load_config(known=self.cfg)
         diff = (old.result_diff(self.cfg) if old is not None
                 else {} if info.get("fingerprint") == self.cfg.fingerprint()
                 else {"config.yaml": ("missing", "")})
@@ -484,7 +589,7 @@ class RunDir:
         try:
             result = build(staging)  # a failure leaves the old run as it was
         except BaseException:
-            if not (staging.path / "bad_images.csv").exists():  # else kept for its report
+            if not staging.file("bad_images").exists():  # else kept for its report
                 _remove_owned(staging.path, cfg.name)
             raise
         aside = path.with_name(f".{cfg.name}.old-{os.getpid()}")
@@ -501,42 +606,48 @@ class RunDir:
 
     def _create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "checkpoints").mkdir(exist_ok=True)
+        self.file("checkpoints").mkdir(exist_ok=True)
         _write_marker(self.path, self.cfg.name)
         if self.info() is None:
             self._write_provenance()
-        write_yaml(self.path / "config.yaml", self.cfg.to_dict())
+        write_yaml(self.file("config"), self.cfg.to_dict())
 
     def _write_provenance(self) -> None:
-        write_json(self.path / "run.json", {
-            "fingerprint": self.cfg.fingerprint(),
-            "seed": self.cfg.train.seed,
-            "fold_seed": self.cfg.data.fold_seed,
-            "preset": self.cfg.preset,
-            "sources": dict(self.cfg.sources),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv),
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "platform": platform.platform(),
-        })
+        self._info = None
+        write_provenance(self.path, fingerprint=self.cfg.fingerprint(), seed=self.cfg.train.seed,
+                         fold_seed=self.cfg.data.fold_seed, preset=self.cfg.preset,
+                         sources=dict(self.cfg.sources))
 
     def info(self) -> dict[str, Any] | None:
-        p = self.path / "run.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        """The run's provenance (``run.json``; None when there is none), read once per view:
+        later calls return a copy of what this view read or wrote."""
+        if self._info is None:
+            p = self.file("provenance")
+            if not p.is_file():
+                return None
+            self._info = json.loads(p.read_text())
+        return dict(self._info)
 
     def update_info(self, **items: Any) -> None:
         info = self.info() or {}
         info.update(items)
-        write_json(self.path / "run.json", info)
+        self._write_info(info)
 
-    def load_config(self) -> RunConfig | None:
-        """The config stored in ``config.yaml`` (None when there is none)."""
-        p = self.path / "config.yaml"
+    def _write_info(self, info: dict[str, Any]) -> None:
+        write_json(self.file("provenance"), info)
+        self._info = dict(info)
+
+    def load_config(self, known: RunConfig | None = None) -> RunConfig | None:
+        """The config stored in ``config.yaml`` (None when there is none); ``known`` itself
+        when the file stores exactly it (a resumed run's config is not parsed twice)."""
+        p = self.file("config")
         if not p.is_file():
             return None
         try:
-            return RunConfig.from_dict(load_yaml(p.read_text()))
+            stored = load_yaml(p.read_text())
+            if known is not None and stored == known.to_dict():
+                return known
+            return RunConfig.from_dict(stored)
         except (OSError, yaml.YAMLError) as exc:
             reason = " ".join(str(exc).split())[:300]
             raise ConfigError(f"{p}: cannot read the run's config: {reason}") from exc
@@ -553,12 +664,16 @@ class RunDir:
         top = rel.parts[0] if rel.parts else ""
         return not top or top in NOTEBOOK_OUTPUTS or RUN_ENTRIES.fullmatch(top) is not None
 
+    def file(self, key: str, fold: int | None = None) -> Path:
+        """The path of `LAYOUT` entry ``key`` in this run (``fold`` for a per-fold file)."""
+        return LAYOUT[key].path(self.path, fold)
+
     def checkpoint(self, fold: int, kind: str = "last") -> Path:
-        return self.path / "checkpoints" / f"fold{fold}_{kind}.pt"
+        return self.file("checkpoints") / f"fold{fold}_{kind}.pt"
 
     def figures_dir(self) -> Path:
         """Where figures of the run (notebooks, ``melalib evaluate``) go."""
-        return self.path / "figures"
+        return self.file("figures")
 
     def report_path(self, name: str) -> Path:
         """A report table of a run-like folder (`REPORT_FILES`: ``ci``, ``confusion``,
@@ -569,30 +684,30 @@ class RunDir:
 
     def shift_path(self, fold: int) -> Path:
         """Fold ``fold``'s image-shift statistics (`melalib.shift`), written at training."""
-        return self.path / f"shift_fold{fold}.npz"
+        return self.file("shift", fold)
 
     def history_path(self, fold: int) -> Path:
-        return self.path / f"history_fold{fold}.csv"
+        return self.file("history", fold)
 
     def features_path(self, fold: int) -> Path:
         """The metadata features fold ``fold``'s model used (`MetaEncoder.describe`)."""
-        return self.path / f"features_fold{fold}.csv"
+        return self.file("features", fold)
 
     def oof_path(self, fold: int | None = None) -> Path:
         """``oof_fold{k}.csv``, or with no fold the pooled ``oof.csv``."""
-        return self.path / ("oof.csv" if fold is None else f"oof_fold{fold}.csv")
+        return self.file("oof") if fold is None else self.file("fold_oof", fold)
 
     def test_path(self, fold: int) -> Path:
-        return self.path / f"test_fold{fold}.csv"
+        return self.file("fold_test", fold)
 
     def metrics_path(self, fold: int | None = None) -> Path:
         """``metrics_fold{k}.json`` (a fold's scores, best epoch), or with no fold the run's
         ``metrics.json``."""
-        return self.path / ("metrics.json" if fold is None else f"metrics_fold{fold}.json")
+        return self.file("metrics") if fold is None else self.file("fold_metrics", fold)
 
     def fold_record_path(self, fold: int) -> Path:
         """``done_fold{k}.json``: the fold's completion record (`record_fold`)."""
-        return self.path / f"done_fold{fold}.json"
+        return self.file("fold_record", fold)
 
     def record_fold(self, fold: int) -> None:
         """Write fold ``fold``'s completion record: its OOF file's row count, the hash of
@@ -641,12 +756,12 @@ class RunDir:
         """Folds whose OOF predictions are written (of ``n_folds``; for a folder without a
         config, every ``oof_fold{k}.csv`` found)."""
         if self.cfg is None:
-            return _fold_numbers(self.path, "oof")
+            return _fold_numbers(self.path, "fold_oof")
         return [k for k in range(self.cfg.data.n_folds) if self.fold_done(k)]
 
     # ------------------------------------------------------------------ table
     def table_dir(self) -> Path:
-        return self.path / "table"
+        return self.file("table")
 
     def save_table(self, table: LesionTable) -> str:
         """Store the table trained on; a resumed run must see the same content."""
@@ -656,12 +771,36 @@ class RunDir:
             raise DataError(
                 f"the data changed since run {self.path} started (table hash {old[:12]} -> "
                 f"{digest[:12]}); start a new run (another name) or pass --overwrite",
-                file=self.table_dir() / "table.csv")
+                file=self.table_dir() / TABLE_FILE)
         if old is None:
             table.save(self.table_dir())
             self.update_info(table_hash=digest, table_root=os.getcwd(), n_rows=len(table),
                              n_train=int((table.df["split"] == "train").sum()))
         return digest
+
+    def write_preflight(self, report: Preflight) -> None:
+        """Store what building the table found (`melalib.data.build.Preflight`): the rows
+        left out for absent images, unlisted image files, unreadable and skipped images, and
+        their counts in ``run.json``."""
+        counts: dict[str, int] = {}
+        if report.missing is not None:
+            counts.update(n_missing_image_rows=report.n_missing_train,
+                          n_missing_image_test_rows=len(report.missing) - report.n_missing_train)
+            if len(report.missing):
+                write_csv(self.file("missing_images"), report.missing)
+        if report.unlisted is not None:
+            counts["n_unlisted_images"] = len(report.unlisted)
+            if report.unlisted:
+                write_csv(self.file("unlisted_images"), pd.DataFrame({"path": report.unlisted}))
+        if report.bad is not None and len(report.bad):
+            write_csv(self.file("bad_images"), report.bad)
+        if report.skipped is not None:
+            write_csv(self.file("skipped_images"), report.skipped)
+            counts["n_skipped_images"] = len(report.skipped)
+        elif report.bad is not None and not len(report.bad):
+            counts["n_skipped_images"] = 0
+        if counts:
+            self.update_info(**counts)
 
     def table(self) -> LesionTable:
         """The table the run trained on (folds, metadata, hidden test labels), its relative
@@ -719,7 +858,7 @@ class RunDir:
         """The finished folds' test predictions averaged per image (`fold_average`; a
         folder without a config: every ``test_fold{k}.csv``); None when the run has none
         (its dataset has no test split)."""
-        folds = self.done_folds() if self.cfg is not None else _fold_numbers(self.path, "test")
+        folds = self.done_folds() if self.cfg is not None else _fold_numbers(self.path, "fold_test")
         paths = [self.test_path(k) for k in folds]
         frames = [read_predictions(p) for p in paths if p.is_file()]
         return fold_average(frames, self.task) if frames else None
@@ -735,13 +874,22 @@ class RunDir:
     def metrics(self, fold: int | None = None) -> dict[str, Any]:
         """The run's ``metrics.json`` or fold ``fold``'s ``metrics_fold{k}.json``; {} when
         not written yet."""
-        return self.report(self.metrics_path(fold).name)
+        return self.report("metrics") if fold is None else self.report("fold_metrics", fold)
 
-    def report(self, name: str) -> dict[str, Any]:
-        """A JSON file of the run (``metrics.json``, ``metrics_fold{k}.json`` or a notebook's
-        ``features.json`` / ``ensemble.json`` / ``errors.json``); {} when absent."""
-        path = self.path / name
+    def report(self, key: str, fold: int | None = None) -> dict[str, Any]:
+        """A JSON file of the run by its `LAYOUT` key (``metrics``, ``fold_metrics`` or a
+        notebook's ``features_report`` / ``ensemble_report`` / ``errors_report``); {} when
+        absent."""
+        path = self.file(key, fold)
         return json.loads(path.read_text()) if path.is_file() else {}
+
+    def output_path(self, key: str) -> Path:
+        """Where a notebook output of `LAYOUT` goes (``figures``, ``features_report``,
+        ``ensemble_report``, ``errors_report``, ``submission``)."""
+        if LAYOUT[key].writer != "notebook":
+            raise ConfigError(f"{key!r} is not a notebook output; known: "
+                              f"{[k for k, e in LAYOUT.items() if e.writer == 'notebook']}")
+        return self.file(key)
 
 
 def _file_hash(path: Path) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from .pseudo import check_validation, with_pseudo_rows
 from .table import LesionTable
 from .tasks import Task
 from .transforms import build_transforms, tta_views
+
+if TYPE_CHECKING:  # a type hint only: the model's stored preprocessing
+    from .checkpoints import Preprocessing
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -83,20 +86,30 @@ def check_pairing(cfg: RunConfig, table: LesionTable) -> None:
 
 def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.ndarray | None,
                  *, train: bool, labelled: bool = True, seed: int = 0,
-                 encoder: MetaEncoder | None = None) -> LesionDataset:
+                 encoder: MetaEncoder | None = None,
+                 preprocessing: Preprocessing | None = None) -> LesionDataset:
     """Rows ``df`` of ``table`` as model inputs, with the run's (training or evaluation)
     transforms normalised as the backbone's weights expect; a training dataset given the
-    fold's ``encoder`` blanks metadata under ``meta_blanking`` (`features.blanked_variants`)."""
+    fold's ``encoder`` blanks metadata under ``meta_blanking`` (`features.blanked_variants`).
+    ``preprocessing``: a trained model's own (`checkpoints.Preprocessing`, from its
+    checkpoint): input size, aspect, mean / std and image options come from it."""
     check_pairing(cfg, table)
-    mean, std = input_normalization(cfg.model)
-    transform = build_transforms(cfg.data.image_size, train=train, strength=cfg.data.augment,
-                                 seed=seed, aspect=cfg.data.aspect, mean=mean, std=std,
+    if preprocessing is None:
+        mean, std = input_normalization(cfg.model)
+        size, aspect, options = cfg.data.image_size, cfg.data.aspect, \
+            ImageOptions.from_config(cfg.data)
+    else:
+        p = preprocessing
+        mean, std, size, aspect, options = p.mean, p.std, p.image_size, p.aspect, \
+            p.image_options
+    transform = build_transforms(size, train=train, strength=cfg.data.augment,
+                                 seed=seed, aspect=aspect, mean=mean, std=std,
                                  border_aug=cfg.data.border_aug)
     blanking = cfg.train.meta_blanking if train and encoder is not None and meta is not None \
         and meta.shape[1] else 0.0
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
                          paired=cfg.model.dual_image, labelled=labelled,
-                         image_options=ImageOptions.from_config(cfg.data),
+                         image_options=options,
                          meta_variants=blanked_variants(encoder, df) if blanking else None,
                          meta_blanking=blanking)
 

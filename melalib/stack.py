@@ -22,17 +22,17 @@ the runs' own grouped folds: fold ``k``'s rows are predicted by models fitted on
 folds' rows, whose image scores are themselves out-of-fold; test rows get the mean over
 folds. Everything is averaged over ``n_seeds`` seeds (feature subsampling differs per seed).
 
-`stack` writes a run-like folder (``table/``, ``oof_fold{k}.csv``, ``oof.csv``,
-``test_fold{k}.csv``, ``metrics.json``) that `melalib ensemble` and the notebooks read like a
-training run, plus ``run.json`` (inputs, versions, git commit), ``metrics_ci.csv`` (patient-grouped bootstrap CIs), ``baselines.json``
-(each input run and their plain mean blend on the same rows) and ``feature_importance.csv``
-(mean drop of fold ROC-AUC when a feature is permuted).
+`stack` writes a run-like folder through `RunDir` (the stored table, per-fold and pooled OOF
+files, per-fold test files, metrics with the input runs and their plain mean blend on the
+same rows as baselines) that `melalib ensemble` and the notebooks read like a training run,
+plus its provenance (inputs, versions, git commit: `runs.write_provenance`), the metrics
+with patient-grouped bootstrap CIs and the feature importance (mean drop of fold ROC-AUC
+when a feature is permuted); `melalib.runs.LAYOUT` names the files.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,11 +45,12 @@ import pandas as pd
 from .config import RunConfig
 from .data.adapters import load_table
 from .data.build import configured_folds
-from .errors import ConfigError, DataError, LeakageError, MelalibError, WriteError
+from .errors import ConfigError, DataError, LeakageError, WriteError
 from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
-from .runs import RunDir, git_commit, package_versions, shared_task
+from .predictions import fold_scores, prediction_frame, probabilities_of
+from .runs import RunDir, shared_task, write_provenance
 from .table import SITES, LesionTable
 from .tasks import Task
 
@@ -117,8 +118,8 @@ def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
     scores, used = pd.DataFrame(index=table.df["image_id"]), set()
     prob = task.prob_columns[0]
     for run in runs:
-        run_dir, oof, test = run.path, run.oof(), run.test_mean()
-        oof = oof.set_index("image_id")
+        run_dir, frame, test = run.path, run.oof(), run.test_mean()
+        oof = frame.set_index("image_id")
         missing = train.index.difference(oof.index)
         if len(missing):
             raise DataError(_missing_reason(run, missing, len(train), dirs[0]), file=run_dir)
@@ -130,7 +131,7 @@ def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
                                f"{int(train.loc[bad, 'fold'])} in {dirs[0]}: stacking needs "
                                "the same grouped folds")
         column = pd.Series(np.nan, index=scores.index)
-        column[train.index] = oof[prob].reindex(train.index).to_numpy()
+        column[train.index] = probabilities_of(frame, train.index, task)
         if test is not None and len(test_ids):
             t = test.set_index("image_id")[prob]
             column[test_ids.to_numpy()] = t.reindex(test_ids.to_numpy()).to_numpy()
@@ -262,16 +263,6 @@ def _fit_predict(make: ModelFactory, X: pd.DataFrame, y: np.ndarray, folds: np.n
     return oof, test, imp.sort_values("importance", ascending=False).reset_index(drop=True)
 
 
-def _frame(df: pd.DataFrame, task: Task, probs: np.ndarray, fold: Any,
-           labelled: bool) -> pd.DataFrame:
-    out = pd.DataFrame({"image_id": df["image_id"].to_numpy(),
-                        "group_id": df["group_id"].to_numpy(), "fold": fold})
-    if labelled:
-        out["label"] = df["label"].to_numpy().astype(int)
-    out[task.prob_columns[0]] = np.clip(probs, 0.0, 1.0)
-    return out
-
-
 def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str = "hgb",
           n_seeds: int = 3, meta: bool = True, context: bool = True, n_boot: int = 1000,
           importance: bool = True, make: ModelFactory | None = None,
@@ -293,8 +284,9 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
     y = train_df["label"].to_numpy().astype(int)
     oof_p, test_p, imp = _fit_predict(make or make_model(model), X_all[is_train], y, folds,
                                       X_all[~is_train], n_seeds, importance)
-    oof = _frame(train_df, inputs.task, oof_p, folds, labelled=True)
-    tests = {k: _frame(test_df, inputs.task, p, k, labelled=False) for k, p in test_p.items()}
+    oof = prediction_frame(train_df, inputs.task, _column(oof_p), folds, labelled=True)
+    tests = {k: prediction_frame(test_df, inputs.task, _column(p), k, labelled=False)
+             for k, p in test_p.items()}
     metrics = _metrics(inputs, oof, df, n_boot)
     metrics.update(model=model if make is None else "custom", n_seeds=n_seeds, meta=meta,
                    context=context, features=list(X_all.columns),
@@ -306,8 +298,13 @@ def stack(inputs: StackInputs, out_dir: str | Path | None = None, *, model: str 
                        pd.DataFrame(), imp, metrics, out)
 
 
+def _column(probs: np.ndarray) -> np.ndarray:
+    """The stacker's P(positive) as a prediction frame's (N, 1) probabilities."""
+    return np.clip(probs, 0.0, 1.0)[:, None]
+
+
 def _adopt_legacy(out: Path) -> None:
-    """A stack folder written before the marker existed (its run.json says ``"kind":
+    """A stack folder written before the marker existed (its provenance says ``"kind":
     "stack"``) gets the marker, so it stays replaceable with ``overwrite``."""
     if out.is_symlink() or not out.is_dir() or list(out.glob(".melalib-*")):
         return
@@ -333,16 +330,11 @@ def _check_out(out: Path, runs: Sequence[Path]) -> None:
 # ----------------------------------------------------------------------------- report
 def _metrics(inputs: StackInputs, oof: pd.DataFrame, df: pd.DataFrame, n_boot: int
              ) -> dict[str, Any]:
-    """Training-run-shaped metrics.json, plus CIs and the input runs / their mean blend."""
+    """Training-run-shaped metrics, plus CIs and the input runs / their mean blend."""
     task, prob = inputs.task, inputs.task.prob_columns[0]
     y = oof["label"].to_numpy()
     groups = patient_key(df.set_index("image_id").loc[oof["image_id"]].reset_index())
-    per_fold: dict[str, Any] = {}
-    for k, sub in oof.groupby("fold"):
-        try:
-            per_fold[str(k)] = evaluate(task, sub["label"].to_numpy(), sub[prob].to_numpy())
-        except MelalibError as exc:  # a fold with one class (tiny tables)
-            per_fold[str(k)] = {"error": str(exc)}
+    per_fold = fold_scores(task, oof)  # a fold with one class (tiny tables): its error
     ci = evaluate_with_ci(task, y, oof[prob].to_numpy(), groups=groups.to_numpy(),
                           n_boot=n_boot)
     baselines: dict[str, Any] = {}
@@ -375,19 +367,17 @@ def _write(out: Path, inputs: StackInputs, oof: pd.DataFrame, tests: dict[int, p
            imp: pd.DataFrame, metrics: dict[str, Any]) -> None:
     run = RunDir(out, None)  # a run-like folder: `RunDir.read` and `melalib ensemble` read it
     inputs.table.save(run.table_dir())
-    write_json(out / "run.json", {
-        "kind": "stack", "inputs": [str(r) for r in inputs.runs], "model": metrics["model"],
-        "n_seeds": metrics["n_seeds"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv), "versions": package_versions(),
-        "git_commit": git_commit(), "table_hash": inputs.table.content_hash()})
+    write_provenance(out, kind="stack", inputs=[str(r) for r in inputs.runs],
+                     model=metrics["model"], n_seeds=metrics["n_seeds"],
+                     table_hash=inputs.table.content_hash())
     for k, sub in oof.groupby("fold"):
         write_csv(run.oof_path(int(k)), sub.reset_index(drop=True))
     for k, test in tests.items():
         write_csv(run.test_path(k), test)
     write_csv(run.oof_path(), oof.sort_values("image_id").reset_index(drop=True))
-    write_csv(out / "feature_importance.csv", imp)
+    write_csv(run.file("feature_importance"), imp)
     rows = [{"metric": m, **v} for m, v in metrics["oof_ci"].items()]
-    write_csv(out / "metrics_ci.csv", pd.DataFrame(rows))
+    write_csv(run.report_path("ci"), pd.DataFrame(rows))
     write_json(run.metrics_path(), {**metrics, "run_dir": str(out)})
 
 

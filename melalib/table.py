@@ -37,6 +37,9 @@ SEXES = ("male", "female", "unknown")
 SITES = ("head_neck", "upper_extremity", "lower_extremity", "torso", "palms_soles",
          "oral_genital", "unknown")
 SPLITS = ("train", "test")
+#: The files of a stored table (`LesionTable.save`): a run's ``table/`` folder, the
+#: synthetic generator's cache.
+TABLE_FILE, TASK_FILE = "table.csv", "task.json"
 MAX_AGE = 120.0
 
 # Every site word the public datasets use, lower-cased, mapped to the shared vocabulary.
@@ -222,20 +225,20 @@ class LesionTable:
         return hashlib.sha256(payload).hexdigest()
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``table.csv`` and ``task.json`` atomically under ``directory``."""
+        """Write `TABLE_FILE` and `TASK_FILE` atomically under ``directory``."""
         directory = Path(directory)
-        write_csv(directory / "table.csv", self.df)
-        write_json(directory / "task.json", self.task.to_dict())
+        write_csv(directory / TABLE_FILE, self.df)
+        write_json(directory / TASK_FILE, self.task.to_dict())
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> LesionTable:
         directory = Path(directory)
-        task = Task.from_dict(json.loads((directory / "task.json").read_text()))
-        df = pd.read_csv(directory / "table.csv", keep_default_na=True,
+        task = Task.from_dict(json.loads((directory / TASK_FILE).read_text()))
+        df = pd.read_csv(directory / TABLE_FILE, keep_default_na=True,
                          dtype={"image_id": str, "group_id": str, "label_name": str})
         df["label_name"] = df["label_name"].fillna("")
-        return cls(df, task, origin=str(directory / "table.csv")).validate()
+        return cls(df, task, origin=str(directory / TABLE_FILE)).validate()
 
     def select(self, mask: Iterable[bool] | pd.Series) -> LesionTable:
         return LesionTable(self.df[np.asarray(mask, dtype=bool)].copy(), self.task, self.origin)

@@ -176,6 +176,6 @@ def end_run(cfg: RunConfig, run: RunDir, task: Task) -> None:
     if t is None or not run.complete:
         return
     t.log_scores(t.parent_id, task, run.oof())
-    for png in sorted((run.path / "figures").glob("*.png")):
+    for png in sorted(run.figures_dir().glob("*.png")):
         t.client.log_artifact(t.parent_id, str(png), artifact_path="figures")
     t.client.set_terminated(t.parent_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,41 +207,73 @@ def test_the_length_check_counts_methods_and_nested_functions(tmp_path: Path) ->
     assert _long_functions(package, limit=6) == ["pkg.a:10 long (17 lines)"]
 
 
-#: File names of the run-folder layout: only `melalib.runs` may spell them (`RunDir` is the
-#: one reader and writer of run folders; everyone else asks it for paths and frames).
-RUN_FILES = ("oof_fold", "test_fold", "history_fold", "features_fold", "metrics_fold",
-             "oof.csv", "config.yaml")
+REPO = PACKAGE.parent
+#: Where the run-folder layout must not be spelled: the package, the notebooks (code and
+#: narrative), the benchmarks. tests/ and docs/ may name the files.
+SEARCHED = ("melalib/**/*.py", "notebooks/*.ipynb", "benchmarks/*.py")
+#: Files that own a name of their own folder that a run also uses: a stored table's files
+#: (`LesionTable.save`, also the synthetic cache), and `melalib prepare`'s list of skipped
+#: images in its output folder (not a run; `prepare` imports no config).
+OWNERS = {"melalib/runs.py": "*", "melalib/table.py": "table-files",
+          "melalib/data/prepare.py": "skipped_images"}
+#: LAYOUT names that are also the competitions' own file names, used outside runs (the
+#: ``--out`` of `melalib ensemble`, Kaggle bundles): not searched.
+COMMON = {"submission"}
 
 
-def _layout_literals(path: Path) -> list[tuple[int, str]]:
-    """(line, text) of the string literals in code that name a run file the way a path does
-    (no space: ``"oof.csv"``, the ``"oof_fold"`` of ``f"oof_fold{k}.csv"``); messages that
-    mention a file and docstrings are left out."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                       ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr)
-                  and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and id(node) not in docstrings and " " not in node.value
-            and any(f in node.value for f in RUN_FILES)]
+def _layout_patterns() -> dict[str, re.Pattern[str]]:
+    """LAYOUT key -> how code or prose spells that file's name (folders are common words:
+    their paths go through `RunDir` and are covered by its methods), plus the stored table's
+    two files; derived from `melalib.runs.LAYOUT`, never a hand list."""
+    from melalib.runs import LAYOUT
+    from melalib.table import TABLE_FILE, TASK_FILE
+
+    found = {key: re.compile(e.spellings) for key, e in LAYOUT.items()
+             if not e.folder and key not in COMMON}
+    found["table-files"] = re.compile("|".join(rf"(?<![\w.]){re.escape(n)}(?!\w)"
+                                               for n in (TABLE_FILE, TASK_FILE)))
+    return found
+
+
+def _layout_hits(root: Path = REPO, searched: tuple[str, ...] = SEARCHED) -> list[str]:
+    """``path:line name`` for every line outside the owners that spells a run file."""
+    patterns = _layout_patterns()
+    hits = []
+    for glob in searched:
+        for path in sorted(root.glob(glob)):
+            rel = path.relative_to(root).as_posix()
+            allowed = OWNERS.get(rel, "")
+            if allowed == "*":
+                continue
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                hits += [f"{rel}:{n} {key}: {line.strip()[:90]}"
+                         for key, rx in patterns.items() if key != allowed and rx.search(line)]
+    return hits
 
 
 def test_only_runs_spells_the_run_folder_layout() -> None:
-    found = [f"{module}:{line} {text!r}" for module, path in _modules().items()
-             if module != "melalib.runs" for line, text in _layout_literals(path)]
-    assert found == [], "\n".join(found)
+    """The `git grep` of issue 22: no run-folder file name outside melalib/runs.py."""
+    hits = _layout_hits()
+    assert hits == [], "\n".join(hits)
 
 
-def test_layout_check_finds_a_hand_built_path(tmp_path: Path) -> None:
-    source = tmp_path / "m.py"
-    source.write_text('"""Reads oof.csv."""\n'
-                      'def f(run, k):\n    """oof_fold{k}.csv"""\n'
-                      '    a = run / "oof.csv"\n    b = run / f"test_fold{k}.csv"\n'
-                      '    raise ValueError("no oof.csv here")\n')
-    assert _layout_literals(source) == [(4, "oof.csv"), (5, "test_fold")]
+def test_layout_check_finds_every_spelling(tmp_path: Path) -> None:
+    pkg = tmp_path / "melalib"
+    pkg.mkdir()
+    (pkg / "runs.py").write_text('OOF = "oof.csv"\n')  # the owner may spell it
+    (pkg / "m.py").write_text('"""Reads oof.csv."""\n'
+                              'def f(run, k):\n    """oof_fold{k}.csv"""\n'
+                              '    a = run / "run.json"\n    b = run / f"test_fold{k}.csv"\n'
+                              '    c = run.done_folds()  # a method, not a file\n'
+                              '    d = "sub.metrics.json"  # not the run\'s metrics\n'
+                              '    raise ValueError("no shift_fold*.npz, no done_fold3.json")\n')
+    nb = tmp_path / "notebooks"
+    nb.mkdir()
+    (nb / "01.ipynb").write_text('{"source": ["see `task.json`"]}')
+    hits = _layout_hits(tmp_path, ("melalib/**/*.py", "notebooks/*.ipynb"))
+    assert [h.split(" ")[0] for h in hits] == [
+        "melalib/m.py:1", "melalib/m.py:3", "melalib/m.py:4", "melalib/m.py:5",
+        "melalib/m.py:8", "melalib/m.py:8", "notebooks/01.ipynb:1"]
 
 
 def test_importing_melalib_does_not_import_timm() -> None:

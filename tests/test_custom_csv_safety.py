@@ -79,7 +79,7 @@ def test_predefined_folds_are_used_and_audited(tiny_cfg, image_csv) -> None:
     from melalib.data.build import build_table
 
     folds = [(i // 4) % 2 for i in range(16)]  # patients whole, two folds
-    table = build_table(_cfg(tiny_cfg, image_csv(folds)))
+    table, _ = build_table(_cfg(tiny_cfg, image_csv(folds)))
     assert table.df["fold"].tolist() == folds
     leaky = folds.copy()
     leaky[1] = 1 - leaky[1]  # patient P0's second image in the other fold

@@ -96,3 +96,31 @@ def test_with_table_columns_joins_metadata_and_hidden_labels_in_prediction_order
     with pytest.raises(DataError, match="image_id 'z'") as err:
         with_table_columns(pd.DataFrame({"image_id": ["a", "z"]}), table_df)
     assert err.value.row == 2 and err.value.column == "image_id"
+
+
+def test_fold_scores_scores_each_fold_and_names_an_undefined_one() -> None:
+    """The one per-fold loop (training runs' and stacks' metrics): each fold's own rows,
+    folds ascending, and a fold with one class gets its error instead of a score."""
+    from melalib.metrics import evaluate
+    from melalib.predictions import fold_scores
+
+    y = np.array([1, 0, 1, 0, 1, 1])
+    p = np.array([0.9, 0.2, 0.6, 0.4, 0.3, 0.8])
+    frame = pd.DataFrame({"image_id": list("abcdef"), "fold": [1, 1, 1, 1, 0, 0],
+                          "label": y, "prob_melanoma": p})
+    scores = fold_scores(MELANOMA, frame)
+    assert list(scores) == ["0", "1"]
+    assert scores["1"] == evaluate(MELANOMA, y[:4], p[:4])
+    assert "error" in scores["0"]  # fold 0 holds positives only
+    assert list(fold_scores(MELANOMA, frame, [1])) == ["1"]
+
+
+def test_probabilities_of_follows_the_ids_asked_for() -> None:
+    from melalib.predictions import probabilities_of
+
+    frame = pd.DataFrame({"image_id": ["0001", "0002", "0003"],
+                          "prob_melanoma": [0.1, 0.2, 0.3]})
+    np.testing.assert_array_equal(probabilities_of(frame, ["0003", "0001"], MELANOMA),
+                                  [0.3, 0.1])
+    with pytest.raises(DataError, match="no prediction for image_id '0004'"):
+        probabilities_of(frame, ["0001", "0004"], MELANOMA)

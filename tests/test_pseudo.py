@@ -45,7 +45,7 @@ def test_no_pseudo_labelled_row_enters_a_validation_fold(tiny_cfg) -> None:
     from melalib.runtime import fold_data
 
     cfg = tiny_cfg()
-    table = build_table(cfg)
+    table, _ = build_table(cfg)
     df = table.df.copy()
     df[PSEUDO_COLUMN] = -1
     test = (df["split"] == "test").to_numpy()

@@ -49,8 +49,8 @@ def test_read_a_trained_run(tiny_run: RunDir) -> None:
     pd.testing.assert_frame_equal(test, fold_average(folds, run.task))
     history = run.history()
     assert set(history["fold"]) == {0, 1} and len(history) == 2
-    assert run.report("metrics.json")["folds_done"] == [0, 1]
-    assert run.report("ensemble.json") == {}
+    assert run.report("metrics")["folds_done"] == [0, 1]
+    assert run.report("ensemble_report") == {}
     assert shared_task([run, run]) == run.task
 
 
@@ -131,3 +131,62 @@ def test_start_adopts_a_folder_holding_only_notebook_outputs(tmp_path: Path) -> 
     with pytest.raises(RunExistsError, match="not a melalib run"):
         RunDir.open(foreign)
     assert (foreign.run_dir / "notes.txt").read_text() == "keep"
+
+
+def test_every_file_a_run_holds_is_in_the_layout(tiny_run: RunDir) -> None:
+    """`LAYOUT` is the whole layout: what training wrote (the table's and the checkpoints'
+    folders included) is all declared there, and `RunDir.owns` protects each of it."""
+    from melalib.runs import LAYOUT, RUN_ENTRIES
+
+    names = sorted(p.name for p in tiny_run.path.iterdir())
+    undeclared = [n for n in names if RUN_ENTRIES.fullmatch(n) is None]
+    assert undeclared == []
+    assert all(tiny_run.owns(tiny_run.path / n) for n in names)
+    for key in ("config", "provenance", "table", "checkpoints", "oof", "metrics", "log"):
+        assert tiny_run.file(key).exists(), key
+    for key in ("history", "features", "fold_oof", "fold_record", "fold_metrics", "fold_test"):
+        assert tiny_run.file(key, 1).is_file(), key
+    for key in ("shift", "missing_images", "unlisted_images", "bad_images", "ci"):
+        assert tiny_run.owns(LAYOUT[key].path(tiny_run.path, 3)), key
+
+
+def test_layout_text_is_the_documented_layout(repo_root: Path) -> None:
+    """docs/architecture.md shows `layout_text()` verbatim: the page cannot drift."""
+    from melalib.runs import layout_text
+
+    assert layout_text() in (repo_root / "docs" / "architecture.md").read_text()
+
+
+def test_provenance_and_task_are_read_once_per_view(tiny_run: RunDir, monkeypatch) -> None:
+    """`RunDir.info` reads run.json once per view (a copy each time), `RunDir.task` the
+    stored task once (notebook 04 asks each run for it many times)."""
+    view, expected = RunDir.read(tiny_run.path), tiny_run.task
+    reads = []
+    original = Path.read_text
+
+    def counting(self: Path, *args, **kwargs):
+        if self.name in (tiny_run.file("provenance").name, "task.json"):
+            reads.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    first = view.info()
+    first["seed"] = "changed"
+    assert view.info()["seed"] == tiny_run.cfg.train.seed and view.table_root()
+    view.table()
+    assert reads.count("run.json") == 1
+    reads.clear()
+    assert view.task == view.task == expected
+    assert reads == ["task.json"]
+
+
+def test_stack_evaluate_and_runs_share_one_provenance_record(tiny_run: RunDir,
+                                                             tmp_path: Path) -> None:
+    from melalib.runs import provenance, write_provenance
+
+    keys = set(provenance())
+    assert {"created", "command", "versions", "git_commit", "platform"} <= keys
+    assert keys <= set(tiny_run.info())  # a training run's record holds every field
+    written = write_provenance(tmp_path, kind="stack", inputs=["a"])
+    assert set(RunDir(tmp_path, None).info()) == keys | {"kind", "inputs"}
+    assert written == RunDir(tmp_path, None).file("provenance")

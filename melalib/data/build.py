@@ -1,14 +1,18 @@
 """The table a run trains on: loaded (or handed in), images pre-flighted, folds assigned,
-pseudo-labels added, validated and stored in the run folder.
+pseudo-labels added and validated.
 
-`build_table(cfg, run, table=None)` composes the data layer's steps (adapters, image checks,
-folds, pseudo-labels) for `melalib.engine.train`; `preflight_images` is its image check.
+`build_table(cfg, table=None)` composes the data layer's steps (adapters, image checks,
+folds, pseudo-labels) for `melalib.engine.train` and returns the table with its pre-flight
+report (`Preflight`), which the engine stores in the run through `RunDir`;
+`preflight_images` is its image check.
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,9 +20,7 @@ import pandas as pd
 from ..config import DataConfig, RunConfig
 from ..errors import ImageError
 from ..folds import assign_folds, check_predefined_folds
-from ..io import write_csv
 from ..pseudo import add_pseudo_labels
-from ..runs import RunDir
 from ..table import LesionTable
 from .adapters import load_table
 from .dataset import check_images_readable, find_unlisted_images
@@ -43,14 +45,54 @@ def source_table(cfg: RunConfig, table: LesionTable | None = None) -> LesionTabl
     return table
 
 
-def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | None = None,
-                progress: bool = False) -> LesionTable:
+@dataclass
+class Preflight:
+    """What building a run's table found and left out, for the run to store (`RunDir`
+    writes it: `RunDir.write_preflight`): rows left out for absent image files
+    (``missing``: test rows always, training rows under ``missing_images=drop``), image files
+    the table does not name (``unlisted``), unreadable images (``bad``) and the rows left
+    out for them under ``skip_bad_images`` (``skipped``). ``refused``: unreadable images
+    without ``skip_bad_images``; `check` then raises."""
+
+    missing: pd.DataFrame | None = None
+    n_missing_train: int = 0
+    unlisted: list[str] | None = None
+    bad: pd.DataFrame | None = None
+    skipped: pd.DataFrame | None = None
+    origin: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.bad is not None and len(self.bad) > 0 and self.skipped is None
+
+    def check(self, where: Path | None = None) -> None:
+        """ImageError for unreadable images without ``skip_bad_images`` (``where``: the
+        file that lists them, named in the message)."""
+        if not self.refused:
+            return
+        assert self.bad is not None
+        first = self.bad.iloc[0]
+        listed = f"; the list is in {where}" if where is not None else ""
+        raise ImageError(
+            f"{len(self.bad)} image(s) are missing or unreadable ({first['reason']}: "
+            f"{first['path']}){listed}. Fix or remove them, or set skip_bad_images=true to "
+            "train without them (the run then lists them as skipped images)",
+            file=self.origin or None, row=int(first["row"]), column=str(first["column"]))
+
+
+def build_table(cfg: RunConfig, table: LesionTable | None = None, progress: bool = False
+                ) -> tuple[LesionTable, Preflight]:
     """Load the dataset (or take ``table``), leave out rows with absent images
     (`drop_missing`), pre-flight the other images (a progress bar with ``progress``), assign
     grouped folds unless the table has a ``fold`` column (then checked), add pseudo-labels,
-    validate, and store the result in ``run``."""
-    table = drop_missing(load_table(cfg.data) if table is None else table, cfg, run)
-    table = preflight_images(table, cfg, run, progress)
+    validate. Returns the table and its `Preflight` report, which the caller stores and
+    checks (`Preflight.check`); when the pre-flight refuses images the table is returned as
+    it was then, unfolded."""
+    report = Preflight()
+    table = drop_missing(load_table(cfg.data) if table is None else table, cfg, report)
+    table = preflight_images(table, cfg, report, progress)
+    if report.refused:
+        return table, report
     if "fold" in table.df.columns:  # predefined (custom_fold_column, or a table handed in)
         table = check_predefined_folds(table, cfg.data.n_folds)
     else:
@@ -58,76 +100,63 @@ def build_table(cfg: RunConfig, run: RunDir | None = None, table: LesionTable | 
     if cfg.data.pseudo_run:
         table = add_pseudo_labels(table, cfg.data.pseudo_run, cfg.data.pseudo_threshold)
     table.validate()
-    if run is not None:
-        run.save_table(table)
-    return table
+    return table, report
 
 
-def drop_missing(table: LesionTable, cfg: RunConfig, run: RunDir | None) -> LesionTable:
+def drop_missing(table: LesionTable, cfg: RunConfig, report: Preflight | None = None
+                 ) -> LesionTable:
     """``table`` without its rows whose image files are absent: test rows always, training
     rows under ``missing_images=drop`` (else `check_missing` raises). The rows left out go
-    to ``missing_images.csv`` and run.json counts them: ``n_missing_image_rows`` (training
-    rows), ``n_missing_image_test_rows`` (test rows, not predicted)."""
+    to ``report`` (the run lists and counts them: training rows, test rows not predicted)."""
     missing = check_missing(table, cfg)
     gone = left_out_rows(missing, cfg)
     n_train = int((gone["split"] == "train").sum())
-    if run is not None:
-        run.update_info(n_missing_image_rows=n_train,
-                        n_missing_image_test_rows=len(gone) - n_train)
-        if len(gone):
-            write_csv(run.path / "missing_images.csv", gone)
+    if report is not None:
+        report.missing, report.n_missing_train = gone, n_train
     if n_train:
         n_rows = int((table.df["split"] == "train").sum())
         log.warning("missing_images=drop: training on %d of %d training rows; %d left out "
-                    "(absent image files, listed in missing_images.csv)", n_rows - n_train,
+                    "(absent image files, listed in the run folder)", n_rows - n_train,
                     n_rows, n_train)
     if len(gone) > n_train:
-        log.warning("%d test rows have absent image files: not predicted (listed in "
-                    "missing_images.csv)", len(gone) - n_train)
+        log.warning("%d test rows have absent image files: not predicted (listed in the run "
+                    "folder)", len(gone) - n_train)
     return leave_out(table, missing, cfg)
 
 
-def preflight_images(table: LesionTable, cfg: RunConfig, run: RunDir | None,
+def preflight_images(table: LesionTable, cfg: RunConfig, report: Preflight | None = None,
                      progress: bool = False) -> LesionTable:
-    """Every listed image must be readable; bad ones raise, or are skipped and logged.
+    """Every listed image must be readable; bad ones go to ``report`` (which refuses them,
+    `Preflight.check`) or, under ``skip_bad_images``, are left out and logged. Without a
+    ``report`` a bad image raises here.
 
-    Image files next to the listed ones that the table does not name are counted in
-    run.json (``n_unlisted_images``) and listed in ``unlisted_images.csv``, never fatal."""
+    Image files next to the listed ones that the table does not name are counted and
+    listed in ``report``, never fatal."""
+    own = report if report is not None else Preflight()
+    own.origin = table.origin
     if not cfg.model.use_image:
         return table
     unlisted = find_unlisted_images(table.df)  # reported, never fatal
-    if run is not None:
-        run.update_info(n_unlisted_images=len(unlisted))
-        if unlisted:
-            write_csv(run.path / "unlisted_images.csv", pd.DataFrame({"path": unlisted}))
+    own.unlisted = unlisted
     if unlisted:
         log.warning("%d image file(s) next to the listed images are not in the table, e.g. %s",
                     len(unlisted), unlisted[0])
     bad = check_images_readable(table.df, workers=max(1, cfg.data.num_workers),
                                 options=ImageOptions.from_config(cfg.data), progress=progress)
+    own.bad = bad
     if bad.empty:
-        if run is not None:
-            run.update_info(n_skipped_images=0)
         return table
-    if run is not None:
-        write_csv(run.path / "bad_images.csv", bad)
-    where = f"; the list is in {run.path / 'bad_images.csv'}" if run is not None else ""
     if not cfg.data.skip_bad_images:
-        first = bad.iloc[0]
-        raise ImageError(
-            f"{len(bad)} image(s) are missing or unreadable ({first['reason']}: {first['path']})"
-            f"{where}. Fix or remove them, or set skip_bad_images=true to train without them "
-            "(they are then listed in skipped_images.csv)",
-            file=table.origin or None, row=int(first["row"]), column=str(first["column"]))
+        if report is None:
+            own.check()
+        return table
     rows = sorted(set(bad["row"].astype(int) - 1))
     keep = np.ones(len(table.df), dtype=bool)
     keep[rows] = False
-    if run is not None:
-        skipped = table.df.iloc[rows][["image_id", "split"]].assign(
-            reason=bad.groupby("row")["reason"].first().to_numpy())
-        write_csv(run.path / "skipped_images.csv", skipped)
-        run.update_info(n_skipped_images=len(rows))
+    own.skipped = table.df.iloc[rows][["image_id", "split"]].assign(
+        reason=bad.groupby("row")["reason"].first().to_numpy())
     n_train = int((table.df["split"].iloc[rows] == "train").sum())
     log.warning("skip_bad_images: leaving out %d of %d rows (%d training, %d test) with "
-                "unreadable images%s", len(rows), len(keep), n_train, len(rows) - n_train, where)
+                "unreadable images (listed in the run folder)", len(rows), len(keep), n_train,
+                len(rows) - n_train)
     return table.select(keep)

@@ -9,10 +9,10 @@ single-image model uses, every row of the comparison trains on the same lesions)
 
 - ``error`` (default): `check_missing` raises one `ImageError` naming the count and the
   first absent file before a run folder is written (``skip_bad_images=true``, the older and
-  broader opt-out, instead leaves them to the image pre-flight, which skips them into
-  ``skipped_images.csv``);
+  broader opt-out, instead leaves them to the image pre-flight, which skips them and lists
+  them in the run);
 - ``drop``: training uses the rows whose images are all present; the others are listed with
-  the reason (``missing_images.csv``) and counted in run.json.
+  the reason and counted in the run (`melalib.runs.RunDir.write_preflight`).
 
 Test rows whose images are absent never block training: they are left out of the test
 predictions and listed with ``split`` test, never counted as training rows left out.
@@ -97,7 +97,7 @@ def check_missing(table: LesionTable, cfg: RunConfig) -> Missing:
             f"lists them) have absent image files (first missing: {first['first_path']}, image_id "
             f"{first['image_id']}). A partial download? Set missing_images=drop to train on "
             f"the {n_rows - len(train)} rows whose images are all present (the others are "
-            "then listed in the run's missing_images.csv); nothing was written",
+            "then listed in the run folder); nothing was written",
             file=table.origin or None, row=int(first["row"]),
             column=first["missing"].split()[0])
     return missing

@@ -2,7 +2,7 @@
 
 ``make_synthetic(out_dir, task, n_patients, image_size, seed)`` draws patients, their
 lesions and images, and writes JPEGs under ``out_dir/images/``, the true lesion masks under
-``out_dir/masks/`` (PNG, read with `lesion_mask`), ``table.csv`` / ``task.json``
+``out_dir/masks/`` (PNG, read with `lesion_mask`), the stored table
 (`LesionTable.save`) and ``meta.json`` (parameters, version, table checksum).
 
 How labels relate to what a model can see:
@@ -26,7 +26,7 @@ giving each non-dominant class up to 5 distinct training patients (grouped 5-fol
 About 15 % of patients (whole patients) form the test split: ``label`` -1, ``label_name``
 "", their true labels kept in ``true_label`` for scoring. The binary table's training rows
 carry the lesion's look as an ISIC ``diagnosis`` (MEL, NV, BKL, DF, VASC) for
-``target=diagnosis``. ``table.csv`` stores image paths
+``target=diagnosis``. The stored table keeps image paths
 relative to ``out_dir``; the returned table holds absolute paths.
 """
 
@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import ConfigError, DataError
 from ..io import write_json
-from ..table import SITES, LesionTable
+from ..table import SITES, TABLE_FILE, TASK_FILE, LesionTable
 from ..tasks import HAM7, MELANOMA, MILK11, Task
 
 VERSION = 3  # 2: true lesion masks under masks/; 3: binary diagnosis column
@@ -218,14 +218,14 @@ def _load_cached(out: Path, params: dict[str, Any]) -> LesionTable:
         diff = {k: (stored[k], params[k]) for k in _PARAMS if stored[k] != params[k]}
         raise DataError(f"holds a synthetic dataset made with other parameters "
                         f"(stored, asked): {diff}; pick another folder", file=out)
-    table_csv = out / "table.csv"
+    table_csv = out / TABLE_FILE
     try:
         digest = hashlib.sha256(table_csv.read_bytes()).hexdigest()
     except OSError:
         digest = None
-    if digest != meta.get("table_sha256") or not (out / "task.json").is_file():
-        raise DataError("the synthetic dataset is incomplete or was modified (table.csv / "
-                        "task.json); pick another folder", file=out)
+    if digest != meta.get("table_sha256") or not (out / TASK_FILE).is_file():
+        raise DataError(f"the synthetic dataset is incomplete or was modified ({TABLE_FILE} / "
+                        f"{TASK_FILE}); pick another folder", file=out)
     table = LesionTable.load(out)
     for column in ("image_path", "image_path_2"):
         if column in table.df.columns:
@@ -285,7 +285,7 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
     LesionTable(df, task).save(folder)
     meta = {**params, "positive_rate": POSITIVE_RATE if task_name == "binary" else None,
             "test_fraction": TEST_FRACTION, "n_rows": len(df), "jpeg_quality": JPEG_QUALITY,
-            "table_sha256": hashlib.sha256((folder / "table.csv").read_bytes()).hexdigest()}
+            "table_sha256": hashlib.sha256((folder / TABLE_FILE).read_bytes()).hexdigest()}
     write_json(folder / "meta.json", meta)  # written last
 
 
