@@ -11,8 +11,8 @@ Which images: `select_rows` (chosen ids, or `error_table`'s most confident error
 calls of a kind); which class: `explained_classes` (the run's own TTA-averaged call, the
 true class, or a named class); `explain` draws the maps with a pytorch-grad-cam method
 (`CAM_METHODS`) at a chosen layer, optionally averaged over TTA views, or with the same
-architecture's random weights (the floor). `melalib explain` (`explain_cli`) writes them to
-a folder it owns. How the maps localise is measured in `melalib.localize`; how faithful
+architecture's random weights (the floor). `melalib explain` (`melalib.cli.evaluate`) writes
+them to a folder it owns. How the maps localise is measured in `melalib.localize`; how faithful
 they are, and how much the border drives the prediction, in `melalib.faithful`.
 """
 

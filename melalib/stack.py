@@ -31,7 +31,6 @@ training run, plus ``run.json`` (inputs, versions, git commit), ``metrics_ci.csv
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,9 +41,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
-from .data.adapters import load_table
-from .data.build import configured_folds
 from .errors import ConfigError, DataError, LeakageError, MelalibError, WriteError
 from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
@@ -399,23 +395,3 @@ def summary_table(result: StackResult) -> pd.DataFrame:
                     for m in ("roc_auc", "pr_auc", "pauc_80") if m in v}
              for name, v in rows.items()}
     return pd.DataFrame(table).T.rename_axis("model")
-
-
-def stack_cli(args: Any, cfg: RunConfig) -> int:
-    """``melalib stack RUN... --name NAME`` (or no runs + a data config: metadata alone);
-    ``cfg`` is the command line's config (`melalib.cli.load_config`)."""
-    if args.runs:
-        inputs = load_inputs(args.runs)
-    else:
-        inputs = table_inputs(configured_folds(load_table(cfg.data), cfg.data))
-    out = Path(cfg.output_dir) / (args.name or "stack")
-    result = stack(inputs, out, model=args.model, n_seeds=args.seeds, meta=not args.no_meta,
-                   context=not args.no_context, n_boot=args.n_boot, overwrite=args.overwrite)
-    ci = result.metrics["oof_ci"]
-    print(json.dumps({"run_dir": str(out), "seconds": result.metrics["seconds"],
-                      **{m: [round(ci[m][k], 4) for k in ("estimate", "low", "high")]
-                         for m in ("roc_auc", "pauc_80") if m in ci},
-                      "baselines": {b: round(v["roc_auc"]["estimate"], 4)
-                                    for b, v in result.metrics["baselines"].items()}},
-                     indent=2))
-    return 0

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from melalib.cli.predict import predict_cli
 from melalib.config import RunConfig
 from melalib.engine import train
 from melalib.errors import ConfigError
 from melalib.features import MetaEncoder
-from melalib.inference import drift_file, load_predictor, predict_cli
+from melalib.inference import drift_file, load_predictor
 from melalib.runs import RunDir
 from melalib.transforms import ASPECTS, build_transforms, denormalize
 

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 
 from melalib import notebook as nbh
+from melalib.cli.combine import ensemble_cli
 from melalib.config import RunConfig
 from melalib.ensemble import (
     blend,
     blend_metrics,
     combine,
     compare_blends,
-    ensemble_cli,
     search_weights,
     submission,
     submission_format,

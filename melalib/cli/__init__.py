@@ -3,6 +3,9 @@ demo | presets | weights | kaggle-bundle | explain.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
+The parser and the training / run commands live here; the handlers of the other command
+groups in `melalib.cli.predict` (predict), `melalib.cli.combine` (ensemble, stack) and
+`melalib.cli.evaluate` (evaluate, explain). No library module imports argparse.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from .. import __version__
 from ..config import RunConfig, get_preset, read_yaml_layers, resolve
 from ..data.prepare import PREPARE_ASPECTS, prepare_images
-from ..ensemble import BLENDS, ensemble_cli
+from ..ensemble import BLENDS
 from ..errors import ConfigError, MelalibError
 from ..io import check_not_input, json_text, one_line
 from ..localize import BORDER, MISSING
@@ -24,7 +27,7 @@ from ..predictions import frame_ci
 from ..presets import PRESETS, describe
 from ..reproduce import reproduce
 from ..runs import RunDir
-from ..stack import stack_cli
+from .combine import ensemble_cli, stack_cli
 
 # engine, inference and weights (timm), demo and kaggle (the Jupyter stack) are imported by
 # their subcommands: `melalib --help`, `melalib presets` and `melalib prepare` stay quick.
@@ -145,13 +148,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..inference import predict_cli  # timm (see the note above)
+    from .predict import predict_cli  # timm (see the note above)
 
     return predict_cli(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..external import evaluate_cli  # timm (see the note above)
+    from .evaluate import evaluate_cli  # timm (see the note above)
 
     return evaluate_cli(args)
 
@@ -203,7 +206,7 @@ def _fmt(value: Any) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ..explain_run import explain_cli  # timm and pytorch-grad-cam (see the note above)
+    from .evaluate import explain_cli  # timm and pytorch-grad-cam (see the note above)
 
     return explain_cli(args)
 
