@@ -11,7 +11,7 @@ import pandas as pd
 from ..data.adapters import is_milk10k_table, load_milk10k_test
 from ..ensemble import submission
 from ..errors import ConfigError, DataError, WriteError
-from ..inference import Predictor, drift_file, drift_warnings, load_predictor
+from ..inference import Predictor, drift_file, load_predictor
 from ..io import check_not_input, write_csv
 from ..table import LesionTable
 from ..thresholds import bake, run_thresholds
@@ -27,7 +27,9 @@ def predict_cli(args: argparse.Namespace) -> int:
     ``--format``: ``frame`` (image_id + prob columns), ``submission`` (the task's competition
     format, `ensemble.submission`), ``auto`` (submission for a MILK10k table, else frame).
     ``--tune-thresholds``: per-class thresholds tuned on the run's OOF are baked into the
-    probabilities (`thresholds.bake`), so the official 0.5 rule applies them.
+    probabilities (`thresholds.bake`), so the official 0.5 rule applies them. Each metadata
+    feature outside the training distribution is warned once (logged by `Predictor.predict`);
+    the whole drift table goes to ``<out>_metadata_drift.csv``.
     """
     predictor = load_predictor(args.source)
     csv = getattr(args, "csv", None)
@@ -49,8 +51,7 @@ def predict_cli(args: argparse.Namespace) -> int:
     elif csv or image_dir:
         out = predictor.predict_folder(image_dir, csv,
                                        image_column=getattr(args, "image_column", "image"),
-                                       image2_column=getattr(args, "image2_column", None)
-                                       or "image2", tta=tta, batch_size=batch_size)
+                                       tta=tta, batch_size=batch_size)
     else:
         if predictor.run is None:
             raise ConfigError(f"{args.source} is a checkpoint outside a run folder: pass --csv "
@@ -75,8 +76,6 @@ def predict_cli(args: argparse.Namespace) -> int:
         print(predictor.last_shift)
     if predictor.last_drift is not None and not predictor.last_drift.empty:
         drift_path = write_csv(drift_file(path), predictor.last_drift)
-        for line in drift_warnings(predictor.last_drift):
-            print(f"WARNING: {line}")
         print(f"metadata drift per feature: {drift_path}")
     return 0
 
