@@ -46,7 +46,7 @@ from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .runs import RunDir, git_commit, package_versions, shared_task
-from .table import SITES, LesionTable
+from .table import SITES, LesionTable, patient_key
 from .tasks import Task
 
 MODELS = ("hgb", "logistic")
@@ -159,15 +159,6 @@ def table_inputs(table: LesionTable) -> StackInputs:
 
 
 # --------------------------------------------------------------------------- features
-def patient_key(df: pd.DataFrame) -> pd.Series:
-    """``patient_id`` where known, else ``group_id`` (ISIC 2019 rows: the lesion)."""
-    group = df["group_id"].astype(str)
-    if "patient_id" not in df.columns:
-        return group
-    pid = df["patient_id"]
-    return pid.where(pid.notna() & (pid.astype(str) != ""), group).astype(str)
-
-
 def _within_patient(values: pd.Series, patient: pd.Series, name: str,
                     ratio: bool = False) -> dict[str, np.ndarray]:
     g = values.groupby(patient)
