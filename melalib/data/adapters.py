@@ -458,7 +458,6 @@ def is_milk10k_table(columns: Iterable[str]) -> bool:
 
 
 MILK_META = ("lesion_id", "image_type", "isic_id", "age_approx", "sex", "site")
-MILK_AGREE = ("age_approx", "sex", "site", "skin_tone_class")
 #: the ``milk_view`` choices: which image of the pair is ``image_path`` (a single-image
 #: model's input; ``image_path_2`` holds the other)
 MILK_VIEWS = ("dermoscopic", "clinical")

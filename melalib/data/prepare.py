@@ -46,7 +46,6 @@ SOURCES_FILE = "prepare_sources.json"  # output name -> [size, mtime_ns] of its 
 SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
 LINEAR_BELOW = 2.0  # bilinear while the remaining downscale is below this; LANCZOS above
-_EXIF_ORIENTATION = 0x0112
 #: ``keep`` (shorter side = size, aspect ratio kept) or a training ``aspect`` baked in.
 PREPARE_ASPECTS = ("keep", *ASPECTS)
 
