@@ -33,14 +33,13 @@ from .errors import ConfigError, DataError
 from .metrics import evaluate, metric_for, primary_metric
 from .predictions import align, aligned_frame, check_frame, probabilities, shared_labels
 from .runs import RunDir, shared_task
-from .tasks import Task
+from .tasks import Task, melanoma_class
 
 METHODS = ("mean", "rank", "geometric")
 #: `blend` methods: search = the mean with weights searched on OOF; best = the candidate of
 #: `candidates` (each run alone, the blends, the searched weights) with the best OOF score
 BLENDS = (*METHODS, "search", "best")
 FORMATS = ("isic2020", "ham10000", "isic2019", "milk10k")
-MELANOMA_NAMES = ("melanoma", "mel")
 EPS = 1e-7
 MAX_GRID = 5000  # simplex points above which search_weights optimises with scipy instead
 
@@ -186,9 +185,9 @@ def _scipy_candidates(key: Callable[[np.ndarray], tuple[float, float]], m: int, 
 def _melanoma_column(task: Task) -> str:
     if task.kind == "binary":
         return task.prob_columns[0]
-    for name in task.classes:
-        if name.lower() in MELANOMA_NAMES:
-            return f"prob_{name}"
+    index = melanoma_class(task)
+    if index is not None:
+        return task.prob_columns[index]
     raise ConfigError(f"task {task.name!r} has no melanoma class for an ISIC 2020 submission "
                       f"(classes {list(task.classes)})")
 

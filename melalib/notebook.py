@@ -44,6 +44,7 @@ from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitiv
 from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
 from .runs import RunDir
 from .table import LesionTable
+from .tasks import melanoma_class
 
 log = logging.getLogger("melalib")
 
@@ -432,12 +433,12 @@ def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int
     y = np.asarray(y).astype(int)
     title = ""
     if task.kind != "binary":
-        mel = [i for i, c in enumerate(task.classes) if c.lower() in ("mel", "melanoma")]
-        if not mel:
+        mel = melanoma_class(task)
+        if mel is None:
             note("ROC / PR curves are drawn for a melanoma-vs-rest score; this task has no "
                  "melanoma class: see the per-class report.")
             return []
-        y, p, title = (y == mel[0]).astype(int), p[:, mel[0]], ", melanoma vs rest"
+        y, p, title = (y == mel).astype(int), p[:, mel], ", melanoma vs rest"
     where = Path(figures) if figures is not None else None
     return [
         plots.roc_curve_plot(y, p, groups=groups, n_boot=n_boot, name=name,

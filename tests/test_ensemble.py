@@ -368,3 +368,19 @@ def test_every_blend_method_runs_from_the_command_line(tmp_path: Path,
     with pytest.raises(SystemExit) as info:
         main(["ensemble", *map(str, runs), "--method", "median", "--out", "x.csv"])
     assert info.value.code == 2 and "invalid choice: 'median'" in capsys.readouterr().err
+
+
+def test_one_melanoma_class_lookup_for_every_task() -> None:
+    """`tasks.melanoma_class` finds mel / MEL / melanoma in any task (the submission's
+    ISIC 2020 column, the error tables' and the notebooks' melanoma-vs-rest); a task without
+    one gets None, and an ISIC 2020 submission of it is refused."""
+    from melalib.tasks import ISIC2019_8, ISIC2024, melanoma_class
+
+    assert [melanoma_class(t) for t in (MELANOMA, HAM7, ISIC2019_8, MILK11, ISIC2024, TRI)] == [
+        1, 4, 0, 7, None, None]
+    probs = np.tile(np.linspace(0.05, 0.4, 8), (2, 1))
+    sub = submission(frame(["ISIC_a", "ISIC_b"], probs, ISIC2019_8), ISIC2019_8,
+                     format="isic2020")
+    assert sub["target"].tolist() == [0.05, 0.05]  # the MEL column, first of ISIC 2019's
+    with pytest.raises(ConfigError, match="no melanoma class"):
+        submission(frame(["x"], [[0.2, 0.3, 0.5]], TRI), TRI, format="isic2020")
