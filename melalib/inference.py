@@ -29,6 +29,7 @@ from torch import nn
 
 from .checkpoints import load_model
 from .config import RunConfig
+from .data.images import IMAGE_EXTENSIONS
 from .device import resolve_device, resolve_precision
 from .errors import CheckpointError, ConfigError, DataError, MelalibError
 from .predictions import output_frame
@@ -41,7 +42,6 @@ from .tasks import Task
 
 log = logging.getLogger("melalib")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Column names accepted for the canonical metadata in a user's CSV (first match wins).
 ALIASES = {
     "age": ("age", "age_approx"),
