@@ -496,25 +496,18 @@ def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], task: Any,
 
 
 def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:
-    """Write ``sections`` (DataFrames become records) as JSON, atomically."""
-    def plain(value: Any) -> Any:
+    """Write ``sections`` (DataFrames become records, Series and dicts text-keyed dicts) as
+    JSON, atomically; numbers, NaN and paths as `io.write_json` writes every JSON file."""
+    def tables(value: Any) -> Any:
         if isinstance(value, pd.DataFrame):
             return json_records(value)
-        if isinstance(value, pd.Series):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (pd.Series, dict)):
+            return {str(k): tables(v) for k, v in value.items()}
         if isinstance(value, (list, tuple, np.ndarray)):
-            return [plain(v) for v in value]
-        if isinstance(value, (np.floating, float)):
-            return None if not np.isfinite(value) else float(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        if isinstance(value, Path):
-            return str(value)
+            return [tables(v) for v in value]
         return value
 
-    return write_json(path, {k: plain(v) for k, v in sections.items()})
+    return write_json(path, {k: tables(v) for k, v in sections.items()})
 
 
 def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
