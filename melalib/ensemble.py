@@ -16,7 +16,6 @@ calibrated probability (a multiclass rank blend does not sum to 1 per row).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import os
@@ -30,8 +29,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from .errors import ConfigError, DataError, WriteError
-from .io import check_not_input, write_csv, write_json
+from .errors import ConfigError, DataError
 from .metrics import evaluate, metric_for, primary_metric
 from .predictions import (
     align,
@@ -42,14 +40,13 @@ from .predictions import (
     shared_labels,
 )
 from .runs import RunDir, shared_task
-from .tasks import Task
+from .tasks import Task, melanoma_class
 
 METHODS = ("mean", "rank", "geometric")
 #: `blend` methods: search = the mean with weights searched on OOF; best = the candidate of
 #: `candidates` (each run alone, the blends, the searched weights) with the best OOF score
 BLENDS = (*METHODS, "search", "best")
 FORMATS = ("isic2020", "ham10000", "isic2019", "milk10k")
-MELANOMA_NAMES = ("melanoma", "mel")
 EPS = 1e-7
 MAX_GRID = 5000  # simplex points above which search_weights optimises with scipy instead
 
@@ -195,9 +192,9 @@ def _scipy_candidates(key: Callable[[np.ndarray], tuple[float, float]], m: int, 
 def _melanoma_column(task: Task) -> str:
     if task.kind == "binary":
         return task.prob_columns[0]
-    for name in task.classes:
-        if name.lower() in MELANOMA_NAMES:
-            return f"prob_{name}"
+    index = melanoma_class(task)
+    if index is not None:
+        return task.prob_columns[index]
     raise ConfigError(f"task {task.name!r} has no melanoma class for an ISIC 2020 submission "
                       f"(classes {list(task.classes)})")
 
@@ -401,36 +398,3 @@ def blend_metrics(blended: Blend) -> dict[str, Any]:
             "primary_metric": task.primary_metric, "per_run_primary": per_run,
             "oof": evaluate(task, y, oof[task.prob_columns].to_numpy()),
             "runs": [str(r.path) for r in blended.runs]}
-
-
-# ------------------------------------------------------------------------------------- CLI
-def ensemble_cli(args: argparse.Namespace) -> int:
-    """``melalib ensemble RUN... --method mean|rank|geometric|search --out submission.csv``.
-
-    `blend` of the runs; ``search`` fits weights on the runs' OOF predictions (printed) and
-    applies them to the fold-averaged test predictions (weighted mean). The blend's OOF
-    metrics go to ``<out stem>.metrics.json`` (``sub.csv`` -> ``sub.metrics.json``).
-    """
-    blended = blend(args.runs, args.method)
-    if args.method == "search":
-        print("weights searched on OOF: " + ", ".join(
-            f"{r.path}={w:.3f}" for r, w in zip(blended.runs, blended.weights, strict=True)))
-    metrics = blend_metrics(blended)
-    out = Path(args.out)
-    for target in (out, out.with_suffix(".metrics.json")):  # never over an input run's files
-        check_not_input(target, [], "output file")
-        owner = next((r for r in blended.runs if r.owns(target)), None)
-        if owner is not None:
-            raise WriteError(f"output file {target} is one of run {owner.path}'s own files, "
-                             "which ensemble reads; write the submission elsewhere")
-    metrics_path = write_json(out.with_suffix(".metrics.json"), metrics)
-    if blended.test is None:
-        raise DataError(f"run(s) {[str(p) for p in blended.no_test]} have no test predictions "
-                        "(no per-fold test files): their dataset has no test split, so no submission "
-                        f"was written (OOF metrics: {metrics_path})")
-    sub = submission(blended.test, blended.task)
-    write_csv(out, sub)
-    primary = metrics["oof"].get(blended.task.primary_metric)
-    print(f"wrote {out} ({len(sub)} rows); OOF {blended.task.primary_metric} of the blend: "
-          f"{primary:.4f}; metrics in {metrics_path}")
-    return 0

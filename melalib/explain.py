@@ -11,8 +11,8 @@ Which images: `select_rows` (chosen ids, or `error_table`'s most confident error
 calls of a kind); which class: `explained_classes` (the run's own TTA-averaged call, the
 true class, or a named class); `explain` draws the maps with a pytorch-grad-cam method
 (`CAM_METHODS`) at a chosen layer, optionally averaged over TTA views, or with the same
-architecture's random weights (the floor). `melalib explain` (`explain_cli`) writes them to
-a folder it owns. How the maps localise is measured in `melalib.localize`; how faithful
+architecture's random weights (the floor). `melalib explain` (`melalib.cli.evaluate`) writes
+them to a folder it owns. How the maps localise is measured in `melalib.localize`; how faithful
 they are, and how much the border drives the prediction, in `melalib.faithful`.
 """
 
@@ -42,7 +42,7 @@ from .models import build_model, gradcam_target_layers
 from .runs import RunDir
 from .runtime import make_dataset
 from .targets import DIAGNOSIS_CLASSES, DX_PREFIX, diagnosis_cam_classes
-from .tasks import Task
+from .tasks import Task, melanoma_class
 from .transforms import denormalize, tta_views
 
 log = logging.getLogger("melalib")
@@ -50,7 +50,6 @@ log = logging.getLogger("melalib")
 #: pytorch-grad-cam methods by name (`grad_cam`'s ``method``).
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam")
 ERROR_KINDS = ("fn", "fp", "tp", "tn", "wrong")
-MELANOMA_NAMES = ("melanoma", "mel")
 
 
 # ----------------------------------------------------------------------------- wrapper
@@ -292,13 +291,6 @@ def save_overlays(items: Iterable[tuple[str, np.ndarray, np.ndarray]], out_dir: 
 
 
 # ------------------------------------------------------------------------ error tables
-def _melanoma_index(task: Task) -> int | None:
-    for i, name in enumerate(task.classes):
-        if name.lower() in MELANOMA_NAMES:
-            return i
-    return None
-
-
 def _calls(oof: pd.DataFrame, task: Task, threshold: float
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, the run's call, its confidence) per OOF row: binary ``p >= threshold``,
@@ -359,7 +351,7 @@ def error_table(oof: pd.DataFrame, table_df: pd.DataFrame, task: Task, kind: str
         raise ConfigError(f"top must be >= 1, got {top}")
     rows = prediction_table(oof, table_df, task, threshold)
     pos = 1 if task.kind == "binary" else (
-        task.index_of(positive) if positive is not None else _melanoma_index(task))
+        task.index_of(positive) if positive is not None else melanoma_class(task))
     if pos is None and kind != "wrong":
         raise ConfigError(f"kind={kind!r} on a {task.kind} task needs positive= (a class of "
                           f"{list(task.classes)}); or use kind='wrong'")

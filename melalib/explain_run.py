@@ -16,8 +16,6 @@ baselines'), ``summary.json`` (options and pooled measures with CIs), ``maps.npz
 
 from __future__ import annotations
 
-import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .explain import Explanation, explain, save_overlays, select_rows
+from .explain import Explanation, explain, save_overlays
 from .faithful import run_faithfulness
 from .io import atomic_path, write_csv, write_json
 from .io import claim_folder as io_claim_folder
@@ -141,22 +139,3 @@ def pooled_text(pooled_df: pd.DataFrame) -> str:
                  for r in part.itertuples()]
         lines.append(f"{measure_name:<15} " + "; ".join(cells))
     return "\n".join(lines)
-
-
-def explain_cli(args: argparse.Namespace) -> int:
-    """`melalib explain RUN (--ids ... | --kind K --top N) --out DIR ...`."""
-    run = RunDir.read(args.run)
-    rows = select_rows(run, ids=args.ids, kind=args.kind, top=args.top, fold=args.fold)
-    source = MaskSource(args.masks, args.mask_pattern) if args.masks else None
-    with_masks = not args.no_masks
-    result = measure(run, rows, method=args.method, layer=args.layer, target=args.target,
-                     tta=args.tta, masks=source, missing=args.missing_masks, floor=args.floor,
-                     faithfulness=args.faithfulness, border=args.border, n_boot=args.n_boot,
-                     device=args.device, with_masks=with_masks)
-    path = write_explanations(result, args.out, run, args.overwrite, source)
-    print(pooled_text(result.pooled))
-    if result.options["n_estimated_masks"]:
-        print(f"note: {result.options['n_estimated_masks']} mask(s) are Otsu estimates, not "
-              "true masks (column mask = estimate)")
-    print(f"wrote {len(rows)} explanation(s) to {os.fspath(path)}")
-    return 0

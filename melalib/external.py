@@ -11,12 +11,11 @@ rows out of fold (`oof_table`), `blank_metadata` blanks age, sex and site first.
 `write_evaluation` stores it as a run-like folder (`runs.write_report_folder`: marker kind
 ``evaluate``; the stored table with the scored task and the pooled OOF file the scored
 predictions, so
-`RunDir.read` opens it). `evaluate_cli` is ``melalib evaluate``.
+`RunDir.read` opens it). ``melalib evaluate`` is `melalib.cli.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from .inference import Predictor, load_predictor
 from .io import write_csv, write_json
 from .metrics import confusion, evaluate, evaluate_with_ci, per_class_report
 from .predictions import predicted_labels, prediction_frame
-from .runs import RunDir, check_report_folder, write_provenance, write_report_folder
+from .runs import RunDir, write_provenance, write_report_folder
 from .shift import FLAG, SCORE, separation
 from .shift import summary as shift_summary
 from .subgroups import DEFAULT_BY, subgroup_metrics
@@ -371,42 +370,3 @@ def evaluation_figures(ev: Evaluation, folder: Path | None = None, n_boot: int =
     if not sub.empty:
         figs.append(plots.subgroup_plot(sub, task.primary_metric, save=save("subgroups")))
     return figs
-
-
-# ------------------------------------------------------------------------------------ CLI
-def evaluate_cli(args: argparse.Namespace) -> int:
-    """``melalib evaluate RUN (--dataset NAME --data-dir DIR | --csv FILE | --oof)
-    [--image-dir DIR] [--blank-meta] [--out DIR] [--tta N] [--n-boot N]
-    [--skip-missing-images] [--overwrite]``."""
-    if args.oof and (args.dataset or args.csv):
-        raise ConfigError("--oof scores the run's own rows out of fold: drop --dataset / --csv")
-    tag = "oof" if args.oof else Path(args.dataset or args.csv or "").stem
-    tag += ("_diagnosis" if args.by_diagnosis else "") + ("_blank_meta" if args.blank_meta
-                                                          else "")
-    out = Path(args.out) if args.out else default_out(args.run, tag)
-    inputs = tuple(str(p) for p in (args.data_dir, args.csv, args.image_dir) if p)
-    check_report_folder(out, KIND, overwrite=args.overwrite, inputs=(args.run, *inputs))
-    table = oof_table(args.run) if args.oof else external_table(
-        args.dataset or "", args.data_dir or "", args.csv or "", args.image_dir or "",
-        args.label_column, args.image_column)
-    if args.by_diagnosis:
-        table = diagnosis_table(table)
-    if args.blank_meta:
-        table = blank_metadata(table)
-    ev = evaluate_external(args.run, table, tta=args.tta, batch_size=args.batch_size,
-                           n_boot=args.n_boot, skip_missing_images=args.skip_missing_images,
-                           oof=args.oof)
-    write_evaluation(ev, out, overwrite=args.overwrite, inputs=inputs)
-    print(scored_summary(ev.mapping, table, ev.dropped))
-    print(ev.summary())
-    if ev.shift is not None:
-        auroc = ev.shift["auroc_vs_training_oof"]
-        print(f"{ev.shift['summary']}; error rate flagged {_pct(ev.shift['error_rate_flagged'])}"
-              f", not flagged {_pct(ev.shift['error_rate_unflagged'])}"
-              + ("" if auroc is None else f"; AUROC vs the training OOF images {auroc:.3f}"))
-    print(f"wrote the evaluation to {out}")
-    return 0
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"

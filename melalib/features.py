@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError, LeakageError
-from .table import SEXES, SITES
+from .table import SEXES, SITES, patient_key
 
 FEATURE_SETS = ("default", "isic11", "context", "tbp", "none")
 #: ISIC 2024 lesion measurements (the ``tbp`` set; `tbp_columns`)
@@ -472,18 +472,8 @@ def _one_hot_text(df: pd.DataFrame, column: str, categories: list[str]) -> dict[
 
 
 def _patient_keys(df: pd.DataFrame) -> np.ndarray:
-    """patient_id where known, else group_id."""
-    if "group_id" not in df.columns:
-        raise DataError("patient context needs column 'group_id'", column="group_id")
-    groups = df["group_id"].astype(str).to_numpy(dtype=object)
-    if "patient_id" not in df.columns:
-        return groups
-    patients = df["patient_id"]
-    known = (patients.notna() & (patients.astype(str).str.strip() != "")).to_numpy()
-    # element-wise: pandas 3 keeps a missing value missing through astype(str)
-    ids = patients.to_numpy(dtype=object)
-    return np.array([f"p:{p}" if k else f"g:{g}" for p, k, g in zip(ids, known, groups,
-                                                                     strict=True)], dtype=object)
+    """`table.patient_key`, as an array."""
+    return patient_key(df).to_numpy(dtype=object)
 
 
 def _patient_sizes(df: pd.DataFrame) -> np.ndarray:

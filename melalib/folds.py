@@ -9,7 +9,7 @@
   (tests compare the two; ``benchmarks/folds_bench.py`` times them).
 - `audit_leakage` (defined in `melalib.leakage`, re-exported): raises `LeakageError` when a
   group spans folds or splits.
-- `fold_summary`, `save_folds` / `load_folds` / `apply_folds`: inspect and freeze folds.
+- `fold_summary`: inspect folds.
 - `random_split` / `grouped_split`: the 70/10/20 train / val / test protocols of MedMNIST's
   DermaMNIST (image level, which LEAKS lesions) and its group-level counterpart.
 """
@@ -17,20 +17,17 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
-from .io import write_csv
 from .leakage import audit_leakage, numpy_columns
 from .table import LesionTable
 
 STRATIFY = ("label", "label+size", "none")
 N_SIZE_BINS = 4  # quantile buckets of images-per-group for stratify="label+size"
-FOLD_COLUMNS = ("image_id", "group_id", "fold")
 SUBSETS = ("train", "val", "test")
 
 
@@ -267,79 +264,6 @@ def fold_summary(table: LesionTable) -> pd.DataFrame:
             row["positive_rate"] = float((labels == 1).mean())
         rows.append(row)
     return pd.DataFrame(rows).set_index("fold")
-
-
-# ---------------------------------------------------------------------- freezing folds
-def save_folds(table: LesionTable, path: str | Path) -> Path:
-    """Write ``image_id,group_id,fold`` for every row (test rows -1) atomically."""
-    if "fold" not in table.df.columns:
-        raise DataError("the table has no 'fold' column; call assign_folds first",
-                        file=table.origin or None, column="fold")
-    return write_csv(path, table.df.loc[:, list(FOLD_COLUMNS)])
-
-
-def load_folds(path: str | Path) -> pd.DataFrame:
-    """Read a folds CSV written by `save_folds`; ids as strings, fold as int."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("folds file not found", file=path)
-    folds = pd.read_csv(path, dtype={"image_id": str, "group_id": str}, keep_default_na=False)
-    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
-    if missing:
-        raise DataError(f"missing columns {missing}; expected {list(FOLD_COLUMNS)}", file=path)
-    values = pd.to_numeric(folds["fold"], errors="coerce")
-    bad = values.isna() | (values != values.round())
-    if bad.any():
-        pos = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"fold {folds['fold'].iloc[pos]!r} is not an integer", file=path,
-                        row=pos + 1, column="fold")
-    folds = folds.loc[:, list(FOLD_COLUMNS)].copy()
-    folds["fold"] = values.astype(np.int64)
-    folds.attrs["file"] = str(path)
-    return folds
-
-
-def apply_folds(table: LesionTable, folds_df: pd.DataFrame) -> LesionTable:
-    """A new table carrying the folds of ``folds_df`` (from `load_folds`).
-
-    Raises DataError when an image of the table has no fold, the folds list an image the
-    table lacks, an image id repeats, or an image's group_id differs between the two.
-    """
-    file = folds_df.attrs.get("file")
-    missing = [c for c in FOLD_COLUMNS if c not in folds_df.columns]
-    if missing:
-        raise DataError(f"folds lack columns {missing}", file=file)
-    ids = folds_df["image_id"].astype(str)
-    dup = ids.duplicated()
-    if dup.any():
-        pos = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataError(f"image_id {ids.iloc[pos]!r} repeats in the folds", file=file,
-                        row=pos + 1, column="image_id")
-    table_ids = table.df["image_id"].astype(str)
-    lacking = ~table_ids.isin(set(ids))
-    if lacking.any():
-        pos = int(np.flatnonzero(lacking.to_numpy())[0])
-        raise DataError(f"image {table_ids.iloc[pos]!r} (table row {pos + 1}) has no fold; "
-                        f"{int(lacking.sum())} image(s) of the table lack one: the folds were "
-                        "saved for another table", file=file, column="image_id")
-    extra = ~ids.isin(set(table_ids))
-    if extra.any():
-        pos = int(np.flatnonzero(extra.to_numpy())[0])
-        raise DataError(f"the folds list image {ids.iloc[pos]!r} that the table does not have "
-                        f"({int(extra.sum())} such)", file=file, row=pos + 1, column="image_id")
-    by_id = folds_df.assign(image_id=ids).set_index("image_id")
-    saved_groups = by_id["group_id"].astype(str).reindex(table_ids.to_numpy()).to_numpy()
-    differ = saved_groups != table.df["group_id"].astype(str).to_numpy()
-    if differ.any():
-        pos = int(np.flatnonzero(differ)[0])
-        raise DataError(f"image {table_ids.iloc[pos]!r} has group_id "
-                        f"{table.df['group_id'].iloc[pos]!r} in the table but "
-                        f"{saved_groups[pos]!r} in the folds ({int(differ.sum())} differ)",
-                        file=file, column="group_id")
-    out = table.df.copy()
-    out["fold"] = by_id["fold"].reindex(table_ids.to_numpy()).to_numpy(dtype=np.int64)
-    audit_leakage(out)
-    return LesionTable(out, table.task, table.origin)
 
 
 # ------------------------------------------------------------- train / val / test splits

@@ -10,12 +10,11 @@ A checkpoint that cannot be read, lacks a key or does not fit its own model rais
 
 `Predictor.predict(df)` works on a canonical table; `Predictor.predict_folder(image_dir,
 metadata_csv)` builds one from a folder of images and an optional metadata CSV.
-`predict_cli` is the ``melalib predict`` subcommand.
+``melalib predict`` is `melalib.cli.predict`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Sequence
@@ -30,11 +29,9 @@ from torch import nn
 
 from .checkpoints import Preprocessing, load_model
 from .config import RunConfig
-from .data.adapters import is_milk10k_table, load_milk10k_test
+from .data.images import IMAGE_EXTENSIONS
 from .device import resolve_device, resolve_precision
-from .ensemble import submission
-from .errors import CheckpointError, ConfigError, DataError, MelalibError, WriteError
-from .io import check_not_input, write_csv
+from .errors import CheckpointError, ConfigError, DataError, MelalibError
 from .predictions import output_frame
 from .runs import LAYOUT, RunDir
 from .runtime import make_dataset, make_loader, predict_probs
@@ -42,11 +39,9 @@ from .shift import FLAG, FLAG_QUANTILE, SCORE, ShiftStats, image_features
 from .shift import summary as shift_summary
 from .table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
 from .tasks import Task
-from .thresholds import bake, run_thresholds
 
 log = logging.getLogger("melalib")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Column names accepted for the canonical metadata in a user's CSV (first match wins).
 ALIASES = {
     "age": ("age", "age_approx"),
@@ -449,99 +444,6 @@ def _resolve_image(folder: Path, name: str) -> str:
 def _file_sizes(paths: pd.Series) -> np.ndarray:
     return np.array([os.path.getsize(p) if os.path.isfile(p) else np.nan for p in paths],
                     dtype=float)
-
-
-# ------------------------------------------------------------------------------------ CLI
-def predict_cli(args: argparse.Namespace) -> int:
-    """``melalib predict SOURCE --out CSV [--csv META.csv] [--image-dir DIR] [--tta N]
-    [--format auto|frame|submission] [--tune-thresholds]``.
-
-    Without ``--csv`` / ``--image-dir`` the run's stored table's test split is predicted. A
-    ``--csv`` in the MILK10k metadata layout (``MILK10k_Test_Metadata.csv``: two rows per
-    lesion) is read as MILK10k lesions (`load_milk10k_test`, images under ``--image-dir``).
-    ``--format``: ``frame`` (image_id + prob columns), ``submission`` (the task's competition
-    format, `ensemble.submission`), ``auto`` (submission for a MILK10k table, else frame).
-    ``--tune-thresholds``: per-class thresholds tuned on the run's OOF are baked into the
-    probabilities (`thresholds.bake`), so the official 0.5 rule applies them.
-    """
-    predictor = load_predictor(args.source)
-    csv = getattr(args, "csv", None)
-    image_dir = getattr(args, "image_dir", None)
-    inputs = [p for p in (csv, image_dir) if p]
-    if Path(args.source).is_file():
-        inputs.append(args.source)
-    for target in (Path(args.out), drift_file(Path(args.out))):  # never over an input
-        check_not_input(target, inputs, "output file")
-        if predictor.run is not None and predictor.run.owns(target):
-            raise WriteError(f"output file {target} is one of run {predictor.run.path}'s own "
-                             "files, which predict reads; write the predictions elsewhere")
-    tta = getattr(args, "tta", None)
-    batch_size = getattr(args, "batch_size", 64) or 64
-    milk = bool(csv) and _milk_csv(Path(csv))
-    if milk:
-        table = load_milk10k_test(csv, image_dir, view=predictor.cfg.data.milk_view)
-        out = predictor.predict(table, tta=tta, batch_size=batch_size)
-    elif csv or image_dir:
-        out = predictor.predict_folder(image_dir, csv,
-                                       image_column=getattr(args, "image_column", "image"),
-                                       image2_column=getattr(args, "image2_column", None)
-                                       or "image2", tta=tta, batch_size=batch_size)
-    else:
-        if predictor.run is None:
-            raise ConfigError(f"{args.source} is a checkpoint outside a run folder: pass --csv "
-                              "and/or --image-dir to name the images to predict")
-        table = predictor.run.table()
-        test = table.test
-        if test.empty:
-            raise DataError("the run's table has no test split; pass --csv or --image-dir "
-                            "to predict other images", file=table.origin, column="split")
-        out = predictor.predict(LesionTable(test, table.task, origin=table.origin), tta=tta,
-                                batch_size=batch_size)
-    if getattr(args, "tune_thresholds", False):
-        out = _baked(predictor, out)
-    fmt = getattr(args, "format", "auto") or "auto"
-    if fmt == "submission" or (fmt == "auto" and milk):
-        out = submission(out, predictor.task)
-    path = write_csv(args.out, out)
-    views = predictor.tta if tta is None else tta
-    print(f"wrote {len(out)} predictions ({len(predictor)} model(s), tta={views}) to {path}")
-    if predictor.last_shift:
-        print(predictor.last_shift)
-    if predictor.last_drift is not None and not predictor.last_drift.empty:
-        drift_path = write_csv(drift_file(path), predictor.last_drift)
-        for line in drift_warnings(predictor.last_drift):
-            print(f"WARNING: {line}")
-        print(f"metadata drift per feature: {drift_path}")
-    return 0
-
-
-def _milk_csv(csv: Path) -> bool:
-    """Whether ``csv`` has the MILK10k metadata layout (header only is read)."""
-    try:
-        columns = pd.read_csv(csv, nrows=0).columns
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return False  # the general reader names the problem
-    return is_milk10k_table(columns)
-
-
-def _baked(predictor: Predictor, out: pd.DataFrame) -> pd.DataFrame:
-    """``out`` with the thresholds tuned on the run's OOF baked into its probabilities; the
-    nested CV figure is printed beside the untuned one."""
-    if predictor.run is None:
-        raise ConfigError("--tune-thresholds tunes on a run's OOF predictions: pass a run "
-                          "folder (or a checkpoint inside one)")
-    report = run_thresholds(predictor.run)
-    columns = predictor.task.prob_columns
-    baked = out.copy()
-    baked[columns] = bake(out[columns].to_numpy(dtype=np.float64), report.all_rows)
-    u, n = report.untuned, report.nested
-    print(f"thresholds tuned on {predictor.run.path}'s OOF, baked in: "
-          + ", ".join(f"{c} {t:.2f}" for c, t in zip(predictor.task.classes, report.all_rows,
-                                                     strict=True)))
-    print(f"OOF thresholded macro F1: untuned {u['estimate']:.3f} [{u['low']:.3f}, "
-          f"{u['high']:.3f}], nested-tuned {n['estimate']:.3f} [{n['low']:.3f}, "
-          f"{n['high']:.3f}]")
-    return baked
 
 
 def drift_file(predictions: Path) -> Path:

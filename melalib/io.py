@@ -91,7 +91,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def json_text(obj: Any, sort_keys: bool = True) -> str:
     """Strict JSON text: NaN and infinities (undefined metrics) become null."""
-    return json.dumps(_finite(obj), indent=2, sort_keys=sort_keys, default=_jsonable,
+    return json.dumps(plain(obj), indent=2, sort_keys=sort_keys, default=_jsonable,
                       allow_nan=False)
 
 
@@ -100,15 +100,19 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json_text(obj) + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """The one plain-value converter of everything written as JSON (`json_text`,
+    `write_json`): dicts and lists (tuples too) recursively, numpy scalars and arrays as
+    Python numbers and lists, NaN and infinities as None. `checkpoints.plain_state` is the
+    torch counterpart (tensors and tuples kept for ``weights_only`` loading)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [plain(v) for v in obj]
     if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return _finite(obj.tolist())
+        return plain(obj.tolist())
     return obj
 
 

@@ -87,7 +87,7 @@ def _fold_values(df: pd.DataFrame, train_mask: np.ndarray, test_mask: np.ndarray
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataError(f"training row with fold {df['fold'].iloc[pos]!r}; expected an integer "
-                        ">= 0 (assign_folds / apply_folds)", row=pos + 1, column="fold")
+                        ">= 0 (assign_folds)", row=pos + 1, column="fold")
     bad = test_mask & finite & (raw != -1)
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])

@@ -44,6 +44,7 @@ from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitiv
 from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
 from .runs import LAYOUT, RunDir
 from .table import LesionTable
+from .tasks import melanoma_class
 
 log = logging.getLogger("melalib")
 
@@ -432,12 +433,12 @@ def curve_figures(task: Any, y: Any, probs: Any, groups: Any = None, n_boot: int
     y = np.asarray(y).astype(int)
     title = ""
     if task.kind != "binary":
-        mel = [i for i, c in enumerate(task.classes) if c.lower() in ("mel", "melanoma")]
-        if not mel:
+        mel = melanoma_class(task)
+        if mel is None:
             note("ROC / PR curves are drawn for a melanoma-vs-rest score; this task has no "
                  "melanoma class: see the per-class report.")
             return []
-        y, p, title = (y == mel[0]).astype(int), p[:, mel[0]], ", melanoma vs rest"
+        y, p, title = (y == mel).astype(int), p[:, mel], ", melanoma vs rest"
     where = Path(figures) if figures is not None else None
     return [
         plots.roc_curve_plot(y, p, groups=groups, n_boot=n_boot, name=name,
@@ -495,25 +496,18 @@ def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], task: Any,
 
 
 def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:
-    """Write ``sections`` (DataFrames become records) as JSON, atomically."""
-    def plain(value: Any) -> Any:
+    """Write ``sections`` (DataFrames become records, Series and dicts text-keyed dicts) as
+    JSON, atomically; numbers, NaN and paths as `io.write_json` writes every JSON file."""
+    def tables(value: Any) -> Any:
         if isinstance(value, pd.DataFrame):
             return json_records(value)
-        if isinstance(value, pd.Series):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (pd.Series, dict)):
+            return {str(k): tables(v) for k, v in value.items()}
         if isinstance(value, (list, tuple, np.ndarray)):
-            return [plain(v) for v in value]
-        if isinstance(value, (np.floating, float)):
-            return None if not np.isfinite(value) else float(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        if isinstance(value, Path):
-            return str(value)
+            return [tables(v) for v in value]
         return value
 
-    return write_json(path, {k: plain(v) for k, v in sections.items()})
+    return write_json(path, {k: tables(v) for k, v in sections.items()})
 
 
 def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -32,7 +32,6 @@ when a feature is permuted); `melalib.runs.LAYOUT` names the files.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,16 +41,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
-from .data.adapters import load_table
-from .data.build import configured_folds
 from .errors import ConfigError, DataError, LeakageError, WriteError
 from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .predictions import fold_scores, prediction_frame, probabilities_of
 from .runs import RunDir, shared_task, write_provenance
-from .table import SITES, LesionTable
+from .table import SITES, LesionTable, patient_key
 from .tasks import Task
 
 MODELS = ("hgb", "logistic")
@@ -164,15 +160,6 @@ def table_inputs(table: LesionTable) -> StackInputs:
 
 
 # --------------------------------------------------------------------------- features
-def patient_key(df: pd.DataFrame) -> pd.Series:
-    """``patient_id`` where known, else ``group_id`` (ISIC 2019 rows: the lesion)."""
-    group = df["group_id"].astype(str)
-    if "patient_id" not in df.columns:
-        return group
-    pid = df["patient_id"]
-    return pid.where(pid.notna() & (pid.astype(str) != ""), group).astype(str)
-
-
 def _within_patient(values: pd.Series, patient: pd.Series, name: str,
                     ratio: bool = False) -> dict[str, np.ndarray]:
     g = values.groupby(patient)
@@ -389,23 +376,3 @@ def summary_table(result: StackResult) -> pd.DataFrame:
                     for m in ("roc_auc", "pr_auc", "pauc_80") if m in v}
              for name, v in rows.items()}
     return pd.DataFrame(table).T.rename_axis("model")
-
-
-def stack_cli(args: Any, cfg: RunConfig) -> int:
-    """``melalib stack RUN... --name NAME`` (or no runs + a data config: metadata alone);
-    ``cfg`` is the command line's config (`melalib.cli.load_config`)."""
-    if args.runs:
-        inputs = load_inputs(args.runs)
-    else:
-        inputs = table_inputs(configured_folds(load_table(cfg.data), cfg.data))
-    out = Path(cfg.output_dir) / (args.name or "stack")
-    result = stack(inputs, out, model=args.model, n_seeds=args.seeds, meta=not args.no_meta,
-                   context=not args.no_context, n_boot=args.n_boot, overwrite=args.overwrite)
-    ci = result.metrics["oof_ci"]
-    print(json.dumps({"run_dir": str(out), "seconds": result.metrics["seconds"],
-                      **{m: [round(ci[m][k], 4) for k in ("estimate", "low", "high")]
-                         for m in ("roc_auc", "pauc_80") if m in ci},
-                      "baselines": {b: round(v["roc_auc"]["estimate"], 4)
-                                    for b, v in result.metrics["baselines"].items()}},
-                     indent=2))
-    return 0

@@ -106,6 +106,25 @@ def normalize_ages(series: pd.Series, *, file: str | Path | None, column: str,
     return numeric.astype(float)
 
 
+def patient_key(df: pd.DataFrame) -> pd.Series:
+    """The one patient-key rule (the ``context`` metadata features, the stacker's
+    within-patient features and its patient-grouped CIs): ``p:<patient_id>`` where the id is
+    known (not missing, not blank), else ``g:<group_id>`` (ISIC 2019 rows: the lesion); the
+    prefixes keep a patient id from meeting an equal group id. Indexed as ``df``."""
+    if "group_id" not in df.columns:
+        raise DataError("a patient key needs column 'group_id'", column="group_id")
+    groups = df["group_id"].astype(str).to_numpy(dtype=object)
+    if "patient_id" not in df.columns:
+        return pd.Series([f"g:{g}" for g in groups], index=df.index, dtype=object)
+    patients = df["patient_id"]
+    known = (patients.notna() & (patients.astype(str).str.strip() != "")).to_numpy()
+    # element-wise: pandas 3 keeps a missing value missing through astype(str)
+    ids = patients.to_numpy(dtype=object)
+    return pd.Series([f"p:{p}" if k else f"g:{g}" for p, k, g in zip(ids, known, groups,
+                                                                      strict=True)],
+                     index=df.index, dtype=object)
+
+
 @dataclass
 class LesionTable:
     """A validated DataFrame in the canonical layout, with the `Task` it serves."""

@@ -96,6 +96,17 @@ class Task:
                    primary_metric=d["primary_metric"])
 
 
+#: class names that mean melanoma (case-insensitive): the one melanoma-class lookup
+MELANOMA_NAMES = ("melanoma", "mel")
+
+
+def melanoma_class(task: Task) -> int | None:
+    """Index of ``task``'s class named melanoma / mel (any case), None when it has none
+    (an ISIC 2020 submission's column, error tables, melanoma-vs-rest curves)."""
+    return next((i for i, name in enumerate(task.classes) if name.lower() in MELANOMA_NAMES),
+                None)
+
+
 MELANOMA = Task("melanoma", "binary", ("benign", "melanoma"), "roc_auc")
 HAM7 = Task("ham10000", "multiclass", ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"),
             "balanced_accuracy")

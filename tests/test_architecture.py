@@ -282,3 +282,32 @@ def test_importing_melalib_does_not_import_timm() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     assert out.stdout.strip() == "False"
+
+
+def _argparse_importers(package: Path = PACKAGE) -> list[str]:
+    """Modules outside ``melalib.cli`` that import argparse (module- or function-level)."""
+    found = []
+    for module, path in _modules(package).items():
+        if module.split(".")[:2] == [package.name, "cli"]:
+            continue
+        for node in _nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "argparse" for n in names):
+                found.append(f"{module}:{node.lineno}")
+    return found
+
+
+def test_only_the_cli_parses_arguments() -> None:
+    """Command-line handlers live in `melalib.cli`; library functions take typed arguments
+    (no argparse Namespace in the library)."""
+    assert _argparse_importers() == []
+
+
+def test_the_argparse_check_finds_a_library_handler(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "cli").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli" / "__init__.py").write_text("import argparse\n")
+    (package / "lib.py").write_text("def f():\n    from argparse import Namespace\n")
+    assert _argparse_importers(package) == ["pkg.lib:2"]

@@ -4,7 +4,6 @@ training rows is flagged when predicting."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from melalib.cli import main
 from melalib.config import RunConfig
 from melalib.engine import train
 from melalib.errors import ConfigError
 from melalib.features import MetaEncoder
-from melalib.inference import drift_file, load_predictor, predict_cli
+from melalib.inference import drift_file, load_predictor
 from melalib.runs import RunDir
 from melalib.transforms import ASPECTS, build_transforms, denormalize
 
@@ -123,21 +123,23 @@ def test_prediction_frames_images_as_training_did(crop_run: RunDir) -> None:
     np.testing.assert_allclose(again[columns].to_numpy(), oof[columns].to_numpy(), atol=1e-5)
 
 
-def test_metadata_drift_is_written_and_warned(crop_run: RunDir, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_metadata_drift_is_written_and_warned_once(crop_run: RunDir, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """`melalib predict` warns each drifting feature once: printed or logged, not both."""
     table = crop_run.table()
     csv = tmp_path / "new.csv"
     new = pd.DataFrame({"image": [Path(p).name for p in table.df["image_path"][:6]],
                         "age": [95.0] * 6})
     new.to_csv(csv, index=False)
     out = tmp_path / "pred.csv"
-    args = argparse.Namespace(source=str(crop_run.path), out=str(out), csv=str(csv),
-                              image_dir=str(Path(table.df["image_path"][0]).parent),
-                              image_column="image", image2_column=None, tta=None,
-                              batch_size=8)
-    assert predict_cli(args) == 0
-    printed = capsys.readouterr().out
-    assert "WARNING: metadata feature 'age' lies outside the training distribution" in printed
+    image_dir = str(Path(table.df["image_path"][0]).parent)
+    assert main(["predict", str(crop_run.path), "--out", str(out), "--csv", str(csv),
+                 "--image-dir", image_dir, "--batch-size", "8"]) == 0
+    said = capsys.readouterr()
+    warning = "metadata feature 'age' lies outside the training distribution"
+    told = [said.out, said.err] + [r.getMessage() for r in caplog.records]
+    assert sum(text.count(warning) for text in told) == 1
     drift = pd.read_csv(drift_file(out))
     flagged = drift.set_index("feature")["flagged"]
     assert bool(flagged["age"]) and not bool(flagged["age_missing"])

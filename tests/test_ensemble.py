@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 
 from melalib import notebook as nbh
+from melalib.cli import main
+from melalib.cli.combine import ensemble_cli
 from melalib.config import RunConfig
 from melalib.ensemble import (
+    BLENDS,
     blend,
-    blend_metrics,
     combine,
     compare_blends,
-    ensemble_cli,
     search_weights,
     submission,
     submission_format,
@@ -225,29 +226,46 @@ def test_blend_refuses_runs_of_different_tasks(tmp_path: Path) -> None:
         blend([a, tmp_path])
 
 
-def test_cli_and_notebook_blend_give_the_same_frames(tmp_path: Path) -> None:
-    """`melalib ensemble` and notebook 04 both go through `blend`: same weights, same OOF
-    metrics, the same submission file (also for a task without a competition format)."""
+def _tri_runs(root: Path) -> tuple[list[Path], np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Two 3-class runs of 90 OOF rows (2 folds) and 3 test images predicted by 2 folds:
+    the run folders, the labels, each run's OOF probabilities and fold-averaged test ones."""
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 90)
     ids = [f"m{k}" for k in range(90)]
-    test_ids = ["t1", "t2", "t3"]
-    runs = []
+    runs, oof_probs, test_means = [], [], []
     for name, sharp in (("weak", 0.2), ("strong", 0.8)):
         probs = np.eye(3)[y] * sharp + rng.dirichlet(np.ones(3), 90) * (1 - sharp)
-        tests = [frame(test_ids, rng.dirichlet(np.ones(3), 3), TRI) for _ in range(2)]
+        test_probs = [rng.dirichlet(np.ones(3), 3) for _ in range(2)]
+        tests = [frame(["t1", "t2", "t3"], p, TRI) for p in test_probs]
         oof = frame(ids, probs, TRI, y).assign(fold=np.arange(90) % 2)
-        runs.append(fake_run(tmp_path, name, TRI, oof, tests))
+        runs.append(fake_run(root, name, TRI, oof, tests))
+        oof_probs.append(probs)
+        test_means.append(np.mean(test_probs, axis=0))
+    return runs, y, oof_probs, test_means
+
+
+def test_ensemble_cli_writes_the_searched_blend_computed_by_hand(tmp_path: Path) -> None:
+    """`melalib ensemble --method search`: the submission is the weighted mean (the weights
+    it reports) of each run's fold-averaged test predictions, and its OOF score is the
+    balanced accuracy of the same weighted mean of the OOF rows, both recomputed here by
+    hand; notebook 04's path (`read_runs` + `blend` + `write_submission`) writes the same
+    file (also for a task without a competition format)."""
+    runs, y, oof_probs, test_means = _tri_runs(tmp_path)
     out = tmp_path / "cli.csv"
-    assert ensemble_cli(argparse.Namespace(runs=[str(r) for r in runs], method="search",
-                                           out=str(out))) == 0
+    assert main(["ensemble", *map(str, runs), "--method", "search", "--out", str(out)]) == 0
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    w = np.asarray(metrics["weights"]) / np.sum(metrics["weights"])
+    sub = pd.read_csv(out)
+    assert sub.columns.tolist() == ["image", "a", "b", "c"]
+    assert sub["image"].tolist() == ["t1", "t2", "t3"]
+    np.testing.assert_allclose(sub[["a", "b", "c"]].to_numpy(),
+                               w[0] * test_means[0] + w[1] * test_means[1], rtol=0, atol=1e-12)
+    called = (w[0] * oof_probs[0] + w[1] * oof_probs[1]).argmax(axis=1)
+    balanced = np.mean([(called[y == c] == c).mean() for c in range(3)])
+    assert metrics["oof"]["balanced_accuracy"] == pytest.approx(balanced, abs=1e-12)
     blended = blend(nbh.read_runs(RunConfig.from_dict({"output_dir": str(tmp_path)}),
                                   "weak,strong"), method="search")  # what notebook 04 does
-    cli_metrics = json.loads(out.with_suffix(".metrics.json").read_text())
-    assert cli_metrics["weights"] == [float(w) for w in blended.weights]
-    assert cli_metrics["oof"] == json.loads(json.dumps(blend_metrics(blended)["oof"]))
-    notebook_sub = nbh.write_submission(blended.test, blended.task, tmp_path / "nb.csv")
-    assert list(notebook_sub.columns) == ["image", "a", "b", "c"]
+    nbh.write_submission(blended.test, blended.task, tmp_path / "nb.csv")
     assert (tmp_path / "nb.csv").read_bytes() == out.read_bytes()
     assert blended.oof["fold"].tolist() == (np.arange(90) % 2).tolist()
     table = compare_blends(blended)
@@ -336,13 +354,33 @@ def test_milk10k_header_matches_the_sample_submission(shared_data: Path) -> None
     assert sub.to_csv(index=False).splitlines()[0] == sample.read_text().splitlines()[0]
 
 
-def test_cli_method_choices_are_the_blend_methods() -> None:
-    from melalib.cli import build_parser
-    from melalib.ensemble import BLENDS
+def test_every_blend_method_runs_from_the_command_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Each `ensemble.BLENDS` method is accepted by `melalib ensemble` and writes a
+    submission of probabilities; a method `blend` does not know is refused by the parser."""
+    runs, _, _, _ = _tri_runs(tmp_path)
+    for method in BLENDS:
+        out = tmp_path / f"{method}.csv"
+        assert main(["ensemble", *map(str, runs), "--method", method, "--out", str(out)]) == 0
+        probs = pd.read_csv(out).set_index("image")
+        assert probs.index.tolist() == ["t1", "t2", "t3"]
+        assert ((probs >= 0) & (probs <= 1)).all().all(), method
+    with pytest.raises(SystemExit) as info:
+        main(["ensemble", *map(str, runs), "--method", "median", "--out", "x.csv"])
+    assert info.value.code == 2 and "invalid choice: 'median'" in capsys.readouterr().err
 
-    parser = build_parser()
-    args = parser.parse_args(["ensemble", "r1", "--method", "search", "--out", "s.csv"])
-    assert args.method == "search" and BLENDS == ("mean", "rank", "geometric", "search",
-                                                          "best")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["ensemble", "r1", "--method", "median", "--out", "s.csv"])
+
+def test_one_melanoma_class_lookup_for_every_task() -> None:
+    """`tasks.melanoma_class` finds mel / MEL / melanoma in any task (the submission's
+    ISIC 2020 column, the error tables' and the notebooks' melanoma-vs-rest); a task without
+    one gets None, and an ISIC 2020 submission of it is refused."""
+    from melalib.tasks import ISIC2019_8, ISIC2024, melanoma_class
+
+    assert [melanoma_class(t) for t in (MELANOMA, HAM7, ISIC2019_8, MILK11, ISIC2024, TRI)] == [
+        1, 4, 0, 7, None, None]
+    probs = np.tile(np.linspace(0.05, 0.4, 8), (2, 1))
+    sub = submission(frame(["ISIC_a", "ISIC_b"], probs, ISIC2019_8), ISIC2019_8,
+                     format="isic2020")
+    assert sub["target"].tolist() == [0.05, 0.05]  # the MEL column, first of ISIC 2019's
+    with pytest.raises(ConfigError, match="no melanoma class"):
+        submission(frame(["x"], [[0.2, 0.3, 0.5]], TRI), TRI, format="isic2020")

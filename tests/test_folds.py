@@ -11,14 +11,11 @@ import pytest
 
 from melalib.errors import ConfigError, DataError, LeakageError
 from melalib.folds import (
-    apply_folds,
     assign_folds,
     audit_leakage,
     fold_summary,
     grouped_split,
-    load_folds,
     random_split,
-    save_folds,
 )
 from melalib.table import SITE_MAP, LesionTable
 from melalib.tasks import HAM7, MELANOMA, Task
@@ -191,32 +188,7 @@ def test_fewer_groups_than_folds_is_an_error() -> None:
         assign_folds(table, 5)
 
 
-def test_save_load_apply_roundtrip(tmp_path: Path) -> None:
-    table = binary_table(n_groups=60, n_test_groups=5)
-    out = assign_folds(table, 4, seed=9)
-    path = save_folds(out, tmp_path / "folds.csv")
-    assert [p.name for p in tmp_path.iterdir()] == ["folds.csv"]  # no temp file left
-    folds = load_folds(path)
-    assert list(folds.columns) == ["image_id", "group_id", "fold"]
-    shuffled = LesionTable(table.df.sample(frac=1.0, random_state=1), table.task)
-    again = apply_folds(shuffled, folds)
-    pd.testing.assert_series_equal(folds_by_image(again), folds_by_image(out))
-
-    with pytest.raises(DataError, match="has no fold"):
-        apply_folds(table, folds.iloc[1:])
-    renamed = table.df.copy()
-    renamed.loc[0, "group_id"] = "someone_else"
-    with pytest.raises(DataError, match="someone_else"):
-        apply_folds(LesionTable(renamed, table.task), folds)
-    with pytest.raises(DataError, match="does not have"):
-        apply_folds(table.select(table.df.index > 0), folds)
-
-
-def test_load_folds_rejects_a_bad_fold(tmp_path: Path) -> None:
-    path = tmp_path / "folds.csv"
-    path.write_text("image_id,group_id,fold\na,p1,0\nb,p2,x\n")
-    with pytest.raises(DataError, match=r"row 2.*'fold'"):
-        load_folds(path)
+def test_fold_summary_needs_folds() -> None:
     with pytest.raises(DataError, match="no 'fold' column"):
         fold_summary(binary_table(n_groups=10))
 

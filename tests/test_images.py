@@ -175,3 +175,26 @@ def test_preflight_rejects_image_data_that_ends_early(tmp_path) -> None:
     bad = check_images_readable(pd.DataFrame({"image_path": paths}), workers=1)
     assert bad["path"].tolist() == paths[:2] and bad["row"].tolist() == [1, 2]
     assert "ends early" in bad["reason"].iloc[0]
+
+
+def test_every_folder_reader_lists_the_same_image_files(tmp_path: Path) -> None:
+    """One extension list (`data.images.IMAGE_EXTENSIONS`, any case): an image-folder
+    dataset, the unlisted-image report and `melalib prepare` see the same files of a folder
+    and skip the same others."""
+    from melalib.data.adapters import load_image_folder
+    from melalib.data.dataset import find_unlisted_images
+    from melalib.data.prepare import prepare_images
+
+    names = {"a.jpg": "JPEG", "b.JPEG": "JPEG", "c.png": "PNG", "d.bmp": "BMP",
+             "e.tif": "TIFF", "f.webp": "WEBP"}
+    for cls in ("mel", "nev"):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        for name, fmt in names.items():
+            Image.new("RGB", (12, 10), (90, 40, 30)).save(tmp_path / "tree" / cls / name, fmt)
+    images = {"a.jpg", "b.JPEG", "c.png"}
+    table = load_image_folder(tmp_path / "tree")
+    assert {Path(p).name for p in table.df["image_path"]} == images
+    unlisted = find_unlisted_images(table.df.iloc[:0], image_dir=tmp_path / "tree" / "mel")
+    assert {Path(p).name for p in unlisted} == images
+    report = prepare_images(tmp_path / "tree" / "mel", tmp_path / "cache", size=8, workers=1)
+    assert report.n_total == len(images)

@@ -14,10 +14,11 @@ from conftest import untrained_checkpoint
 from PIL import Image
 
 from melalib.checkpoints import save_checkpoint
+from melalib.cli.predict import predict_cli
 from melalib.config import RunConfig
 from melalib.errors import CheckpointError, ConfigError, DataError, ImageError
 from melalib.features import MetaEncoder
-from melalib.inference import load_predictor, predict_cli
+from melalib.inference import load_predictor
 from melalib.models import build_model
 from melalib.runs import RunDir
 from melalib.table import LesionTable

@@ -134,3 +134,24 @@ def test_stack_of_trained_runs_and_cli(tiny_cfg, tmp_path: Path) -> None:
     rc = main(["ensemble", str(tmp_path / "out" / "st"), str(image.run_dir), "--out",
                str(tmp_path / "sub.csv")])
     assert rc == 0 and (tmp_path / "sub.csv").is_file()
+
+
+def test_stack_and_context_features_group_the_same_rows() -> None:
+    """One patient-key rule (`table.patient_key`): a blank patient id falls back to the
+    group, and a patient id never meets an equal group id, in the stacker's context features
+    and in the metadata encoder's alike (the stacker once grouped both kinds together)."""
+    from melalib.features import MetaEncoder
+
+    df = pd.DataFrame({
+        "image_id": [f"i{k}" for k in range(7)],
+        "patient_id": [" ", " ", "A", None, "P", "Q", "Q"],
+        "group_id": ["A", "B", "x", "P", "y", "q1", "q2"],
+        "age": 50.0, "sex": "male", "site": "torso", "label": 0})
+    expected = [1, 1, 1, 1, 1, 2, 2]  # only the two "Q" rows share a patient (the encoder: log1p)
+    scores = pd.DataFrame({"score_a": np.linspace(0.1, 0.7, 7)}, index=df["image_id"])
+    stacked = stack_features(df, scores, meta=False)
+    np.testing.assert_array_equal(stacked["ctx_n_images"], expected)
+    enc = MetaEncoder("context").fit(df)
+    stats = enc.describe().set_index("name").loc["ctx_n_images"]
+    encoded = enc.transform(df)[:, enc.feature_names.index("ctx_n_images")]
+    np.testing.assert_allclose(encoded * stats["std"] + stats["mean"], np.log1p(expected))

@@ -26,14 +26,13 @@ from ..classmap import class_mapping
 from ..errors import DataError
 from ..table import SEX_MAP, SITE_MAP, LesionTable, normalize_ages, normalize_values
 from ..tasks import HAM7, ISIC2019_8, ISIC2024, MELANOMA, MILK11, Task
-from .images import hdf5_member, image_nbytes
+from .images import IMAGE_EXTENSIONS, hdf5_member, image_nbytes
 from .synthetic import VERSION, make_synthetic
 
 if TYPE_CHECKING:
     from ..config import DataConfig
 
 PathLike = str | Path
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DOWNLOAD = {
     "isic2020": "download it from Kaggle: `kaggle competitions download -c "
                 "siim-isic-melanoma-classification`",
@@ -458,7 +457,6 @@ def is_milk10k_table(columns: Iterable[str]) -> bool:
 
 
 MILK_META = ("lesion_id", "image_type", "isic_id", "age_approx", "sex", "site")
-MILK_AGREE = ("age_approx", "sex", "site", "skin_tone_class")
 #: the ``milk_view`` choices: which image of the pair is ``image_path`` (a single-image
 #: model's input; ``image_path_2`` holds the other)
 MILK_VIEWS = ("dermoscopic", "clinical")

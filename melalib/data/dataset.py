@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError, ImageError
 from ..progress import bar
 from ..tasks import Task
-from .images import ImageOptions, hdf5_member, image_exists, incomplete_data, read_image
+from .images import IMAGE_EXTENSIONS, ImageOptions, hdf5_member, image_exists, incomplete_data, read_image
 
 IMAGE_COLUMNS = ("image_path", "image_path_2")
 
@@ -261,12 +261,10 @@ def check_images_readable(df: pd.DataFrame, columns: Sequence[str] = IMAGE_COLUM
     return pd.DataFrame(rows, columns=["row", "column", "path", "reason"])
 
 
-UNLISTED_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
 
 def find_unlisted_images(df: pd.DataFrame, image_dir: str | Path | None = None,
                          columns: Sequence[str] = IMAGE_COLUMNS,
-                         extensions: Sequence[str] = UNLISTED_EXTENSIONS) -> list[str]:
+                         extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
     """Image files on disk that the table does not name: sorted paths (not an error).
 
     Scans ``image_dir`` or, without it, every folder holding a listed image (not

@@ -40,6 +40,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ConfigError, ImageError
 
 #: image_alpha choices: background colour of transparent pixels, or refuse such images.
+#: the image files melalib lists in a folder (any case): image-folder datasets, `melalib
+#: predict --image-dir`, unlisted-image reports, `melalib prepare`
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ALPHA_CHOICES = ("white", "black", "error")
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 DEFAULT_MAX_PIXELS = 64_000_000

@@ -38,15 +38,14 @@ from ..errors import ConfigError, DataError, ImageError
 from ..io import write_csv, write_error, write_json
 from ..progress import bar as progress_bar
 from ..transforms import ASPECTS
-from .images import DEFAULT_MAX_PIXELS, ImageOptions, read_image
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageOptions, read_image
 
-PATTERNS = ("*.jpg", "*.jpeg", "*.png")
+PATTERNS = tuple(f"*{e}" for e in IMAGE_EXTENSIONS)
 SETTINGS_FILE = "prepare.json"
 SOURCES_FILE = "prepare_sources.json"  # output name -> [size, mtime_ns] of its source
 SKIPPED_FILE = "skipped_images.csv"
 CHUNK = 16  # files per task sent to a worker process
 LINEAR_BELOW = 2.0  # bilinear while the remaining downscale is below this; LANCZOS above
-_EXIF_ORIENTATION = 0x0112
 #: ``keep`` (shorter side = size, aspect ratio kept) or a training ``aspect`` baked in.
 PREPARE_ASPECTS = ("keep", *ASPECTS)
 

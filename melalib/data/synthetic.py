@@ -169,15 +169,6 @@ def make_synthetic(out_dir: str | os.PathLike[str], task: str = "binary", n_pati
     return _load_cached(out, params)
 
 
-def load_synthetic(out_dir: str | os.PathLike[str]) -> LesionTable:
-    """Load a generated dataset (any parameters) with absolute image paths."""
-    out = Path(out_dir).expanduser().absolute()
-    meta = _read_meta(out)
-    if meta is None:
-        raise DataError("not a melalib synthetic dataset (no readable meta.json)", file=out)
-    return _load_cached(out, {k: meta.get(k) for k in _PARAMS})
-
-
 # ---------------------------------------------------------------------------- cache
 def _params(task: str, n_patients: int, image_size: int, seed: int) -> dict[str, Any]:
     if task not in TASKS:

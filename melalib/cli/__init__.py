@@ -3,6 +3,9 @@ demo | presets | weights | kaggle-bundle | explain.
 
 Every subcommand maps onto the same typed config as the Python API and the notebooks:
 ``--config cfg.yaml``, ``--preset NAME`` and ``--set key=value`` (any config field).
+The parser and the training / run commands live here; the handlers of the other command
+groups in `melalib.cli.predict` (predict), `melalib.cli.combine` (ensemble, stack) and
+`melalib.cli.evaluate` (evaluate, explain). No library module imports argparse.
 """
 
 from __future__ import annotations
@@ -13,18 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import RunConfig, get_preset, read_yaml_layers, resolve
-from .data.prepare import PREPARE_ASPECTS, prepare_images
-from .ensemble import BLENDS, ensemble_cli
-from .errors import ConfigError, MelalibError
-from .io import check_not_input, json_text, one_line
-from .localize import BORDER, MISSING
-from .predictions import frame_ci
-from .presets import PRESETS, describe
-from .reproduce import reproduce
-from .runs import RunDir
-from .stack import stack_cli
+from .. import __version__
+from ..config import RunConfig, get_preset, read_yaml_layers, resolve
+from ..data.prepare import PREPARE_ASPECTS, prepare_images
+from ..ensemble import BLENDS
+from ..errors import ConfigError, MelalibError
+from ..io import check_not_input, json_text, one_line
+from ..localize import BORDER, MISSING
+from ..predictions import frame_ci
+from ..presets import PRESETS, describe
+from ..reproduce import reproduce
+from ..runs import RunDir
+from .combine import ensemble_cli, stack_cli
 
 # engine, inference and weights (timm), demo and kaggle (the Jupyter stack) are imported by
 # their subcommands: `melalib --help`, `melalib presets` and `melalib prepare` stay quick.
@@ -90,7 +93,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train  # timm: imported when training (see the note above)
+    from ..engine import train  # timm: imported when training (see the note above)
 
     cfg = load_config(args)
     if cfg.overwrite and getattr(args, "config", None):  # --overwrite never replaces the
@@ -167,13 +170,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import predict_cli  # timm (see the note above)
+    from .predict import predict_cli  # timm (see the note above)
 
     return predict_cli(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .external import evaluate_cli  # timm (see the note above)
+    from .evaluate import evaluate_cli  # timm (see the note above)
 
     return evaluate_cli(args)
 
@@ -193,7 +196,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # the Jupyter stack (see the note above)
+    from ..demo import run_demo  # the Jupyter stack (see the note above)
 
     summary = run_demo(output_dir=args.output_dir, quick=args.quick, overwrite=args.overwrite)
     metrics, metric = summary["metrics"], summary["metrics"].get("primary_metric") or ""
@@ -225,13 +228,13 @@ def _fmt(value: Any) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain_run import explain_cli  # timm and pytorch-grad-cam (see the note above)
+    from .evaluate import explain_cli  # timm and pytorch-grad-cam (see the note above)
 
     return explain_cli(args)
 
 
 def cmd_kaggle_bundle(args: argparse.Namespace) -> int:
-    from .kaggle import build_bundle  # nbformat / papermill (see the note above)
+    from ..kaggle import build_bundle  # nbformat / papermill (see the note above)
 
     out = args.out or default_bundle_dir(args.kernel_id)
     path = build_bundle(out, kernel_id=args.kernel_id, title=args.title,
@@ -250,7 +253,7 @@ def default_bundle_dir(kernel_id: str) -> str:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from .weights import offline_table, write_timm_file  # timm (see the note above)
+    from ..weights import offline_table, write_timm_file  # timm (see the note above)
 
     if args.write:
         if not args.out:
