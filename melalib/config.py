@@ -576,6 +576,12 @@ def spec(name: str) -> Spec:
     return index[name][1].metadata["spec"]
 
 
+def check_field(name: str, value: Any) -> None:
+    """Check ``value`` against field ``name``'s declaration: the guard a library function
+    taking that value directly (not through a config) shares with `RunConfig.validate`."""
+    spec(name).check(name, value)
+
+
 def choices(name: str) -> tuple[Any, ...]:
     """The choices of field ``name`` from its owner's registry (() when it has none)."""
     lazy = spec(name).choices

@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TrainConfig, check_field
 from .errors import ConfigError
 from .registry import Registry
 from .tasks import Task
-
-if TYPE_CHECKING:  # type only: config reads this module's LOSSES and CLASS_WEIGHTING
-    from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 #: the ``class_weighting`` choices: name -> raw weights (n / (K n_c), n_neg / n_pos) -> the
@@ -101,8 +98,7 @@ class _FocalBase(nn.Module):
     def __init__(self, weights: np.ndarray | None = None, gamma: float = 0.0,
                  smoothing: float = 0.0) -> None:
         super().__init__()
-        if not 0 <= smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
+        check_field("label_smoothing", smoothing)
         self.gamma = float(gamma)
         self.smoothing = float(smoothing)
         self.register_buffer(self.weight_name, _buffer(weights))

@@ -31,6 +31,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 import cv2
 
+from .config import check_field
 from .errors import ConfigError
 from .registry import Registry
 
@@ -231,6 +232,7 @@ def build_transforms(image_size: int, train: bool, strength: str = "medium",
     non-square image becomes square (`square_ops`), the same at training and validation.
     ``border_aug`` (`BORDER_AUGS`, `border_ops`): training only, ignored at validation.
     """
+    check_field("image_size", image_size)
     ops = _train_ops(image_size, strength, aspect) if train else square_ops(image_size, aspect)
     border = border_ops(border_aug)  # checked at validation too
     ops += border if train else []

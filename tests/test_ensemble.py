@@ -342,7 +342,7 @@ def test_cli_method_choices_are_the_blend_methods() -> None:
 
     parser = build_parser()
     args = parser.parse_args(["ensemble", "r1", "--method", "search", "--out", "s.csv"])
-    assert args.method == "search" and BLENDS == ("mean", "rank", "geometric", "search",
+    assert args.method == "search" and tuple(BLENDS) == ("mean", "rank", "geometric", "search",
                                                           "best")
     with pytest.raises(SystemExit):
         parser.parse_args(["ensemble", "r1", "--method", "median", "--out", "s.csv"])

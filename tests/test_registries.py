@@ -180,6 +180,19 @@ def _alpha(name: str, tmp: Path) -> None:
         assert out.shape == (4, 4, 3) and out[0, 0, 0] > out[0, 0, 1]
 
 
+def _feature_set(name: str, tmp: Path) -> None:
+    from melalib.features import MetaEncoder
+
+    df = pd.DataFrame({"image_id": list("abcd"), "group_id": ["p1", "p1", "p2", "p3"],
+                       "sex": ["male", "female", "male", "female"],
+                       "site": ["torso", "head_neck", "torso", "torso"],
+                       "age": [30.0, 50.0, 70.0, 60.0], "image_bytes": [1e5, 2e5, 3e5, 4e5],
+                       "tbp_lv_area": [1.0, 2.0, 3.0, 4.0], "split": "train"})
+    x = MetaEncoder(name).fit(df).transform(df)
+    assert x.shape[0] == 4 and np.isfinite(x).all()
+    assert (x.shape[1] == 0) == (name == "none")
+
+
 def _missing(name: str, tmp: Path) -> None:
     from melalib.data.missing import MISSING_IMAGES
 
@@ -260,6 +273,7 @@ RUNNERS: dict[str, Callable[[Any, Path], None]] = {
     "melalib.targets.TARGETS": _target,
     "melalib.data.images.ALPHA_CHOICES": _alpha,
     "melalib.data.missing.MISSING_IMAGES": _missing,
+    "melalib.features.FEATURE_SETS": _feature_set,
     "melalib.device.AMP_DTYPES": _amp,
     "melalib.ensemble.METHODS": _method,
     "melalib.ensemble.BLENDS": _blend,
