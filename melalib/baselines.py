@@ -17,25 +17,25 @@ import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from .errors import ConfigError
 from .features import MetaEncoder
 from .folds import assign_folds
 from .metrics import primary_metric
 from .predictions import prediction_frame, probabilities
+from .registry import Registry
 from .table import LesionTable
 
-MODELS = ("forest", "logistic")  # `classifier` names
 ModelFactory = Callable[[], Any]  # () -> an unfitted sklearn classifier
+#: quick metadata models: name -> ``seed -> ModelFactory`` (`classifier`)
+MODELS: Registry[Callable[[int], ModelFactory]] = Registry("model", {
+    "forest": lambda seed: lambda: RandomForestClassifier(
+        n_estimators=100, min_samples_leaf=1, n_jobs=1, random_state=seed),
+    "logistic": lambda seed: lambda: LogisticRegression(max_iter=1000),
+})
 
 
 def classifier(name: str, seed: int = 0) -> ModelFactory:
     """Factory of a named quick metadata model: ``forest`` (100 trees) or ``logistic``."""
-    if name == "forest":
-        return lambda: RandomForestClassifier(n_estimators=100, min_samples_leaf=1, n_jobs=1,
-                                              random_state=seed)
-    if name == "logistic":
-        return lambda: LogisticRegression(max_iter=1000)
-    raise ConfigError(f"model must be one of {MODELS}, got {name!r}")
+    return MODELS[name](seed)
 
 
 def _fold_probs(task: Any, make_model: ModelFactory, x_fit: np.ndarray, y_fit: np.ndarray,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import inspect
+import importlib
 import json
-import re
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,83 +22,163 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .data.adapters import DATASETS, MILK_VIEWS
-from .data.images import ALPHA_CHOICES
-from .data.missing import MISSING_IMAGES
-from .data.synthetic import TASKS as SYNTHETIC_TASKS
-from .device import AMP_DTYPES
 from .errors import ConfigError
-from .features import FEATURE_SETS
-from .folds import STRATIFY
-from .losses import LOSSES
-from .losses import MODES as CLASS_WEIGHTING
 from .presets import PRESETS
-from .samplers import MODES as SAMPLERS
-from .schedules import SCHEDULERS
-from .targets import TARGETS
-from .transforms import ASPECTS, BORDER_AUGS, STRENGTHS, TTA_COUNTS
+from .registry import choice_error
+
+
+# --------------------------------------------------------------- field declarations
+@dataclass(frozen=True)
+class Lazy:
+    """A choice list owned by another module (``module.name``: a `Registry` or a tuple),
+    imported only when read (`resolve`), so importing config imports no torch."""
+
+    module: str
+    name: str
+
+    def resolve(self) -> tuple[Any, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One field's declaration beside its type and default: help, choices, bounds."""
+
+    help: str
+    choices: Lazy | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def bounds(self) -> str:
+        """The range in words (``>= 8``, ``in (0.5, 1]``), or ""."""
+        low, high = (self.ge, self.gt), (self.le, self.lt)
+        if all(v is None for v in (*low, *high)):
+            return ""
+        if all(v is None for v in high):
+            return f">= {self.ge}" if self.ge is not None else f"> {self.gt}"
+        if all(v is None for v in low):
+            return f"<= {self.le}" if self.le is not None else f"< {self.lt}"
+        left = f"[{self.ge}" if self.ge is not None else f"({self.gt}"
+        right = f"{self.le}]" if self.le is not None else f"{self.lt})"
+        return f"in {left}, {right}"
+
+    def within(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def check(self, name: str, value: Any) -> None:
+        """ConfigError unless ``value`` is one of the choices and within the bounds."""
+        if self.choices is not None and value not in (choices := self.choices.resolve()):
+            raise choice_error(name, value, choices)
+        if not self.within(value):
+            raise ConfigError(f"{name} must be {self.bounds()}, got {value}")
+
+
+def opt(default: Any, help: str, *, choices: Lazy | None = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field: its default and its `Spec` (the one declaration of the field)."""
+    return field(default=default, metadata={"spec": Spec(help, choices, ge, gt, le, lt)})
 
 
 @dataclass
 class DataConfig:
     """Where the data comes from and how it is split and encoded."""
 
-    dataset: str = "synthetic"  # synthetic | isic2020 | isic2019 | isic2020+2019 | ham10000 | milk10k | ham10000+milk10k | isic2024 | custom | image_folder
-    data_dir: str = ""  # raw files of the dataset; synthetic: where generated data is cached; image_folder: <data_dir>/<class>/*.jpg
-    image_dir: str = ""  # overrides the image folder (e.g. a resized cache from `melalib prepare`)
-    synthetic_task: str = "binary"  # binary | multiclass | paired
-    synthetic_patients: int = 60  # patients of the synthetic dataset (several lesions each)
-    synthetic_seed: int = 0  # seed of the synthetic generator
-    synthetic_image_size: int = 64  # pixels of the generated images
-    image_size: int = 64  # model input size (square)
-    aspect: str = "squash"  # non-square image -> square input: squash | crop (centre) | pad (black)
-    augment: str = "medium"  # training augmentation: none | light (flips, rot90) | medium (+ crop, affine, colour) | heavy (wider + dropout)
-    color_constancy: bool = False  # Shades of Gray colour correction (p=6) of every image: training, TTA, predict, Grad-CAM
-    n_folds: int = 5  # grouped CV folds
-    fold_seed: int = 42  # seed of the fold assignment (StratifiedGroupKFold)
-    fold_stratify: str = "label"  # label | label+size (also balance images per patient) | none
-    features: str = "default"  # default | isic11 | context | tbp (default + the ISIC 2024 tbp_lv_* measurements) | none
-    target: str = "label"  # label | diagnosis (binary melanoma: train on 9 diagnosis classes, report P(MEL))
-    pseudo_run: str = ""  # second round: run folder whose test predictions give pseudo-labels
-    pseudo_threshold: float = 0.95  # pseudo_run: test rows with P(class) >= this join training
-    pseudo_weight: float = 0.5  # pseudo_run: loss weight of a pseudo-labelled row (real rows 1)
-    file_size_feature: bool = False  # default/context features: add the image file size (a shortcut across sources; isic11 always has it)
-    num_workers: int = 0  # DataLoader worker processes
-    skip_bad_images: bool = False  # true: leave out unreadable images, listed in the run dir
-    missing_images: str = "error"  # listed training rows whose image files are absent (a partial download): error (before anything is written) | drop (train on the rows whose images are all present; the run lists the rest)
-    milk_view: str = "dermoscopic"  # dataset=milk10k: the image a single-image model sees: dermoscopic | clinical (dual_image: both)
-    custom_csv: str = ""  # dataset=custom: CSV naming images, labels and metadata
-    custom_image_column: str = "image"  # dataset=custom: column of image file names
-    custom_label_column: str = "label"  # dataset=custom: column of class names
-    custom_group_column: str = ""  # dataset=custom: patient column (default: image)
-    custom_split_column: str = ""  # dataset=custom: column of train / test (default: all train)
-    custom_meta_columns: tuple[str, ...] = ()  # dataset=custom: age=col, sex=col, site=col, extra
-    custom_classes: tuple[str, ...] = ()  # dataset=custom / image_folder: class order (default: sorted)
-    custom_fold_column: str = ""  # dataset=custom: column of predefined folds 0..n_folds-1 (audited for leakage)
-    custom_label_map: tuple[str, ...] = ()  # dataset=custom: label=class pairs (Mel=mel) mapping label variants onto a class
-    positive_label: str = ""  # dataset=custom, binary: the positive class (default: the label naming melanoma / malignant / 1; required when none or both do)
-    image_alpha: str = "white"  # transparent pixels: composited on white | black, or error (refused)
-    max_image_pixels: int = 64_000_000  # larger images are refused (ImageError) before decoding; 0 = no limit
-    # issue 25 (explanations): training against the dermoscope-border shortcut
-    border_aug: str = "none"  # training only: none | vignette (random dark circular dermoscope field, p=0.5)
+    dataset: str = opt("synthetic", "the source of the table (a downloaded dataset, custom, "
+                       "image_folder or the synthetic generator)",
+                       choices=Lazy("melalib.data.adapters", "DATASETS"))
+    data_dir: str = opt("", "raw files of the dataset; synthetic: where generated data is "
+                        "cached; image_folder: <data_dir>/<class>/*.jpg")
+    image_dir: str = opt("", "overrides the image folder (e.g. a resized cache from `melalib "
+                         "prepare`)")
+    synthetic_task: str = opt("binary", "task of the synthetic dataset (multiclass: "
+                              "HAM10000-like, paired: MILK10k-like)",
+                              choices=Lazy("melalib.data.synthetic", "TASKS"))
+    synthetic_patients: int = opt(60, "patients of the synthetic dataset (several lesions "
+                                  "each)", ge=4)
+    synthetic_seed: int = opt(0, "seed of the synthetic generator")
+    synthetic_image_size: int = opt(64, "pixels of the generated images", ge=16)
+    image_size: int = opt(64, "model input size (square)", ge=8)
+    aspect: str = opt("squash", "non-square image -> square input: squash both sides, crop "
+                      "the centre, pad with black", choices=Lazy("melalib.transforms", "ASPECTS"))
+    augment: str = opt("medium", "training augmentation: none, light (flips, rot90), medium "
+                       "(+ crop, affine, colour), heavy (wider + dropout)",
+                       choices=Lazy("melalib.transforms", "STRENGTHS"))
+    color_constancy: bool = opt(False, "Shades of Gray colour correction (p=6) of every image: "
+                                "training, TTA, predict, Grad-CAM")
+    n_folds: int = opt(5, "grouped CV folds", ge=2)
+    fold_seed: int = opt(42, "seed of the fold assignment (StratifiedGroupKFold)")
+    fold_stratify: str = opt("label", "fold stratification (label+size: also balance images "
+                             "per patient)", choices=Lazy("melalib.folds", "STRATIFY"))
+    features: str = opt("default", "metadata encoding (tbp: default + the ISIC 2024 tbp_lv_* "
+                        "measurements)", choices=Lazy("melalib.features", "FEATURE_SETS"))
+    target: str = opt("label", "training target (diagnosis: binary melanoma trained on 9 "
+                      "diagnosis classes, reported as P(MEL))",
+                      choices=Lazy("melalib.targets", "TARGETS"))
+    pseudo_run: str = opt("", "second round: run folder whose test predictions give "
+                          "pseudo-labels")
+    pseudo_threshold: float = opt(0.95, "pseudo_run: test rows with P(class) >= this join "
+                                  "training", gt=0.5, le=1)
+    pseudo_weight: float = opt(0.5, "pseudo_run: loss weight of a pseudo-labelled row (real "
+                               "rows 1)", gt=0, le=1)
+    file_size_feature: bool = opt(False, "default/context features: add the image file size "
+                                  "(a shortcut across sources; isic11 always has it)")
+    num_workers: int = opt(0, "DataLoader worker processes", ge=0)
+    skip_bad_images: bool = opt(False, "true: leave out unreadable images, listed in the run "
+                                "dir")
+    missing_images: str = opt("error", "listed training rows whose image files are absent (a "
+                              "partial download): error (before anything is written) or drop "
+                              "(train on the rows whose images are all present; "
+                              "missing_images.csv lists the rest)",
+                              choices=Lazy("melalib.data.missing", "MISSING_IMAGES"))
+    milk_view: str = opt("dermoscopic", "dataset=milk10k: the image a single-image model sees "
+                         "(dual_image: both)", choices=Lazy("melalib.data.adapters", "MILK_VIEWS"))
+    custom_csv: str = opt("", "dataset=custom: CSV naming images, labels and metadata")
+    custom_image_column: str = opt("image", "dataset=custom: column of image file names")
+    custom_label_column: str = opt("label", "dataset=custom: column of class names")
+    custom_group_column: str = opt("", "dataset=custom: patient column (default: image)")
+    custom_split_column: str = opt("", "dataset=custom: column of train / test (default: all "
+                                   "train)")
+    custom_meta_columns: tuple[str, ...] = opt((), "dataset=custom: age=col, sex=col, site=col, "
+                                               "extra")
+    custom_classes: tuple[str, ...] = opt((), "dataset=custom / image_folder: class order "
+                                          "(default: sorted)")
+    custom_fold_column: str = opt("", "dataset=custom: column of predefined folds "
+                                  "0..n_folds-1 (audited for leakage)")
+    custom_label_map: tuple[str, ...] = opt((), "dataset=custom: label=class pairs (Mel=mel) "
+                                            "mapping label variants onto a class")
+    positive_label: str = opt("", "dataset=custom, binary: the positive class (default: the "
+                              "label naming melanoma / malignant / 1; required when none or "
+                              "both do)")
+    image_alpha: str = opt("white", "transparent pixels: composited on white or black, or "
+                           "error (refused)", choices=Lazy("melalib.data.images", "ALPHA_CHOICES"))
+    max_image_pixels: int = opt(64_000_000, "larger images are refused (ImageError) before "
+                                "decoding; 0 = no limit", ge=0)
+    border_aug: str = opt("none", "training only, against the dermoscope-border shortcut "
+                          "(issue 25): vignette = a random dark circular dermoscope field, "
+                          "p=0.5", choices=Lazy("melalib.transforms", "BORDER_AUGS"))
 
 
 @dataclass
 class ModelConfig:
     """The network: a timm backbone, optional metadata MLP, head."""
 
-    backbone: str = "resnet18"  # any timm model name
-    pretrained: bool = False  # ImageNet weights: pretrained_path, else a weight package (melalib weights), else timm's hub
-    pretrained_path: str = ""  # local timm-format weights file (Kaggle, offline); implies pretrained
-    use_image: bool = True  # False: metadata-only MetaMLP baseline
-    use_meta: bool = True  # fuse the metadata MLP (False: image only)
-    meta_hidden: tuple[int, ...] = (128, 64)  # metadata MLP widths
-    meta_dropout: float = 0.3  # dropout in the metadata MLP
-    head_dropout: float = 0.3  # dropout before the head
-    n_msd: int = 1  # multi-sample dropout passes, averaged
-    dual_image: bool = False  # two image branches (clinical + dermoscopic)
-    shared_backbone: bool = True  # dual_image: one backbone for both images
-    drop_path_rate: float = 0.0  # stochastic depth of the backbone
+    backbone: str = opt("resnet18", "any timm model name")
+    pretrained: bool = opt(False, "ImageNet weights: pretrained_path, else a weight package "
+                           "(melalib weights), else timm's hub")
+    pretrained_path: str = opt("", "local timm-format weights file (Kaggle, offline); implies "
+                               "pretrained")
+    use_image: bool = opt(True, "False: metadata-only MetaMLP baseline")
+    use_meta: bool = opt(True, "fuse the metadata MLP (False: image only)")
+    meta_hidden: tuple[int, ...] = opt((128, 64), "metadata MLP widths")
+    meta_dropout: float = opt(0.3, "dropout in the metadata MLP", ge=0, lt=1)
+    head_dropout: float = opt(0.3, "dropout before the head", ge=0, lt=1)
+    n_msd: int = opt(1, "multi-sample dropout passes, averaged", ge=1)
+    dual_image: bool = opt(False, "two image branches (clinical + dermoscopic)")
+    shared_backbone: bool = opt(True, "dual_image: one backbone for both images")
+    drop_path_rate: float = opt(0.0, "stochastic depth of the backbone", ge=0, lt=1)
 
     @property
     def starts_pretrained(self) -> bool:
@@ -110,45 +190,56 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, precision, schedule, checkpoints."""
 
-    epochs: int = 5  # epochs per fold
-    batch_size: int = 32  # global batch (split across DDP ranks)
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-2  # decoupled weight decay (not on norms and biases)
-    scheduler: str = "cosine"  # cosine | plateau | none
-    warmup_epochs: float = 1.0  # linear warm-up of the cosine schedule
-    amp: bool = True  # used on CUDA only; CPU runs fp32
-    amp_dtype: str = "auto"  # auto | bf16 | fp16
-    grad_accum: int = 1  # batches per optimizer step
-    clip_grad: float = 0.0  # max grad norm, 0 = off
-    channels_last: bool = False  # NHWC memory format
-    compile: bool = False  # torch.compile the model
-    ema: bool = False  # exponential moving average of weights (used for predictions)
-    ema_decay: float = 0.999  # EMA decay per optimizer step
-    loss: str = "auto"  # auto | bce | focal | ce
-    focal_gamma: float = 2.0  # loss=focal: focusing parameter
-    label_smoothing: float = 0.0  # target smoothing epsilon
-    meta_blanking: float = 0.0  # training only: probability of blanking a row's age, sex and site (each independently, per epoch)
-    class_weighting: str = "none"  # none | balanced | sqrt (from training folds only)
-    sampler: str = "none"  # none | balanced | sqrt
-    freeze_epochs: int = 0  # epochs with a frozen backbone, then discriminative LRs (>= epochs: head only)
-    backbone_lr_mult: float = 0.1  # backbone LR factor after the frozen warm-up
-    patience: int = 0  # early-stopping epochs without improvement, 0 = off
-    seed: int = 42  # training seed (weights, shuffles, augmentation)
-    device: str = "auto"  # auto | cpu | cuda | cuda:1
-    tta: int = 1  # views averaged at prediction: 1 none, 2 +hflip, 4 +vflip, 8 +rot90
-    max_steps_per_epoch: int = 0  # 0 = the whole epoch (a cap for smoke tests)
-    deterministic: bool = True  # deterministic cuDNN (slower on GPU)
-    mlflow: bool = False  # log to MLflow (melalib[mlflow]): $MLFLOW_TRACKING_URI, else SQLite <output_dir>/mlflow.db; a parent run per run, a nested run per fold
+    epochs: int = opt(5, "epochs per fold", ge=1)
+    batch_size: int = opt(32, "global batch (split across DDP ranks)", ge=1)
+    lr: float = opt(1e-3, "peak AdamW learning rate", gt=0)
+    weight_decay: float = opt(1e-2, "decoupled weight decay (not on norms and biases)")
+    scheduler: str = opt("cosine", "learning-rate schedule: cosine (linear warm-up, then "
+                         "cosine decay), plateau (halve when the score stalls), none",
+                         choices=Lazy("melalib.schedules", "SCHEDULES"))
+    warmup_epochs: float = opt(1.0, "linear warm-up of the cosine schedule")
+    amp: bool = opt(True, "used on CUDA only; CPU runs fp32")
+    amp_dtype: str = opt("auto", "autocast dtype on CUDA (auto: bf16 where the GPU has it)",
+                         choices=Lazy("melalib.device", "AMP_DTYPES"))
+    grad_accum: int = opt(1, "batches per optimizer step", ge=1)
+    clip_grad: float = opt(0.0, "max grad norm, 0 = off")
+    channels_last: bool = opt(False, "NHWC memory format")
+    compile: bool = opt(False, "torch.compile the model")
+    ema: bool = opt(False, "exponential moving average of weights (used for predictions)")
+    ema_decay: float = opt(0.999, "EMA decay per optimizer step", gt=0)
+    loss: str = opt("auto", "loss (auto: bce for binary / multilabel, ce for multiclass)",
+                    choices=Lazy("melalib.losses", "LOSSES"))
+    focal_gamma: float = opt(2.0, "loss=focal: focusing parameter", ge=0)
+    label_smoothing: float = opt(0.0, "target smoothing epsilon", ge=0, lt=1)
+    meta_blanking: float = opt(0.0, "training only: probability of blanking a row's age, sex "
+                               "and site (each independently, per epoch)", ge=0, le=1)
+    class_weighting: str = opt("none", "loss class weights (from training folds only)",
+                               choices=Lazy("melalib.losses", "CLASS_WEIGHTING"))
+    sampler: str = opt("none", "class-rebalancing sampler (from training folds only)",
+                       choices=Lazy("melalib.samplers", "SAMPLERS"))
+    freeze_epochs: int = opt(0, "epochs with a frozen backbone, then discriminative LRs (>= "
+                             "epochs: head only)", ge=0)
+    backbone_lr_mult: float = opt(0.1, "backbone LR factor after the frozen warm-up")
+    patience: int = opt(0, "early-stopping epochs without improvement, 0 = off", ge=0)
+    seed: int = opt(42, "training seed (weights, shuffles, augmentation)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:1")
+    tta: int = opt(1, "views averaged at prediction: 1 none, 2 +hflip, 4 +vflip, 8 +rot90",
+                   choices=Lazy("melalib.transforms", "TTA_COUNTS"))
+    max_steps_per_epoch: int = opt(0, "0 = the whole epoch (a cap for smoke tests)", ge=0)
+    deterministic: bool = opt(True, "deterministic cuDNN (slower on GPU)")
+    mlflow: bool = opt(False, "log to MLflow (melalib[mlflow]): $MLFLOW_TRACKING_URI, else "
+                       "SQLite <output_dir>/mlflow.db; a parent run per run, a nested run per "
+                       "fold")
 
 
 @dataclass
 class RunConfig:
     """One named run: the data, the model, the training and where it writes."""
 
-    name: str = "run"  # run name: the run folder is <output_dir>/<name>
-    output_dir: str = "outputs"  # parent folder of run folders
-    fold: int = -1  # -1 = every fold
-    overwrite: bool = False  # replace an existing run with another config (else refused)
+    name: str = opt("run", "run name: the run folder is <output_dir>/<name>")
+    output_dir: str = opt("outputs", "parent folder of run folders")
+    fold: int = opt(-1, "-1 = every fold", ge=-1)
+    overwrite: bool = opt(False, "replace an existing run with another config (else refused)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -244,65 +335,17 @@ class RunConfig:
         return new
 
     def validate(self) -> None:
-        """Check values that types alone cannot (choices and ranges)."""
-        d, m, t = self.data, self.model, self.train
-        _choice("dataset", d.dataset, DATASETS)
-        _choice("synthetic_task", d.synthetic_task, tuple(SYNTHETIC_TASKS))
-        _choice("fold_stratify", d.fold_stratify, STRATIFY)
-        _choice("aspect", d.aspect, ASPECTS)
-        _choice("augment", d.augment, STRENGTHS)
-        _choice("border_aug", d.border_aug, BORDER_AUGS)
-        _choice("features", d.features, FEATURE_SETS)
-        _choice("image_alpha", d.image_alpha, ALPHA_CHOICES)
-        _choice("missing_images", d.missing_images, MISSING_IMAGES)
-        _choice("milk_view", d.milk_view, MILK_VIEWS)
+        """Check every field against its declaration (`Spec`: choices and bounds), then the
+        rules that tie fields together."""
+        for name, (section, f) in field_index().items():
+            owner = self if section is None else getattr(self, section)
+            f.metadata["spec"].check(name, getattr(owner, name))
         _check_name(self.name)
-        _choice("target", d.target, TARGETS)
-        if d.pseudo_run:
-            if not 0.5 < d.pseudo_threshold <= 1:
-                raise ConfigError(f"pseudo_threshold must be in (0.5, 1], got {d.pseudo_threshold}")
-            if not 0 < d.pseudo_weight <= 1:
-                raise ConfigError(f"pseudo_weight must be in (0, 1], got {d.pseudo_weight}")
-            if d.target != "label":
-                raise ConfigError("pseudo_run needs target=label (pseudo-labels are of the "
-                                  "reported classes, not of the diagnosis classes)")
-        _choice("scheduler", t.scheduler, SCHEDULERS)
-        _choice("amp_dtype", t.amp_dtype, AMP_DTYPES)
-        _choice("loss", t.loss, LOSSES)
-        _choice("class_weighting", t.class_weighting, CLASS_WEIGHTING)
-        _choice("sampler", t.sampler, SAMPLERS)
-        _choice("tta", t.tta, TTA_COUNTS)
-        for name, value, low in (
-            ("image_size", d.image_size, 8),
-            ("n_folds", d.n_folds, 2),
-            ("synthetic_patients", d.synthetic_patients, 4),
-            ("synthetic_image_size", d.synthetic_image_size, 16),
-            ("epochs", t.epochs, 1),
-            ("batch_size", t.batch_size, 1),
-            ("grad_accum", t.grad_accum, 1),
-            ("n_msd", m.n_msd, 1),
-            ("num_workers", d.num_workers, 0),
-            ("patience", t.patience, 0),
-            ("freeze_epochs", t.freeze_epochs, 0),
-            ("max_steps_per_epoch", t.max_steps_per_epoch, 0),
-            ("max_image_pixels", d.max_image_pixels, 0),
-        ):
-            if value < low:
-                raise ConfigError(f"{name} must be >= {low}, got {value}")
-        for name, value in (("lr", t.lr), ("ema_decay", t.ema_decay)):
-            if not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        for name, value in (
-            ("meta_dropout", m.meta_dropout),
-            ("head_dropout", m.head_dropout),
-            ("label_smoothing", t.label_smoothing),
-            ("drop_path_rate", m.drop_path_rate),
-        ):
-            if not 0 <= value < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {value}")
-        if not 0 <= t.meta_blanking <= 1:
-            raise ConfigError(f"meta_blanking must be in [0, 1], got {t.meta_blanking}")
-        if self.fold < -1 or self.fold >= d.n_folds:
+        d, m = self.data, self.model
+        if d.pseudo_run and d.target != "label":
+            raise ConfigError("pseudo_run needs target=label (pseudo-labels are of the "
+                              "reported classes, not of the diagnosis classes)")
+        if self.fold >= d.n_folds:
             raise ConfigError(f"fold must be -1 (all) or in [0, {d.n_folds - 1}], got {self.fold}")
         if not m.use_image and not m.use_meta:
             raise ConfigError("use_image and use_meta are both false: the model has no input")
@@ -443,14 +486,6 @@ def _check_name(name: str) -> None:
                           "<output_dir>/<name>")
 
 
-def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), list(map(str, choices)), n=2)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got "
-                          f"{value!r}{hint}")
-
-
 def _plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
@@ -534,25 +569,68 @@ def get_preset(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+def spec(name: str) -> Spec:
+    """The declaration of the flat field ``name``."""
+    if name not in (index := field_index()):
+        _unknown(name)
+    return index[name][1].metadata["spec"]
+
+
+def check_field(name: str, value: Any) -> None:
+    """Check ``value`` against field ``name``'s declaration: the guard a library function
+    taking that value directly (not through a config) shares with `RunConfig.validate`."""
+    spec(name).check(name, value)
+
+
+def choices(name: str) -> tuple[Any, ...]:
+    """The choices of field ``name`` from its owner's registry (() when it has none)."""
+    lazy = spec(name).choices
+    return lazy.resolve() if lazy is not None else ()
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return _plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+
+
+def _kind(name: str) -> str:
+    section, _f = field_index()[name]
+    hint = _hints(RunConfig if section is None else _SECTIONS[section])[name]
+    return getattr(hint, "__name__", str(hint))
+
+
+def describe(name: str) -> str:
+    """One field's help with its choices and range, as docs and ``--help`` show it."""
+    s = spec(name)
+    extra = [f"choices: {', '.join(map(str, choices(name)))}" if s.choices else "",
+             f"range: {s.bounds()}" if s.bounds() else ""]
+    return "; ".join([s.help, *filter(None, extra)])
+
+
+def fields_help() -> str:
+    """Every field as ``--help`` lists it: name, type, default, help, choices, range."""
+    lines = ["config fields (--set key=value; docs/config.md):"]
+    for name, (_section, f) in field_index().items():
+        lines.append(textwrap.fill(f"{name} ({_kind(name)}, default {_default(f)!r}): "
+                                   f"{describe(name)}", width=98, initial_indent="  ",
+                                   subsequent_indent="      ", break_on_hyphens=False))
+    return "\n".join(lines)
+
+
 def reference_markdown() -> str:
-    """The config reference (docs/config.md): every field, its section, type, default and
-    the comment beside it in this module."""
+    """The config reference (docs/config.md): every field's section, type, default and
+    declaration (help, choices from the owner's registry, range)."""
     lines = ["# Config reference", "",
              "Every field is a papermill parameter (`-p name value`), a CLI override "
              "(`--set name=value`) and a YAML key (flat, or under `data:` / `model:` / `train:`).",
-             "Generated from `melalib/config.py` by `melalib.config.reference_markdown()`.", ""]
+             "Generated from the field declarations in `melalib/config.py` by "
+             "`melalib.config.reference_markdown()`.", ""]
+    index = field_index()
     for section, cls in (("run", RunConfig), *_SECTIONS.items()):
         lines += [f"## {section}" + ("" if section == "run" else f" (`{cls.__name__}`)"), "",
                   "| field | type | default | meaning |", "|---|---|---|---|"]
-        source = inspect.getsource(cls)
-        hints = _hints(cls)
-        for f in fields(cls):
-            if f.name in _SECTIONS:
-                continue
-            match = re.search(rf"^\s+{f.name}: .*?#\s*(.*)$", source, re.M)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
-            meaning = match.group(1).strip().replace("|", "/") if match else ""
-            lines.append(f"| `{f.name}` | {kind} | `{_plain(default)!r}` | {meaning} |")
+        for name, (owner, f) in index.items():
+            if (owner or "run") == section:
+                meaning = describe(name).replace("|", "/")
+                lines.append(f"| `{name}` | {_kind(name)} | `{_default(f)!r}` | {meaning} |")
         lines.append("")
     return "\n".join(lines)

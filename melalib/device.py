@@ -1,7 +1,7 @@
 """Device, mixed precision and seeding: what every loop (training, prediction, Grad-CAM)
 sets up before it runs.
 
-torch only (the config reads `AMP_DTYPES` from here, so this module stays below `config`
+torch only (the config names `AMP_DTYPES` here, so this module stays below `config`
 and never imports timm): `resolve_device`, `Precision` / `resolve_precision` (bf16 or fp16
 autocast on CUDA, plain fp32 on CPU), `seed_everything`, `derived_seed`,
 `set_deterministic`.
@@ -10,6 +10,7 @@ autocast on CUDA, plain fp32 on CPU), `seed_everything`, `derived_seed`,
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,19 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .registry import Registry
 
 if TYPE_CHECKING:  # type hints only: config reads AMP_DTYPES from this module
     from .config import RunConfig
 
-#: the ``amp_dtype`` choices: auto = bf16 where the GPU has it natively, else fp16
-AMP_DTYPES = ("auto", "bf16", "fp16")
+#: the ``amp_dtype`` choices: name -> ``() -> whether autocast uses bf16`` (else fp16 with a
+#: GradScaler); auto = bf16 where the GPU has it natively (torch's default also counts slow
+#: emulation, e.g. on a T4)
+AMP_DTYPES: Registry[Callable[[], bool]] = Registry("amp_dtype", {
+    "auto": lambda: torch.cuda.is_bf16_supported(including_emulation=False),
+    "bf16": lambda: True,
+    "fp16": lambda: False,
+})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,9 +66,7 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> Precision:
     t = cfg.train
     if device.type != "cuda" or not t.amp:
         return FP32
-    # native bf16 only (Ampere+): torch's default also counts slow emulation (e.g. on a T4)
-    bf16 = t.amp_dtype == "bf16" or (
-        t.amp_dtype == "auto" and torch.cuda.is_bf16_supported(including_emulation=False))
+    bf16 = AMP_DTYPES[t.amp_dtype]()
     return Precision(True, torch.bfloat16 if bf16 else torch.float16, not bf16)
 
 

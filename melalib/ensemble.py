@@ -39,13 +39,19 @@ from .predictions import (
     probabilities_of,
     shared_labels,
 )
+from .registry import Registry
 from .runs import RunDir, shared_task
 from .tasks import Task, melanoma_class
 
-METHODS = ("mean", "rank", "geometric")
-#: `blend` methods: search = the mean with weights searched on OOF; best = the candidate of
-#: `candidates` (each run alone, the blends, the searched weights) with the best OOF score
-BLENDS = (*METHODS, "search", "best")
+#: how aligned probabilities are combined: name -> ``(weights (M,), probs (M, N, K), task)
+#: -> (N, K)``
+METHODS: Registry[Callable[[np.ndarray, np.ndarray, Task], np.ndarray]] = Registry("method")
+#: `blend` methods: name -> ``(runs, their OOF frames, task) -> Candidate``: each of
+#: `METHODS` with equal weights; search = the mean with weights searched on OOF; best = the
+#: candidate of `candidates` (each run alone, the blends, the searched weights) with the
+#: best OOF score (registered below `blend`)
+BLENDS: Registry[Callable[[Sequence[RunDir], Sequence[pd.DataFrame], Task], Candidate]] = \
+    Registry("ensemble method")
 FORMATS = ("isic2020", "ham10000", "isic2019", "milk10k")
 EPS = 1e-7
 MAX_GRID = 5000  # simplex points above which search_weights optimises with scipy instead
@@ -69,14 +75,27 @@ def _weights(weights: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray
 def blend_probs(probs: Sequence[np.ndarray], task: Task, method: str = "mean",
                 weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Weighted blend of aligned (N, n_outputs) probability arrays."""
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
+    combine_fn = METHODS[method]
     w = _weights(weights, len(probs))
     stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])  # (M, N, K)
-    if method == "mean":
-        return np.tensordot(w, stack, axes=1)
-    if method == "rank":
-        return np.tensordot(w, _ranks(stack), axes=1)
+    return combine_fn(w, stack, task)
+
+
+@METHODS.register("mean")
+def _mean(w: np.ndarray, stack: np.ndarray, task: Task) -> np.ndarray:
+    """The weighted mean of the probabilities."""
+    return np.tensordot(w, stack, axes=1)
+
+
+@METHODS.register("rank")
+def _rank(w: np.ndarray, stack: np.ndarray, task: Task) -> np.ndarray:
+    """The weighted mean of each model's ranks (a ranking, not a probability)."""
+    return np.tensordot(w, _ranks(stack), axes=1)
+
+
+@METHODS.register("geometric")
+def _geometric(w: np.ndarray, stack: np.ndarray, task: Task) -> np.ndarray:
+    """The weighted geometric mean (renormalised for a multiclass task)."""
     out = np.exp(np.tensordot(w, np.log(np.clip(stack, EPS, 1.0)), axes=1))
     if task.kind == "multiclass":
         out = out / out.sum(axis=1, keepdims=True)
@@ -356,20 +375,12 @@ def blend(runs: Sequence[RunLike], method: str = "mean") -> Blend:
     ``rank``, ``geometric`` (equal weights), ``search`` (the mean with weights searched on
     the OOF predictions only) or ``best`` (`best_candidate`: the run or blend with the
     best OOF primary metric). ConfigError when the runs predict different tasks."""
-    if method not in BLENDS:
-        raise ConfigError(f"ensemble method must be one of {BLENDS}, got {method!r}")
+    choose = BLENDS[method]
     views = [r if isinstance(r, RunDir) else RunDir.read(r) for r in runs]
     task = shared_task(views)
     oofs = [v.oof() for v in views]
     tests = [v.test_mean() for v in views]
-    if method == "best":
-        chosen = best_candidate(task, oofs, candidates(views, oofs, task))
-    elif method == "search":
-        chosen = Candidate("searched weights (mean)", "mean",
-                           tuple(float(x) for x in search_weights(oofs, task)))
-    else:
-        chosen = Candidate(f"{method} blend" if len(views) > 1 else f"run {views[0].path.name}",
-                           method, tuple(_weights(None, len(views))))
+    chosen = choose(views, oofs, task)
     weights = np.asarray(chosen.weights)
     oof = combine(oofs, task, chosen.method, weights)
     if "fold" in oofs[0].columns:
@@ -378,6 +389,23 @@ def blend(runs: Sequence[RunLike], method: str = "mean") -> Blend:
     test = None if any(t is None for t in tests) else combine(
         [t for t in tests if t is not None], task, chosen.method, weights)
     return Blend(task, oof, test, weights, method, views, oofs, chosen.label)
+
+
+def _equal_blend(method: str) -> Callable[[Sequence[RunDir], Sequence[pd.DataFrame], Task],
+                                          Candidate]:
+    def choose(views: Sequence[RunDir], oofs: Sequence[pd.DataFrame], task: Task) -> Candidate:
+        return Candidate(f"{method} blend" if len(views) > 1 else f"run {views[0].path.name}",
+                         method, tuple(_weights(None, len(views))))
+
+    return choose
+
+
+for _method in METHODS:
+    BLENDS.register(_method)(_equal_blend(_method))
+BLENDS.register("search")(lambda views, oofs, task: Candidate(
+    "searched weights (mean)", "mean", tuple(float(x) for x in search_weights(oofs, task))))
+BLENDS.register("best")(lambda views, oofs, task: best_candidate(
+    task, oofs, candidates(views, oofs, task)))
 
 
 def compare_blends(blended: Blend) -> pd.DataFrame:

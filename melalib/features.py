@@ -59,6 +59,7 @@ Feature sets (`FEATURE_SETS`; the `features` config field):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -66,9 +67,30 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError, LeakageError
+from .registry import Registry
 from .table import SEXES, SITES, patient_key
 
-FEATURE_SETS = ("default", "isic11", "context", "tbp", "none")
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What a ``features`` choice encodes: nothing (``encodes=False``), the fixed ISIC 2020
+    11-feature layout (``isic11``), or sex / site / age plus the table's optional columns
+    and the set's own inputs ``extra(df)`` (``@...`` marks a derived input)."""
+
+    encodes: bool = True
+    isic11: bool = False
+    extra: Callable[[pd.DataFrame], list[str]] = lambda df: []
+
+
+#: the ``features`` choices: name -> its `FeatureSet` (``context``: label-free patient
+#: context; ``tbp``: default + the ISIC 2024 ``tbp_lv_*`` measurements)
+FEATURE_SETS: Registry[FeatureSet] = Registry("features", {
+    "default": FeatureSet(),
+    "isic11": FeatureSet(isic11=True),
+    "context": FeatureSet(extra=lambda df: ["@patient_context"]),
+    "tbp": FeatureSet(extra=lambda df: tbp_columns(df)),
+    "none": FeatureSet(encodes=False),
+})
 #: ISIC 2024 lesion measurements (the ``tbp`` set; `tbp_columns`)
 TBP_PREFIX, TBP_EXTRA = "tbp_lv_", ("clin_size_long_diam_mm",)
 FORMAT = "melalib.MetaEncoder"
@@ -129,15 +151,14 @@ class MetaEncoder:
     """Encode sex, site, age and the optional extras; fit on training rows only."""
 
     def __init__(self, preset: str = "default", *, file_size: bool = False) -> None:
-        if preset not in FEATURE_SETS:
-            raise ConfigError(f"unknown metadata preset {preset!r}; choose one of {FEATURE_SETS}")
+        self.feature_set = FEATURE_SETS[preset]
         self.preset = preset
         self.file_size = file_size  # default / context: use image_bytes (isic11 always does)
         self.columns: list[str] = []  # optional / derived columns chosen at fit
         self.categories: dict[str, list[str]] = {}  # text meta_* columns -> categories
         self.features: list[Feature] = []
         self.train_stats: dict[str, tuple[float, float, float, float]] = {}
-        self.fitted = preset == "none"
+        self.fitted = not self.feature_set.encodes
 
     # ------------------------------------------------------------------ public API
     @property
@@ -152,7 +173,7 @@ class MetaEncoder:
 
     def fit(self, train_df: pd.DataFrame) -> MetaEncoder:
         """Learn the statistics from ``train_df`` (training rows only; labels are not read)."""
-        if self.preset == "none":
+        if not self.feature_set.encodes:
             self.fitted = True
             return self
         if len(train_df) == 0:
@@ -200,7 +221,7 @@ class MetaEncoder:
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode ``df`` with the fitted statistics -> float32 (N, dim), all finite."""
         self._require_fitted("transform")
-        if self.preset == "none":
+        if not self.feature_set.encodes:
             return np.zeros((len(df), 0), dtype=np.float32)
         for column in self._required_columns():
             if column not in df.columns:
@@ -268,7 +289,7 @@ class MetaEncoder:
 
     def _choose_columns(self, df: pd.DataFrame) -> list[str]:
         """Optional columns used by this preset (``@...`` marks a derived input)."""
-        if self.preset == "isic11":
+        if self.feature_set.isic11:
             if "image_bytes" not in df.columns or not _usable(_log_positive(df, "image_bytes")):
                 raise DataError("preset 'isic11' needs image file sizes (column image_bytes) "
                                 "and none of the training rows has one; make the images "
@@ -286,18 +307,14 @@ class MetaEncoder:
         chosen += [c for c in df.columns if c.lower().startswith("monet_")
                    and _usable(_numeric(df, c))]
         chosen += [c for c in df.columns if c.startswith("meta_") and df[c].notna().any()]
-        if self.preset == "tbp":
-            chosen += tbp_columns(df)
-        if self.preset == "context":
-            chosen.append("@patient_context")
-        return chosen
+        return chosen + self.feature_set.extra(df)
 
     @property
     def _kinds(self) -> dict[str, tuple[str, str]]:
         """Output name -> (kind, source column), in output order."""
-        if self.preset == "none":
+        if not self.feature_set.encodes:
             return {}
-        if self.preset == "isic11":
+        if self.feature_set.isic11:
             count = self.columns[0]
             kinds = {"sex": ("fixed", "sex"), "age": ("fixed", "age"),
                      "n_images": ("fixed", "n_images" if count == "n_images" else "group_id"),
@@ -330,7 +347,7 @@ class MetaEncoder:
         site = _vocabulary(df, "site", SITES)
         age = _numeric(df, "age")
         cols: dict[str, np.ndarray] = {}
-        if self.preset == "isic11":
+        if self.feature_set.isic11:
             cols["sex"] = np.select([sex == "male", sex == "female"], [1.0, 0.0], -1.0)
             cols["age"] = np.nan_to_num(age / 90.0, nan=0.0)
             cols["n_images"] = np.log1p(self._counts(df))

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -24,9 +25,12 @@ import pandas as pd
 
 from .errors import ConfigError, DataError
 from .leakage import audit_leakage, numpy_columns
+from .registry import Registry
 from .table import LesionTable
 
-STRATIFY = ("label", "label+size", "none")
+#: the ``fold_stratify`` choices: name -> ``(labels, group codes, info) -> per-image strata``
+STRATIFY: Registry[Callable[[np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]] = Registry(
+    "fold_stratify")
 N_SIZE_BINS = 4  # quantile buckets of images-per-group for stratify="label+size"
 SUBSETS = ("train", "val", "test")
 
@@ -60,8 +64,7 @@ def assign_folds(table: LesionTable, n_folds: int = 5, seed: int = 42, stratify:
     """
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise ConfigError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    if stratify not in STRATIFY:
-        raise ConfigError(f"stratify must be one of {STRATIFY}, got {stratify!r}")
+    strata_of = STRATIFY[stratify]
     df, task, file = numpy_columns(table.df), table.task, table.origin or None
     for column in ("image_id", "group_id", "label", "split"):
         if column not in df.columns:
@@ -100,7 +103,7 @@ def assign_folds(table: LesionTable, n_folds: int = 5, seed: int = 42, stratify:
         info["warnings"].append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
 
-    strata = _strata(labels, group_codes, stratify, info)
+    strata = strata_of(labels, group_codes, info)
     try:
         folds = stratified_group_folds(strata, group_codes, int(n_folds), seed)
     except ValueError as exc:
@@ -207,13 +210,16 @@ def _class_name(task: Any, label: int) -> str:
     return str(classes[label]) if 0 <= label < len(classes) else str(label)
 
 
-def _strata(labels: np.ndarray, group_codes: np.ndarray, stratify: str,
-            info: dict[str, Any]) -> np.ndarray:
-    """Per-image stratification key: label, label x group-size bucket, or a constant."""
-    if stratify == "none":
-        return np.zeros(len(labels), dtype=np.int64)
-    if stratify == "label":
-        return labels
+@STRATIFY.register("label")
+def _by_label(labels: np.ndarray, group_codes: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """Stratify by label."""
+    return labels
+
+
+@STRATIFY.register("label+size")
+def _by_label_and_size(labels: np.ndarray, group_codes: np.ndarray, info: dict[str, Any]
+                       ) -> np.ndarray:
+    """Stratify by label x group-size bucket (balances images per patient)."""
     sizes = np.bincount(group_codes)
     buckets = pd.qcut(pd.Series(sizes), q=N_SIZE_BINS, labels=False, duplicates="drop")
     buckets = buckets.fillna(0).to_numpy(dtype=np.int64)
@@ -221,6 +227,13 @@ def _strata(labels: np.ndarray, group_codes: np.ndarray, stratify: str,
     edges = [int(sizes[buckets == b].max()) for b in range(n_buckets)]
     info["size_buckets_max_images"] = edges
     return labels * n_buckets + buckets[group_codes]
+
+
+@STRATIFY.register("none")
+def _unstratified(labels: np.ndarray, group_codes: np.ndarray, info: dict[str, Any]
+                  ) -> np.ndarray:
+    """No stratification (one constant stratum)."""
+    return np.zeros(len(labels), dtype=np.int64)
 
 
 def _check_fold_classes(task: Any, labels: np.ndarray, folds: np.ndarray, n_folds: int,

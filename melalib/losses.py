@@ -15,27 +15,23 @@ Focal losses use the same weights, so ``focal_gamma=0`` equals the plain weighte
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TrainConfig, check_field
 from .errors import ConfigError
+from .registry import Registry
 from .tasks import Task
 
-if TYPE_CHECKING:  # type only: config reads this module's LOSSES and MODES
-    from .config import TrainConfig
-
 log = logging.getLogger(__name__)
-LOSSES = ("auto", "bce", "focal", "ce")  # auto: bce for binary / multilabel, ce for multiclass
-MODES = ("none", "balanced", "sqrt")  # class weighting
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ConfigError(f"class_weighting must be one of {MODES}, got {mode!r}")
+#: the ``class_weighting`` choices: name -> raw weights (n / (K n_c), n_neg / n_pos) -> the
+#: weights used; ``none``: no weights
+CLASS_WEIGHTING: Registry[Callable[[np.ndarray], np.ndarray] | None] = Registry(
+    "class_weighting", {"none": None, "balanced": lambda w: w, "sqrt": np.sqrt})
 
 
 def class_counts(labels: np.ndarray, k: int) -> np.ndarray:
@@ -54,8 +50,8 @@ def class_counts(labels: np.ndarray, k: int) -> np.ndarray:
 
 def class_weights(labels: np.ndarray, k: int, mode: str) -> np.ndarray:
     """Per-class weights, mean 1: ``balanced`` n / (K n_c), ``sqrt`` its root, ``none`` ones."""
-    _check_mode(mode)
-    if mode == "none":
+    shape = CLASS_WEIGHTING[mode]
+    if shape is None:
         return np.ones(k)
     counts = class_counts(labels, k).astype(float)
     n = counts.sum()
@@ -63,9 +59,7 @@ def class_weights(labels: np.ndarray, k: int, mode: str) -> np.ndarray:
     if absent.any():
         log.warning("classes %s are absent from the training labels: weight 1 before "
                     "normalising", np.flatnonzero(absent).tolist())
-    w = np.where(absent, 1.0, n / (k * np.maximum(counts, 1)))
-    if mode == "sqrt":
-        w = np.sqrt(w)
+    w = shape(np.where(absent, 1.0, n / (k * np.maximum(counts, 1))))
     return w / w.mean()
 
 
@@ -75,22 +69,21 @@ def pos_weights(labels: np.ndarray, k: int, mode: str, binary: bool = False) -> 
     ``binary``: one weight for class 1 of integer 0/1 labels. Outputs without positives or
     negatives in training get 1 (and a logged note).
     """
-    _check_mode(mode)
+    shape = CLASS_WEIGHTING[mode]
     labels = np.asarray(labels)
     if binary:
         counts = class_counts(labels, 2)
         pos, n = counts[1:2].astype(float), float(counts.sum())
     else:
         pos, n = class_counts(labels, k).astype(float), float(len(labels))
-    if mode == "none":
+    if shape is None:
         return np.ones_like(pos)
     neg = n - pos
     degenerate = (pos == 0) | (neg == 0)
     if degenerate.any():
         log.warning("outputs %s have no positive or no negative training example: "
                     "pos_weight 1", np.flatnonzero(degenerate).tolist())
-    w = np.where(degenerate, 1.0, neg / np.maximum(pos, 1))
-    return np.sqrt(w) if mode == "sqrt" else w
+    return shape(np.where(degenerate, 1.0, neg / np.maximum(pos, 1)))
 
 
 def _buffer(values: np.ndarray | None) -> torch.Tensor | None:
@@ -105,8 +98,7 @@ class _FocalBase(nn.Module):
     def __init__(self, weights: np.ndarray | None = None, gamma: float = 0.0,
                  smoothing: float = 0.0) -> None:
         super().__init__()
-        if not 0 <= smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
+        check_field("label_smoothing", smoothing)
         self.gamma = float(gamma)
         self.smoothing = float(smoothing)
         self.register_buffer(self.weight_name, _buffer(weights))
@@ -175,33 +167,52 @@ def weighted_loss(loss_fn: nn.Module, logits: torch.Tensor, targets: torch.Tenso
 
 
 def build_loss(train_cfg: TrainConfig, task: Task, train_labels: np.ndarray) -> nn.Module:
-    """The configured loss for ``task``, weighted from the training fold's labels.
+    """The configured loss for ``task`` (`LOSSES`), weighted from the training fold's labels
+    (``class_weighting``: `CLASS_WEIGHTING`); ``label_smoothing``: ε."""
+    return LOSSES[train_cfg.loss](train_cfg, task, np.asarray(train_labels))
 
-    ``loss``: ``auto`` (bce for binary / multilabel, ce for multiclass), ``bce``, ``ce``
-    or ``focal`` (γ = ``focal_gamma``); ``class_weighting``: none | balanced | sqrt;
-    ``label_smoothing``: ε.
-    """
-    kind, name = task.kind, train_cfg.loss
+
+def _weighted(train_cfg: TrainConfig, task: Task, labels: np.ndarray, gamma: float
+              ) -> nn.Module:
+    """The task's softmax (multiclass) or sigmoid loss with focusing ``gamma``."""
     mode, eps = train_cfg.class_weighting, train_cfg.label_smoothing
-    _check_mode(mode)
-    if name == "auto":
-        name = "ce" if kind == "multiclass" else "bce"
-    if name not in LOSSES:
-        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
-    if name == "ce" and kind != "multiclass":
-        raise ConfigError(f"loss=ce needs a multiclass task; task {task.name!r} is {kind} "
-                          "(use bce or focal)")
-    if name == "bce" and kind == "multiclass":
+    none = CLASS_WEIGHTING[mode] is None
+    if task.kind == "multiclass":
+        weight = None if none else class_weights(labels, task.n_classes, mode)
+        return SoftmaxLoss(weight, gamma=gamma, smoothing=eps)
+    pw = None if none else pos_weights(labels, task.n_classes, mode, binary=task.kind == "binary")
+    return SigmoidLoss(pw, gamma=gamma, smoothing=eps)
+
+
+#: the ``loss`` choices: name -> ``(train_cfg, task, training labels) -> loss module``
+LOSSES: Registry[Callable[[TrainConfig, Task, np.ndarray], nn.Module]] = Registry("loss")
+
+
+@LOSSES.register("auto")
+def auto_loss(train_cfg: TrainConfig, task: Task, labels: np.ndarray) -> nn.Module:
+    """``ce`` for a multiclass task, else ``bce``."""
+    return LOSSES["ce" if task.kind == "multiclass" else "bce"](train_cfg, task, labels)
+
+
+@LOSSES.register("bce")
+def bce_loss(train_cfg: TrainConfig, task: Task, labels: np.ndarray) -> nn.Module:
+    """Sigmoid cross-entropy: binary and multilabel tasks."""
+    if task.kind == "multiclass":
         raise ConfigError(f"loss=bce needs a binary or multilabel task; task {task.name!r} is "
                           "multiclass (use ce or focal)")
-    gamma = train_cfg.focal_gamma if name == "focal" else 0.0
-    if gamma < 0:
-        raise ConfigError(f"focal_gamma must be >= 0, got {gamma}")
-    labels = np.asarray(train_labels)
-    if kind == "multiclass":
-        weight = None if mode == "none" else class_weights(labels, task.n_classes, mode)
-        return SoftmaxLoss(weight, gamma=gamma, smoothing=eps)
-    pw = None
-    if mode != "none":
-        pw = pos_weights(labels, task.n_classes, mode, binary=kind == "binary")
-    return SigmoidLoss(pw, gamma=gamma, smoothing=eps)
+    return _weighted(train_cfg, task, labels, 0.0)
+
+
+@LOSSES.register("focal")
+def focal_loss(train_cfg: TrainConfig, task: Task, labels: np.ndarray) -> nn.Module:
+    """The task's loss with focusing γ = ``focal_gamma`` (every task kind)."""
+    return _weighted(train_cfg, task, labels, train_cfg.focal_gamma)
+
+
+@LOSSES.register("ce")
+def ce_loss(train_cfg: TrainConfig, task: Task, labels: np.ndarray) -> nn.Module:
+    """Softmax cross-entropy: multiclass tasks."""
+    if task.kind != "multiclass":
+        raise ConfigError(f"loss=ce needs a multiclass task; task {task.name!r} is "
+                          f"{task.kind} (use bce or focal)")
+    return _weighted(train_cfg, task, labels, 0.0)

@@ -20,7 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, check_field
 from .errors import ConfigError
 from .tasks import Task
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -107,8 +107,7 @@ class _MSDHead(nn.Module):
 
     def __init__(self, n_in: int, n_outputs: int, dropout: float, n: int) -> None:
         super().__init__()
-        if n < 1:
-            raise ConfigError(f"n_msd must be >= 1, got {n}")
+        check_field("n_msd", n)
         self.n = n
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(n_in, n_outputs)

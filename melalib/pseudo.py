@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import check_field
 from .errors import ConfigError, DataError, LeakageError
 from .runs import LAYOUT, RunDir
 from .table import LesionTable
@@ -31,8 +32,7 @@ FLAG = "pseudo"  # training-frame column: True for a pseudo-labelled row
 
 def pseudo_labels(test_pred: pd.DataFrame, task: Task, threshold: float) -> pd.Series:
     """Pseudo-label per ``image_id`` (-1 where the prediction is not confident enough)."""
-    if not 0.5 < threshold <= 1:
-        raise ConfigError(f"pseudo_threshold must be in (0.5, 1], got {threshold}")
+    check_field("pseudo_threshold", threshold)
     if task.kind == "multilabel":
         raise ConfigError("pseudo-labels need a binary or multiclass task, not multilabel")
     probs = test_pred[task.prob_columns].to_numpy(dtype=float)

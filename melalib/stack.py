@@ -46,13 +46,15 @@ from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
 from .metrics import evaluate, evaluate_with_ci
 from .predictions import fold_scores, prediction_frame, probabilities_of
+from .registry import Registry
 from .runs import RunDir, shared_task, write_provenance
 from .table import SITES, LesionTable, patient_key
 from .tasks import Task
 
-MODELS = ("hgb", "logistic")
 EPS = 1e-6
 ModelFactory = Callable[[int], Any]  # seed -> an unfitted sklearn-style binary classifier
+#: the stacker's models: name -> ``() -> ModelFactory`` (`make_model`)
+MODELS: Registry[Callable[[], ModelFactory]] = Registry("stack model")
 
 
 @dataclass
@@ -66,24 +68,30 @@ class StackInputs:
 
 
 def make_model(name: str = "hgb") -> ModelFactory:
-    """Factory of the named model (``hgb``: HistGradientBoosting, ``logistic``)."""
-    if name not in MODELS:
-        raise ConfigError(f"stack model must be one of {', '.join(MODELS)}; got {name!r}")
-    # scikit-learn is imported where a stack is fitted: it is slow to import and only
-    # `melalib stack` needs it
-    if name == "logistic":
-        from sklearn.impute import SimpleImputer  # scikit-learn: the stacker only
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+    """Factory of the named model (`MODELS`: ``hgb``: HistGradientBoosting, ``logistic``)."""
+    return MODELS[name]()
 
-        return lambda seed: make_pipeline(SimpleImputer(), StandardScaler(),
-                                          LogisticRegression(C=0.1, max_iter=2000))
+
+# scikit-learn is imported where a stack is fitted: it is slow to import and only
+# `melalib stack` needs it
+@MODELS.register("hgb")
+def _hgb() -> ModelFactory:
     from sklearn.ensemble import HistGradientBoostingClassifier  # see above
 
     return lambda seed: HistGradientBoostingClassifier(
         learning_rate=0.03, max_iter=250, max_leaf_nodes=15, min_samples_leaf=40,
         l2_regularization=1.0, max_features=0.7, early_stopping=False, random_state=seed)
+
+
+@MODELS.register("logistic")
+def _logistic() -> ModelFactory:
+    from sklearn.impute import SimpleImputer  # scikit-learn: the stacker only
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return lambda seed: make_pipeline(SimpleImputer(), StandardScaler(),
+                                      LogisticRegression(C=0.1, max_iter=2000))
 
 
 # ----------------------------------------------------------------------------- inputs

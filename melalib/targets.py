@@ -13,14 +13,18 @@ task. The diagnosis probabilities are kept beside it as ``dx_<class>`` columns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
+from .registry import Registry
 from .table import LesionTable
 from .tasks import ISIC2024, MELANOMA, Task
 
-TARGETS = ("label", "diagnosis")
+#: the ``target`` choices: name -> ``table -> the table a fold trains on`` (`training_table`)
+TARGETS: Registry[Callable[[LesionTable], LesionTable]] = Registry("target")
 DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "BKL", "AK", "SCC", "VASC", "DF", "UNK")
 DIAG9 = Task("diagnosis9", "multiclass", DIAGNOSIS_CLASSES, "balanced_accuracy")
 DIAG9_MALIGNANT = Task("diagnosis9_malignant", "multiclass", DIAGNOSIS_CLASSES,
@@ -46,11 +50,9 @@ DIAGNOSIS_MAP: dict[str, str] = {
 }
 
 
-def check_target(target: str, task: Task) -> None:
-    """``target`` must be known; ``diagnosis`` needs the binary melanoma task."""
-    if target not in TARGETS:
-        raise ConfigError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
-    if target == "diagnosis" and task not in DIAGNOSIS_TASKS:
+def check_diagnosis_task(task: Task) -> None:
+    """``target=diagnosis`` needs the binary melanoma task."""
+    if task not in DIAGNOSIS_TASKS:
         raise ConfigError(f"target=diagnosis needs a binary melanoma or malignancy dataset "
                           f"(isic2020, isic2020+2019, isic2024, synthetic binary); this "
                           f"table's task is {task.name!r} {list(task.classes)}")
@@ -91,10 +93,17 @@ def diagnosis_labels(table: LesionTable) -> np.ndarray:
 def training_table(table: LesionTable, target: str) -> LesionTable:
     """The table a fold trains on: ``table`` itself for ``label``; for ``diagnosis`` a copy
     with the 9-class labels (task `DIAG9`, or `DIAG9_MALIGNANT` for ISIC 2024) and the
-    binary label in ``melanoma_label``."""
-    check_target(target, table.task)
-    if target == "label":
-        return table
+    binary label in ``melanoma_label`` (`TARGETS`)."""
+    return TARGETS[target](table)
+
+
+TARGETS.register("label")(lambda table: table)
+
+
+@TARGETS.register("diagnosis")
+def diagnosis_table(table: LesionTable) -> LesionTable:
+    """A copy of ``table`` with the 9-class diagnosis labels (``target=diagnosis``)."""
+    check_diagnosis_task(table.task)
     labels = diagnosis_labels(table)
     df = table.df.copy()
     df[BINARY_LABEL] = df["label"].to_numpy()

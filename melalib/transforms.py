@@ -31,17 +31,22 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 import cv2
 
+from .config import check_field
 from .errors import ConfigError
+from .registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STRENGTHS = ("none", "light", "medium", "heavy")
-#: How a non-square image becomes the square model input (config field ``aspect``).
-ASPECTS = ("squash", "crop", "pad")
-TTA_COUNTS = (1, 2, 4, 8)  # views averaged at prediction (`tta_views`)
+Ops = list[A.BasicTransform]
+#: How a non-square image becomes the square model input (config field ``aspect``):
+#: name -> ``size -> ops`` (`square_ops`).
+ASPECTS: Registry[Callable[[int], Ops]] = Registry("aspect")
+#: Training augmentation levels (config field ``augment``): name -> ``(size, aspect) -> ops``.
+STRENGTHS: Registry[Callable[[int, str], Ops]] = Registry("augment")
 #: Training-only augmentation against the dermoscope-border shortcut (config ``border_aug``):
-#: ``vignette`` darkens everything outside a random circle (`DermoscopeVignette`).
-BORDER_AUGS = ("none", "vignette")
+#: name -> ``() -> ops``; ``vignette`` darkens everything outside a random circle
+#: (`DermoscopeVignette`).
+BORDER_AUGS: Registry[Callable[[], Ops]] = Registry("border_aug")
 
 
 class ImageTransform:
@@ -86,19 +91,29 @@ class ImageTransform:
                 f"strength={self.strength!r}, aspect={self.aspect!r}: {names})")
 
 
-def square_ops(size: int, aspect: str) -> list[A.BasicTransform]:
-    """A (H, W) image -> (size, size): ``squash`` resizes both sides (the aspect ratio
-    changes), ``crop`` scales the shorter side to ``size`` and keeps the centre square,
-    ``pad`` scales the longer side to ``size`` and pads the rest with black, centred."""
-    if aspect == "squash":
-        return [A.Resize(height=size, width=size)]
-    if aspect == "crop":
-        return [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
-    if aspect == "pad":
-        return [A.LongestMaxSize(max_size=size),
-                A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT,
-                              fill=0)]
-    raise ConfigError(f"aspect must be one of {', '.join(ASPECTS)}; got {aspect!r}")
+def square_ops(size: int, aspect: str) -> Ops:
+    """A (H, W) image -> (size, size) as ``aspect`` (`ASPECTS`) says."""
+    return ASPECTS[aspect](size)
+
+
+@ASPECTS.register("squash")
+def _squash(size: int) -> Ops:
+    """Resize both sides (the aspect ratio changes)."""
+    return [A.Resize(height=size, width=size)]
+
+
+@ASPECTS.register("crop")
+def _crop(size: int) -> Ops:
+    """Scale the shorter side to ``size`` and keep the centre square."""
+    return [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
+
+
+@ASPECTS.register("pad")
+def _pad(size: int) -> Ops:
+    """Scale the longer side to ``size`` and pad the rest with black, centred."""
+    return [A.LongestMaxSize(max_size=size),
+            A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT,
+                          fill=0)]
 
 
 def frame_mask(mask: np.ndarray, size: int, aspect: str) -> np.ndarray:
@@ -144,33 +159,46 @@ class DermoscopeVignette(A.ImageOnlyTransform):
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def border_ops(mode: str) -> list[A.BasicTransform]:
+def border_ops(mode: str) -> Ops:
     """The ``border_aug`` augmentation (`BORDER_AUGS`), applied after the square framing."""
-    if mode == "none":
-        return []
-    if mode == "vignette":
-        return [DermoscopeVignette()]
-    raise ConfigError(f"border_aug must be one of {', '.join(BORDER_AUGS)}; got {mode!r}")
+    return BORDER_AUGS[mode]()
 
 
-def _train_ops(size: int, strength: str, aspect: str = "squash") -> list[A.BasicTransform]:
-    """Augmentations before normalisation for one strength level.
+BORDER_AUGS.register("none")(list)
+BORDER_AUGS.register("vignette")(lambda: [DermoscopeVignette()])
 
-    ``squash`` crops the random resized crop from the raw image (melalib's original
-    pipeline); ``crop`` and ``pad`` first make the square of `square_ops`, so training sees
-    the same framing as validation."""
-    square = square_ops(size, aspect)
-    if strength == "none":
-        return square
-    flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
-    if strength == "light":
-        return [*square, *flips]
-    heavy = strength == "heavy"
-    ops: list[A.BasicTransform] = [] if aspect == "squash" else square
+
+def _train_ops(size: int, strength: str, aspect: str = "squash") -> Ops:
+    """Augmentations before normalisation for one strength level (`STRENGTHS`)."""
+    return STRENGTHS[strength](size, aspect)
+
+
+@STRENGTHS.register("none")
+def _no_augment(size: int, aspect: str) -> Ops:
+    """The square of `square_ops` only."""
+    return square_ops(size, aspect)
+
+
+def _flips() -> Ops:
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+
+
+@STRENGTHS.register("light")
+def _light(size: int, aspect: str) -> Ops:
+    """The square, flips and rot90."""
+    return [*square_ops(size, aspect), *_flips()]
+
+
+@STRENGTHS.register("medium")
+def _medium(size: int, aspect: str, heavy: bool = False) -> Ops:
+    """Random resized crop 70-100 %, flips, rot90, affine, colour jitter. ``squash`` crops
+    from the raw image (melalib's original pipeline); ``crop`` and ``pad`` first make the
+    square of `square_ops`, so training sees the same framing as validation."""
+    ops = [] if aspect == "squash" else square_ops(size, aspect)
     ops += [
         A.RandomResizedCrop(size=(size, size), scale=(0.5 if heavy else 0.7, 1.0),
                             ratio=(0.85, 1.15) if heavy else (0.9, 1.1)),
-        *flips,
+        *_flips(),
         A.Affine(scale=(0.85, 1.15) if heavy else (0.9, 1.1),
                  translate_percent=(-0.1, 0.1) if heavy else (-0.05, 0.05),
                  rotate=(-45, 45) if heavy else (-20, 20),
@@ -179,10 +207,15 @@ def _train_ops(size: int, strength: str, aspect: str = "squash") -> list[A.Basic
                       saturation=0.3 if heavy else 0.2, hue=0.05 if heavy else 0.02,
                       p=0.8 if heavy else 0.5),
     ]
-    if heavy:
-        ops.append(A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.05, 0.15),
-                                   hole_width_range=(0.05, 0.15), fill=0, p=0.5))
     return ops
+
+
+@STRENGTHS.register("heavy")
+def _heavy(size: int, aspect: str) -> Ops:
+    """``medium`` with wider ranges, plus coarse dropout."""
+    return [*_medium(size, aspect, heavy=True),
+            A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.05, 0.15),
+                            hole_width_range=(0.05, 0.15), fill=0, p=0.5)]
 
 
 def build_transforms(image_size: int, train: bool, strength: str = "medium",
@@ -199,10 +232,7 @@ def build_transforms(image_size: int, train: bool, strength: str = "medium",
     non-square image becomes square (`square_ops`), the same at training and validation.
     ``border_aug`` (`BORDER_AUGS`, `border_ops`): training only, ignored at validation.
     """
-    if strength not in STRENGTHS:
-        raise ConfigError(f"augmentation strength must be one of {STRENGTHS}, got {strength!r}")
-    if image_size < 8:
-        raise ConfigError(f"image_size must be >= 8, got {image_size}")
+    check_field("image_size", image_size)
     ops = _train_ops(image_size, strength, aspect) if train else square_ops(image_size, aspect)
     border = border_ops(border_aug)  # checked at validation too
     ops += border if train else []
@@ -245,13 +275,14 @@ _VIEWS = (
     TTAView("rot270", True, (-2,)),
     TTAView("antitranspose", True, (-2, -1)),
 )
+#: The ``tta`` choices: views averaged at prediction -> the views (1 identity, 2 +hflip,
+#: 4 +vflip and both, 8 +the transposed four).
+TTA_COUNTS: Registry[tuple[TTAView, ...]] = Registry("tta", {n: _VIEWS[:n] for n in (1, 2, 4, 8)})
 
 
 def tta_views(n: int) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-    """The first ``n`` views: 1 identity, 2 +hflip, 4 +vflip and both, 8 +the transposed four."""
-    if n not in TTA_COUNTS:
-        raise ConfigError(f"tta must be 1, 2, 4 or 8 views, got {n}")
-    return list(_VIEWS[:n])
+    """The ``n`` views of `TTA_COUNTS`."""
+    return list(TTA_COUNTS[n])
 
 
 def denormalize(image: torch.Tensor | np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from melalib.config import RunConfig, coerce, field_index, read_yaml_config
+from melalib.config import RunConfig, Spec, choices, coerce, field_index, read_yaml_config, spec
 from melalib.errors import ConfigError
 from melalib.presets import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_field_names_are_unique_and_flat_roundtrip() -> None:
@@ -111,26 +117,76 @@ def test_config_reference_doc_is_current() -> None:
         assert f"`{name}`" in doc.read_text()
 
 
-def test_choices_are_the_owners_registries() -> None:
-    """validate accepts every choice its owner lists (and only those): a value added to an
-    owner's registry is a valid config value without editing config.py."""
-    from melalib import device, features, folds, losses, samplers, schedules, targets, transforms
-    from melalib.data import adapters, images, synthetic
+NEEDS = {"custom": {"custom_csv": "x.csv"}, "image_folder": {"data_dir": "imgs"}}
+CHOICE_FIELDS = [name for name in field_index() if spec(name).choices is not None]
+BOUNDED_FIELDS = [name for name in field_index() if spec(name).bounds()]
 
-    owners = {"dataset": adapters.DATASETS, "synthetic_task": tuple(synthetic.TASKS),
-              "fold_stratify": folds.STRATIFY, "aspect": transforms.ASPECTS,
-              "augment": transforms.STRENGTHS, "features": features.FEATURE_SETS,
-              "border_aug": transforms.BORDER_AUGS,
-              "image_alpha": images.ALPHA_CHOICES, "target": targets.TARGETS,
-              "loss": losses.LOSSES, "class_weighting": losses.MODES,
-              "sampler": samplers.MODES, "tta": transforms.TTA_COUNTS,
-              "scheduler": schedules.SCHEDULERS, "amp_dtype": device.AMP_DTYPES}
-    needs = {"custom": {"custom_csv": "x.csv"}, "image_folder": {"data_dir": "imgs"}}
-    for key, choices in owners.items():
-        for value in choices:
-            RunConfig.from_dict({key: value, **needs.get(str(value), {})})
-        with pytest.raises(ConfigError, match=rf"{key} must be one of {re.escape(', '.join(map(str, choices)))}"):
-            RunConfig.from_dict({key: "no-such-choice" if key != "tta" else 3})
+
+def test_every_field_has_one_declaration() -> None:
+    """Each field carries its `Spec` (help, choices, bounds): nothing else declares it."""
+    for name, (_section, f) in field_index().items():
+        assert isinstance(f.metadata.get("spec"), Spec), name
+        assert spec(name).help.strip(), f"{name} has no help"
+    # the choice fields are the options an owner implements
+    assert {"dataset", "aspect", "augment", "scheduler", "loss", "sampler", "tta",
+            "class_weighting", "amp_dtype", "fold_stratify", "target"} <= set(CHOICE_FIELDS)
+
+
+@pytest.mark.parametrize("key", CHOICE_FIELDS)
+def test_choices_are_the_owners_registries(key: str) -> None:
+    """validate accepts every choice its owner registers (and only those): a name added to
+    an owner's registry is a valid config value without editing config.py."""
+    lazy = spec(key).choices
+    owner = getattr(importlib.import_module(lazy.module), lazy.name)
+    assert choices(key) == tuple(owner)
+    for value in owner:
+        RunConfig.from_dict({key: value, **NEEDS.get(str(value), {})})
+    wrong = "no-such-choice" if isinstance(choices(key)[0], str) else 3
+    with pytest.raises(ConfigError, match=rf"^{key} must be one of "
+                                          rf"{re.escape(', '.join(map(str, owner)))}; got"):
+        RunConfig.from_dict({key: wrong})
+
+
+@pytest.mark.parametrize("key", BOUNDED_FIELDS)
+def test_declared_bounds_are_enforced(key: str) -> None:
+    """A value just outside a field's declared range is refused, naming the field and the
+    range; the bound itself is accepted where the range includes it."""
+    s = spec(key)
+    kind = field_index()[key][1].type
+    step = 1 if kind == "int" else 1e-9
+    low = s.ge - step if s.ge is not None else s.gt if s.gt is not None else None
+    high = s.le + step if s.le is not None else s.lt if s.lt is not None else None
+    for bad in (v for v in (low, high) if v is not None):
+        with pytest.raises(ConfigError, match=rf"^{key} must be {re.escape(s.bounds())}"):
+            RunConfig.from_dict({key: bad})
+    for edge in (v for v in (s.ge, s.le) if v is not None):
+        if key != "fold" or edge < RunConfig().data.n_folds:
+            RunConfig.from_dict({key: edge})
+
+
+def test_import_config_loads_no_heavy_library() -> None:
+    """`import melalib.config` imports no torch, timm, albumentations or scikit-learn: the
+    owners' registries are read only when a value is validated."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import melalib.config"],
+                          capture_output=True, text=True, check=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "melalib" in imported  # the timing lines were read
+    assert not imported & {"torch", "timm", "albumentations", "sklearn", "cv2"}, imported
+
+
+def test_help_lists_every_field_with_its_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    """`melalib train --help` lists each config field from its declaration."""
+    from melalib.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in field_index():
+        assert f" {name} (" in out, name
+    assert f"choices: {', '.join(choices('dataset'))}" in out
+    assert "image_folder" in out
 
 
 def test_augment_and_image_folder_fields() -> None:

@@ -185,7 +185,7 @@ def test_transforms_shapes_and_no_warnings() -> None:
             assert out.shape == (3, SIZE, SIZE) and out.dtype == np.float32
         valid = build_transforms(SIZE, train=False)
         assert valid(image).shape == (3, SIZE, SIZE)
-    with pytest.raises(ConfigError, match="strength"):
+    with pytest.raises(ConfigError, match="augment must be one of none, light, medium, heavy"):
         build_transforms(SIZE, train=True, strength="extreme")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from melalib import notebook as nbh
-from melalib.config import RunConfig, field_index
+from melalib.config import RunConfig, choices, field_index
 from melalib.errors import ConfigError
 from melalib.presets import PRESETS
 from melalib.runs import RunDir
@@ -229,6 +230,41 @@ def test_one_parameters_cell_of_config_fields(name: str) -> None:
     cfg = nbh.config_from_namespace(ns, root=REPO)
     diff = cfg.result_diff(RunConfig.from_preset("synthetic_demo"))
     assert set(diff) <= {"data_dir"}, diff  # <root>/data: where the synthetic data are cached
+
+
+#: "a | b (note) | c" in a parameter comment: a list of choices (``...`` last: a partial one)
+CHOICE_LIST = re.compile(r"[\w+.:-]+(?: \([^)]*\))?(?: \| (?:[\w+.:-]+(?: \([^)]*\))?|\.\.\.))+")
+
+
+def comment_choices(comment: str) -> list[list[str]]:
+    """Each ``a | b | c`` list in a comment, as its item names (notes in brackets dropped)."""
+    return [[item.split(" (")[0] for item in match.split(" | ")]
+            for match in CHOICE_LIST.findall(comment)]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameter_comments_list_the_declared_choices(name: str) -> None:
+    """A parameter comment that lists a field's choices lists exactly the choices declared
+    in melalib.config (the owner's registry), or a partial list ending in ``...``: a stale
+    copy (a dataset or feature set added since) fails here."""
+    cell = next(c for c in _read(name).cells if "parameters" in _tags(c))
+    for line in cell.source.splitlines():
+        key, _, comment = line.partition("#")
+        field = key.split(":")[0].strip()
+        if field not in field_index() or not choices(field):
+            continue
+        declared = [str(c) for c in choices(field)]
+        for listed in comment_choices(comment):
+            if listed[-1] == "...":
+                assert set(listed[:-1]) <= set(declared), (name, field, listed)
+            else:
+                assert listed == declared, f"{name}: {field} lists {listed}, not {declared}"
+
+
+def test_comment_choices_reads_lists_and_notes() -> None:
+    assert comment_choices("None: the preset's; a | b+c (note) | d") == [["a", "b+c", "d"]]
+    assert comment_choices("x: binary | ...") == [["binary", "..."]]
+    assert comment_choices("a run name: <output_dir>/<name>/") == []
 
 
 def test_a_passed_parameter_beats_the_preset_and_run_json_names_the_sources(

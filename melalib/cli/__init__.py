@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import RunConfig, get_preset, read_yaml_layers, resolve
+from ..config import RunConfig, fields_help, get_preset, read_yaml_layers, resolve
 from ..data.prepare import PREPARE_ASPECTS, prepare_images
 from ..ensemble import BLENDS
 from ..errors import ConfigError, MelalibError
@@ -82,7 +82,20 @@ def _as_layer(overrides: list[str]) -> dict[str, str]:
     return layer
 
 
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser; one taking config fields (`_add_config_args`) lists them in its
+    ``--help``, from their declarations (`melalib.config.fields_help`, read only then)."""
+
+    lists_fields = False
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return f"{text}\n{fields_help()}\n" if self.lists_fields else text
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
+    if isinstance(p, _Parser):
+        p.lists_fields = True
     p.add_argument("--config", help="YAML config (flat keys or data/model/train sections)")
     p.add_argument("--preset", help="named recipe under the other options (`melalib presets` "
                    "lists them), e.g. synthetic_demo, isic2020_effnet_meta")
@@ -272,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     for add in (_add_training_commands, _add_prediction_commands, _add_evaluate_command,
                 _add_run_commands, _add_kaggle_command, _add_explain_command):

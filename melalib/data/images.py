@@ -38,13 +38,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError, ImageError
+from ..registry import Registry
 
-#: image_alpha choices: background colour of transparent pixels, or refuse such images.
 #: the image files melalib lists in a folder (any case): image-folder datasets, `melalib
 #: predict --image-dir`, unlisted-image reports, `melalib prepare`
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-ALPHA_CHOICES = ("white", "black", "error")
-BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+#: the ``image_alpha`` choices: name -> background colour of transparent pixels (``None``:
+#: refuse such images)
+ALPHA_CHOICES: Registry[tuple[int, int, int] | None] = Registry(
+    "image_alpha", {"white": (255, 255, 255), "black": (0, 0, 0), "error": None})
 DEFAULT_MAX_PIXELS = 64_000_000
 _JPEG_FORMATS = ("JPEG", "MPO")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -57,14 +59,12 @@ _ARCHIVES: dict[tuple[int, str], Any] = {}  # (process id, archive path) -> open
 class ImageOptions:
     """How `read_image` treats transparency and very large images."""
 
-    alpha: str = "white"  # white | black | error
+    alpha: str = "white"  # `ALPHA_CHOICES`
     max_pixels: int = DEFAULT_MAX_PIXELS  # 0 = no ceiling of melalib's own
     color_constancy: bool = False  # Shades of Gray colour correction (`shades_of_gray`)
 
     def __post_init__(self) -> None:
-        if self.alpha not in ALPHA_CHOICES:
-            raise ConfigError(f"image_alpha must be one of {', '.join(ALPHA_CHOICES)}; "
-                              f"got {self.alpha!r}")
+        ALPHA_CHOICES.check(self.alpha)
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) \
                 or self.max_pixels < 0:
             raise ConfigError(f"max_image_pixels must be an integer >= 0, got {self.max_pixels!r}")
@@ -217,12 +217,13 @@ def _to_rgb(img: Image.Image, path: Path, options: ImageOptions) -> np.ndarray:
         rgba = np.asarray(img.convert("RGBA"))
         alpha = rgba[..., 3:].astype(np.float32) / 255.0
         if (alpha < 1.0).any():
-            if options.alpha == "error":
+            colour = ALPHA_CHOICES[options.alpha]
+            if colour is None:
                 raise ImageError(
                     "image has transparent pixels (alpha channel) and image_alpha=error "
                     "refuses them; set image_alpha=white or black to composite them",
                     file=path)
-            background = np.array(BACKGROUNDS[options.alpha], dtype=np.float32)
+            background = np.array(colour, dtype=np.float32)
             rgb = rgba[..., :3].astype(np.float32) * alpha + background * (1.0 - alpha)
             return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
         return np.ascontiguousarray(rgba[..., :3])

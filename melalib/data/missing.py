@@ -28,14 +28,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ImageError
+from ..registry import Registry
 from ..table import LesionTable
 from .images import image_exists
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-#: the ``missing_images`` choices
-MISSING_IMAGES = ("error", "drop")
+#: the ``missing_images`` choices: name -> whether training rows with absent images are left
+#: out (``error``: refused before anything is written, `check_missing`)
+MISSING_IMAGES: Registry[bool] = Registry("missing_images", {"error": False, "drop": True})
 #: the table's image columns, in order (a paired table has both)
 IMAGE_COLUMNS = ("image_path", "image_path_2")
 #: the columns of the list of rows left out
@@ -88,7 +90,7 @@ def check_missing(table: LesionTable, cfg: RunConfig) -> Missing:
     """`find_missing` under ``cfg``; raise ImageError when training rows have absent
     images and ``missing_images=error`` (unless ``skip_bad_images``)."""
     missing = find_missing(table, cfg.model.use_image)
-    if missing.n_train and cfg.data.missing_images == "error" and not cfg.data.skip_bad_images:
+    if missing.n_train and not MISSING_IMAGES[cfg.data.missing_images] and not cfg.data.skip_bad_images:
         train = missing.rows[missing.rows["split"] == "train"]
         first = train.iloc[0]
         n_rows = int((table.df["split"] == "train").sum())
@@ -107,7 +109,7 @@ def leave_out(table: LesionTable, missing: Missing, cfg: RunConfig) -> LesionTab
     """``table`` without the rows `check_missing` says go: absent test rows always, absent
     training rows under ``missing_images=drop`` (under ``skip_bad_images`` alone the image
     pre-flight skips them)."""
-    drop_train = cfg.data.missing_images == "drop"
+    drop_train = MISSING_IMAGES[cfg.data.missing_images]
     test = (table.df["split"] == "test").to_numpy()
     keep = missing.keep | (~test & (not drop_train))
     return table if keep.all() else table.select(keep)
@@ -115,6 +117,6 @@ def leave_out(table: LesionTable, missing: Missing, cfg: RunConfig) -> LesionTab
 
 def left_out_rows(missing: Missing, cfg: RunConfig) -> pd.DataFrame:
     """The rows `leave_out` removes (the list a run stores)."""
-    if cfg.data.missing_images == "drop":
+    if MISSING_IMAGES[cfg.data.missing_images]:
         return missing.rows
     return missing.rows[missing.rows["split"] == "test"]

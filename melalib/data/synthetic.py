@@ -48,12 +48,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import ConfigError, DataError
 from ..io import write_json
+from ..registry import Registry
 from ..table import SITES, TABLE_FILE, TASK_FILE, LesionTable
 from ..tasks import HAM7, MELANOMA, MILK11, Task
 
 VERSION = 3  # 2: true lesion masks under masks/; 3: binary diagnosis column
 GENERATOR = "melalib.data.synthetic"
-TASKS: dict[str, Task] = {"binary": MELANOMA, "multiclass": HAM7, "paired": MILK11}
+#: the ``synthetic_task`` choices: name -> the task the generator draws
+TASKS: Registry[Task] = Registry("synthetic_task",
+                                 {"binary": MELANOMA, "multiclass": HAM7, "paired": MILK11})
 POSITIVE_RATE = 0.08  # binary: melanoma share of lesions (ISIC 2020 has 1.8 %; kept higher
 # so that 60-patient runs hold several positive patients in every one of 5 folds)
 TEST_FRACTION = 0.15  # share of patients (whole patients) in the test split
@@ -171,8 +174,7 @@ def make_synthetic(out_dir: str | os.PathLike[str], task: str = "binary", n_pati
 
 # ---------------------------------------------------------------------------- cache
 def _params(task: str, n_patients: int, image_size: int, seed: int) -> dict[str, Any]:
-    if task not in TASKS:
-        raise ConfigError(f"synthetic task must be one of {list(TASKS)}, got {task!r}")
+    TASKS.check(task)
     for name, value, low in (("n_patients", n_patients, 4), ("image_size", image_size, 16),
                              ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
