@@ -131,7 +131,7 @@ class DataConfig:
     missing_images: str = opt("error", "listed training rows whose image files are absent (a "
                               "partial download): error (before anything is written) or drop "
                               "(train on the rows whose images are all present; "
-                              "missing_images.csv lists the rest)",
+                              "the run lists the rest)",
                               choices=Lazy("melalib.data.missing", "MISSING_IMAGES"))
     milk_view: str = opt("dermoscopic", "dataset=milk10k: the image a single-image model sees "
                          "(dual_image: both)", choices=Lazy("melalib.data.adapters", "MILK_VIEWS"))
