@@ -454,26 +454,36 @@ def explain(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "run",
     `grad_cam`); ``random_weights``: the same architecture re-initialised (seeded), the
     floor a trained model's localisation must beat.
     """
+    return _explain_branches(run, rows, target, method, layer, tta, (branch,), device,
+                             random_weights)[0]
+
+
+def _explain_branches(run: RunDir | str | Path, rows: pd.DataFrame, target: str, method: str,
+                      layer: str | int | None, tta: int, branches: Sequence[int], device: str,
+                      random_weights: bool = False) -> list[Explanation]:
+    """`explain` of each of ``branches``, every fold's model loaded once."""
     run = run if isinstance(run, RunDir) else RunDir.read(run)
     task = run.task
     which_all = explained_classes(rows, task, "pred" if target == "pred" else target)
-    images: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(rows)
-    cams = np.zeros((len(rows), 0, 0), dtype=np.float32)
+    images = [[np.zeros(0, np.uint8)] * len(rows) for _ in branches]
+    cams = [np.zeros((len(rows), 0, 0), dtype=np.float32) for _ in branches]
     for inputs in fold_inputs(run, rows, device):
         at = inputs.at
         model = _random_twin(inputs.member, inputs.task) if random_weights else inputs.model
         which = which_all[at]
         if inputs.task != task:  # target=diagnosis: a 9-class model behind a binary run
             which = _diagnosis_targets(which, run.oof(), rows["image_id"].iloc[at])
-        maps = grad_cam(model, inputs.batch, method=method, target_class=which.tolist(),
-                        branch=branch, layer=layer, tta=tta)
-        if cams.shape[1:] != maps.shape[1:]:
-            cams = np.zeros((len(rows), *maps.shape[1:]), dtype=np.float32)
-        cams[at] = maps
-        for j, i in enumerate(at):
-            images[i] = inputs.image(j, branch)
-    return Explanation(_with_explained(rows, task, which_all), images, cams, method,
-                       str(layer or "auto"))
+        for b, branch in enumerate(branches):
+            maps = grad_cam(model, inputs.batch, method=method, target_class=which.tolist(),
+                            branch=branch, layer=layer, tta=tta)
+            if cams[b].shape[1:] != maps.shape[1:]:
+                cams[b] = np.zeros((len(rows), *maps.shape[1:]), dtype=np.float32)
+            cams[b][at] = maps
+            for j, i in enumerate(at):
+                images[b][i] = inputs.image(j, branch)
+    explained = _with_explained(rows, task, which_all)
+    return [Explanation(explained, images[b], cams[b], method, str(layer or "auto"))
+            for b in range(len(branches))]
 
 
 @dataclass
@@ -516,8 +526,7 @@ def explain_pairs(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "r
     if len(views) != 2:
         raise ConfigError(f"{run.path} is a single-image run (dual_image is false): there is "
                           "no pair to explain; use explain()")
-    first, second = (explain(run, rows, target=target, method=method, layer=layer, tta=tta,
-                             branch=b, device=device) for b in (1, 2))
+    first, second = _explain_branches(run, rows, target, method, layer, tta, (1, 2), device)
     return PairExplanation(first.rows, (views[0], views[1]), (first.images, second.images),
                            (first.cams, second.cams))
 
