@@ -1,7 +1,7 @@
 """Regenerate the documentation figures (docs/figures/*.png) from code, with a manifest.
 
     python benchmarks/docs_figures.py [--data ../shared/data] [--demo outputs/demo]
-                                      [--out docs/figures]
+                                      [--milk10k outputs/milk10k_fold0] [--out docs/figures]
 
 Each figure is drawn by `melalib.plots` (the same calls the notebooks make):
 
@@ -12,7 +12,12 @@ Each figure is drawn by `melalib.plots` (the same calls the notebooks make):
   ``melalib demo`` (``ensemble_method=best``), redrawn from ``demo_04_roc_oof.csv`` (the
   chosen candidate's OOF scores, written from a demo run given by ``--demo``);
 * ``demo_05_cam_true_positives.png``: notebook 05's Grad-CAM figure of the true positives,
-  drawn from the demo run given by ``--demo`` (it needs the run's checkpoints).
+  drawn from the demo run given by ``--demo`` (it needs the run's checkpoints);
+* ``milk10k_gradcam_pair.png`` and ``milk10k_confusion.png``: notebook 05's Grad-CAM of
+  both images of MILK10k lesions and notebook 04's confusion matrix, copied from the
+  ``figures/`` of the MILK10k run given by ``--milk10k`` after notebooks 04 and 05 ran on it
+  with the papermill commands of README's "The notebooks on the real MILK10k pairs" (the
+  PNGs are the notebooks' own; the manifest records the run they came from).
 
 ``figures.json`` records, per figure: the SHA-256 of its inputs, ``code`` (a SHA-256 of
 the code that draws it: `melalib/plots.py`, the notebook helpers it goes through and this
@@ -57,7 +62,13 @@ HELPERS: dict[str, tuple[Callable[..., Any], ...]] = {
     "demo_04_roc.png": (notebook.curve_figures,),
     "demo_05_cam_true_positives.png": (notebook.show_cams, notebook.cam_captions,
                                        notebook.operating_point),
+    "milk10k_gradcam_pair.png": (notebook.show_pair_cams, notebook.pair_captions,
+                                 notebook.case_heading, notebook.operating_point),
+    "milk10k_confusion.png": (notebook.operating_point,),
 }
+#: docs figure -> the notebook figure of a MILK10k run it is a copy of (`copy_milk10k`).
+MILK10K = {"milk10k_gradcam_pair.png": "05_cam_pairs.png",
+           "milk10k_confusion.png": "04_confusion.png"}
 
 
 def sha256(path: Path) -> str:
@@ -175,11 +186,31 @@ def draw_cam(demo: Path, out: Path) -> dict[str, dict[str, Any]]:
                         "melalib demo run, at notebook.operating_point")}
 
 
+def copy_milk10k(run_dir: Path, out: Path) -> dict[str, dict[str, Any]]:
+    """`MILK10K`'s figures: notebooks 04 and 05's own PNGs of the MILK10k run ``run_dir``
+    (its ``figures/``), copied; the inputs are the run's OOF predictions and config."""
+    from melalib.runs import RunDir
+
+    run = RunDir.read(run_dir)
+    config = run.load_config()
+    oof = [run.oof_path()] if run.complete else [run.oof_path(k) for k in run.done_folds()]
+    inputs = {f"MILK10k run {path.name}": sha256(path) for path in oof}
+    inputs["MILK10k run config fingerprint"] = config.fingerprint() if config else ""
+    made = {}
+    for name, source in MILK10K.items():
+        (out / name).write_bytes((run.figures_dir() / source).read_bytes())
+        made[name] = entry(out, name, inputs, f"notebook {source[:2]}'s {source} of the MILK10k "
+                           "run (README: The notebooks on the real MILK10k pairs)")
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="the real data folder")
     parser.add_argument("--demo", type=Path, default=None,
                         help="a finished `melalib demo` folder: refresh the demo figures")
+    parser.add_argument("--milk10k", type=Path, default=None,
+                        help="a MILK10k run that notebooks 04 and 05 ran on: copy its figures")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo is not None:
         print(f"demo candidate: {write_roc_inputs(args.demo, args.out)}")
         made |= draw_cam(args.demo, args.out)
+    if args.milk10k is not None:
+        made |= copy_milk10k(args.milk10k, args.out)
     if (args.out / ROC_OOF).is_file():
         made |= draw_roc(args.out)
     manifest = {name: made.get(name, old.get(name)) for name in sorted(set(old) | set(made))}

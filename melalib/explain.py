@@ -11,8 +11,10 @@ Which images: `select_rows` (chosen ids, or `error_table`'s most confident error
 calls of a kind); which class: `explained_classes` (the run's own TTA-averaged call, the
 true class, or a named class); `explain` draws the maps with a pytorch-grad-cam method
 (`CAM_METHODS`) at a chosen layer, optionally averaged over TTA views, or with the same
-architecture's random weights (the floor). `melalib explain` (`melalib.cli.evaluate`) writes
-them to a folder it owns. How the maps localise is measured in `melalib.localize`; how faithful
+architecture's random weights (the floor); `explain_pairs` draws both images of a
+dual-image run's lesions (MILK10k: dermoscopic and clinical, `branch_views`), each by its
+own branch. `melalib explain` (`melalib.cli.evaluate`) writes them to a folder it owns. How
+the maps localise is measured in `melalib.localize`; how faithful
 they are, and how much the border drives the prediction, in `melalib.faithful`.
 """
 
@@ -34,6 +36,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import default_collate
 
+from .config import RunConfig
+from .data.adapters import MILK_VIEWS
 from .errors import ConfigError, DataError, MelalibError
 from .inference import load_predictor
 from .io import atomic_path
@@ -442,26 +446,81 @@ def explain(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "run",
     `grad_cam`); ``random_weights``: the same architecture re-initialised (seeded), the
     floor a trained model's localisation must beat.
     """
+    return _explain_branches(run, rows, target, method, layer, tta, (branch,), device,
+                             random_weights)[0]
+
+
+def _explain_branches(run: RunDir | str | Path, rows: pd.DataFrame, target: str, method: str,
+                      layer: str | int | None, tta: int, branches: Sequence[int], device: str,
+                      random_weights: bool = False) -> list[Explanation]:
+    """`explain` of each of ``branches``, every fold's model loaded once."""
     run = run if isinstance(run, RunDir) else RunDir.read(run)
     task = run.task
     which_all = explained_classes(rows, task, "pred" if target == "pred" else target)
-    images: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(rows)
-    cams = np.zeros((len(rows), 0, 0), dtype=np.float32)
+    images = [[np.zeros(0, np.uint8)] * len(rows) for _ in branches]
+    cams = [np.zeros((len(rows), 0, 0), dtype=np.float32) for _ in branches]
     for inputs in fold_inputs(run, rows, device):
         at = inputs.at
         model = _random_twin(inputs.member, inputs.task) if random_weights else inputs.model
         which = which_all[at]
         if inputs.task != task:  # target=diagnosis: a 9-class model behind a binary run
             which = _diagnosis_targets(which, run.oof(), rows["image_id"].iloc[at])
-        maps = grad_cam(model, inputs.batch, method=method, target_class=which.tolist(),
-                        branch=branch, layer=layer, tta=tta)
-        if cams.shape[1:] != maps.shape[1:]:
-            cams = np.zeros((len(rows), *maps.shape[1:]), dtype=np.float32)
-        cams[at] = maps
-        for j, i in enumerate(at):
-            images[i] = inputs.image(j, branch)
-    return Explanation(_with_explained(rows, task, which_all), images, cams, method,
-                       str(layer or "auto"))
+        for b, branch in enumerate(branches):
+            maps = grad_cam(model, inputs.batch, method=method, target_class=which.tolist(),
+                            branch=branch, layer=layer, tta=tta)
+            if cams[b].shape[1:] != maps.shape[1:]:
+                cams[b] = np.zeros((len(rows), *maps.shape[1:]), dtype=np.float32)
+            cams[b][at] = maps
+            for j, i in enumerate(at):
+                images[b][i] = inputs.image(j, branch)
+    explained = _with_explained(rows, task, which_all)
+    return [Explanation(explained, images[b], cams[b], method, str(layer or "auto"))
+            for b in range(len(branches))]
+
+
+@dataclass
+class PairExplanation:
+    """Maps of both images of a dual-image run's rows: ``rows`` as `Explanation.rows` (the
+    class each map explains and the run's probability of it), ``views`` the images' names
+    in branch order (`branch_views`), ``images[b]`` / ``cams[b]`` branch ``b + 1``'s images
+    (uint8 H x W x 3) and maps (N, H, W), in row order."""
+
+    rows: pd.DataFrame
+    views: tuple[str, str]
+    images: tuple[list[np.ndarray], list[np.ndarray]]
+    cams: tuple[np.ndarray, np.ndarray]
+
+
+def branch_views(cfg: RunConfig | None) -> tuple[str, ...]:
+    """The names of the images a run's model takes, in branch order: ``("image",)`` for a
+    single-image run; for a dual-image MILK10k run the ``milk_view`` image (branch 1) then
+    the other (`melalib.data.adapters.MILK_VIEWS`); for the synthetic paired data
+    (``synthetic_task=paired``: a dermoscopic ``image_path``, a clinical ``image_path_2``)
+    `MILK_VIEWS` in order; else ``image 1``, ``image 2``."""
+    if cfg is None or not cfg.model.dual_image:
+        return ("image",)
+    if cfg.data.dataset == "milk10k":
+        return (cfg.data.milk_view, *(v for v in MILK_VIEWS if v != cfg.data.milk_view))
+    if cfg.data.dataset == "synthetic" and cfg.data.synthetic_task == "paired":
+        return MILK_VIEWS
+    return ("image 1", "image 2")
+
+
+def explain_pairs(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "run",
+                  method: str = "gradcam", layer: str | int | None = None, tta: int = 1,
+                  device: str = "auto") -> PairExplanation:
+    """`explain` of both images of each row of a dual-image run: branch 1's map with the
+    second image and the metadata held fixed, branch 2's with the first image and the
+    metadata held fixed, both for the same class (``target``). A single-image run raises
+    ConfigError."""
+    run = run if isinstance(run, RunDir) else RunDir.read(run)
+    views = branch_views(run.load_config())
+    if len(views) != 2:
+        raise ConfigError(f"{run.path} is a single-image run (dual_image is false): there is "
+                          "no pair to explain; use explain()")
+    first, second = _explain_branches(run, rows, target, method, layer, tta, (1, 2), device)
+    return PairExplanation(first.rows, (views[0], views[1]), (first.images, second.images),
+                           (first.cams, second.cams))
 
 
 @dataclass

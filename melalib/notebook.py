@@ -11,7 +11,7 @@
   tables are usable without their 33k JPEGs);
 * `baseline_config`: the metadata-only baseline run of 02;
 * `fold_metrics` (03); `curve_figures`, `score_test`, `write_submission`, `write_metrics`
-  (04); `show_cams` (05); `trained_run`, `external_table`, `shift_figure` (06): the loops
+  (04); `show_cams`, `show_pair_cams` (05); `trained_run`, `external_table`, `shift_figure` (06): the loops
   and branches a notebook cell must not hold.
 
 The domain logic they display lives in the package: blending in `melalib.ensemble`,
@@ -36,7 +36,7 @@ from . import explain, external, plots, shift
 from . import stack as stacking
 from .config import RunConfig, field_index, get_preset, resolve
 from .data.adapters import load_table as load_dataset
-from .data.build import configured_folds
+from .data.build import configured_folds, drop_missing
 from .ensemble import submission
 from .errors import ConfigError
 from .io import atomic_path, write_csv, write_json
@@ -66,6 +66,9 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "external_seed": "06: synthetic external table: the generator's seed (unseen patients)",
     "camera_rows": "06: rows copied through a simulated other camera for the shift figure",
     "n_show": "01: images shown per class in the sample grid",
+    "pair_kind": "05: dual-image runs: whose image pairs are explained (fn | fp | tp | tn | "
+                 "wrong)",
+    "n_pairs": "05: dual-image runs: image pairs shown (both images of each, with maps)",
 }
 
 #: Config fields holding paths; relative ones are resolved against the project root.
@@ -187,8 +190,20 @@ def read_runs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[RunDir]:
 
 # ------------------------------------------------------------------------------ data
 def load_table(cfg: RunConfig) -> LesionTable:
-    """The dataset the config names (`melalib.data.adapters.load_table`), without folds."""
-    return load_dataset(cfg.data)
+    """The dataset the config names (`melalib.data.adapters.load_table`), without folds;
+    under ``missing_images=drop`` without the rows whose image files are absent, as training
+    leaves them out (`melalib.data.build.drop_missing`; a note counts them), so the EDA,
+    the folds and the baseline of 01 / 02 are those of the rows a run trains on."""
+    table = load_dataset(cfg.data)
+    if cfg.data.missing_images != "drop":
+        return table
+    kept = drop_missing(table, cfg, None)
+    gone = table.df["split"].value_counts().sub(kept.df["split"].value_counts(), fill_value=0)
+    if gone.sum():
+        note(f"missing_images=drop: {int(gone.get('train', 0))} of {len(table.train)} training "
+             f"rows and {int(gone.get('test', 0))} of {len(table.test)} test rows have absent "
+             "image files and are left out, as training leaves them out.")
+    return kept
 
 
 def table_with_folds(cfg: RunConfig) -> LesionTable:
@@ -550,8 +565,9 @@ def operating_point(task: Any, oof: pd.DataFrame,
     it is undefined); other tasks: the argmax (multilabel: 0.5 per class)."""
     if task.kind == "multiclass":
         return OperatingPoint(0.5, "argmax of the class probabilities", argmax=True)
-    if task.kind != "binary":
-        return OperatingPoint(0.5, "each class called at P >= 0.5")
+    if task.kind != "binary":  # multilabel: one diagnosis per lesion, called by the argmax
+        return OperatingPoint(0.5, "argmax of the class probabilities (the thresholded "
+                              "macro F1 calls each class at P >= 0.5)", argmax=True)
     try:
         t = float(threshold_for_sensitivity(oof["label"].to_numpy().astype(int),
                                             probabilities(task, oof), sensitivity)[0])
@@ -598,13 +614,67 @@ def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
         note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
              f"{Path(run_dir).name}: nothing to explain.")
         return errors, None
-    captions, heading = cam_captions(errors, RunDir.read(run_dir).task)
-    title = f"{KIND_NAMES.get(kind, kind).capitalize()} ({point.rule})\n{heading}"
+    task = RunDir.read(run_dir).task
+    captions, heading = cam_captions(errors, task)
+    title = f"{case_heading(task, kind, point)}\n{heading}"
     fig = plots.cam_grid(images, cams, titles=captions, ncols=min(2, len(images)), save=save,
                          title=title)
     shown = ["image_id", "fold", "label_name", "pred_name", "confidence", "group_id", "age",
              "sex", "site"]
     return errors[[c for c in shown if c in errors.columns]], fig
+
+
+def pair_captions(rows: pd.DataFrame, views: Sequence[str]) -> list[str]:
+    """One caption per image of each pair, in `show_pair_cams`' order (each row's views in
+    branch order): the view, the lesion, its true class and the class the map explains
+    with the run's out-of-fold probability of it (`melalib.explain.explain_pairs`' rows)."""
+    return [f"{view} · {r.image_id}: true {r.label_name}\nmap of {r.explained_name}, "
+            f"P({r.explained_name}) = {r.explained_prob:.2f}"
+            for r in rows.itertuples(index=False) for view in views]
+
+
+def case_heading(task: Any, kind: str, point: OperatingPoint) -> str:
+    """What a set of cases is, and by which rule the run called them: ``fn`` / ``fp`` /
+    ``tp`` / ``tn`` of the melanoma class (the positive class of a binary task)."""
+    name = KIND_NAMES.get(kind, kind).capitalize()
+    if task.kind != "binary" and kind != "wrong":
+        positive = [c for c in task.classes if c.lower() in explain.MELANOMA_NAMES]
+        name = f"{name} of {positive[0] if positive else 'the positive class'}"
+    return f"{name} ({point.rule})"
+
+
+def show_pair_cams(run_dir: str | os.PathLike[str], kind: str = "tp", top: int = 2,
+                   save: str | os.PathLike[str] | None = None,
+                   threshold: float | OperatingPoint = 0.5, method: str = "gradcam",
+                   device: str = "auto") -> tuple[pd.DataFrame, Any]:
+    """Grad-CAM of both images of a dual-image run's ``top`` most confident cases of one
+    kind (`melalib.explain.explain_pairs`: each image's map with the other image and the
+    metadata held fixed, for the class the run called), one lesion per row of a
+    `melalib.plots.cam_grid` figure: first image | map | second image | map, each captioned
+    with its view, the true class and the explained class with its probability. A note and
+    no figure for a single-image run or when there is no such case."""
+    point = threshold if isinstance(threshold, OperatingPoint) else OperatingPoint(
+        float(threshold), f"called positive at P >= {float(threshold):.3g}")
+    run = RunDir.read(run_dir)
+    if len(explain.branch_views(run.load_config())) != 2:
+        note(f"{run.path.name} is a single-image run: there is no image pair to explain.")
+        return pd.DataFrame(), None
+    rows = explain.select_rows(run, kind=kind, top=top, threshold=point.threshold)
+    if rows.empty:
+        note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
+             f"{run.path.name}: no pair to explain.")
+        return rows, None
+    pairs = explain.explain_pairs(run, rows, method=method, device=device)
+    images = [im for both in zip(*pairs.images, strict=True) for im in both]
+    cams = [cam for both in zip(*pairs.cams, strict=True) for cam in both]
+    title = (f"{case_heading(run.task, kind, point)}: both images of each lesion\nGrad-CAM of "
+             "the class named under each image (the other image and the metadata held fixed)"
+             "; P: out-of-fold probability")
+    fig = plots.cam_grid(images, cams, titles=pair_captions(pairs.rows, pairs.views), ncols=2,
+                         save=save, title=title)
+    shown = ["image_id", "fold", "label_name", "pred_name", "explained_name",
+             "explained_prob", "age", "sex", "site"]
+    return pairs.rows[[c for c in shown if c in pairs.rows.columns]], fig
 
 
 # -------------------------------------------------------------------------- external

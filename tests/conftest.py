@@ -83,3 +83,21 @@ def untrained_checkpoint(cfg, task, fold: int, model, encoder, ema=None) -> dict
                       FP32, torch.device("cpu"), ema=ema)
     return FoldState(cfg, task, fold, encoder, trainer, epoch=1, best=0.5, best_epoch=1,
                      history=[{"epoch": 1}]).checkpoint()
+
+
+@pytest.fixture(scope="session")
+def dual_run(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny dual-image run (fold 0 of 2) on the synthetic pairs: a dermoscopic
+    ``image_path`` and a clinical ``image_path_2`` per lesion, 11 MILK10k classes, separate
+    branches; trained once per session (`melalib.runs.RunDir` view)."""
+    import melalib
+    from melalib.config import RunConfig
+    from melalib.runs import RunDir
+
+    root = tmp_path_factory.mktemp("dual-run")
+    cfg = RunConfig.from_dict({**TINY, "data_dir": str(root / "data"),
+                               "output_dir": str(root / "out"), "name": "dual",
+                               "synthetic_task": "paired", "dual_image": True,
+                               "shared_backbone": False, "fold": 0, "device": "cpu"})
+    melalib.train(cfg, progress=False)
+    return RunDir.read(cfg.run_dir)

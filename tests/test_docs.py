@@ -110,6 +110,31 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     " --floor --faithfulness --out explain/ham_fn":
         "a HAM10000 run (tests/test_explain_run.py runs the command on a tiny synthetic run)",
 }
+_MILK = ("-p preset milk10k_dual_lite0_pretrained -p dataset milk10k -p data_dir "
+         "../shared/data/milk10k")
+_MILK_SERIES = ("the MILK10k images (tests/test_notebooks.py::test_notebooks_01_to_05_run_on_"
+                "the_real_milk10k_pairs, slow, realdata, runs 01 to 05 so with 2 steps)")
+_MILK_FOLD0 = "a fold-0 MILK10k run of the preset (the 15-minute train command above it)"
+REAL_DATA |= {
+    f"papermill notebooks/01_eda.ipynb out/milk10k_01.ipynb {_MILK} -p name milk10k_nb":
+        _MILK_SERIES,
+    f"papermill notebooks/02_features.ipynb out/milk10k_02.ipynb {_MILK} -p name milk10k_nb "
+    "-p baseline_epochs 1 -p max_steps_per_epoch 4": _MILK_SERIES,
+    f"papermill notebooks/03_train.ipynb out/milk10k_03.ipynb {_MILK} -p name milk10k_nb "
+    "-p fold 0 -p epochs 1 -p max_steps_per_epoch 4 -p tta 1": _MILK_SERIES,
+    f"papermill notebooks/04_ensemble.ipynb out/milk10k_04.ipynb {_MILK} -p name milk10k_nb":
+        _MILK_SERIES,
+    f"papermill notebooks/05_gradcam.ipynb out/milk10k_05.ipynb {_MILK} -p name milk10k_nb "
+    "-p n_examples 2 -p pair_kind wrong -p n_pairs 2": _MILK_SERIES,
+    "melalib train --preset milk10k_dual_lite0_pretrained --set "
+    "data_dir=../shared/data/milk10k --fold 0 --name milk10k_fold0":
+        "the MILK10k images (15 min on 2 cores; tests/test_milk10k.py trains the preset's "
+        "recipe on a few real lesions)",
+    f"papermill notebooks/04_ensemble.ipynb out/milk10k_fold0_04.ipynb {_MILK} -p name "
+    "milk10k_fold0": _MILK_FOLD0,
+    f"papermill notebooks/05_gradcam.ipynb out/milk10k_fold0_05.ipynb {_MILK} -p name "
+    "milk10k_fold0 -p n_examples 4 -p pair_kind tp -p n_pairs 2": _MILK_FOLD0,
+}
 BENCHMARKS = {  # minutes of CPU each; their flags are parsed by the script's own parser
     "OMP_NUM_THREADS=1 python benchmarks/prepare_bench.py --n 8 --repeats 3 --real "
     "../shared/data/ham10000/images_200x150 --real-n 300 --real-sizes 64,128,256",
@@ -118,6 +143,7 @@ BENCHMARKS = {  # minutes of CPU each; their flags are parsed by the script's ow
     "OMP_NUM_THREADS=2 python benchmarks/train_bench.py --backbones resnet18,efficientnet_b0 "
     "--sizes 64,128 --steps 4 --warmup 1",
     "python benchmarks/load_bench.py --n 20000 --workers 2 --json load20k.json",
+    "python benchmarks/docs_figures.py --demo outputs/demo --milk10k outputs/milk10k_fold0",
     "python benchmarks/explain_results.py outputs/ham_tiny --masks "
     "../shared/data/ham10000/masks_200x150 --per-class 10 --fold 0 --n-boot 500 --device cpu "
     "--out outputs/explain-results/ham_tiny.json",

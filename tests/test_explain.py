@@ -378,3 +378,57 @@ def test_explain_ids_explains_the_runs_call_with_its_probability(tmp_path: Path)
     assert floor.cams.shape == out.cams.shape and not np.allclose(floor.cams, out.cams)
     again = explain(run, rows, device="cpu", random_weights=True)
     np.testing.assert_array_equal(again.cams, floor.cams)  # the floor is seeded
+
+
+# ------------------------------------------------------------ both images of a pair
+def test_branch_views_name_the_images_in_branch_order() -> None:
+    from melalib.explain import branch_views
+
+    milk = {"dataset": "milk10k", "dual_image": True}
+    assert branch_views(RunConfig.from_dict(milk)) == ("dermoscopic", "clinical")
+    assert branch_views(RunConfig.from_dict({**milk, "milk_view": "clinical"})) == (
+        "clinical", "dermoscopic")
+    assert branch_views(RunConfig.from_dict({"dataset": "milk10k"})) == ("image",)
+    assert branch_views(RunConfig.from_dict({"dataset": "synthetic", "synthetic_task": "paired",
+                                             "dual_image": True})) == ("dermoscopic", "clinical")
+    assert branch_views(RunConfig.from_dict({"dataset": "custom", "custom_csv": "x.csv",
+                                             "dual_image": True})) == (
+        "image 1", "image 2")
+    assert branch_views(None) == ("image",)
+
+
+def test_explain_pairs_maps_each_image_with_the_other_held_fixed(dual_run: RunDir) -> None:
+    """Issue 20: a dual-image run's Grad-CAM covers both images of a lesion, each by its
+    own branch (the other image and the metadata held fixed), for the class the run
+    called, with the run's out-of-fold probability of it."""
+    from melalib.explain import explain_pairs, fold_inputs, select_rows
+
+    oof = dual_run.oof()
+    ids = oof["image_id"].astype(str).head(3).tolist()
+    rows = select_rows(dual_run, ids=ids)
+    pairs = explain_pairs(dual_run, rows, device="cpu")
+    assert pairs.views == ("dermoscopic", "clinical")
+    assert pairs.rows["image_id"].tolist() == ids
+    task = dual_run.task
+    probs = oof.set_index(oof["image_id"].astype(str)).loc[ids, task.prob_columns].to_numpy()
+    called = probs.argmax(axis=1)
+    assert pairs.rows["explained"].tolist() == called.tolist()
+    assert pairs.rows["explained_name"].tolist() == [task.classes[c] for c in called]
+    np.testing.assert_allclose(pairs.rows["explained_prob"], probs[np.arange(3), called])
+    inputs = next(fold_inputs(dual_run, rows, "cpu"))
+    for b in (1, 2):
+        by_hand = grad_cam(inputs.model, inputs.batch, target_class=called.tolist(), branch=b)
+        np.testing.assert_allclose(pairs.cams[b - 1], by_hand, atol=1e-5)
+        for j in range(3):
+            np.testing.assert_array_equal(pairs.images[b - 1][j], inputs.image(j, b))
+    assert pairs.cams[0].shape == pairs.cams[1].shape == (3, 32, 32)
+    assert not np.allclose(pairs.cams[0], pairs.cams[1])  # two images, two maps
+    assert not np.array_equal(pairs.images[0][0], pairs.images[1][0])
+
+
+def test_explain_pairs_refuses_a_single_image_run(tmp_path: Path) -> None:
+    from melalib.explain import explain_pairs, select_rows
+
+    run, _ = _run(tmp_path)
+    with pytest.raises(ConfigError, match="single-image run"):
+        explain_pairs(run, select_rows(run, ids=["r0"]), device="cpu")

@@ -472,6 +472,25 @@ def test_operating_point_states_its_rule() -> None:
     assert tri.argmax and "argmax" in tri.rule
 
 
+def test_multilabel_operating_point_says_the_argmax_it_uses() -> None:
+    """Issue 20: for MILK10k (one diagnosis per lesion, 11 sigmoid outputs) 04's confusion
+    matrix and 05's cases are called by the argmax (`predictions.predicted_labels`), but the
+    rule printed and put in their titles said "each class called at P >= 0.5"."""
+    from melalib.predictions import predicted_labels
+    from melalib.tasks import MILK11
+
+    probs = np.full((2, 11), 0.1)
+    probs[0, 7], probs[1, [1, 8]] = 0.4, (0.9, 0.6)  # row 0: no class reaches 0.5
+    oof = pd.DataFrame(probs, columns=MILK11.prob_columns).assign(label=[7, 8])
+    point = nbh.operating_point(MILK11, oof)
+    assert point.labels(MILK11, probs).tolist() == [7, 1] == predicted_labels(
+        MILK11, probs).tolist()
+    assert point.argmax and point.rule.startswith("argmax")
+    assert nbh.case_heading(MILK11, "fn", point).startswith("False negatives of MEL (argmax")
+    assert nbh.case_heading(MELANOMA, "fn", nbh.operating_point(MELANOMA, oof.assign(
+        prob_melanoma=[0.2, 0.7], label=[0, 1]))).startswith("False negatives (called positive")
+
+
 def _calls(name: str) -> str:
     return "\n".join(c.source for c in _read(name).cells if c.cell_type == "code"
                      and "parameters" not in _tags(c))
@@ -491,7 +510,7 @@ def test_04_and_05_use_one_stated_operating_point() -> None:
     assert "metrics.evaluate(task, y, p, threshold=point.threshold)" in code
     assert "name=blended.label" in code and "evaluated=blended.label" in code
     assert code.count("threshold=point") >= 4
-    assert _calls("05_gradcam.ipynb").count("threshold=point") == 4
+    assert _calls("05_gradcam.ipynb").count("threshold=point") == 5
 
 
 def test_cam_captions_show_one_quantity() -> None:
@@ -504,6 +523,79 @@ def test_cam_captions_show_one_quantity() -> None:
     assert captions == ["melanoma called benign, P(melanoma) = 0.10",
                         "melanoma called melanoma, P(melanoma) = 0.80"]
     assert "called class" in heading and "P(melanoma)" in heading
+
+
+# ------------------------------------------------------------ partial downloads, pairs
+def _partial_pairs(tmp_path: Path) -> tuple[RunConfig, LesionTable, list[str]]:
+    """A tiny dual-image config on synthetic pairs and its table with three images absent:
+    the clinical image of one training lesion, the dermoscopic image of another, one test
+    image (a partial download)."""
+    from conftest import TINY
+
+    from melalib.data.adapters import load_table
+
+    cfg = RunConfig.from_dict({**TINY, "data_dir": str(tmp_path / "data"),
+                               "output_dir": str(tmp_path / "out"), "name": "partial",
+                               "synthetic_task": "paired", "dual_image": True,
+                               "missing_images": "drop"})
+    table = load_table(cfg.data)
+    df = table.df.copy()
+    train, test = np.flatnonzero(df["split"] == "train"), np.flatnonzero(df["split"] == "test")
+    gone = [(train[1], "image_path_2"), (train[4], "image_path"), (test[0], "image_path")]
+    for i, column in gone:
+        df.loc[df.index[i], column] = str(tmp_path / f"absent_{i}.jpg")
+    return cfg, LesionTable(df, table.task, table.origin), [df["image_id"].iat[i] for i, _ in gone]
+
+
+def test_eda_and_folds_leave_out_what_training_leaves_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: under missing_images=drop, 01's table and 02's folds (and so its leakage
+    audit, encoder and baseline) held the lesions whose images are absent and folds
+    assigned over them, while 03 trains on the other lesions with other folds."""
+    from melalib.data.build import build_table
+
+    cfg, partial, gone = _partial_pairs(tmp_path)
+    monkeypatch.setattr(nbh, "load_dataset", lambda data_cfg: partial)
+    table = nbh.load_table(cfg)
+    assert not set(gone) & set(table.df["image_id"])
+    assert len(table.df) == len(partial.df) - 3
+    folded = nbh.table_with_folds(cfg)
+    trained = build_table(cfg, table=partial)  # the table (and folds) melalib.train uses
+    pd.testing.assert_frame_equal(
+        folded.df[["image_id", "fold"]].reset_index(drop=True),
+        trained.df[["image_id", "fold"]].reset_index(drop=True))
+    # missing_images=error: the EDA still shows every listed row (a table without its images)
+    listed = nbh.load_table(cfg.with_overrides({"missing_images": "error"}))
+    assert listed.df["image_id"].tolist() == partial.df["image_id"].tolist()
+
+
+def test_show_pair_cams_draws_both_images_of_each_lesion(dual_run: RunDir,
+                                                         tmp_path: Path) -> None:
+    """Issue 20: 05 shows, for a dual-image run, each lesion's two images with their maps,
+    each captioned with its view and the explained class with its probability."""
+    oof = dual_run.oof()
+    point = nbh.operating_point(dual_run.task, oof)
+    cases, fig = nbh.show_pair_cams(dual_run.path, "wrong", top=2, threshold=point,
+                                    device="cpu", save=tmp_path / "pairs.png")
+    assert fig is not None and (tmp_path / "pairs.png").stat().st_size > 1000
+    assert len(cases) == 2 and {"explained_name", "explained_prob"} <= set(cases.columns)
+    assert len([a for a in fig.axes if a.images]) == 8  # 2 lesions x 2 images x (image, map)
+    texts = [t.get_text() for a in fig.axes for t in a.texts]
+    probs = oof.set_index(oof["image_id"].astype(str))
+    for case in cases.itertuples():
+        p = probs.loc[str(case.image_id), f"prob_{case.explained_name}"]
+        for view in ("dermoscopic", "clinical"):
+            caption = [t for t in texts if t.startswith(f"{view} · {case.image_id}")]
+            assert len(caption) == 1, (view, case.image_id, texts)
+            assert f"map of {case.explained_name}, P({case.explained_name}) = {p:.2f}" in \
+                caption[0]
+    assert point.rule in fig._suptitle.get_text().replace("\n", " ")
+
+
+def test_show_pair_cams_notes_a_single_image_run(tmp_path: Path) -> None:
+    run = RunDir.open(RunConfig.from_dict({"output_dir": str(tmp_path), "name": "single"}))
+    cases, fig = nbh.show_pair_cams(run.path, "tp", device="cpu")
+    assert fig is None and cases.empty
 
 
 # ------------------------------------------------------------------ executed series
@@ -685,14 +777,15 @@ def test_03_runs_from_the_notebooks_folder_with_relative_paths(
 
 
 # ------------------------------------------------------------------------ real tables
-def _run_real(tmp_path: Path, name: str, dataset: str, extra: list[str]) -> nbformat.NotebookNode:
+def _run_real(tmp_path: Path, name: str, dataset: str, extra: list[str], timeout: int = 900
+              ) -> nbformat.NotebookNode:
     out = tmp_path / name
     params = ["-p", "dataset", dataset, "-p", "data_dir", f"../shared/data/{dataset}",
               "-p", "output_dir", str(tmp_path / "outputs"), "-p", "name", dataset, *extra]
     done = subprocess.run([sys.executable, "-m", "papermill", name, str(out), "-k", "python3",
                            "--no-progress-bar", *params], cwd=NOTEBOOK_DIR,
                           env={**os.environ, "MELALIB_PROGRESS": "0"}, capture_output=True,
-                          text=True, timeout=900, check=False)
+                          text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return nbformat.read(out, as_version=4)
 
@@ -717,3 +810,44 @@ def test_eda_and_features_run_on_the_real_tables(dataset: str, shared_data: Path
     features = json.loads((tmp_path / "outputs" / dataset / "features.json").read_text())
     assert len(features["folds"]) == 3
     assert features["cv_check"][0]["val images whose group is in training"] == 0.0
+
+
+#: The tiny MILK10k configuration of the real-pairs series (README, "The notebooks on the
+#: real MILK10k pairs"): the CPU preset, fold 0 of 5, one frozen-backbone epoch of 2 steps.
+MILK_TINY = ["-p", "preset", "milk10k_dual_lite0_pretrained", "-p", "fold", "0", "-p",
+             "epochs", "1", "-p", "max_steps_per_epoch", "2", "-p", "tta", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_notebooks_01_to_05_run_on_the_real_milk10k_pairs(shared_data: Path,
+                                                          tmp_path: Path) -> None:
+    """Issue 20: 01 -> 05 headless on the real MILK10k pairs with parameters only: the
+    lesions whose images are withheld left out everywhere (the preset's
+    missing_images=drop), 05's Grad-CAM on both images of a pair."""
+    if not (shared_data / "milk10k" / "images_256x192").is_dir():
+        pytest.skip("the MILK10k images are absent")
+    run_dir = tmp_path / "outputs" / "milk10k"
+    eda = json.dumps(_run_real(tmp_path, "01_eda.ipynb", "milk10k", MILK_TINY).cells)
+    assert "have absent image files and are left out" in eda
+    # 02's random forests on 4,192 lesions and 03's passes over every image take minutes
+    _run_real(tmp_path, "02_features.ipynb", "milk10k", [*MILK_TINY, "-p", "baseline_epochs", "1"],
+              timeout=3600)
+    _run_real(tmp_path, "03_train.ipynb", "milk10k", MILK_TINY, timeout=3600)
+    run = RunDir.read(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["n_missing_image_rows"] > 0 and run.cfg.model.dual_image
+    baseline = RunDir.read(tmp_path / "outputs" / "milk10k_meta_only").table().df
+    trained = run.table().df
+    assert sorted(baseline["image_id"]) == sorted(trained["image_id"])  # the same lesions
+    assert (baseline.set_index("image_id")["fold"].sort_index()
+            == trained.set_index("image_id")["fold"].sort_index()).all()  # and folds
+    _run_real(tmp_path, "04_ensemble.ipynb", "milk10k", [*MILK_TINY, "-p", "n_boot", "50"])
+    gradcam = _run_real(tmp_path, "05_gradcam.ipynb", "milk10k",
+                        [*MILK_TINY, "-p", "n_examples", "2", "-p", "pair_kind", "wrong"])
+    pairs = next(c for c in gradcam.cells if "nb.show_pair_cams" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in pairs.outputs)  # the pair figure
+    assert "explained_prob" in json.dumps(gradcam.cells)  # the pairs' table
+    figures = {p.name for p in (run_dir / "figures").glob("*.png")}
+    assert {"01_sample_images.png", "03_learning_curves.png", "04_confusion.png",
+            "05_cam_pairs.png"} <= figures, figures
