@@ -265,14 +265,14 @@ def render_section(path: Path) -> list[str]:
              "model's own features, `melalib.shift`) tells MILK10k images from the run's own "
              "out-of-fold HAM10000 images; flagged: the share of MILK10k images above the "
              "in-domain 95 % threshold, and the error rates of flagged and unflagged images. "
-             "The multi-source row trained on MILK10k's dermoscopic images too, so MILK10k is "
-             "not external for it: its cell shows its out-of-fold MILK10k rows instead. CIs: "
+             "A run trained on MILK10k images too (multi-source, `dataset=ham10000+milk10k`) "
+             "would show its out-of-fold MILK10k rows there instead. CIs: "
              "1,000 lesion-grouped bootstrap replicates.", "",
              f"Made by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`); the "
              "runs by `melalib train --preset ham10000_lite0_pretrained_6ep --set "
-             "data_dir=../shared/data/ham10000 --fold 0 --set OPTION` (multi-source: `--set "
-             "dataset=ham10000+milk10k --set data_dir=../shared/data --set "
-             "skip_bad_images=true`).", ""]
+             "data_dir=../shared/data/ham10000 --fold 0 --output-dir outputs/ext --name "
+             "RUN` with the row's option added as `--set OPTION` (the recipe row: none), "
+             "one torch thread per run (`OMP_NUM_THREADS=1`), on the shared 2-core CPU.", ""]
     lines += render(results)
     lines += ["", "Goals (HAM10000-trained, MILK10k dermoscopic, shared classes): balanced "
               f"accuracy >= {GOALS['external_balanced_accuracy']}, melanoma AUC >= "

@@ -1447,6 +1447,19 @@ def render_summary(results: dict[str, Any]) -> list[str]:
     return ["## Summary", "", *out, ""]
 
 
+def sibling_section(script: str, *recorded: Path) -> list[str]:
+    """The results.md section another benchmark script owns (its ``render_section`` over the
+    JSON it recorded: `external_results`, `explain_results`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script, Path(__file__).with_name(
+        f"{script}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.render_section(*recorded)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The whole results.md from the JSON (deterministic: same JSON, same text)."""
     lines = [INTRO.rstrip("\n"), ""]
@@ -1486,6 +1499,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += render_figures(results)
     lines += render_synthetic()
     lines += render_stack(results)
+    lines += sibling_section("external_results", DOCS / "results_external.json")
+    lines += sibling_section("explain_results", DOCS / "results_explain.json",
+                             DOCS / "results_explain_finer.json")
     lines += ["## Reproducing", "",
               "Each row's command re-runs it (add `--fresh` to retrain instead of reusing the "
               "finished run folders under `outputs/real/`); `--quick` is a smoke run that "
