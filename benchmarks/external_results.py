@@ -231,8 +231,9 @@ def _goal_line(results: list[dict[str, Any]]) -> str:
             continue
         bal, mel = ext["balanced_accuracy"]["estimate"], (ext["melanoma_auc"] or {}).get(
             "estimate", float("nan"))
-        loss = (None if base is None else base["in_domain"]["all"]["balanced_accuracy"][
-            "estimate"] - res["in_domain"]["all"]["balanced_accuracy"]["estimate"])
+        loss = (None if base is None or res is base else base["in_domain"]["all"][
+            "balanced_accuracy"]["estimate"] - res["in_domain"]["all"]["balanced_accuracy"][
+            "estimate"])
         ok = (bal >= GOALS["external_balanced_accuracy"] and mel >= GOALS[
             "external_melanoma_auc"] and (loss is None or loss <= GOALS["in_domain_loss"]))
         lines.append(f"{Path(res['run']).name}: external balanced accuracy {bal:.3f}, melanoma "
