@@ -638,8 +638,8 @@ def case_heading(task: Any, kind: str, point: OperatingPoint) -> str:
     ``tp`` / ``tn`` of the melanoma class (the positive class of a binary task)."""
     name = KIND_NAMES.get(kind, kind).capitalize()
     if task.kind != "binary" and kind != "wrong":
-        positive = [c for c in task.classes if c.lower() in explain.MELANOMA_NAMES]
-        name = f"{name} of {positive[0] if positive else 'the positive class'}"
+        mel = melanoma_class(task)
+        name = f"{name} of {'the positive class' if mel is None else task.classes[mel]}"
     return f"{name} ({point.rule})"
 
 

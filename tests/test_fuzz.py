@@ -175,7 +175,7 @@ def retype(draw: st.DrawFn, df: pd.DataFrame) -> pd.DataFrame:
 
 
 @FUZZ
-@given(preset=st.sampled_from(FEATURE_SETS), train=meta_frames(), other=meta_frames())
+@given(preset=st.sampled_from(list(FEATURE_SETS)), train=meta_frames(), other=meta_frames())
 def test_meta_encoder_never_crashes(preset, train, other) -> None:
     enc = MetaEncoder(preset)
     try:
@@ -208,7 +208,7 @@ def fold_frames(draw: st.DrawFn) -> pd.DataFrame:
 @FUZZ
 @given(df=fold_frames(), task=st.sampled_from([MELANOMA, HAM7]),
        n_folds=st.one_of(st.integers(-1, 6), st.sampled_from([True, 2.0, "3", None])),
-       seed=st.integers(0, 2**31 - 1), stratify=st.one_of(st.sampled_from(STRATIFY), TEXT))
+       seed=st.integers(0, 2**31 - 1), stratify=st.one_of(st.sampled_from(list(STRATIFY)), TEXT))
 def test_assign_folds_never_crashes(df, task, n_folds, seed, stratify) -> None:
     try:
         table = assign_folds(LesionTable(df.drop(columns="fold", errors="ignore"), task),

@@ -560,7 +560,7 @@ def test_eda_and_folds_leave_out_what_training_leaves_out(
     assert not set(gone) & set(table.df["image_id"])
     assert len(table.df) == len(partial.df) - 3
     folded = nbh.table_with_folds(cfg)
-    trained = build_table(cfg, table=partial)  # the table (and folds) melalib.train uses
+    trained, _ = build_table(cfg, table=partial)  # the table (and folds) melalib.train uses
     pd.testing.assert_frame_equal(
         folded.df[["image_id", "fold"]].reset_index(drop=True),
         trained.df[["image_id", "fold"]].reset_index(drop=True))
