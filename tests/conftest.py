@@ -101,3 +101,14 @@ def dual_run(tmp_path_factory: pytest.TempPathFactory):
                                "shared_backbone": False, "fold": 0, "device": "cpu"})
     melalib.train(cfg, progress=False)
     return RunDir.read(cfg.run_dir)
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import TINY, benchmark_script
 
 from melalib.cli import main
 from melalib.config import RunConfig
@@ -132,14 +132,7 @@ def test_absent_masks_are_one_clear_line_or_a_labelled_estimate(
 
 # ------------------------------------------------------------- benchmarks/explain_results
 def _bench():
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "explain_results.py"
-    spec = importlib.util.spec_from_file_location("explain_results", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("explain_results")
 
 
 def test_benchmark_measures_a_run_and_records_its_table(

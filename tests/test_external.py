@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import TINY, benchmark_script
 from sklearn.metrics import roc_auc_score
 
 from melalib import cli
@@ -206,14 +206,7 @@ def test_a_binary_table_is_scored_by_its_diagnosis_words(trained, tmp_path: Path
 
 # ----------------------------------------------------------- benchmarks/external_results
 def _bench():
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "external_results.py"
-    spec = importlib.util.spec_from_file_location("external_results", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("external_results")
 
 
 def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained, tmp_path: Path
