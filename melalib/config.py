@@ -232,6 +232,17 @@ class TrainConfig:
                        "fold")
 
 
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``key=value`` strings (CLI ``--set``) as a dict, keys and values stripped."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
 @dataclass
 class RunConfig:
     """One named run: the data, the model, the training and where it writes."""
@@ -316,13 +327,7 @@ class RunConfig:
         """A copy with ``key=value`` strings (CLI ``--set``) or a dict applied; ``source``
         names where they came from in the copy's `sources`."""
         if not isinstance(items, dict):
-            parsed: dict[str, Any] = {}
-            for item in items:
-                if "=" not in item:
-                    raise ConfigError(f"override {item!r} is not of the form key=value")
-                key, value = item.split("=", 1)
-                parsed[key.strip()] = value.strip()
-            items = parsed
+            items = parse_overrides(items)
         flat = self.to_flat()
         for key, value in items.items():
             key = key.split(".")[-1]

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import RunConfig, fields_help, get_preset, read_yaml_layers, resolve
+from ..config import (
+    RunConfig,
+    fields_help,
+    get_preset,
+    parse_overrides,
+    read_yaml_layers,
+    resolve,
+)
 from ..data.prepare import PREPARE_ASPECTS, prepare_images
 from ..ensemble import BLENDS
 from ..errors import ConfigError, MelalibError
@@ -41,20 +48,16 @@ def load_config(args: argparse.Namespace) -> RunConfig:
         get_preset(preset)  # an unknown --preset is named as such, not as the file's error
     overrides = _command_line(args)
     if not getattr(args, "config", None):  # one parse: the preset, then the command line
-        return resolve([("command line", _as_layer(overrides))], preset) if overrides \
-            else resolve([], preset)
+        return resolve([("command line", _as_layer(overrides))] if overrides else [], preset)
     try:
-        if getattr(args, "config", None):
-            file_preset, values = read_yaml_layers(args.config)
-            if file_preset and preset:
-                layers.append((f"preset {file_preset}", get_preset(file_preset)))
-            preset = preset or file_preset
-            layers.append((f"config {args.config}", values))
+        file_preset, values = read_yaml_layers(args.config)
+        if file_preset and preset:
+            layers.append((f"preset {file_preset}", get_preset(file_preset)))
+        preset = preset or file_preset
+        layers.append((f"config {args.config}", values))
         cfg = resolve(layers, preset)
     except ConfigError as exc:  # name the file the bad key or value came from
-        if getattr(args, "config", None):
-            raise ConfigError(f"{args.config}: {exc}") from exc
-        raise
+        raise ConfigError(f"{args.config}: {exc}") from exc
     return cfg.with_overrides(overrides, source="command line") if overrides else cfg
 
 
@@ -73,13 +76,7 @@ def _command_line(args: argparse.Namespace) -> list[str]:
 def _as_layer(overrides: list[str]) -> dict[str, str]:
     """``key=value`` items as a `config.resolve` layer (``train.lr``: its last part), as
     `RunConfig.with_overrides` reads them."""
-    layer = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        layer[key.strip().split(".")[-1]] = value.strip()
-    return layer
+    return {key.split(".")[-1]: value for key, value in parse_overrides(overrides).items()}
 
 
 class _Parser(argparse.ArgumentParser):
