@@ -19,6 +19,7 @@ border-peak share <= 0.10.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -204,8 +205,6 @@ def render_section(path: Path, *variants: Path) -> list[str]:
     e.g. ``--layer finer``) under its command."""
     if not path.is_file():
         return []
-    import json
-
     recorded = json.loads(path.read_text())
     results = recorded["results"]
     lines = ["## 7. Explanations against true lesion masks (HAM10000)", "",

@@ -18,6 +18,7 @@ MILK10k dermoscopic): balanced accuracy >= 0.65, melanoma AUC >= 0.90, in-domain
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -192,8 +193,6 @@ def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     recorded order, new runs last): runs finished at different times share one table."""
     if not out.is_file():
         return results
-    import json
-
     fresh = {r["run"]: r for r in results}
     old = json.loads(out.read_text())["results"]
     kept = [fresh.pop(r["run"], r) for r in old]
@@ -247,8 +246,6 @@ def render_section(path: Path) -> list[str]:
     """The results.md section from the JSON this script writes (nothing when absent)."""
     if not path.is_file():
         return []
-    import json
-
     recorded = json.loads(path.read_text())
     results = recorded["results"]
     seconds = {Path(r["run"]).name: sum(r["seconds"].values()) for r in results}

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -1450,8 +1451,6 @@ def render_summary(results: dict[str, Any]) -> list[str]:
 def sibling_section(script: str, *recorded: Path) -> list[str]:
     """The results.md section another benchmark script owns (its ``render_section`` over the
     JSON it recorded: `external_results`, `explain_results`)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(script, Path(__file__).with_name(
         f"{script}.py"))
     assert spec is not None and spec.loader is not None
