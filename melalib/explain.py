@@ -426,13 +426,16 @@ def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
 class Explanation:
     """Maps of a run's images: ``rows`` (`prediction_table` columns plus ``explained`` /
     ``explained_name`` / ``explained_prob``), the images as the model saw them (uint8
-    H x W x 3) and the maps (N, H, W) in [0, 1], in row order."""
+    H x W x 3) and the maps (N, H, W) in [0, 1], in row order; ``aspect``: how the
+    checkpoints framed a non-square image (their stored `Preprocessing`), which a mask must
+    follow to line up with the maps."""
 
     rows: pd.DataFrame
     images: list[np.ndarray]
     cams: np.ndarray
     method: str = "gradcam"
     layer: str = "auto"
+    aspect: str = "squash"
 
 
 def explain(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "run",
@@ -459,8 +462,10 @@ def _explain_branches(run: RunDir | str | Path, rows: pd.DataFrame, target: str,
     which_all = explained_classes(rows, task, "pred" if target == "pred" else target)
     images = [[np.zeros(0, np.uint8)] * len(rows) for _ in branches]
     cams = [np.zeros((len(rows), 0, 0), dtype=np.float32) for _ in branches]
+    aspect = run.cfg.data.aspect if run.cfg is not None else "squash"
     for inputs in fold_inputs(run, rows, device):
         at = inputs.at
+        aspect = inputs.aspect
         model = _random_twin(inputs.member, inputs.task) if random_weights else inputs.model
         which = which_all[at]
         if inputs.task != task:  # target=diagnosis: a 9-class model behind a binary run
@@ -474,7 +479,7 @@ def _explain_branches(run: RunDir | str | Path, rows: pd.DataFrame, target: str,
             for j, i in enumerate(at):
                 images[b][i] = inputs.image(j, branch)
     explained = _with_explained(rows, task, which_all)
-    return [Explanation(explained, images[b], cams[b], method, str(layer or "auto"))
+    return [Explanation(explained, images[b], cams[b], method, str(layer or "auto"), aspect)
             for b in range(len(branches))]
 
 
@@ -537,6 +542,12 @@ class FoldInputs:
     @property
     def model(self) -> nn.Module:
         return self.member.model
+
+    @property
+    def aspect(self) -> str:
+        """The checkpoint's framing of a non-square image (its stored preprocessing)."""
+        stored = self.member.preprocessing
+        return stored.aspect if stored is not None else self.member.cfg.data.aspect
 
     def image(self, j: int, branch: int = 1) -> np.ndarray:
         """Item ``j``'s image (``branch`` 2: the second image) as uint8 (H, W, 3)."""

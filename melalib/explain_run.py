@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
 from .explain import Explanation, explain, save_overlays
 from .faithful import run_faithfulness
 from .io import atomic_path, write_csv, write_json
@@ -43,13 +42,11 @@ class ExplainResult:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _masks(run: RunDir, explanation: Explanation, source: MaskSource | None,
+def _masks(explanation: Explanation, source: MaskSource | None,
            missing: str) -> tuple[np.ndarray, list[str]]:
-    cfg = run.cfg
-    if cfg is None:
-        raise ConfigError(f"{run.path} has no training config: its framing is unknown")
+    """The masks of the explained rows in the checkpoints' own framing."""
     size = explanation.cams.shape[-1]
-    return framed_masks(explanation.rows, size, cfg.data.aspect, source, missing,
+    return framed_masks(explanation.rows, size, explanation.aspect, source, missing,
                         images=explanation.images)
 
 
@@ -74,7 +71,7 @@ def measure(run: RunDir | str | Path, rows: pd.DataFrame, *, method: str = "grad
     table = expl.rows.copy()
     shape = expl.cams.shape[1:]
     if with_masks:
-        mask, kinds = _masks(run, expl, masks, missing)
+        mask, kinds = _masks(expl, masks, missing)
     else:
         mask, kinds = np.zeros((len(rows), *shape), bool), ["none"] * len(rows)
     table["mask"] = kinds

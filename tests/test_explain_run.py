@@ -66,6 +66,31 @@ def test_an_older_run_without_a_recorded_root_resolves_through_output_dir(
     assert all(p.startswith(str(old)) and Path(p).is_file() for p in paths)
 
 
+def test_masks_follow_the_checkpoints_framing_not_the_run_config(
+        project: Path, tmp_path: Path) -> None:
+    """The framing a mask is mapped through is the checkpoint's stored preprocessing: a run
+    whose config.yaml says otherwise (edited, or written by another melalib) still gets the
+    framing its model was trained with."""
+    import shutil
+
+    import yaml
+
+    from melalib.explain import explain, select_rows
+
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy)
+    run = RunDir.read(copy / "outputs" / "tiny")
+    config_file = run.file("config")
+    cfg = yaml.safe_load(config_file.read_text())
+    assert cfg["data"]["aspect"] == "squash"
+    cfg["data"]["aspect"] = "crop"
+    config_file.write_text(yaml.safe_dump(cfg))
+    run = RunDir.read(copy / "outputs" / "tiny")
+    assert run.cfg.data.aspect == "crop"
+    rows = select_rows(run, ids=[str(run.oof()["image_id"].iloc[0])])
+    assert explain(run, rows, device="cpu").aspect == "squash"
+
+
 def _explain(run: Path, out: Path, *extra: str) -> int:
     return main(["explain", str(run), "--out", str(out), "--n-boot", "20", "--device", "cpu",
                  *extra])
