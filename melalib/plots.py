@@ -595,14 +595,34 @@ def _fit_cam(cam: Any, shape: tuple[int, int], i: int) -> np.ndarray:
 CAM_CMAP = "inferno"
 
 
-def _cam_pair(cells: Sequence[Axes], img: np.ndarray, cam: np.ndarray, alpha: float) -> None:
-    """One case: the image, then the Grad-CAM overlay, headed 'image' | 'Grad-CAM'."""
+#: The lesion outline drawn over a map: a colour the inferno map does not hold.
+MASK_COLOUR = "#00e5ff"
+
+
+def _fit_mask(mask: Any, shape: tuple[int, int], i: int) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise DataError(f"mask {i} must be an H x W array, got shape {m.shape}")
+    if m.shape != shape:
+        resized = Image.fromarray(m.astype(bool).astype(np.uint8) * 255).resize(
+            (shape[1], shape[0]), Image.Resampling.NEAREST)
+        m = np.asarray(resized)
+    return m.astype(bool)
+
+
+def _cam_pair(cells: Sequence[Axes], img: np.ndarray, cam: np.ndarray, alpha: float,
+              mask: np.ndarray | None = None) -> None:
+    """One case: the image, then the Grad-CAM overlay, headed 'image' | 'Grad-CAM'; with
+    ``mask`` (H x W bool) the lesion's outline on both."""
     overlay = (1 - alpha) * img + alpha * plt.get_cmap(CAM_CMAP)(cam)[..., :3]
     cells[-1].imshow(np.clip(overlay, 0, 1))
     if len(cells) == 2:
         cells[0].imshow(img)
         cells[0].set_title("image", fontsize=9)
     cells[-1].set_title("Grad-CAM", fontsize=9)
+    if mask is not None and mask.any():
+        for a in cells:
+            a.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.2)
 
 
 def _cam_layout(n: int, ncols: int, per: int, tile: float, lines: int, title: bool
@@ -628,17 +648,21 @@ def _cam_layout(n: int, ncols: int, per: int, tile: float, lines: int, title: bo
 @_styled
 def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] | None = None,
              ncols: int = 2, alpha: float = 0.45, show_original: bool = True,
-             save: str | Path | None = None, tile: float = 2.6, title: str | None = None
-             ) -> Figure:
+             save: str | Path | None = None, tile: float = 2.6, title: str | None = None,
+             masks: Sequence[Any] | None = None) -> Figure:
     """Grad-CAM heatmaps (H x W in [0, 1], resized to the image) over H x W x 3 images
     (uint8 or float in [0, 1]) in the perceptually uniform `CAM_CMAP`, with a colour bar;
     with ``show_original`` each image is shown beside its overlay under the headers
     'image' | 'Grad-CAM', so a row holds ``ncols`` pairs (two pairs: about 11 in wide, so
     text stays readable where a notebook scales the figure to its width). ``titles`` are
     the captions under each case; ``title`` heads the figure (say which class the maps
-    explain and what the numbers are)."""
+    explain and what the numbers are). ``masks`` (H x W bool per image, e.g. true lesion
+    masks in the model's framing): the lesion outline, in `MASK_COLOUR`, on both panels
+    (an empty mask draws nothing)."""
     if len(images) != len(cams):
         raise DataError(f"{len(images)} images but {len(cams)} cams")
+    if masks is not None and len(masks) != len(images):
+        raise DataError(f"{len(masks)} masks for {len(images)} images")
     if titles is not None and len(titles) != len(images):
         raise DataError(f"{len(titles)} titles for {len(images)} images")
     per = 2 if show_original else 1
@@ -648,14 +672,16 @@ def cam_grid(images: Sequence[Any], cams: Sequence[Any], titles: Sequence[str] |
                                      bool(title))
     for i, img_in in enumerate(images):
         img = _to_float_image(img_in, i)
-        _cam_pair(cells[i], img, _fit_cam(cams[i], img.shape[:2], i), alpha)
+        mask = None if masks is None else _fit_mask(masks[i], img.shape[:2], i)
+        _cam_pair(cells[i], img, _fit_cam(cams[i], img.shape[:2], i), alpha, mask)
         if captions:
             strips[i].text(0.0, 1.0, captions[i], fontsize=10, ha="left", va="top",
                            transform=strips[i].transAxes)
     mappable = mpl.cm.ScalarMappable(mpl.colors.Normalize(0.0, 1.0), CAM_CMAP)
     bar = fig.colorbar(mappable, ax=[a for row in cells for a in row], pad=0.02, aspect=25,
                        shrink=min(0.9, 2.2 / len(strips) * ncols + 0.2))
-    bar.set_label("Grad-CAM weight (0 = none, 1 = strongest)")
+    bar.set_label("Grad-CAM weight (0 = none, 1 = strongest)"
+                  + ("; outline: lesion mask" if masks is not None else ""))
     if title:
         fig.suptitle(_fit_title(title, tile * ncols * per, 11, bars=False), fontsize=11)
     return _finish(fig, save, True)

@@ -244,6 +244,22 @@ def test_cam_grid_overlays(tmp_path: Path) -> None:
         plots.cam_grid(images[:1], [np.full((4, 4), 2.0)])
 
 
+def test_cam_grid_outlines_the_lesion_mask_where_it_lies() -> None:
+    images = [np.zeros((32, 40, 3), np.uint8)] * 2
+    cams = [np.zeros((8, 8))] * 2
+    mask = np.zeros((16, 20), bool)
+    mask[2:6, 12:18] = True  # top right, at half the image's resolution
+    fig = plots.cam_grid(images, cams, masks=[mask, np.zeros((32, 40), bool)], ncols=2)
+    outlined = [a for a in fig.axes if a.images and a.collections]
+    assert len(outlined) == 2  # image and overlay of the first case; the empty mask: none
+    for a in outlined:
+        (x0, y0), (x1, y1) = a.collections[0].get_datalim(a.transData).get_points()
+        assert 20 <= x0 < x1 <= 40 and 0 <= y0 < y1 <= 16  # scaled to the image, in place
+    assert "lesion mask" in next(a for a in fig.axes if a.get_ylabel()).get_ylabel()
+    with pytest.raises(DataError, match="1 masks for 2 images"):
+        plots.cam_grid(images, cams, masks=[mask])
+
+
 def _renderer(fig: Figure):
     """A drawn Agg canvas for a figure the plot function already closed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
