@@ -108,6 +108,10 @@ class DataConfig:
                        choices=Lazy("melalib.transforms", "STRENGTHS"))
     color_constancy: bool = opt(False, "Shades of Gray colour correction (p=6) of every image: "
                                 "training, TTA, predict, Grad-CAM")
+    field_mask: str = opt("none", "black outside the ellipse inscribed in every image (a "
+                          "dermoscope's round field, corners and vignette removed): training, "
+                          "TTA, predict, Grad-CAM", choices=Lazy("melalib.data.images",
+                                                                  "FIELD_MASKS"))
     n_folds: int = opt(5, "grouped CV folds", ge=2)
     fold_seed: int = opt(42, "seed of the fold assignment (StratifiedGroupKFold)")
     fold_stratify: str = opt("label", "fold stratification (label+size: also balance images "

@@ -180,6 +180,18 @@ def _alpha(name: str, tmp: Path) -> None:
         assert out.shape == (4, 4, 3) and out[0, 0, 0] > out[0, 0, 1]
 
 
+def _field_mask(name: str, tmp: Path) -> None:
+    from PIL import Image
+
+    from melalib.data.images import ImageOptions, read_image
+
+    path = tmp / "grey.png"
+    Image.fromarray(np.full((6, 8, 3), 200, np.uint8)).save(path)
+    out = read_image(path, options=ImageOptions(field_mask=name))
+    assert out.shape == (6, 8, 3) and out[3, 4].tolist() == [200, 200, 200]
+    assert out[0, 0].tolist() == ([200] * 3 if name == "none" else [0, 0, 0])
+
+
 def _feature_set(name: str, tmp: Path) -> None:
     from melalib.features import MetaEncoder
 
@@ -272,6 +284,7 @@ RUNNERS: dict[str, Callable[[Any, Path], None]] = {
     "melalib.data.synthetic.TASKS": _synthetic_task,
     "melalib.targets.TARGETS": _target,
     "melalib.data.images.ALPHA_CHOICES": _alpha,
+    "melalib.data.images.FIELD_MASKS": _field_mask,
     "melalib.data.missing.MISSING_IMAGES": _missing,
     "melalib.features.FEATURE_SETS": _feature_set,
     "melalib.device.AMP_DTYPES": _amp,

@@ -13,7 +13,11 @@ check and the plots all call it, so an image looks the same everywhere:
   stay >= ``size`` (much faster on full-size dermoscopy photographs);
 - with ``color_constancy`` (config ``color_constancy=true``), the colours are corrected by
   `shades_of_gray` (Minkowski p = 6, as the ISIC 2019 winners did): the same correction in
-  training, validation, TTA, prediction, Grad-CAM and ``melalib prepare --color-constancy``.
+  training, validation, TTA, prediction, Grad-CAM and ``melalib prepare --color-constancy``;
+- with ``field_mask`` (config ``field_mask=ellipse``), everything outside the ellipse
+  inscribed in the image is set to black (`FIELD_MASKS`): a dermoscope's round field with
+  its corners, rulers and vignette removed, the same at training and everywhere after
+  (the checkpoint carries the option). Applied after the colour correction.
 
 The result is a uint8 RGB array (H, W, 3); resizing is left to the transforms and `prepare`.
 
@@ -30,6 +34,7 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,22 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ALPHA_CHOICES: Registry[tuple[int, int, int] | None] = Registry(
     "image_alpha", {"white": (255, 255, 255), "black": (0, 0, 0), "error": None})
 DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def inscribed_ellipse(height: int, width: int) -> np.ndarray:
+    """(H, W) bool: the pixels whose centres lie inside the ellipse inscribed in the frame."""
+    yy = (np.arange(height) + 0.5 - height / 2.0) / (height / 2.0)
+    xx = (np.arange(width) + 0.5 - width / 2.0) / (width / 2.0)
+    return yy[:, None] ** 2 + xx[None, :] ** 2 <= 1.0
+
+
+def _ellipse_field(rgb: np.ndarray) -> np.ndarray:
+    return np.where(inscribed_ellipse(*rgb.shape[:2])[..., None], rgb, 0).astype(np.uint8)
+
+
+#: the ``field_mask`` choices: name -> uint8 RGB -> uint8 RGB (`read_image` applies it)
+FIELD_MASKS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry(
+    "field_mask", {"none": lambda rgb: rgb, "ellipse": _ellipse_field})
 _JPEG_FORMATS = ("JPEG", "MPO")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 #: archive suffixes whose members are images (`hdf5_member`)
@@ -62,9 +83,11 @@ class ImageOptions:
     alpha: str = "white"  # `ALPHA_CHOICES`
     max_pixels: int = DEFAULT_MAX_PIXELS  # 0 = no ceiling of melalib's own
     color_constancy: bool = False  # Shades of Gray colour correction (`shades_of_gray`)
+    field_mask: str = "none"  # `FIELD_MASKS`
 
     def __post_init__(self) -> None:
         ALPHA_CHOICES.check(self.alpha)
+        FIELD_MASKS.check(self.field_mask)
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) \
                 or self.max_pixels < 0:
             raise ConfigError(f"max_image_pixels must be an integer >= 0, got {self.max_pixels!r}")
@@ -74,7 +97,8 @@ class ImageOptions:
         """The options of a `DataConfig` (defaults where it lacks the fields)."""
         return cls(alpha=getattr(data_cfg, "image_alpha", "white"),
                    max_pixels=getattr(data_cfg, "max_image_pixels", DEFAULT_MAX_PIXELS),
-                   color_constancy=bool(getattr(data_cfg, "color_constancy", False)))
+                   color_constancy=bool(getattr(data_cfg, "color_constancy", False)),
+                   field_mask=str(getattr(data_cfg, "field_mask", "none")))
 
 
 def shades_of_gray(image: np.ndarray, p: int = 6) -> np.ndarray:
@@ -178,7 +202,8 @@ def read_image(path: str | os.PathLike[str], size: int | None = None,
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img, path, options)
-        return shades_of_gray(rgb) if options.color_constancy else rgb
+        rgb = shades_of_gray(rgb) if options.color_constancy else rgb
+        return FIELD_MASKS[options.field_mask](rgb)
     except ImageError:
         raise
     except FileNotFoundError:
