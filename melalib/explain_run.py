@@ -34,12 +34,15 @@ from .runs import RunDir
 @dataclass
 class ExplainResult:
     """An explanation measured: per-image ``table``, ``pooled`` measures (column ``maps``:
-    model / centre_prior / random_weights), the maps, and the options used."""
+    model / centre_prior / random_weights), the maps, the options used, and the masks the
+    maps were measured against in the maps' framing (N, H, W bool; all False where a row
+    had none)."""
 
     explanation: Explanation
     table: pd.DataFrame
     pooled: pd.DataFrame
     options: dict[str, Any] = field(default_factory=dict)
+    masks: np.ndarray | None = None
 
 
 def _masks(explanation: Explanation, source: MaskSource | None,
@@ -95,7 +98,7 @@ def measure(run: RunDir | str | Path, rows: pd.DataFrame, *, method: str = "grad
                {"folder": str(masks.folder), "pattern": masks.pattern},
                "missing_masks": missing, "n_images": len(rows), "n_measured": int(keep.sum()),
                "n_estimated_masks": kinds.count("estimate")}
-    return ExplainResult(expl, table, result, options)
+    return ExplainResult(expl, table, result, options, mask)
 
 
 # ------------------------------------------------------------------------- output folder

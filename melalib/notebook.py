@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import explain, external, plots, shift
+from . import explain, explain_run, external, plots, shift
 from . import stack as stacking
 from .config import RunConfig, field_index, get_preset, resolve
 from .data.adapters import load_table as load_dataset
@@ -40,6 +40,7 @@ from .data.build import configured_folds, drop_missing
 from .ensemble import submission
 from .errors import ConfigError
 from .io import atomic_path, write_csv, write_json
+from .localize import MaskSource
 from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitivity
 from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
 from .runs import LAYOUT, RunDir
@@ -69,6 +70,9 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "pair_kind": "05: dual-image runs: whose image pairs are explained (fn | fp | tp | tn | "
                  "wrong)",
     "n_pairs": "05: dual-image runs: image pairs shown (both images of each, with maps)",
+    "masks": "05: folder of true lesion masks the maps are measured against ('' = none)",
+    "mask_pattern": "05: mask file name in masks ({image_id} and {stem} filled in)",
+    "mask_kind": "05: cases measured against the masks (fn | fp | tp | tn | wrong)",
 }
 
 #: Config fields holding paths; relative ones are resolved against the project root.
@@ -675,6 +679,63 @@ def show_pair_cams(run_dir: str | os.PathLike[str], kind: str = "tp", top: int =
     shown = ["image_id", "fold", "label_name", "pred_name", "explained_name",
              "explained_prob", "age", "sex", "site"]
     return pairs.rows[[c for c in shown if c in pairs.rows.columns]], fig
+
+
+def mask_captions(table: pd.DataFrame) -> list[str]:
+    """One caption per measured case: id, true class, the class explained with its
+    out-of-fold probability, and how the map met the lesion (concentration: CAM mass on the
+    lesion / lesion area, 1.0 = a uniform map; peak on or off the lesion)."""
+    out = []
+    for r in table.itertuples(index=False):
+        where = ("no mask" if r.mask == "missing" else
+                 "the framing cut the lesion off" if not np.isfinite(r.concentration) else
+                 f"concentration {r.concentration:.2f}, peak "
+                 f"{'on' if r.pointing else 'off'} the lesion")
+        out.append(f"{r.image_id}: true {r.label_name}\nmap of {r.explained_name}, "
+                   f"P = {r.explained_prob:.2f}; {where}")
+    return out
+
+
+def show_masked_cams(run_dir: str | os.PathLike[str], masks: str | os.PathLike[str],
+                     pattern: str = "{image_id}_segmentation.png", kind: str = "wrong",
+                     top: int = 8, threshold: float | OperatingPoint = 0.5,
+                     method: str = "gradcam", n_boot: int = 1000, device: str = "auto",
+                     save: str | os.PathLike[str] | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """Grad-CAM of a run's ``top`` most confident cases of ``kind`` measured against true
+    lesion masks (``masks`` folder, file ``pattern``; `melalib.explain_run.measure`, masks
+    framed as the model saw the image; cases without a mask are shown and left out of the
+    measures): the pooled measures with CIs beside the centre prior, the per-case table,
+    and a `melalib.plots.cam_grid` figure with the lesion outlined on image and map.
+    ``masks`` "": a synthetic run's own true masks; any other run gets a note and nothing
+    is measured (melalib never guesses masks here)."""
+    run = RunDir.read(run_dir)
+    folder = resolve_path(masks) if str(masks) else ""
+    synthetic = run.cfg is not None and run.cfg.data.dataset == "synthetic"
+    if (folder and not Path(folder).is_dir()) or (not folder and not synthetic):
+        note(f"No lesion-mask folder {'at ' + folder if folder else 'given'} (parameter "
+             "`masks`): the maps are not measured against lesions. HAM10000's masks: "
+             "-p masks ../shared/data/ham10000/masks_200x150")
+        return pd.DataFrame(), pd.DataFrame(), None
+    source = MaskSource(folder, pattern) if folder else None
+    point = threshold if isinstance(threshold, OperatingPoint) else OperatingPoint(
+        float(threshold), f"called positive at P >= {float(threshold):.3g}")
+    rows = explain.select_rows(run, kind=kind, top=top, threshold=point.threshold)
+    if rows.empty:
+        note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
+             f"{run.path.name}: nothing to measure.")
+        return pd.DataFrame(), rows, None
+    result = explain_run.measure(run, rows, method=method, masks=source,
+                                 missing="skip", n_boot=n_boot, device=device)
+    expl = result.explanation
+    title = (f"{case_heading(run.task, kind, point)}\nGrad-CAM of the class named under each "
+             "image; outline: the true lesion mask, framed as the model saw the image")
+    fig = plots.cam_grid(expl.images, list(expl.cams), titles=mask_captions(result.table),
+                         ncols=min(2, len(rows)), save=save, title=title, masks=result.masks)
+    shown = ["image_id", "label_name", "explained_name", "explained_prob", "mask",
+             "lesion_area", "mass_on_lesion", "concentration", "pointing", "border_peak",
+             "prior_concentration"]
+    return result.pooled, result.table[[c for c in shown if c in result.table.columns]], fig
 
 
 # -------------------------------------------------------------------------- external

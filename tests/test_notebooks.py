@@ -598,6 +598,38 @@ def test_show_pair_cams_notes_a_single_image_run(tmp_path: Path) -> None:
     assert fig is None and cases.empty
 
 
+def test_show_masked_cams_measures_maps_against_the_true_masks(dual_run: RunDir,
+                                                               tmp_path: Path) -> None:
+    """Issue 25: 05 measures its maps against true lesion masks, from a folder and file
+    pattern (HAM10000's ``<image_id>_segmentation.png``) or a synthetic run's own, beside
+    the centre prior, and outlines each lesion on image and map."""
+    pooled, cases, fig = nbh.show_masked_cams(dual_run.path, "", kind="wrong", top=2,
+                                              device="cpu", n_boot=20,
+                                              save=tmp_path / "masked.png")
+    assert fig is not None and (tmp_path / "masked.png").stat().st_size > 1000
+    assert set(pooled["maps"]) == {"model", "centre_prior"}
+    assert {"concentration", "pointing", "border_peak"} <= set(pooled["measure"])
+    assert len(cases) == 2 and set(cases["mask"]) == {"true_mask"}
+    assert len([a for a in fig.axes if a.images and a.collections]) == 4  # outlined twice each
+    texts = " ".join(t.get_text() for a in fig.axes for t in a.texts)
+    for case in cases.itertuples():
+        assert f"concentration {case.concentration:.2f}" in texts
+    # the same masks in another folder under HAM10000's file names give the same measures
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    table = dual_run.table().df.set_index("image_id")
+    for image_id in cases["image_id"].astype(str):
+        stem = Path(table.loc[image_id, "image_path"]).stem
+        source = Path(table.loc[image_id, "image_path"]).parent.parent / "masks" / f"{stem}.png"
+        (folder / f"{image_id}_segmentation.png").write_bytes(source.read_bytes())
+    again, named, _ = nbh.show_masked_cams(dual_run.path, str(folder), kind="wrong", top=2,
+                                           device="cpu", n_boot=20)
+    pd.testing.assert_frame_equal(named, cases)
+    assert np.allclose(again["estimate"], pooled["estimate"])
+    nothing = nbh.show_masked_cams(dual_run.path, str(tmp_path / "absent"), device="cpu")
+    assert nothing[2] is None and nothing[0].empty
+
+
 # ------------------------------------------------------------------ executed series
 _EXECUTED: dict[str, Any] = {}
 
@@ -643,7 +675,8 @@ def test_series_saves_its_figures(executed: dict[str, Any]) -> None:
     expected = {"01_class_balance.png", "01_age_by_label.png", "01_site_by_label.png",
                 "01_sample_images.png", "03_learning_curves.png", "04_roc.png", "04_pr.png",
                 "04_confusion.png", "04_reliability.png", "04_subgroups.png",
-                "06_roc.png", "06_confusion.png", "06_image_shift.png"}
+                "06_roc.png", "06_confusion.png", "06_image_shift.png",
+                "05_cam_lesion_masks.png"}
     assert expected <= names, expected - names
     assert {p.name for p in executed["summary"]["figures"]} == names
     assert any(n.startswith("05_cam_") for n in names)
