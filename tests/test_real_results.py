@@ -1,10 +1,11 @@
 """benchmarks/real_results.py and its modules (`real_experiments`, `results_store`,
-`results_render`): docs/results.json <-> docs/results.md, the protocol-A table, the leak
-count on the real HAM10000 table, and (slow) a re-run of the smallest recorded configuration
-landing inside its recorded confidence interval."""
+`results_render`): docs/results.json <-> docs/results.md, the command line, the protocol-A
+table, the leak count on the real HAM10000 table, and (slow) a re-run of the smallest
+recorded configuration landing inside its recorded confidence interval."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +43,19 @@ def recorded() -> dict:
 # ----------------------------------------------------------------- recorded files agree
 def test_results_md_is_rendered_from_results_json(render: ModuleType, recorded: dict) -> None:
     assert RESULTS_MD.read_text() == render.render_markdown(recorded)
+
+
+def test_the_command_line_lists_and_renders(recorded: dict, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`python benchmarks/real_results.py --list` names every registered experiment;
+    ``--render --quick --out DIR`` renders DIR's JSON as docs/results.md is rendered."""
+    cli = benchmark_script("real_results")
+    assert cli.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(cli.EXPERIMENTS) and SMALLEST in listed
+    (tmp_path / "results_quick.json").write_text(json.dumps(recorded))
+    assert cli.main(["--render", "--quick", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results_quick.md").read_text() == RESULTS_MD.read_text()
 
 
 def test_every_recorded_number_appears_in_results_md(recorded: dict) -> None:
