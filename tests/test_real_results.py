@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -46,9 +47,11 @@ def test_results_md_is_rendered_from_results_json(render: ModuleType, recorded: 
 
 
 def test_the_command_line_lists_and_renders(recorded: dict, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`python benchmarks/real_results.py --list` names every registered experiment;
     ``--render --quick --out DIR`` renders DIR's JSON as docs/results.md is rendered."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the store's lock file
     cli = benchmark_script("real_results")
     assert cli.main(["--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
