@@ -103,12 +103,26 @@ def dual_run(tmp_path_factory: pytest.TempPathFactory):
     return RunDir.read(cfg.run_dir)
 
 
-def benchmark_script(name: str):
-    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
-    import importlib.util
+BENCHMARKS = REPO / "benchmarks"
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package), as
+    when it runs: its sibling modules import by name (the folder is on ``sys.path``, as for
+    ``python benchmarks/<script>.py``), and it is registered as ``sys.modules[name]``, so
+    a sibling importing it and its dataclasses see this copy."""
+    import importlib.util
+    import sys
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
