@@ -57,11 +57,12 @@ GOAL = {"balanced_accuracy": 0.70, "ovr_auc_macro": 0.95}
 INTRO = """\
 # Results on real data
 
-Every number below was measured by `benchmarks/real_results.py` on the public data in
-`../shared/data` (HAM10000 with all 10,015 images downscaled to 200x150; the ISIC 2020,
-ISIC 2019 and MILK10k *tables* only: no images of those three exist here). This file is
-generated from `docs/results.json` (`python benchmarks/real_results.py --render`); edit the
-intro in the script's `INTRO`, not here.
+Every number below was measured by the benchmark scripts named in each section on the
+public data in `../shared/data` (HAM10000 with all 10,015 images downscaled to 200x150 and
+lesion masks for 80 % of them; MILK10k with both images of 4,192 of its 5,240 lesions at
+256x192; the ISIC 2020 and ISIC 2019 *tables* only). This file is generated from
+`docs/results.json` and its sibling JSON files (`python benchmarks/real_results.py
+--render`); edit the intro in `benchmarks/results_render.py` (`INTRO`), not here.
 
 What is what:
 
