@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from melalib.config import RunConfig, field_index
-from melalib.data.adapters import load_custom_csv, load_ham10000
+from melalib.data.sources.custom import load_custom_csv
+from melalib.data.sources.ham10000 import load_ham10000
 from melalib.errors import DataError, LeakageError, MelalibError
 from melalib.features import FEATURE_SETS, MetaEncoder
 from melalib.folds import STRATIFY, assign_folds, audit_leakage

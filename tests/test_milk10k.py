@@ -17,8 +17,8 @@ from PIL import Image
 
 import melalib
 from melalib.config import RunConfig
-from melalib.data.adapters import MILK_VIEWS, load_milk10k
 from melalib.data.missing import check_missing, find_missing
+from melalib.data.sources.milk10k import MILK_VIEWS, load_milk10k
 from melalib.errors import ConfigError, ImageError
 from melalib.runtime import make_dataset
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.adapters import is_milk10k_table, load_milk10k_test
+from ..data.sources.milk10k import is_milk10k_table, load_milk10k_test
 from ..ensemble import submission
 from ..errors import ConfigError, DataError, WriteError
 from ..inference import Predictor, drift_file, load_predictor
