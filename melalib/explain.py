@@ -502,7 +502,7 @@ def branch_views(cfg: RunConfig | None) -> tuple[str, ...]:
     if cfg.data.dataset == "milk10k":
         return (cfg.data.milk_view, *(v for v in MILK_VIEWS if v != cfg.data.milk_view))
     if cfg.data.dataset == "synthetic" and cfg.data.synthetic_task == "paired":
-        return MILK_VIEWS
+        return tuple(MILK_VIEWS)
     return ("image 1", "image 2")
 
 

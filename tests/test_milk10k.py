@@ -122,7 +122,7 @@ def test_milk_view_and_missing_images_are_checked_choices(tiny_cfg) -> None:
     for key in ("milk_view", "missing_images"):
         with pytest.raises(ConfigError, match=key):
             tiny_cfg(**{key: "both"})
-    assert MILK_VIEWS == ("dermoscopic", "clinical")
+    assert tuple(MILK_VIEWS) == ("dermoscopic", "clinical")
 
 
 @pytest.mark.realdata

@@ -1,7 +1,7 @@
-"""The table a config's ``dataset`` names: `load_table` (what training, the notebooks and
-``melalib evaluate`` call) over the ``dataset`` choices (`DATASETS`), `check_data_dir` (a
-downloaded dataset's folder, checked before anything slower) and the multi-source datasets
-(`MERGED`).
+"""The table a config's ``dataset`` names: `DATASETS`, the registry of the ``dataset`` choices
+(name -> loader of a `DataConfig`), `load_table` (what training, the notebooks and
+``melalib evaluate`` call), `check_data_dir` (a downloaded dataset's folder, checked before
+anything slower) and the multi-source datasets (`MERGED`).
 
 Each source reads its files in `melalib.data.sources` (CSVs through `melalib.data.csvread`);
 this module only picks one and hands it the config's fields.
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from ..registry import Registry
 from ..table import LesionTable
 from .csvread import PathLike
 from .sources import ham10000, isic2019, isic2020, isic2024, milk10k
@@ -51,55 +53,90 @@ MERGED = {"isic2020+2019": (("isic2020", "isic2019"), merge_isic2019_2020),
           "ham10000+milk10k": (("ham10000", "milk10k"), merge_ham_milk)}
 
 
-#: every ``dataset`` that `load_table` serves (`melalib.config` validates against it)
-DATASETS = ("synthetic", "isic2020", "isic2019", "isic2020+2019", "ham10000", "milk10k",
-            "ham10000+milk10k", "isic2024", "custom", "image_folder")
+def _synthetic(data_cfg: DataConfig) -> LesionTable:
+    """Generated (or reused) under ``data_dir`` (default ``data``)."""
+    name = (f"{data_cfg.synthetic_task}_{data_cfg.synthetic_patients}p_"
+            f"{data_cfg.synthetic_image_size}px_s{data_cfg.synthetic_seed}_v{VERSION}")
+    return make_synthetic(out_dir=Path(data_cfg.data_dir or "data") / "synthetic" / name,
+                          task=data_cfg.synthetic_task, n_patients=data_cfg.synthetic_patients,
+                          image_size=data_cfg.synthetic_image_size, seed=data_cfg.synthetic_seed)
+
+
+def _downloaded(dataset: str, data_cfg: DataConfig) -> LesionTable:
+    """A `DOWNLOADS` dataset from ``data_dir`` (checked first)."""
+    check_data_dir(data_cfg)
+    return DOWNLOADS[dataset].load(Path(data_cfg.data_dir), data_cfg.image_dir or None)
+
+
+def _milk10k(data_cfg: DataConfig) -> LesionTable:
+    """MILK10k from ``data_dir`` (checked first), ``milk_view``'s image as ``image_path``."""
+    check_data_dir(data_cfg)
+    return milk10k.load_milk10k(Path(data_cfg.data_dir), data_cfg.image_dir or None,
+                                view=data_cfg.milk_view)
+
+
+def _merged(dataset: str, data_cfg: DataConfig) -> LesionTable:
+    """A `MERGED` dataset: each part from its subfolder of ``data_dir`` (checked first), an
+    ``image_dir`` override serving both (a flat cache)."""
+    check_data_dir(data_cfg)
+    data_dir, image_dir = Path(data_cfg.data_dir), data_cfg.image_dir or None
+    (first, second), merge = MERGED[dataset]
+    return merge(DOWNLOADS[first].load(data_dir / first, image_dir),
+                 DOWNLOADS[second].load(data_dir / second, image_dir))
+
+
+def _custom(data_cfg: DataConfig) -> LesionTable:
+    """The user's CSV (`load_custom_csv`) with the config's ``custom_*`` fields."""
+    if not data_cfg.custom_csv:
+        raise DataError("dataset=custom needs custom_csv, a CSV naming images and labels")
+    return load_custom_csv(
+        data_cfg.custom_csv, image_column=data_cfg.custom_image_column,
+        label_column=data_cfg.custom_label_column,
+        group_column=data_cfg.custom_group_column or None,
+        split_column=data_cfg.custom_split_column or None,
+        meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
+        classes=data_cfg.custom_classes or None, image_dir=data_cfg.image_dir or None,
+        fold_column=data_cfg.custom_fold_column or None,
+        positive_label=data_cfg.positive_label,
+        label_map=parse_meta_columns(data_cfg.custom_label_map))
+
+
+def _image_folder(data_cfg: DataConfig) -> LesionTable:
+    """Class folders under ``data_dir`` (`load_image_folder`)."""
+    if not data_cfg.data_dir:
+        raise DataError("dataset=image_folder needs data_dir, a folder of class folders "
+                        "(<data_dir>/<class>/*.jpg)")
+    return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None,
+                             positive_label=data_cfg.positive_label)
+
+
+#: the ``dataset`` choices: name -> loader of the table a `DataConfig` names (the order is
+#: the documented one; `melalib.config` validates ``dataset`` against it)
+DATASETS: Registry[Callable[[DataConfig], LesionTable]] = Registry("dataset", {
+    "synthetic": _synthetic,
+    "isic2020": partial(_downloaded, "isic2020"),
+    "isic2019": partial(_downloaded, "isic2019"),
+    "isic2020+2019": partial(_merged, "isic2020+2019"),
+    "ham10000": partial(_downloaded, "ham10000"),
+    "milk10k": _milk10k,
+    "ham10000+milk10k": partial(_merged, "ham10000+milk10k"),
+    "isic2024": partial(_downloaded, "isic2024"),
+    "custom": _custom,
+    "image_folder": _image_folder,
+})
 
 
 def load_table(data_cfg: DataConfig) -> LesionTable:
-    """The table a `DataConfig` names; ``image_dir`` (if set) overrides the image folder.
+    """The table a `DataConfig` names (`DATASETS`); ``image_dir`` (if set) overrides the
+    image folder.
 
     ``isic2020+2019`` expects ``data_dir`` to hold ``isic2020/`` (Kaggle files) and
     ``isic2019/`` (ISIC 2019 CSVs); an ``image_dir`` override then serves both (a flat
     cache). ``synthetic`` generates (or reuses) data under ``data_dir`` (default ``data``).
     """
-    dataset, image_dir = data_cfg.dataset, data_cfg.image_dir or None
-    if dataset == "synthetic":
-        name = (f"{data_cfg.synthetic_task}_{data_cfg.synthetic_patients}p_"
-                f"{data_cfg.synthetic_image_size}px_s{data_cfg.synthetic_seed}_v{VERSION}")
-        return make_synthetic(out_dir=Path(data_cfg.data_dir or "data") / "synthetic" / name,
-                              task=data_cfg.synthetic_task, n_patients=data_cfg.synthetic_patients,
-                              image_size=data_cfg.synthetic_image_size, seed=data_cfg.synthetic_seed)
-    if dataset == "custom":
-        if not data_cfg.custom_csv:
-            raise DataError("dataset=custom needs custom_csv, a CSV naming images and labels")
-        return load_custom_csv(
-            data_cfg.custom_csv, image_column=data_cfg.custom_image_column,
-            label_column=data_cfg.custom_label_column,
-            group_column=data_cfg.custom_group_column or None,
-            split_column=data_cfg.custom_split_column or None,
-            meta_columns=parse_meta_columns(data_cfg.custom_meta_columns),
-            classes=data_cfg.custom_classes or None, image_dir=image_dir,
-            fold_column=data_cfg.custom_fold_column or None,
-            positive_label=data_cfg.positive_label,
-            label_map=parse_meta_columns(data_cfg.custom_label_map))
-    if dataset == "image_folder":
-        if not data_cfg.data_dir:
-            raise DataError("dataset=image_folder needs data_dir, a folder of class folders "
-                            "(<data_dir>/<class>/*.jpg)")
-        return load_image_folder(data_cfg.data_dir, classes=data_cfg.custom_classes or None,
-                                 positive_label=data_cfg.positive_label)
-    if dataset not in (*DOWNLOADS, *MERGED):
-        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    check_data_dir(data_cfg)
-    data_dir = Path(data_cfg.data_dir)
-    if dataset in MERGED:
-        (first, second), merge = MERGED[dataset]
-        return merge(DOWNLOADS[first].load(data_dir / first, image_dir),
-                     DOWNLOADS[second].load(data_dir / second, image_dir))
-    if dataset == "milk10k":
-        return milk10k.load_milk10k(data_dir, image_dir, view=data_cfg.milk_view)
-    return DOWNLOADS[dataset].load(data_dir, image_dir)
+    if data_cfg.dataset not in DATASETS:
+        raise DataError(f"unknown dataset {data_cfg.dataset!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[data_cfg.dataset](data_cfg)
 
 
 def check_data_dir(data_cfg: DataConfig) -> None:

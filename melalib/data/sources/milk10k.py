@@ -1,17 +1,18 @@
 """MILK10k (ISIC 2025: two images per lesion, dermoscopic and clinical close-up) -> the
-canonical `LesionTable` of task MILK11, one row per lesion; `MILK_VIEWS`, the ``milk_view``
-choices (which image of the pair a single-image model sees)."""
+canonical `LesionTable` of task MILK11, one row per lesion; `MILK_VIEWS`, the registry of
+the ``milk_view`` choices (which image of the pair a single-image model sees)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ...errors import DataError
+from ...registry import Registry
 from ...table import LesionTable
 from ...tasks import MILK11
 from ..csvread import (
@@ -36,22 +37,32 @@ MILK_META = ("lesion_id", "image_type", "isic_id", "age_approx", "sex", "site")
 MILK_IMAGE_DIRS = ("MILK10k_Training_Input", "images_256x192")
 
 
-#: the ``milk_view`` choices: which image of the pair is ``image_path`` (a single-image
-#: model's input; ``image_path_2`` holds the other)
-MILK_VIEWS = ("dermoscopic", "clinical")
+def _dermoscopic_first(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame as built: the dermoscopic image is ``image_path``."""
+    return df
 
 
-def milk_view(df: pd.DataFrame, view: str) -> pd.DataFrame:
-    """A MILK10k frame with ``view``'s image as ``image_path`` (dermoscopic: as built; clinical:
-    the two image columns and their file sizes swapped)."""
-    if view not in MILK_VIEWS:
-        raise DataError(f"milk_view must be one of {', '.join(MILK_VIEWS)}; got {view!r}")
-    if view == "dermoscopic":
-        return df
+def _clinical_first(df: pd.DataFrame) -> pd.DataFrame:
+    """The two image columns and their file sizes swapped: the clinical close-up first."""
     out = df.copy()
     for a, b in (("image_path", "image_path_2"), ("image_bytes", "image_bytes_2")):
         out[a], out[b] = df[b].to_numpy(), df[a].to_numpy()
     return out
+
+
+#: the ``milk_view`` choices: which image of the pair is ``image_path`` (a single-image
+#: model's input; ``image_path_2`` holds the other) -> the frame with that image first
+MILK_VIEWS: Registry[Callable[[pd.DataFrame], pd.DataFrame]] = Registry(
+    "milk_view", {"dermoscopic": _dermoscopic_first, "clinical": _clinical_first})
+
+
+def milk_view(df: pd.DataFrame, view: str) -> pd.DataFrame:
+    """A MILK10k frame with ``view``'s image as ``image_path`` (`MILK_VIEWS`: dermoscopic, as
+    built; clinical: the two image columns and their file sizes swapped)."""
+    if view not in MILK_VIEWS:
+        raise DataError(f"milk_view must be one of {', '.join(MILK_VIEWS)}; got {view!r}")
+    return MILK_VIEWS[view](df)
+
 
 
 def load_milk10k(data_dir: PathLike, image_dir: PathLike | None = None, include_test: bool = True,
