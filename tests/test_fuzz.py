@@ -332,6 +332,6 @@ def test_regression_empty_prediction_csv_is_a_data_error(tmp_path) -> None:
 
     path = tmp_path / "empty.csv"
     path.write_text("")
-    with pytest.raises(DataError, match="cannot read the CSV") as info:
+    with pytest.raises(DataError, match="cannot parse CSV") as info:  # the shared reader's words
         _csv_frame(path, None, "image", None)
     assert info.value.file == str(path)

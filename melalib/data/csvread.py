@@ -1,15 +1,16 @@
-"""The one reader of dataset and user CSVs (every source of `melalib.data.sources`), and the
-cell checks that name file, row and column.
+"""The one reader of dataset and user CSVs (every source of `melalib.data.sources` and the
+``--csv`` of `melalib predict`), and the cell checks that name file, row and column.
 
-The NA rule: every cell is read as text (ids stay strings: ``007`` stays ``007``) and
-stripped of surrounding spaces; a cell is missing (NaN) when it is empty or blank, or when
-its text as written is one of the words pandas reads as missing by default (``NA``,
-``N/A``, ``n/a``, ``NaN``, ``nan``, ``-NaN``, ``null``, ``NULL``, ``None``, ``#N/A``,
-``#NA``, ``<NA>``, ``1.#IND``, ...: `pandas.read_csv`'s default ``na_values``). The word
-must fill the cell: `` NA `` with spaces around is kept as the text ``NA`` (the words are
-matched before the strip). A required id that is missing is refused by `require_ids`, which
-names the word it found. A row with cells beyond the header's columns is refused (pandas
-only warns), so a trailing comma never shifts the columns.
+The NA rule (one for training tables and prediction): every cell is read as text (ids stay
+strings: ``007`` stays ``007``) and stripped of surrounding spaces; a cell is missing (NaN)
+when it is empty or blank, or when its text as written is one of the words pandas reads as
+missing by default (``NA``, ``N/A``, ``n/a``, ``NaN``, ``nan``, ``-NaN``, ``null``,
+``NULL``, ``None``, ``#N/A``, ``#NA``, ``<NA>``, ``1.#IND``, ...: `pandas.read_csv`'s
+default ``na_values``). The word must fill the cell: `` NA `` with spaces around is kept as
+the text ``NA`` (the words are matched before the strip). A required id that is missing is
+refused by `require_ids`, which names the word it found. A row with cells beyond the
+header's columns is refused (pandas only warns), so a trailing comma never shifts the
+columns.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def read_csv(path: PathLike, required: Sequence[str] = (), download: str = "") -
         values = df[column].str.strip()
         df[column] = values.mask(values == "")
     return df
+
+
+def read_columns(path: PathLike) -> list[str] | None:
+    """The header's column names (nothing else is read), stripped; None when the file
+    cannot be read as a CSV (`read_csv` then names the problem)."""
+    try:
+        columns = pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    return [str(c).strip() for c in columns]
 
 
 def _long_row(path: Path, width: int) -> tuple[int | None, int]:
