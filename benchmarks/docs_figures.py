@@ -120,7 +120,8 @@ def entry(out: Path, name: str, inputs: dict[str, str], note: str) -> dict[str, 
 
 def draw_eda(data: Path, out: Path) -> dict[str, dict[str, Any]]:
     """The six EDA figures of the real HAM10000 and ISIC 2020 tables."""
-    from melalib.data.adapters import load_ham10000, load_isic2020
+    from melalib.data.sources.ham10000 import load_ham10000
+    from melalib.data.sources.isic2020 import load_isic2020
 
     made = {}
     for dataset, loader, files in (

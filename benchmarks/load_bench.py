@@ -113,7 +113,7 @@ def make_dataset(root: Path, n: int, workers: int) -> tuple[Path, list[str]]:
 
 # ----------------------------------------------------------------------------- the stages
 def _table(csv: Path):
-    from melalib.data.adapters import load_custom_csv
+    from melalib.data.sources.custom import load_custom_csv
 
     return load_custom_csv(csv, group_column="patient",
                            meta_columns={"age": "age", "sex": "sex"},

@@ -168,7 +168,7 @@ META_KEYS = ("use_image", "features", "meta_hidden", "epochs", "batch_size", "lr
 def ham_table(ctx: Ctx, image_bytes: bool = False) -> LesionTable:
     """HAM10000 (all 10,015 images at 200x150) with ``image_bytes`` blanked unless asked:
     the JPEG size of a downscaled copy is an image statistic, not metadata."""
-    from melalib.data.adapters import load_ham10000
+    from melalib.data.sources.ham10000 import load_ham10000
 
     table = load_ham10000(ctx.data / "ham10000")
     df = table.df.copy()
@@ -693,7 +693,10 @@ def milk10k_mlp(ctx: Ctx) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ tables and figures
 def load_real_tables(data: Path) -> dict[str, LesionTable]:
-    from melalib.data.adapters import load_ham10000, load_isic2019, load_isic2020, load_milk10k
+    from melalib.data.sources.ham10000 import load_ham10000
+    from melalib.data.sources.isic2019 import load_isic2019
+    from melalib.data.sources.isic2020 import load_isic2020
+    from melalib.data.sources.milk10k import load_milk10k
 
     return {"ham10000": load_ham10000(data / "ham10000"),
             "isic2020": load_isic2020(data / "isic2020"),
@@ -727,7 +730,8 @@ def distributions(ctx: Ctx) -> dict[str, Any]:
 
 @experiment("figures", "data", "EDA figures from the real HAM10000 and ISIC 2020 tables")
 def figures(ctx: Ctx) -> dict[str, Any]:
-    from melalib.data.adapters import load_ham10000, load_isic2020
+    from melalib.data.sources.ham10000 import load_ham10000
+    from melalib.data.sources.isic2020 import load_isic2020
     from melalib.plots import age_by_label_plot, class_balance_plot, site_by_label_plot
 
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any
 
 import melalib
 from melalib.config import RunConfig, get_preset
-from melalib.data.adapters import load_table
+from melalib.data.load import load_table
 from melalib.folds import assign_folds
 from melalib.io import write_json
 from melalib.metrics import evaluate_with_ci

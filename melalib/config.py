@@ -88,7 +88,7 @@ class DataConfig:
 
     dataset: str = opt("synthetic", "the source of the table (a downloaded dataset, custom, "
                        "image_folder or the synthetic generator)",
-                       choices=Lazy("melalib.data.adapters", "DATASETS"))
+                       choices=Lazy("melalib.data.load", "DATASETS"))
     data_dir: str = opt("", "raw files of the dataset; synthetic: where generated data is "
                         "cached; image_folder: <data_dir>/<class>/*.jpg")
     image_dir: str = opt("", "overrides the image folder (e.g. a resized cache from `melalib "
@@ -138,7 +138,8 @@ class DataConfig:
                               "the run lists the rest)",
                               choices=Lazy("melalib.data.missing", "MISSING_IMAGES"))
     milk_view: str = opt("dermoscopic", "dataset=milk10k: the image a single-image model sees "
-                         "(dual_image: both)", choices=Lazy("melalib.data.adapters", "MILK_VIEWS"))
+                         "(dual_image: both)",
+                         choices=Lazy("melalib.data.sources.milk10k", "MILK_VIEWS"))
     custom_csv: str = opt("", "dataset=custom: CSV naming images, labels and metadata")
     custom_image_column: str = opt("image", "dataset=custom: column of image file names")
     custom_label_column: str = opt("label", "dataset=custom: column of class names")

@@ -45,9 +45,9 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import RunConfig, TrainConfig
-from .data.adapters import check_data_dir
 from .data.build import build_table, source_table
 from .data.dataset import LesionDataset
+from .data.load import check_data_dir
 from .device import (
     Precision,
     derived_seed,

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from .config import RunConfig
-from .data.adapters import MILK_VIEWS
+from .data.sources.milk10k import MILK_VIEWS
 from .errors import ConfigError, DataError, MelalibError
 from .inference import load_predictor
 from .io import atomic_path
@@ -499,7 +499,7 @@ class PairExplanation:
 def branch_views(cfg: RunConfig | None) -> tuple[str, ...]:
     """The names of the images a run's model takes, in branch order: ``("image",)`` for a
     single-image run; for a dual-image MILK10k run the ``milk_view`` image (branch 1) then
-    the other (`melalib.data.adapters.MILK_VIEWS`); for the synthetic paired data
+    the other (`melalib.data.sources.milk10k.MILK_VIEWS`); for the synthetic paired data
     (``synthetic_task=paired``: a dermoscopic ``image_path``, a clinical ``image_path_2``)
     `MILK_VIEWS` in order; else ``image 1``, ``image 2``."""
     if cfg is None or not cfg.model.dual_image:
@@ -507,7 +507,7 @@ def branch_views(cfg: RunConfig | None) -> tuple[str, ...]:
     if cfg.data.dataset == "milk10k":
         return (cfg.data.milk_view, *(v for v in MILK_VIEWS if v != cfg.data.milk_view))
     if cfg.data.dataset == "synthetic" and cfg.data.synthetic_task == "paired":
-        return MILK_VIEWS
+        return tuple(MILK_VIEWS)
     return ("image 1", "image 2")
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from . import plots
 from .classmap import ClassMapping, class_mapping
 from .config import DataConfig
-from .data.adapters import load_table
+from .data.load import load_table
 from .errors import ConfigError, DataError
 from .features import BLANKABLE
 from .inference import Predictor, load_predictor

@@ -29,6 +29,7 @@ from torch import nn
 
 from .checkpoints import Preprocessing, load_model
 from .config import RunConfig
+from .data.csvread import read_csv, require_ids
 from .data.images import IMAGE_EXTENSIONS
 from .device import resolve_device, resolve_precision
 from .errors import CheckpointError, ConfigError, DataError, MelalibError
@@ -356,32 +357,18 @@ def _folder_images(folder: Path) -> pd.DataFrame:
 
 def _csv_frame(csv: Path, image_dir: Path | None, image_column: str,
                image2_column: str | None) -> pd.DataFrame:
-    if not csv.is_file():
-        raise DataError("metadata CSV not found", file=csv)
-    try:
-        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""],
-                          index_col=False)  # a trailing comma must not shift the columns
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the CSV: {exc}", file=csv) from exc
-    raw.columns = [str(c).strip() for c in raw.columns]
-    raw = raw.apply(lambda s: s.str.strip())
+    """The unlabelled frame of a metadata CSV, read as the training tables are
+    (`melalib.data.csvread.read_csv`: its NA rule, and errors naming file, row and column);
+    image names resolved against ``image_dir`` (default: the CSV's folder)."""
     wanted = [image_column] + ([image2_column] if image2_column else [])
-    for column in wanted:
-        if column not in raw.columns:
-            raise DataError(f"no column {column!r}; columns are {list(raw.columns)}", file=csv,
-                            column=column)
+    try:
+        raw = read_csv(csv, wanted)
+    except OSError as exc:  # e.g. no permission to read it
+        raise DataError(f"cannot read the CSV: {exc}", file=csv) from exc
     if raw.empty:
         raise DataError("the CSV has no rows", file=csv)
     folder = image_dir or csv.parent
-    names = raw[image_column]
-    if names.isna().any():
-        raise DataError("empty image name", file=csv, row=int(np.flatnonzero(names.isna())[0]) + 1,
-                        column=image_column)
-    dup = names.duplicated()
-    if dup.any():
-        pos = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataError(f"image {names.iloc[pos]!r} is listed twice", file=csv, row=pos + 1,
-                        column=image_column)
+    names = require_ids(raw, image_column, csv)
     paths = [_resolve_image(folder, name) for name in names]
     meta: dict[str, Any] = {}
     used = set(wanted)
@@ -407,10 +394,7 @@ def _csv_frame(csv: Path, image_dir: Path | None, image_column: str,
             extra[column] = numbers
     df = _unlabelled(ids=names.tolist(), paths=paths, extra=extra, **meta)
     if image2_column:
-        second = raw[image2_column]
-        if second.isna().any():
-            raise DataError("empty second image name", file=csv,
-                            row=int(np.flatnonzero(second.isna())[0]) + 1, column=image2_column)
+        second = require_ids(raw, image2_column, csv, unique=False)
         df["image_path_2"] = [_resolve_image(folder, name) for name in second]
     if "patient_id" in df.columns:
         known = df["patient_id"].notna()

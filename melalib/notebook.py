@@ -35,8 +35,8 @@ from PIL import Image
 from . import explain, explain_run, external, plots, shift
 from . import stack as stacking
 from .config import RunConfig, field_index, get_preset, resolve
-from .data.adapters import load_table as load_dataset
 from .data.build import configured_folds, drop_missing
+from .data.load import load_table as load_dataset
 from .ensemble import submission
 from .errors import ConfigError
 from .io import atomic_path, write_csv, write_json
@@ -194,7 +194,7 @@ def read_runs(cfg: RunConfig, runs: str | Sequence[str] = "") -> list[RunDir]:
 
 # ------------------------------------------------------------------------------ data
 def load_table(cfg: RunConfig) -> LesionTable:
-    """The dataset the config names (`melalib.data.adapters.load_table`), without folds;
+    """The dataset the config names (`melalib.data.load.load_table`), without folds;
     under ``missing_images=drop`` without the rows whose image files are absent, as training
     leaves them out (`melalib.data.build.drop_missing`; a note counts them), so the EDA,
     the folds and the baseline of 01 / 02 are those of the rows a run trains on."""

@@ -2,7 +2,7 @@
 
 ``target=label`` (default) trains on the binary label. ``target=diagnosis`` trains a
 softmax over one shared 9-class diagnosis vocabulary (`DIAGNOSIS_CLASSES`, as the SIIM-ISIC
-2020 winners did) built from the ``diagnosis`` column the adapters keep (ISIC 2020
+2020 winners did) built from the ``diagnosis`` column the dataset sources keep (ISIC 2020
 ``train.csv`` words, the ISIC 2019 classes in the merged 2019 + 2020 table, the synthetic
 generator's lesion looks, ISIC 2024's ``iddx_*`` levels) and reports the binary task's
 positive probability: the melanoma class's softmax probability as ``prob_melanoma``

@@ -13,16 +13,14 @@ import pytest
 from PIL import Image
 
 from melalib.config import DataConfig
-from melalib.data.adapters import (
-    load_custom_csv,
-    load_ham10000,
-    load_image_folder,
-    load_isic2019,
-    load_isic2020,
-    load_milk10k,
-    load_table,
-    merge_isic2019_2020,
-)
+from melalib.data.load import load_table
+from melalib.data.sources.custom import load_custom_csv
+from melalib.data.sources.ham10000 import load_ham10000
+from melalib.data.sources.image_folder import load_image_folder
+from melalib.data.sources.isic2019 import load_isic2019
+from melalib.data.sources.isic2020 import load_isic2020
+from melalib.data.sources.merge import merge_isic2019_2020
+from melalib.data.sources.milk10k import load_milk10k
 from melalib.errors import DataError
 from melalib.table import SITE_MAP, SITES
 from melalib.tasks import HAM7, ISIC2019_8, MELANOMA, MILK11

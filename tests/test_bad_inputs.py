@@ -24,8 +24,9 @@ import melalib
 from melalib import device, engine
 from melalib.cli import main
 from melalib.config import DataConfig
-from melalib.data.adapters import load_custom_csv, load_table
 from melalib.data.dataset import find_unlisted_images
+from melalib.data.load import load_table
+from melalib.data.sources.custom import load_custom_csv
 from melalib.errors import CheckpointError, DataError, ImageError
 from melalib.features import MetaEncoder
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from melalib.config import RunConfig
-from melalib.data.adapters import load_table
 from melalib.data.images import ImageOptions, read_image, shades_of_gray
+from melalib.data.load import load_table
 from melalib.data.prepare import prepare_images
 from melalib.errors import ConfigError, DataError
 from melalib.runtime import make_dataset

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import melalib
-from melalib.data.adapters import load_custom_csv
+from melalib.data.sources.custom import load_custom_csv
 from melalib.errors import DataError, LeakageError
 
 

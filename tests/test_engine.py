@@ -267,7 +267,7 @@ def test_best_epoch_validation_predictions_are_reused(tiny_cfg, monkeypatch, tta
 def test_augment_reaches_the_training_transform(tiny_cfg, augment: str) -> None:
     """``augment`` sets the training pipeline's strength; validation never augments, and the
     default (medium) is the pipeline training always used."""
-    from melalib.data.adapters import load_table
+    from melalib.data.load import load_table
 
     cfg = tiny_cfg(augment=augment)
     table = load_table(cfg.data)
@@ -282,7 +282,7 @@ def test_augment_reaches_the_training_transform(tiny_cfg, augment: str) -> None:
 # ------------------------------------------------------------------- a table handed in
 def _hand_made(cfg, patients: int) -> pd.DataFrame:
     """The first ``patients`` patients of the tiny synthetic data, as a caller's own frame."""
-    from melalib.data.adapters import load_table
+    from melalib.data.load import load_table
 
     df = load_table(cfg.data).df
     keep = sorted(df["group_id"].unique())[:patients]
@@ -333,7 +333,7 @@ def test_train_on_a_table_keeps_its_fold_column(tiny_cfg) -> None:
 # ------------------------------------------------------------------------- fold state
 def _meta_only_state(cfg, seed: int):
     """A metadata-only model's FoldState on the tiny data, and its training batches."""
-    from melalib.data.adapters import load_table
+    from melalib.data.load import load_table
     from melalib.features import MetaEncoder
     from melalib.losses import build_loss
     from melalib.models import build_model

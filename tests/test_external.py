@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from melalib import cli
 from melalib.config import RunConfig
-from melalib.data.adapters import load_table
+from melalib.data.load import load_table
 from melalib.errors import ConfigError, DataError, RunExistsError
 from melalib.external import (
     blank_metadata,

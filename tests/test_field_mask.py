@@ -14,8 +14,8 @@ from PIL import Image
 
 from melalib.checkpoints import load_model
 from melalib.config import RunConfig
-from melalib.data.adapters import load_table
 from melalib.data.images import ImageOptions, inscribed_ellipse, read_image
+from melalib.data.load import load_table
 from melalib.engine import train
 from melalib.errors import ConfigError
 from melalib.models import input_normalization

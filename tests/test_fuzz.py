@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from melalib.config import RunConfig, field_index
-from melalib.data.adapters import load_custom_csv, load_ham10000
+from melalib.data.sources.custom import load_custom_csv
+from melalib.data.sources.ham10000 import load_ham10000
 from melalib.errors import DataError, LeakageError, MelalibError
 from melalib.features import FEATURE_SETS, MetaEncoder
 from melalib.folds import STRATIFY, assign_folds, audit_leakage
@@ -331,6 +332,6 @@ def test_regression_empty_prediction_csv_is_a_data_error(tmp_path) -> None:
 
     path = tmp_path / "empty.csv"
     path.write_text("")
-    with pytest.raises(DataError, match="cannot read the CSV") as info:
+    with pytest.raises(DataError, match="cannot parse CSV") as info:  # the shared reader's words
         _csv_frame(path, None, "image", None)
     assert info.value.file == str(path)

@@ -181,9 +181,9 @@ def test_every_folder_reader_lists_the_same_image_files(tmp_path: Path) -> None:
     """One extension list (`data.images.IMAGE_EXTENSIONS`, any case): an image-folder
     dataset, the unlisted-image report and `melalib prepare` see the same files of a folder
     and skip the same others."""
-    from melalib.data.adapters import load_image_folder
     from melalib.data.dataset import find_unlisted_images
     from melalib.data.prepare import prepare_images
+    from melalib.data.sources.image_folder import load_image_folder
 
     names = {"a.jpg": "JPEG", "b.JPEG": "JPEG", "c.png": "PNG", "d.bmp": "BMP",
              "e.tif": "TIFF", "f.webp": "WEBP"}

@@ -285,6 +285,44 @@ def test_predict_folder_with_and_without_metadata(tmp_path: Path) -> None:
         predictor.predict_folder(folder, folder / "bad.csv", progress=False)
 
 
+def test_prediction_and_training_csvs_share_one_na_rule(tmp_path: Path) -> None:
+    """One CSV reader (`melalib.data.csvread.read_csv`) for a training CSV and predict's
+    ``--csv``: empty, blank and NA-word cells (NA, None, null, n/a...) are missing in both
+    (predict used to refuse age 'NA' and keep 'null' as text, which made a numeric column
+    text); a word with spaces around stays text; a missing image name and a row longer than
+    the header are refused naming file, row and column."""
+    from melalib.data.sources.custom import load_custom_csv
+    from melalib.inference import _csv_frame
+
+    def both(csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+        meta = {"age": "age", "sex": "sex", "bmi": "bmi"}
+        return load_custom_csv(csv, meta_columns=meta).df, _csv_frame(csv, None, "image", None)
+
+    csv = tmp_path / "meta.csv"
+    csv.write_text("image,label,age,sex,bmi\na.jpg,mel,NA,None,null\nb.jpg,nv,  ,n/a,3\n"
+                   "c.jpg,nv,41,male,\n")
+    train, pred = both(csv)
+    for df in (train, pred):
+        assert df["age"].isna().tolist() == [True, True, False]
+        assert df["sex"].tolist() == ["unknown", "unknown", "male"]
+    assert train["meta_bmi"].isna().tolist() == pred["bmi"].isna().tolist() == [True, False, True]
+    assert pred["bmi"].dtype == float
+    for text, row, column, words in (
+            ("image,label,age,sex,bmi\nNA,mel,1,m,2\nb.jpg,nv,4,f,3\n", 1, "image",
+             "'NA', which CSV readers treat as a missing value"),
+            ("image,label,age,sex,bmi\na.jpg,mel,1,m,2\n,nv,4,f,3\n", 2, "image", "empty image"),
+            ("image,label,age,sex,bmi\na.jpg,mel, NA ,m,2\nb.jpg,nv,4,f,3\n", 1, "age",
+             "age 'NA' is not a number"),
+            ("image,label,age,sex,bmi\na.jpg,mel,1,m,2,x\nb.jpg,nv,4,f,3\n", 1, None,
+             "the row has 6 fields but the header names 5 columns")):
+        csv.write_text(text)
+        for read in (lambda: load_custom_csv(csv, meta_columns={"age": "age"}),
+                     lambda: _csv_frame(csv, None, "image", None)):
+            with pytest.raises(DataError, match=words) as info:
+                read()
+            assert (info.value.file, info.value.row, info.value.column) == (str(csv), row, column)
+
+
 def test_predict_cli_writes_the_test_split(tmp_path: Path) -> None:
     run, table, _ = make_run(tmp_path)
     out = tmp_path / "pred" / "test.csv"

@@ -19,10 +19,11 @@ import pytest
 
 import melalib
 from melalib.config import DataConfig
-from melalib.data.adapters import load_isic2024, load_table
 from melalib.data.build import configured_folds
 from melalib.data.images import image_exists, image_nbytes, member_bytes, read_image
+from melalib.data.load import load_table
 from melalib.data.missing import find_missing
+from melalib.data.sources.isic2024 import load_isic2024
 from melalib.features import MetaEncoder, tbp_columns
 from melalib.targets import DIAG9_MALIGNANT, DIAGNOSIS_CLASSES, report_probs, training_table
 from melalib.tasks import ISIC2024

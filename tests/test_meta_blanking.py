@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from melalib.config import RunConfig
-from melalib.data.adapters import load_table
+from melalib.data.load import load_table
 from melalib.errors import ConfigError
 from melalib.features import BLANKABLE, blanked_variants
 from melalib.runtime import fold_data, make_dataset

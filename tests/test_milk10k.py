@@ -17,8 +17,8 @@ from PIL import Image
 
 import melalib
 from melalib.config import RunConfig
-from melalib.data.adapters import MILK_VIEWS, load_milk10k
 from melalib.data.missing import check_missing, find_missing
+from melalib.data.sources.milk10k import MILK_VIEWS, load_milk10k
 from melalib.errors import ConfigError, ImageError
 from melalib.runtime import make_dataset
 
@@ -122,7 +122,7 @@ def test_milk_view_and_missing_images_are_checked_choices(tiny_cfg) -> None:
     for key in ("milk_view", "missing_images"):
         with pytest.raises(ConfigError, match=key):
             tiny_cfg(**{key: "both"})
-    assert MILK_VIEWS == ("dermoscopic", "clinical")
+    assert tuple(MILK_VIEWS) == ("dermoscopic", "clinical")
 
 
 @pytest.mark.realdata

@@ -13,7 +13,8 @@ from conftest import TINY
 
 from melalib.classmap import class_mapping
 from melalib.config import DataConfig, RunConfig
-from melalib.data.adapters import load_table, merge_ham_milk
+from melalib.data.load import load_table
+from melalib.data.sources.merge import merge_ham_milk
 from melalib.errors import DataError
 from melalib.external import evaluate_external
 from melalib.tasks import HAM7, MILK11

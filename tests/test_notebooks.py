@@ -532,7 +532,7 @@ def _partial_pairs(tmp_path: Path) -> tuple[RunConfig, LesionTable, list[str]]:
     image (a partial download)."""
     from conftest import TINY
 
-    from melalib.data.adapters import load_table
+    from melalib.data.load import load_table
 
     cfg = RunConfig.from_dict({**TINY, "data_dir": str(tmp_path / "data"),
                                "output_dir": str(tmp_path / "out"), "name": "partial",

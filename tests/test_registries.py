@@ -18,8 +18,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from test_adapters import (
+    HAM_ROWS,
+    MILK_HEADER,
+    MILK_ROWS,
+    ham_dir,
+    image,
+    isic2019_dir,
+    isic2020_dir,
+    milk_dir,
+    onehot,
+    small_tables,
+    write,
+)
 
-from melalib.config import RunConfig, TrainConfig, choices, field_index, spec
+from melalib.config import DataConfig, RunConfig, TrainConfig, choices, field_index, spec
 from melalib.errors import ConfigError
 from melalib.registry import Registry
 from melalib.tasks import HAM7, MELANOMA
@@ -271,6 +284,97 @@ def _stacker(name: str, tmp: Path) -> None:
     assert make_model(name)(0).fit(x, y).predict_proba(x).shape == (60, 2)
 
 
+def _isic2019_files(folder: Path) -> Path:
+    return isic2019_dir(folder, [f"ISIC_1,{onehot('NV')}", f"ISIC_2,{onehot('MEL')}"],
+                        ["ISIC_1,55,anterior torso,,female", "ISIC_2,30,,L_1,male"])
+
+
+def _ham_files(folder: Path) -> Path:
+    return ham_dir(folder, *HAM_ROWS)
+
+
+def _milk_files(folder: Path) -> Path:
+    """A MILK10k folder with training and test metadata (two lesions each)."""
+    milk_dir(folder)
+    write(folder / "MILK10k_Test_Metadata.csv", MILK_HEADER,
+          *(row.replace("IL_", "IL_T").replace("ISIC_", "ISIC_9") for row in MILK_ROWS))
+    return folder
+
+
+def _isic2024_files(folder: Path) -> Path:
+    write(folder / "train-metadata.csv",
+          "isic_id,patient_id,age_approx,sex,anatom_site_general,target,tbp_lv_area,iddx_3",
+          "ISIC_1,IP_1,40,male,posterior torso,0,1.5,",
+          "ISIC_2,IP_1,40,male,head/neck,1,2.0,Melanoma in situ", "ISIC_3,IP_2,,female,,0,,")
+    return folder
+
+
+def _isic2020_2019_files(folder: Path) -> Path:
+    small_tables(folder)  # writes isic2020/ and isic2019/
+    return folder
+
+
+def _ham_milk_files(folder: Path) -> Path:
+    _ham_files(folder / "ham10000")
+    _milk_files(folder / "milk10k")
+    return folder
+
+
+def _class_folders(folder: Path) -> Path:
+    for name in ("benign/b1.jpg", "benign/b2.png", "melanoma/m1.jpg"):
+        image(folder / name)
+    return folder
+
+
+def _custom_csv(folder: Path) -> dict[str, Any]:
+    csv = write(folder / "mine.csv", "image,label,age", "a.jpg,mel,40", "b.jpg,nv,NA", "c.jpg,nv,")
+    return {"custom_csv": str(csv)}
+
+
+def _folder(build: Callable[[Path], Path]) -> Callable[[Path], dict[str, Any]]:
+    return lambda tmp: {"data_dir": str(build(tmp))}
+
+
+#: dataset name -> small files of it under a folder (the builders of test_adapters): the
+#: `DataConfig` fields naming them; a dataset missing here fails its registry test
+DATASET_FILES: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "synthetic": lambda tmp: {"data_dir": str(tmp), "synthetic_patients": 8,
+                              "synthetic_image_size": 16},
+    "isic2020": _folder(isic2020_dir),
+    "isic2019": _folder(_isic2019_files),
+    "isic2020+2019": _folder(_isic2020_2019_files),
+    "ham10000": _folder(_ham_files),
+    "milk10k": _folder(_milk_files),
+    "ham10000+milk10k": _folder(_ham_milk_files),
+    "isic2024": _folder(_isic2024_files),
+    "custom": _custom_csv,
+    "image_folder": _folder(_class_folders),
+}
+
+
+#: the ``source`` column of each dataset's rows where it is not the dataset's name
+SOURCES = {"isic2020+2019": {"isic2020", "isic2019"}, "ham10000+milk10k": {"ham10000", "milk10k"},
+           "image_folder": {"custom"}}
+
+
+def _dataset(name: str, tmp: Path) -> None:
+    from melalib.data.load import DATASETS, load_table
+
+    cfg = DataConfig(dataset=name, **DATASET_FILES[name](tmp))
+    table = load_table(cfg)
+    assert set(table.df["source"]) == SOURCES.get(name, {name}) and len(table.train) >= 2
+    assert DATASETS[name](cfg).content_hash() == table.content_hash()
+
+
+def _milk_view(name: str, tmp: Path) -> None:
+    from melalib.data.sources.milk10k import load_milk10k
+
+    df = load_milk10k(milk_dir(tmp), include_test=False, view=name).df
+    first, other = ("derm", "clin") if name == "dermoscopic" else ("clin", "derm")
+    assert [Path(p).stem for p in df["image_path"]] == df[f"isic_id_{first}"].tolist()
+    assert [Path(p).stem for p in df["image_path_2"]] == df[f"isic_id_{other}"].tolist()
+
+
 RUNNERS: dict[str, Callable[[Any, Path], None]] = {
     "melalib.schedules.SCHEDULES": _schedule,
     "melalib.losses.LOSSES": _loss,
@@ -282,6 +386,8 @@ RUNNERS: dict[str, Callable[[Any, Path], None]] = {
     "melalib.transforms.TTA_COUNTS": _tta,
     "melalib.folds.STRATIFY": _stratify,
     "melalib.data.synthetic.TASKS": _synthetic_task,
+    "melalib.data.load.DATASETS": _dataset,
+    "melalib.data.sources.milk10k.MILK_VIEWS": _milk_view,
     "melalib.targets.TARGETS": _target,
     "melalib.data.images.ALPHA_CHOICES": _alpha,
     "melalib.data.images.FIELD_MASKS": _field_mask,

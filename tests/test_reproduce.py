@@ -16,8 +16,8 @@ import yaml
 import melalib
 from melalib.cli import main
 from melalib.config import RunConfig
-from melalib.data.adapters import load_table
 from melalib.data.build import preflight_images
+from melalib.data.load import load_table
 from melalib.folds import assign_folds
 from melalib.runs import RunDir
 

@@ -14,7 +14,7 @@ from conftest import TINY
 from sklearn.metrics import roc_auc_score
 
 from melalib.config import RunConfig
-from melalib.data.adapters import load_table
+from melalib.data.load import load_table
 from melalib.errors import CheckpointError, RunExistsError
 from melalib.inference import load_predictor
 from melalib.runs import RunDir

@@ -113,7 +113,9 @@ def test_diagnosis_cam_classes() -> None:
 
 
 def test_merged_2019_2020_tables_map_to_the_nine_classes(shared_data) -> None:
-    from melalib.data.adapters import load_isic2019, load_isic2020, merge_isic2019_2020
+    from melalib.data.sources.isic2019 import load_isic2019
+    from melalib.data.sources.isic2020 import load_isic2020
+    from melalib.data.sources.merge import merge_isic2019_2020
 
     merged = merge_isic2019_2020(load_isic2020(shared_data / "isic2020"),
                                  load_isic2019(shared_data / "isic2019"))

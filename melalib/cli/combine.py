@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..data.adapters import load_table
 from ..data.build import configured_folds
+from ..data.load import load_table
 from ..ensemble import blend, blend_metrics, submission
 from ..errors import DataError, WriteError
 from ..io import check_not_input, write_csv, write_json

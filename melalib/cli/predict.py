@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.adapters import is_milk10k_table, load_milk10k_test
+from ..data.csvread import read_columns
+from ..data.sources.milk10k import is_milk10k_table, load_milk10k_test
 from ..ensemble import submission
 from ..errors import ConfigError, DataError, WriteError
 from ..inference import Predictor, drift_file, load_predictor
@@ -81,11 +82,8 @@ def predict_cli(args: argparse.Namespace) -> int:
 
 def _milk_csv(csv: Path) -> bool:
     """Whether ``csv`` has the MILK10k metadata layout (header only is read)."""
-    try:
-        columns = pd.read_csv(csv, nrows=0).columns
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return False  # the general reader names the problem
-    return is_milk10k_table(columns)
+    columns = read_columns(csv)
+    return columns is not None and is_milk10k_table(columns)  # else the reader names it
 
 
 def _baked(predictor: Predictor, out: pd.DataFrame) -> pd.DataFrame:

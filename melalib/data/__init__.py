@@ -1,1 +1,2 @@
-"""Data: adapters to the canonical table, synthetic data, image cache, datasets."""
+"""Data: the sources of the canonical table (`sources`, picked by `load`; CSVs read by
+`csvread`), synthetic data, image cache, datasets."""

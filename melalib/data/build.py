@@ -1,7 +1,7 @@
 """The table a run trains on: loaded (or handed in), images pre-flighted, folds assigned,
 pseudo-labels added and validated.
 
-`build_table(cfg, table=None)` composes the data layer's steps (adapters, image checks,
+`build_table(cfg, table=None)` composes the data layer's steps (`load_table`, image checks,
 folds, pseudo-labels) for `melalib.engine.train` and returns the table with its pre-flight
 report (`Preflight`), which the engine stores in the run through `RunDir`;
 `preflight_images` is its image check.
@@ -22,7 +22,7 @@ from ..errors import ImageError
 from ..folds import assign_folds, check_predefined_folds
 from ..pseudo import add_pseudo_labels
 from ..table import LesionTable
-from .adapters import load_table
+from .load import load_table
 from .dataset import check_images_readable, find_unlisted_images
 from .images import ImageOptions
 from .missing import check_missing, leave_out, left_out_rows
