@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from .config import RunConfig
-from .data.sources.milk10k import MILK_VIEWS
+from .data.load import pair_views
 from .errors import ConfigError, DataError, MelalibError
 from .inference import load_predictor
 from .io import atomic_path
@@ -498,17 +498,12 @@ class PairExplanation:
 
 def branch_views(cfg: RunConfig | None) -> tuple[str, ...]:
     """The names of the images a run's model takes, in branch order: ``("image",)`` for a
-    single-image run; for a dual-image MILK10k run the ``milk_view`` image (branch 1) then
-    the other (`melalib.data.sources.milk10k.MILK_VIEWS`); for the synthetic paired data
-    (``synthetic_task=paired``: a dermoscopic ``image_path``, a clinical ``image_path_2``)
-    `MILK_VIEWS` in order; else ``image 1``, ``image 2``."""
+    single-image run, else the dataset's two (`melalib.data.load.pair_views`: MILK10k's
+    ``milk_view`` image then the other, the synthetic pairs' dermoscopic then clinical,
+    ``image 1`` / ``image 2`` elsewhere)."""
     if cfg is None or not cfg.model.dual_image:
         return ("image",)
-    if cfg.data.dataset == "milk10k":
-        return (cfg.data.milk_view, *(v for v in MILK_VIEWS if v != cfg.data.milk_view))
-    if cfg.data.dataset == "synthetic" and cfg.data.synthetic_task == "paired":
-        return tuple(MILK_VIEWS)
-    return ("image 1", "image 2")
+    return pair_views(cfg.data)
 
 
 def explain_pairs(run: RunDir | str | Path, rows: pd.DataFrame, target: str = "run",

@@ -126,6 +126,30 @@ DATASETS: Registry[Callable[[DataConfig], LesionTable]] = Registry("dataset", {
 })
 
 
+def _milk10k_pair(data_cfg: DataConfig) -> tuple[str, ...]:
+    view = data_cfg.milk_view
+    return (view, *(v for v in milk10k.MILK_VIEWS if v != view))
+
+
+def _synthetic_pair(data_cfg: DataConfig) -> tuple[str, ...] | None:
+    return tuple(milk10k.MILK_VIEWS) if data_cfg.synthetic_task == "paired" else None
+
+
+#: dataset name -> the names of its two images in branch order (a dual-image model's first
+#: and second input); a dataset not listed has no names for them (`pair_views`)
+PAIR_VIEWS: dict[str, Callable[[DataConfig], tuple[str, ...] | None]] = {
+    "milk10k": _milk10k_pair,  # the ``milk_view`` image first, then the other
+    "synthetic": _synthetic_pair,  # synthetic_task=paired: dermoscopic, then clinical
+}
+
+
+def pair_views(data_cfg: DataConfig) -> tuple[str, ...]:
+    """The names of the two images a dual-image model on ``data_cfg``'s table takes, in
+    branch order (`PAIR_VIEWS`); ``("image 1", "image 2")`` where the dataset names none."""
+    named = PAIR_VIEWS.get(data_cfg.dataset)
+    return (named(data_cfg) if named else None) or ("image 1", "image 2")
+
+
 def load_table(data_cfg: DataConfig) -> LesionTable:
     """The table a `DataConfig` names (`DATASETS`); ``image_dir`` (if set) overrides the
     image folder.
