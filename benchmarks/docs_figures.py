@@ -1,7 +1,8 @@
 """Regenerate the documentation figures (docs/figures/*.png) from code, with a manifest.
 
     python benchmarks/docs_figures.py [--data ../shared/data] [--demo outputs/demo]
-                                      [--milk10k outputs/milk10k_fold0] [--out docs/figures]
+                                      [--milk10k outputs/milk10k_fold0]
+                                      [--ham10000 outputs/ext/ham_base] [--out docs/figures]
 
 Each figure is drawn by `melalib.plots` (the same calls the notebooks make):
 
@@ -17,7 +18,11 @@ Each figure is drawn by `melalib.plots` (the same calls the notebooks make):
   both images of MILK10k lesions and notebook 04's confusion matrix, copied from the
   ``figures/`` of the MILK10k run given by ``--milk10k`` after notebooks 04 and 05 ran on it
   with the papermill commands of README's "The notebooks on the real MILK10k pairs" (the
-  PNGs are the notebooks' own; the manifest records the run they came from).
+  PNGs are the notebooks' own; the manifest records the run they came from);
+* ``ham10000_gradcam_masks.png``: notebook 05's Grad-CAM of a HAM10000 run's most confident
+  errors with the true lesion masks outlined and each map's concentration and pointing,
+  copied from the ``figures/`` of the run given by ``--ham10000`` after notebook 05 ran on
+  it with ``-p masks ../shared/data/ham10000/masks_200x150`` (README: Explanations you can check).
 
 ``figures.json`` records, per figure: the SHA-256 of its inputs, ``code`` (a SHA-256 of
 the code that draws it: `melalib/plots.py`, the notebook helpers it goes through and this
@@ -65,10 +70,14 @@ HELPERS: dict[str, tuple[Callable[..., Any], ...]] = {
     "milk10k_gradcam_pair.png": (notebook.show_pair_cams, notebook.pair_captions,
                                  notebook.case_heading, notebook.operating_point),
     "milk10k_confusion.png": (notebook.operating_point,),
+    "ham10000_gradcam_masks.png": (notebook.show_masked_cams, notebook.mask_captions,
+                                   notebook.case_heading, notebook.operating_point),
 }
-#: docs figure -> the notebook figure of a MILK10k run it is a copy of (`copy_milk10k`).
+#: docs figure -> the notebook figure of a MILK10k run it is a copy of (`copy_run_figures`).
 MILK10K = {"milk10k_gradcam_pair.png": "05_cam_pairs.png",
            "milk10k_confusion.png": "04_confusion.png"}
+#: docs figure -> the notebook figure of a HAM10000 run it is a copy of (`copy_run_figures`).
+HAM10000 = {"ham10000_gradcam_masks.png": "05_cam_lesion_masks.png"}
 
 
 def sha256(path: Path) -> str:
@@ -187,21 +196,23 @@ def draw_cam(demo: Path, out: Path) -> dict[str, dict[str, Any]]:
                         "melalib demo run, at notebook.operating_point")}
 
 
-def copy_milk10k(run_dir: Path, out: Path) -> dict[str, dict[str, Any]]:
-    """`MILK10K`'s figures: notebooks 04 and 05's own PNGs of the MILK10k run ``run_dir``
-    (its ``figures/``), copied; the inputs are the run's OOF predictions and config."""
+def copy_run_figures(run_dir: Path, out: Path, figures: dict[str, str], what: str,
+                     where: str) -> dict[str, dict[str, Any]]:
+    """``figures`` (docs name -> notebook PNG): the notebooks' own PNGs of the run
+    ``run_dir`` (its ``figures/``), copied; the inputs are the run's OOF predictions and
+    config; ``what`` names the run and ``where`` the README section with its commands."""
     from melalib.runs import RunDir
 
     run = RunDir.read(run_dir)
     config = run.load_config()
     oof = [run.oof_path()] if run.complete else [run.oof_path(k) for k in run.done_folds()]
-    inputs = {f"MILK10k run {path.name}": sha256(path) for path in oof}
-    inputs["MILK10k run config fingerprint"] = config.fingerprint() if config else ""
+    inputs = {f"{what} run {path.name}": sha256(path) for path in oof}
+    inputs[f"{what} run config fingerprint"] = config.fingerprint() if config else ""
     made = {}
-    for name, source in MILK10K.items():
+    for name, source in figures.items():
         (out / name).write_bytes((run.figures_dir() / source).read_bytes())
-        made[name] = entry(out, name, inputs, f"notebook {source[:2]}'s {source} of the MILK10k "
-                           "run (README: The notebooks on the real MILK10k pairs)")
+        made[name] = entry(out, name, inputs, f"notebook {source[:2]}'s {source} of the {what} "
+                           f"run (README: {where})")
     return made
 
 
@@ -212,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a finished `melalib demo` folder: refresh the demo figures")
     parser.add_argument("--milk10k", type=Path, default=None,
                         help="a MILK10k run that notebooks 04 and 05 ran on: copy its figures")
+    parser.add_argument("--ham10000", type=Path, default=None,
+                        help="a HAM10000 run that notebook 05 ran on with masks: copy its figure")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo candidate: {write_roc_inputs(args.demo, args.out)}")
         made |= draw_cam(args.demo, args.out)
     if args.milk10k is not None:
-        made |= copy_milk10k(args.milk10k, args.out)
+        made |= copy_run_figures(args.milk10k, args.out, MILK10K, "MILK10k",
+                                 "The notebooks on the real MILK10k pairs")
+    if args.ham10000 is not None:
+        made |= copy_run_figures(args.ham10000, args.out, HAM10000, "HAM10000",
+                                 "Explanations you can check")
     if (args.out / ROC_OOF).is_file():
         made |= draw_roc(args.out)
     manifest = {name: made.get(name, old.get(name)) for name in sorted(set(old) | set(made))}
