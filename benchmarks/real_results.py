@@ -49,10 +49,10 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 from melalib.baselines import oof_predictions  # noqa: E402
+from melalib.bootstrap import evaluate_with_ci  # noqa: E402
 from melalib.config import RunConfig, get_preset  # noqa: E402
 from melalib.errors import ConfigError  # noqa: E402
 from melalib.io import write_json, write_text  # noqa: E402
-from melalib.metrics import evaluate_with_ci  # noqa: E402
 from melalib.predictions import (  # noqa: E402
     read_predictions,
     with_table_columns,
@@ -149,7 +149,7 @@ def command_for(name: str, threads: int = 1) -> str:
 # ----------------------------------------------------------------------------- helpers
 def with_ci(task: Task, y: np.ndarray, probs: np.ndarray, groups: Sequence[Any] | None,
             n_boot: int, metrics: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """``{metric: {estimate, low, high}}`` from `melalib.metrics.evaluate_with_ci`."""
+    """``{metric: {estimate, low, high}}`` from `melalib.bootstrap.evaluate_with_ci`."""
     names = list(metrics or CI_METRICS[task.kind])
     probs = probs[:, 0] if task.kind == "binary" and probs.ndim == 2 else probs
     frame = evaluate_with_ci(task, y, probs, groups=None if groups is None else np.asarray(groups),
@@ -897,7 +897,7 @@ What is what:
 
 95 % confidence intervals are percentile bootstraps (1,000 replicates) that resample whole
 groups (lesions for HAM10000 / ISIC 2019 / MILK10k, patients for ISIC 2020), stratified, via
-`melalib.metrics.evaluate_with_ci`. OOF = out-of-fold predictions of all folds pooled. In
+`melalib.bootstrap.evaluate_with_ci`. OOF = out-of-fold predictions of all folds pooled. In
 cross-validation the engine keeps each fold's best epoch by the task's primary metric on
 that same validation fold (Kaggle-style OOF), a small optimistic bias for the multi-epoch
 runs; protocol A selects on its separate 10 % validation part and scores on the 20 % test

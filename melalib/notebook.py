@@ -303,7 +303,7 @@ def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = Non
 
 def primary_cis(run: RunDir, metric: str, n_boot: int = 1000) -> pd.DataFrame:
     """``<metric> 95% CI`` per finished fold and pooled (bootstrap resampling patients,
-    `melalib.metrics.bootstrap_ci`); "n/a" where a fold's resamples leave it undefined."""
+    `melalib.bootstrap.bootstrap_ci`); "n/a" where a fold's resamples leave it undefined."""
     frames = {f"fold {k}": part for k, part in run.oof_by_fold().groupby("fold")}
     if run.complete:
         frames["pooled OOF"] = run.oof()

@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .bootstrap import evaluate_with_ci
 from .errors import ConfigError, DataError, LeakageError, WriteError
 from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
-from .metrics import evaluate, evaluate_with_ci
+from .metrics import evaluate
 from .predictions import fold_scores, prediction_frame, probabilities_of
 from .registry import Registry
 from .runs import RunDir, shared_task, write_provenance
