@@ -7,8 +7,8 @@ them). The metrics with a vectorised replicate path (`batched_metric`: AUC, aver
 precision, pAUC, sensitivity / specificity, accuracy, balanced accuracy, the F1 scores,
 macro one-vs-rest AUC) score all replicates at once from row-count weights, through the same
 kernels as the metric functions where they compute the same quantity
-(`metrics.auc_from_groups`, `metrics.ap_from_groups`); any other metric is called on each
-replicate's rows.
+(`metrics.auc_from_groups`, `metrics.ap_from_groups`, `metrics.f1_scores`); any other metric
+is called on each replicate's rows.
 `evaluate_with_ci` is the table every report uses (`DEFAULT_CI_METRICS` per task kind).
 """
 
@@ -39,6 +39,7 @@ from .metrics import (
     auc_from_groups,
     balanced_accuracy,
     check_task_probs,
+    f1_scores,
     macro_f1,
     metric_for,
     ovr_auc_macro,
@@ -162,7 +163,7 @@ def _batched_confusion(y: Any, probs: Any, counts: np.ndarray, which: str) -> np
             recall = np.where(support > 0, tp / np.where(support > 0, support, 1.0), 0.0)
             return recall.sum(axis=1) / (support > 0).sum(axis=1)
         den = n_pred + support
-        f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), 0.0)
+        f1 = f1_scores(tp, den)
         if which == "weighted_f1":
             return (f1 * support).sum(axis=1) / support.sum(axis=1)
         return f1.sum(axis=1) / (den > 0).sum(axis=1)
@@ -173,9 +174,7 @@ def _batched_thresholded_f1(y: Any, probs: Any, counts: np.ndarray,
     Y, P = multilabel_inputs(y, probs, "bootstrap")
     pred = np.greater(P, threshold_vector(thresholds, P.shape[1], "bootstrap"))
     w = counts.astype(np.float64)
-    tp, den = w @ (pred & (Y == 1)), w @ pred + w @ Y
-    f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), 0.0)
-    return f1.mean(axis=1)
+    return f1_scores(w @ (pred & (Y == 1)), w @ pred + w @ Y).mean(axis=1)
 
 
 def _batched_ovr_auc(y: Any, probs: Any, counts: np.ndarray) -> np.ndarray:

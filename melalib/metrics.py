@@ -189,11 +189,19 @@ def balanced_accuracy(y_true: Any, probs: Any) -> float:
     return float(np.mean(tp[present] / support[present]))
 
 
+def f1_scores(tp: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """F1 = 2 TP / (predicted + true) from per-class counts ``tp`` and ``den`` = predicted +
+    true (whole counts, or a bootstrap replicate's row-count weights: any shape); 0 where a
+    class is neither true nor predicted, as scikit-learn's. The one F1 formula of the
+    multiclass, per-class and thresholded multilabel F1 scores and of their bootstrap
+    replicates (`melalib.bootstrap`)."""
+    return np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1), 0.0)
+
+
 def _f1_per_class(y: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """F1 per class, support, and the mask of classes in y_true or predicted."""
     tp, n_pred, support = _per_class_counts(y, argmax_labels(P), P.shape[1])
-    den = n_pred + support
-    f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1), 0.0)
+    f1 = f1_scores(tp, n_pred + support)
     return f1, support, (support > 0) | (n_pred > 0)
 
 
@@ -268,8 +276,7 @@ def per_class_report(y_true: Any, probs: Any, class_names: Sequence[str] | None 
     tp, n_pred, support = _per_class_counts(y, argmax_labels(P), k)
     precision = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
     recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
-    den = n_pred + support
-    f1 = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+    f1 = f1_scores(tp, n_pred + support)
     auc = [roc_auc((y == c).astype(int), P[:, c]) if 0 < support[c] < len(y) else np.nan
            for c in range(k)]
     return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
@@ -291,8 +298,7 @@ def threshold_vector(thresholds: float | Sequence[float], k: int, name: str) -> 
 
 def _binary_f1_columns(Y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     tp = np.sum(pred & (Y == 1), axis=0)
-    den = pred.sum(axis=0) + Y.sum(axis=0)
-    return np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+    return f1_scores(tp, pred.sum(axis=0) + Y.sum(axis=0))
 
 
 def thresholded_macro_f1(y_true: Any, probs: Any, thresholds: float | Sequence[float] = 0.5
@@ -317,8 +323,7 @@ def tune_thresholds(y_true: Any, probs: Any, grid: Sequence[float] | None = None
     for k in range(P.shape[1]):
         pred = P[None, :, k] > g[:, None]  # (G, N)
         tp = np.sum(pred & (Y[None, :, k] == 1), axis=1)
-        den = pred.sum(axis=1) + Y[:, k].sum()
-        f1 = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+        f1 = f1_scores(tp, pred.sum(axis=1) + Y[:, k].sum())
         best[k] = g[int(np.argmax(f1))]
     return best
 
