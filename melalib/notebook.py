@@ -40,7 +40,7 @@ from .data.build import configured_folds, drop_missing
 from .eda import image_size_stats, images_available
 from .ensemble import submission
 from .errors import ConfigError
-from .io import atomic_path, write_csv, write_json
+from .io import atomic_path, plain, write_csv, write_json
 from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitivity
 from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
 from .runs import LAYOUT, RunDir
@@ -417,27 +417,10 @@ def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], task: Any,
 
 
 def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:
-    """Write ``sections`` (DataFrames become records, Series and dicts text-keyed dicts) as
-    JSON, atomically; numbers, NaN and paths as `io.write_json` writes every JSON file."""
-    def tables(value: Any) -> Any:
-        if isinstance(value, pd.DataFrame):
-            return json_records(value)
-        if isinstance(value, (pd.Series, dict)):
-            return {str(k): tables(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple, np.ndarray)):
-            return [tables(v) for v in value]
-        return value
-
-    return write_json(path, {k: tables(v) for k, v in sections.items()})
-
-
-def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """A DataFrame (index included when named or not a plain range) as JSON-ready rows."""
-    frame = df if isinstance(df.index, pd.RangeIndex) else df.reset_index()
-    frame = frame.astype(object).where(frame.notna(), None)
-    frame.columns = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c)
-                     for c in frame.columns]
-    return frame.to_dict(orient="records")
+    """Write ``sections`` as JSON, atomically, through `io.plain` with text keys: DataFrames
+    become records, Series and dicts text-keyed dicts; numbers, NaN and paths as
+    `io.write_json` writes every JSON file."""
+    return write_json(path, plain(sections, text_keys=True))
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
