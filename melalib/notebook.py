@@ -401,17 +401,18 @@ def write_submission(test_pred: pd.DataFrame | None, task: Any,
     return sub
 
 
-def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], task: Any,
+def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], table: LesionTable,
                out_dir: str | os.PathLike[str], n_seeds: int = 3, n_boot: int = 200
                ) -> tuple[pd.DataFrame | None, Any]:
     """Notebook 04's stacking section (`melalib.stack`): the runs' OOF scores + metadata +
-    patient context through boosted trees, written as a run-like folder ``out_dir``. Returns
-    (the runs / mean blend / stack table with CIs, the `StackResult`); (None, None) with a
-    note for a non-binary task or ``n_seeds`` = 0."""
-    if n_seeds < 1 or getattr(task, "kind", None) != "binary":
+    patient context through boosted trees, written as a run-like folder ``out_dir``. ``table``
+    is the first run's table (`RunDir.table`), which notebook 04 has read already: it is
+    passed on, not read again. Returns (the runs / mean blend / stack table with CIs, the
+    `StackResult`); (None, None) with a note for a non-binary task or ``n_seeds`` = 0."""
+    if n_seeds < 1 or table.task.kind != "binary":
         note("Stacking skipped: it needs binary runs and stack_seeds >= 1.")
         return None, None
-    result = stacking.stack(stacking.load_inputs(runs), out_dir,
+    result = stacking.stack(stacking.load_inputs(runs, table), out_dir,
                             n_seeds=n_seeds, n_boot=n_boot, overwrite=True)
     return stacking.summary_table(result), result
 
