@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melalib.bootstrap import bootstrap_ci
 from melalib.explain import prediction_table
 from melalib.explain_run import measure
 from melalib.io import write_json
@@ -40,7 +41,7 @@ from melalib.localize import (
     framed_masks,
     pooled,
 )
-from melalib.metrics import bootstrap_ci, evaluate
+from melalib.metrics import evaluate
 from melalib.runs import RunDir, git_commit
 
 GOALS = {"concentration": (">=", 1.6), "pointing": (">=", 0.75), "border_peak": ("<=", 0.10)}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melalib.bootstrap import evaluate_with_ci
 from melalib.external import (
     Evaluation,
     blank_metadata,
@@ -36,7 +37,6 @@ from melalib.external import (
     oof_table,
 )
 from melalib.io import write_json
-from melalib.metrics import evaluate_with_ci
 from melalib.runs import RunDir, git_commit
 from melalib.table import LesionTable
 from melalib.tasks import MELANOMA

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from melalib.baselines import oof_predictions
+from melalib.bootstrap import evaluate_with_ci
 from melalib.config import RunConfig, get_preset
 from melalib.errors import ConfigError
-from melalib.metrics import evaluate_with_ci
 from melalib.predictions import (
     read_predictions,
     with_table_columns,
@@ -103,7 +103,7 @@ def command_for(name: str, threads: int = 1) -> str:
 # ----------------------------------------------------------------------------- helpers
 def with_ci(task: Task, y: np.ndarray, probs: np.ndarray, groups: Sequence[Any] | None,
             n_boot: int, metrics: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """``{metric: {estimate, low, high}}`` from `melalib.metrics.evaluate_with_ci`."""
+    """``{metric: {estimate, low, high}}`` from `melalib.bootstrap.evaluate_with_ci`."""
     names = list(metrics or CI_METRICS[task.kind])
     probs = probs[:, 0] if task.kind == "binary" and probs.ndim == 2 else probs
     frame = evaluate_with_ci(task, y, probs, groups=None if groups is None else np.asarray(groups),

@@ -87,7 +87,7 @@ What is what:
 
 95 % confidence intervals are percentile bootstraps (1,000 replicates) that resample whole
 groups (lesions for HAM10000 / ISIC 2019 / MILK10k, patients for ISIC 2020), stratified, via
-`melalib.metrics.evaluate_with_ci`. OOF = out-of-fold predictions of all folds pooled. In
+`melalib.bootstrap.evaluate_with_ci`. OOF = out-of-fold predictions of all folds pooled. In
 cross-validation the engine keeps each fold's best epoch by the task's primary metric on
 that same validation fold (Kaggle-style OOF), a small optimistic bias for the multi-epoch
 runs; protocol A selects on its separate 10 % validation part and scores on the 20 % test

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import melalib
+from melalib.bootstrap import evaluate_with_ci
 from melalib.config import RunConfig, get_preset
 from melalib.data.load import load_table
 from melalib.folds import assign_folds
 from melalib.io import write_json
-from melalib.metrics import evaluate_with_ci
 from melalib.runs import RunDir, git_commit
 from melalib.stack import load_inputs, stack, table_inputs
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import melalib
+from melalib.bootstrap import bootstrap_ci
 from melalib.config import RunConfig, get_preset
 from melalib.explain import explain_errors
 from melalib.io import write_json
 from melalib.localize import cam_mass_on_lesion, framed_masks
-from melalib.metrics import bootstrap_ci
 from melalib.runs import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import yaml
 
 from .errors import ConfigError
+from .io import plain
 from .presets import PRESETS
 from .registry import choice_error
 
@@ -272,7 +273,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples as lists), as a run stores its config."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self), strict=False)
 
     def to_flat(self) -> dict[str, Any]:
         """One flat dict of every field: the papermill parameter set."""
@@ -280,9 +281,9 @@ class RunConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
-                flat.update({k: v for k, v in _plain(dataclasses.asdict(value)).items()})
+                flat.update(plain(dataclasses.asdict(value), strict=False))
             else:
-                flat[f.name] = _plain(value)
+                flat[f.name] = plain(value, strict=False)
         return flat
 
     def fingerprint(self) -> str:
@@ -496,14 +497,6 @@ def _check_name(name: str) -> None:
                           "<output_dir>/<name>")
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _flatten(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
@@ -599,7 +592,8 @@ def choices(name: str) -> tuple[Any, ...]:
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
-    return _plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    return plain(f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                 strict=False)
 
 
 def _kind(name: str) -> str:

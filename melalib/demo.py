@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from . import progress as live
+from .bootstrap import bootstrap_ci
 from .config import get_preset
 from .errors import ConfigError, MelalibError, RunExistsError
 from .io import write_json
-from .metrics import bootstrap_ci
 from .notebook import NOTEBOOKS, notebooks_dir, parameter_names, project_root, resolve_path
 from .predictions import probabilities
 from .runs import RunDir

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .bootstrap import evaluate_with_ci
 from .classmap import ClassMapping, class_mapping
 from .config import DataConfig
 from .data.load import load_table
@@ -33,7 +34,7 @@ from .errors import ConfigError, DataError
 from .features import BLANKABLE
 from .inference import Predictor, load_predictor
 from .io import write_csv, write_json
-from .metrics import confusion, evaluate, evaluate_with_ci, per_class_report
+from .metrics import confusion, evaluate, per_class_report
 from .predictions import predicted_labels, prediction_frame
 from .runs import RunDir, write_provenance, write_report_folder
 from .shift import FLAG, SCORE, separation

@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file), the one plain-value
+converter of everything melalib writes as JSON or YAML (`plain`), and the write rule of a
+command's output folder (`claim_folder`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd  # loaded with the package anyway (melalib.table): no cost here
 import yaml
 
 from .errors import WriteError
@@ -91,7 +94,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def json_text(obj: Any, sort_keys: bool = True) -> str:
     """Strict JSON text: NaN and infinities (undefined metrics) become null."""
-    return json.dumps(plain(obj), indent=2, sort_keys=sort_keys, default=_jsonable,
+    return json.dumps(plain(obj), indent=2, sort_keys=sort_keys, default=_not_serialisable,
                       allow_nan=False)
 
 
@@ -100,20 +103,40 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json_text(obj) + "\n")
 
 
-def plain(obj: Any) -> Any:
-    """The one plain-value converter of everything written as JSON (`json_text`,
-    `write_json`): dicts and lists (tuples too) recursively, numpy scalars and arrays as
-    Python numbers and lists, NaN and infinities as None. `checkpoints.plain_state` is the
-    torch counterpart (tensors and tuples kept for ``weights_only`` loading)."""
+def plain(obj: Any, *, strict: bool = True, text_keys: bool = False) -> Any:
+    """The one plain-value converter of everything melalib writes as JSON or YAML: dicts and
+    lists (tuples too) recursively, numpy scalars and arrays as Python numbers and lists,
+    paths as text, a DataFrame as records (`_json_records`). NaN and infinities become None
+    where ``strict`` (JSON: `json_text`, `write_json`); ``strict=False`` keeps them (the
+    config dumps of `config.RunConfig.to_dict`: YAML writes ``.inf`` and reads it back).
+    ``text_keys``: every dict key as text, and a Series as a dict keyed by its index as text
+    (the notebooks' reports: `notebook.write_metrics`); otherwise a Series is its values.
+    `checkpoints.plain_state` is the torch counterpart (tensors and tuples kept for
+    ``weights_only`` loading)."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
+        return obj if not strict or math.isfinite(obj) else None
+    if isinstance(obj, pd.DataFrame):  # records: their cells as plain values, keys as they are
+        return [plain(row, strict=strict) for row in _json_records(obj)]
+    if isinstance(obj, dict) or (text_keys and isinstance(obj, pd.Series)):
+        return {str(k) if text_keys else k: plain(v, strict=strict, text_keys=text_keys)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return plain(obj.tolist())
+        return [plain(v, strict=strict, text_keys=text_keys) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays (a Series without text_keys)
+        return plain(obj.tolist(), strict=strict, text_keys=text_keys)
     return obj
+
+
+def _json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A DataFrame (index included when named or not a plain range) as rows: NaN as None,
+    column names as text (a MultiIndex column's levels joined by spaces)."""
+    frame = df if isinstance(df.index, pd.RangeIndex) else df.reset_index()
+    frame = frame.astype(object).where(frame.notna(), None)
+    frame.columns = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c)
+                     for c in frame.columns]
+    return frame.to_dict(orient="records")
 
 
 def write_yaml(path: str | Path, obj: Any) -> Path:
@@ -125,11 +148,8 @@ def write_csv(path: str | Path, df: Any, **kwargs: Any) -> Path:
     return atomic_write(path, lambda p: df.to_csv(p, **kwargs))
 
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
+def _not_serialisable(obj: Any) -> Any:
+    """`json_text`'s ``default``: what `plain` leaves is no JSON value."""
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

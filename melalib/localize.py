@@ -31,9 +31,9 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from .bootstrap import bootstrap_many
 from .data.synthetic import lesion_mask
 from .errors import ConfigError, DataError
-from .metrics import bootstrap_many
 from .transforms import frame_mask
 
 #: Width of the border band as a share of the side: the outermost cell of an 8 x 8 grid.
@@ -285,7 +285,7 @@ def _pooled_fns() -> dict[str, object]:
 def pooled(per_image: pd.DataFrame, groups: Sequence[str] | None = None, n_boot: int = 1000,
            seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """`MEASURES` pooled over images with percentile CIs resampling ``groups`` (lesions;
-    rows when None), via `melalib.metrics.bootstrap_many`: DataFrame(measure, estimate,
+    rows when None), via `melalib.bootstrap.bootstrap_many`: DataFrame(measure, estimate,
     low, high, n). Lesion measures use the rows with a visible lesion (area > 0);
     concentration is the mean mass on the lesion over the mean lesion area."""
     missing = [m for m in MEASURES if m not in per_image.columns]

@@ -1,4 +1,4 @@
-"""Metrics for binary, multiclass and multilabel lesion tasks, and group-aware bootstrap CIs.
+"""Metrics for binary, multiclass and multilabel lesion tasks.
 
 Predictions follow `melalib.tasks`: binary ``probs`` is (N,) or (N, 1) = P(positive);
 multiclass (N, K) rows of class probabilities; multilabel (N, K) independent sigmoids.
@@ -16,13 +16,15 @@ Conventions:
   threshold (``p > t``, the ISIC scorer's ``gt(0.5)``); a lesion with no class above
   threshold is predicted negative for every class and so misses its true class.
 
-Calibration lives in `melalib.calibration`, subgroup tables in `melalib.subgroups`.
+Calibration lives in `melalib.calibration`, subgroup tables in `melalib.subgroups`, group-aware
+bootstrap CIs in `melalib.bootstrap` (which shares the kernels below: `auc_from_groups`,
+`ap_from_groups`, ...).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,8 +49,10 @@ MetricFn = Callable[[Any, Any], float]
 
 
 # ------------------------------------------------------------------------ binary metrics
-def _auc_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUC (ties count 1/2) from per-tie-group weights in descending score."""
+def auc_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC (ties count 1/2) from per-tie-group weights in descending score
+    (`arrays.group_weights`), one value per row of weights: `roc_auc` (one row) and the
+    bootstrap's replicates (`melalib.bootstrap`); NaN where a row lacks a class."""
     cn = np.cumsum(N, axis=1)
     below = cn[:, -1:] - cn
     num = (P * (below + 0.5 * N)).sum(axis=1)
@@ -57,8 +61,9 @@ def _auc_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _ap_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """Average precision (step-wise, as scikit-learn) from per-tie-group weights."""
+def ap_from_groups(P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Average precision (step-wise, as scikit-learn) from per-tie-group weights, one value
+    per row: `pr_auc` and the bootstrap's replicates; NaN where a row lacks a class."""
     tp, fp = np.cumsum(P, axis=1), np.cumsum(N, axis=1)
     total = tp[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -72,14 +77,14 @@ def roc_auc(y_true: Any, probs: Any) -> float:
     """Area under the ROC curve (ties count one half; equals scikit-learn's)."""
     y, p = binary_inputs(y_true, probs, "roc_auc")
     order, starts, _ = tie_groups(p)
-    return float(_auc_from_groups(*group_weights(y, order, starts))[0])
+    return float(auc_from_groups(*group_weights(y, order, starts))[0])
 
 
 def pr_auc(y_true: Any, probs: Any) -> float:
     """Average precision (scikit-learn's ``average_precision_score``, no interpolation)."""
     y, p = binary_inputs(y_true, probs, "pr_auc")
     order, starts, _ = tie_groups(p)
-    return float(_ap_from_groups(*group_weights(y, order, starts))[0])
+    return float(ap_from_groups(*group_weights(y, order, starts))[0])
 
 
 def partial_auc(y_true: Any, probs: Any, min_tpr: float = 0.8) -> float:
@@ -184,11 +189,19 @@ def balanced_accuracy(y_true: Any, probs: Any) -> float:
     return float(np.mean(tp[present] / support[present]))
 
 
+def f1_scores(tp: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """F1 = 2 TP / (predicted + true) from per-class counts ``tp`` and ``den`` = predicted +
+    true (whole counts, or a bootstrap replicate's row-count weights: any shape); 0 where a
+    class is neither true nor predicted, as scikit-learn's. The one F1 formula of the
+    multiclass, per-class and thresholded multilabel F1 scores and of their bootstrap
+    replicates (`melalib.bootstrap`)."""
+    return np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1), 0.0)
+
+
 def _f1_per_class(y: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """F1 per class, support, and the mask of classes in y_true or predicted."""
     tp, n_pred, support = _per_class_counts(y, argmax_labels(P), P.shape[1])
-    den = n_pred + support
-    f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1), 0.0)
+    f1 = f1_scores(tp, n_pred + support)
     return f1, support, (support > 0) | (n_pred > 0)
 
 
@@ -207,7 +220,7 @@ def weighted_f1(y_true: Any, probs: Any) -> float:
     return float(np.sum(f1 * support) / support.sum())
 
 
-def _ovr_targets(y_true: Any, probs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+def ovr_targets(y_true: Any, probs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, K) 0/1 one-vs-rest targets and probs, from labels or a multilabel matrix."""
     if np.asarray(y_true).ndim == 2 and np.asarray(y_true).shape[1] > 1:
         return multilabel_inputs(y_true, probs, name)
@@ -216,7 +229,7 @@ def _ovr_targets(y_true: Any, probs: Any, name: str) -> tuple[np.ndarray, np.nda
 
 
 def _ovr_mean(y_true: Any, probs: Any, name: str, fn: Callable) -> float:
-    Y, P = _ovr_targets(y_true, probs, name)
+    Y, P = ovr_targets(y_true, probs, name)
     defined = (Y.min(axis=0) == 0) & (Y.max(axis=0) == 1)
     if defined.sum() == 0 or (np.asarray(y_true).ndim == 1 and defined.sum() < 2):
         present = np.flatnonzero(Y.max(axis=0) == 1).tolist()
@@ -263,8 +276,7 @@ def per_class_report(y_true: Any, probs: Any, class_names: Sequence[str] | None 
     tp, n_pred, support = _per_class_counts(y, argmax_labels(P), k)
     precision = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
     recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
-    den = n_pred + support
-    f1 = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+    f1 = f1_scores(tp, n_pred + support)
     auc = [roc_auc((y == c).astype(int), P[:, c]) if 0 < support[c] < len(y) else np.nan
            for c in range(k)]
     return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
@@ -273,7 +285,9 @@ def per_class_report(y_true: Any, probs: Any, class_names: Sequence[str] | None 
 
 
 # -------------------------------------------------------------------- multilabel metrics
-def _threshold_vector(thresholds: float | Sequence[float], k: int, name: str) -> np.ndarray:
+def threshold_vector(thresholds: float | Sequence[float], k: int, name: str) -> np.ndarray:
+    """``thresholds`` (one number, or one per class) as K finite per-class thresholds;
+    MetricError naming ``name`` otherwise."""
     t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (k,)) if np.ndim(
         thresholds) == 0 else np.asarray(thresholds, dtype=np.float64)
     if t.shape != (k,) or not np.isfinite(t).all():
@@ -284,8 +298,7 @@ def _threshold_vector(thresholds: float | Sequence[float], k: int, name: str) ->
 
 def _binary_f1_columns(Y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     tp = np.sum(pred & (Y == 1), axis=0)
-    den = pred.sum(axis=0) + Y.sum(axis=0)
-    return np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+    return f1_scores(tp, pred.sum(axis=0) + Y.sum(axis=0))
 
 
 def thresholded_macro_f1(y_true: Any, probs: Any, thresholds: float | Sequence[float] = 0.5
@@ -294,7 +307,7 @@ def thresholded_macro_f1(y_true: Any, probs: Any, thresholds: float | Sequence[f
     F1 per class, unweighted mean over all K classes (a class never true nor predicted
     scores 0, as scikit-learn's ``f1_score(average='macro')`` on the 0/1 matrix)."""
     Y, P = multilabel_inputs(y_true, probs, "thresholded_macro_f1")
-    t = _threshold_vector(thresholds, P.shape[1], "thresholded_macro_f1")
+    t = threshold_vector(thresholds, P.shape[1], "thresholded_macro_f1")
     return float(np.mean(_binary_f1_columns(Y, np.greater(P, t))))
 
 
@@ -310,8 +323,7 @@ def tune_thresholds(y_true: Any, probs: Any, grid: Sequence[float] | None = None
     for k in range(P.shape[1]):
         pred = P[None, :, k] > g[:, None]  # (G, N)
         tp = np.sum(pred & (Y[None, :, k] == 1), axis=1)
-        den = pred.sum(axis=1) + Y[:, k].sum()
-        f1 = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+        f1 = f1_scores(tp, pred.sum(axis=1) + Y[:, k].sum())
         best[k] = g[int(np.argmax(f1))]
     return best
 
@@ -427,258 +439,3 @@ def evaluate(task: Task, y_true: Any, probs: Any, threshold: float = 0.5) -> dic
                ovr_auc_macro=ovr_auc_macro(y, P), brier=brier_score(y, P),
                ece=expected_calibration_error(y, P))
     return out
-
-
-# --------------------------------------------------------------------------- bootstrap
-class Resampler:
-    """Group-aware, stratified bootstrap of rows.
-
-    Groups (patients / lesions) are drawn with replacement and bring all their rows. With
-    ``stratify`` the groups are drawn separately per stratum: binary, groups holding any
-    positive vs. the rest; otherwise, the majority class of the group (ties to the lower
-    label). Each replicate keeps the number of groups per stratum.
-    """
-
-    def __init__(self, y: Any, groups: Any = None, stratify: bool = True,
-                 binary: bool | None = None) -> None:
-        a = np.asarray(y)
-        labels = np.where(a.max(axis=1) > 0, a.argmax(axis=1), -1) if a.ndim == 2 and \
-            a.shape[1] > 1 else a.reshape(-1).astype(np.int64)
-        n = len(labels)
-        if groups is None:
-            self.group_index = np.arange(n)
-        else:
-            g = pd.Series(np.asarray(groups).reshape(-1) if not isinstance(groups, pd.Series)
-                          else groups.to_numpy())
-            if len(g) != n:
-                raise MetricError(f"bootstrap: groups has {len(g)} rows but y_true has {n}")
-            if g.isna().any():
-                raise MetricError(f"bootstrap: groups are missing in rows "
-                                  f"{positions(g.isna().to_numpy())}")
-            self.group_index = pd.factorize(g)[0]
-        n_groups = int(self.group_index.max()) + 1 if n else 0
-        if binary is None:
-            binary = set(np.unique(labels).tolist()) <= {0, 1}
-        if not stratify:
-            strata = np.zeros(n_groups, dtype=np.int64)
-        elif binary:
-            strata = np.zeros(n_groups, dtype=np.int64)
-            np.maximum.at(strata, self.group_index, (labels == 1).astype(np.int64))
-        else:
-            shifted = labels + 1  # -1 (no class) becomes its own stratum 0
-            table = np.zeros((n_groups, int(shifted.max()) + 1), dtype=np.int64)
-            np.add.at(table, (self.group_index, shifted), 1)
-            strata = table.argmax(axis=1)
-        self.strata = [np.flatnonzero(strata == s) for s in np.unique(strata)]
-        self.n_rows, self.n_groups = n, n_groups
-
-    def chunks(self, n_boot: int, seed: int = 0, max_cells: int = 2_000_000
-               ) -> Iterator[np.ndarray]:
-        """Yield row-count matrices (b, N) (int32) whose rows sum to the replicates."""
-        rng = np.random.default_rng(seed)
-        size = max(1, min(n_boot, max_cells // max(self.n_rows, 1)))
-        done = 0
-        while done < n_boot:
-            b = min(size, n_boot - done)
-            gc = np.zeros((b, self.n_groups), dtype=np.int32)
-            for ids in self.strata:
-                m = len(ids)
-                draws = rng.integers(0, m, size=(b, m)) + (np.arange(b) * m)[:, None]
-                gc[:, ids] = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
-            yield gc[:, self.group_index]
-            done += b
-
-
-def _binary_groups(y: Any, probs: Any, counts: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    yb, p = binary_inputs(y, probs, "bootstrap", need_both=False)
-    order, starts, _ = tie_groups(p)
-    return group_weights(yb, order, starts, counts)
-
-
-def _pauc_from_groups(P: np.ndarray, N: np.ndarray, min_tpr: float = 0.8) -> np.ndarray:
-    """Area between the (piecewise-linear) ROC curve and TPR = min_tpr, per replicate; the
-    geometry the flipped Kaggle formula of `partial_auc` computes."""
-    zero = np.zeros((len(P), 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = np.hstack([zero, np.cumsum(P, axis=1)]) / P.sum(axis=1, keepdims=True)
-        fpr = np.hstack([zero, np.cumsum(N, axis=1)]) / N.sum(axis=1, keepdims=True)
-        a, b, w = tpr[:, :-1] - min_tpr, tpr[:, 1:] - min_tpr, np.diff(fpr, axis=1)
-        area = np.where(a >= 0, w * (a + b) / 2,
-                        np.where(b > 0, w * b**2 / (2 * np.where(b > a, b - a, 1.0)), 0.0))
-    ok = (P.sum(axis=1) > 0) & (N.sum(axis=1) > 0)
-    return np.where(ok, area.sum(axis=1), np.nan)
-
-
-def _batched_threshold(y: Any, probs: Any, counts: np.ndarray, threshold: float = 0.5,
-                       which: str = "sensitivity") -> np.ndarray:
-    yb, p = binary_inputs(y, probs, "bootstrap", need_both=False)
-    cls = 1 if which == "sensitivity" else 0
-    hit = ((p >= threshold) == bool(cls)) & (yb == cls)
-    w = counts.astype(np.float64)
-    den = w @ (yb == cls)
-    return np.where(den > 0, (w @ hit) / np.where(den > 0, den, 1.0), np.nan)
-
-
-def _batched_confusion(y: Any, probs: Any, counts: np.ndarray, which: str) -> np.ndarray:
-    """accuracy / balanced_accuracy / macro_f1 / weighted_f1 from weighted confusions."""
-    yl, P = multiclass_inputs(y, probs, "bootstrap")
-    k = P.shape[1]
-    pred = np.where(argmax_labels(P) < 0, k, argmax_labels(P))
-    codes = np.zeros((len(yl), k * (k + 1)))
-    codes[np.arange(len(yl)), yl * (k + 1) + pred] = 1.0
-    C = (counts.astype(np.float64) @ codes).reshape(len(counts), k, k + 1)
-    tp = C[:, np.arange(k), np.arange(k)]
-    support, n_pred = C.sum(axis=2), C[:, :, :k].sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if which == "accuracy":
-            return tp.sum(axis=1) / support.sum(axis=1)
-        if which == "balanced_accuracy":
-            recall = np.where(support > 0, tp / np.where(support > 0, support, 1.0), 0.0)
-            return recall.sum(axis=1) / (support > 0).sum(axis=1)
-        den = n_pred + support
-        f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), 0.0)
-        if which == "weighted_f1":
-            return (f1 * support).sum(axis=1) / support.sum(axis=1)
-        return f1.sum(axis=1) / (den > 0).sum(axis=1)
-
-
-def _batched_thresholded_f1(y: Any, probs: Any, counts: np.ndarray,
-                            thresholds: float | Sequence[float] = 0.5) -> np.ndarray:
-    Y, P = multilabel_inputs(y, probs, "bootstrap")
-    pred = np.greater(P, _threshold_vector(thresholds, P.shape[1], "bootstrap"))
-    w = counts.astype(np.float64)
-    tp, den = w @ (pred & (Y == 1)), w @ pred + w @ Y
-    f1 = np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), 0.0)
-    return f1.mean(axis=1)
-
-
-def _batched_ovr_auc(y: Any, probs: Any, counts: np.ndarray) -> np.ndarray:
-    Y, P = _ovr_targets(y, probs, "bootstrap")
-    per_class = []
-    for k in range(P.shape[1]):
-        order, starts, _ = tie_groups(P[:, k])
-        per_class.append(_auc_from_groups(*group_weights(Y[:, k], order, starts, counts)))
-    vals = np.column_stack(per_class)
-    ok = np.isfinite(vals)
-    # defined when >= 2 classes have an AUC (>= 1 for a 0/1 multilabel matrix), as the scalar
-    need = 1 if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] > 1 else 2
-    mean = np.where(ok, vals, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
-    return np.where(ok.sum(axis=1) >= need, mean, np.nan)
-
-
-# Vectorised replicate paths: batched(y, probs, counts (b, N), **keywords) -> (b,), equal to
-# the metric on each replicate's rows (tests check this); NaN marks an undefined replicate.
-_BATCHED: dict[Callable, Callable] = {
-    roc_auc: lambda y, p, c: _auc_from_groups(*_binary_groups(y, p, c)),
-    pr_auc: lambda y, p, c: _ap_from_groups(*_binary_groups(y, p, c)),
-    partial_auc: lambda y, p, c, min_tpr=0.8: _pauc_from_groups(*_binary_groups(y, p, c),
-                                                                min_tpr=min_tpr),
-    sensitivity: functools.partial(_batched_threshold, which="sensitivity"),
-    specificity: functools.partial(_batched_threshold, which="specificity"),
-    accuracy: functools.partial(_batched_confusion, which="accuracy"),
-    balanced_accuracy: functools.partial(_batched_confusion, which="balanced_accuracy"),
-    macro_f1: functools.partial(_batched_confusion, which="macro_f1"),
-    weighted_f1: functools.partial(_batched_confusion, which="weighted_f1"),
-    thresholded_macro_f1: _batched_thresholded_f1,
-    ovr_auc_macro: _batched_ovr_auc,
-}
-
-
-def batched_metric(fn: MetricFn) -> Callable[..., np.ndarray] | None:
-    """The vectorised replicate function of ``fn`` (also through `functools.partial` with
-    keyword arguments), or None when it has none."""
-    kwargs: dict[str, Any] = {}
-    if isinstance(fn, functools.partial) and not fn.args:
-        fn, kwargs = fn.func, dict(fn.keywords)
-    batched = _BATCHED.get(fn)
-    return None if batched is None else functools.partial(batched, **kwargs)
-
-
-def _resolve(metric: str | MetricFn) -> MetricFn:
-    if isinstance(metric, str):
-        if metric not in METRIC_FUNCS:
-            raise MetricError(f"unknown metric {metric!r}; known: {sorted(METRIC_FUNCS)}")
-        return METRIC_FUNCS[metric]
-    return metric
-
-
-def _replicate_values(fn: MetricFn, y: Any, probs: Any, counts: np.ndarray) -> np.ndarray:
-    """Metric per replicate (b,); NaN where the metric is undefined on that replicate."""
-    batched = batched_metric(fn)
-    if batched is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = batched(y, probs, counts)
-        return np.where(np.isfinite(values), values, np.nan)
-    y_arr, p_arr = np.asarray(y), np.asarray(probs)
-    rows = np.arange(counts.shape[1])
-    out = np.full(len(counts), np.nan)
-    for i, c in enumerate(counts):
-        idx = np.repeat(rows, c)
-        try:
-            out[i] = float(fn(y_arr[idx], p_arr[idx]))
-        except MetricError:
-            continue
-    return np.where(np.isfinite(out), out, np.nan)
-
-
-def bootstrap_many(metrics: dict[str, MetricFn], y_true: Any, probs: Any, groups: Any = None,
-                   n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                   stratify: bool = True) -> dict[str, dict[str, float]]:
-    """`bootstrap_ci` for several metrics on the same replicates."""
-    if n_boot < 0 or not 0.0 < alpha < 1.0:
-        raise MetricError(f"bootstrap: need n_boot >= 0 and 0 < alpha < 1, got {n_boot}, {alpha}")
-    if len(np.asarray(y_true)) != len(np.asarray(probs)):
-        raise MetricError(f"bootstrap: y_true has {len(np.asarray(y_true))} rows but probs has "
-                          f"{len(np.asarray(probs))}")
-    fns = {name: _resolve(fn) for name, fn in metrics.items()}
-    estimates = {name: float(fn(y_true, probs)) for name, fn in fns.items()}
-    values: dict[str, list[np.ndarray]] = {name: [] for name in fns}
-    if n_boot:
-        binary = np.ndim(probs) == 1 or (np.ndim(probs) == 2 and np.shape(probs)[1] == 1)
-        sampler = Resampler(y_true, groups, stratify=stratify, binary=binary)
-        for counts in sampler.chunks(n_boot, seed):
-            for name, fn in fns.items():
-                values[name].append(_replicate_values(fn, y_true, probs, counts))
-    out = {}
-    for name in fns:
-        v = np.concatenate(values[name]) if values[name] else np.empty(0)
-        v = v[np.isfinite(v)]
-        lo, hi = (np.quantile(v, [alpha / 2, 1 - alpha / 2]) if len(v) else (np.nan, np.nan))
-        out[name] = {"estimate": estimates[name], "low": float(lo), "high": float(hi),
-                     "n_boot_ok": len(v), "n_boot": n_boot}
-    return out
-
-
-def bootstrap_ci(metric_fn: str | MetricFn, y_true: Any, probs: Any, groups: Any = None,
-                 n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, stratify: bool = True
-                 ) -> dict[str, float]:
-    """Percentile bootstrap CI: dict(estimate, low, high, n_boot_ok, n_boot).
-
-    Resamples ``groups`` (patients / lesions; rows when None) with replacement, stratified
-    (see `Resampler`). Replicates where the metric is undefined are skipped and counted
-    (``n_boot_ok`` < ``n_boot``); the estimate itself raises when undefined. AUC, average
-    precision and macro one-vs-rest AUC run vectorised over replicates.
-    """
-    return bootstrap_many({"m": metric_fn}, y_true, probs, groups, n_boot, alpha, seed,
-                          stratify)["m"]
-
-
-DEFAULT_CI_METRICS = {
-    "binary": ("roc_auc", "pr_auc", "pauc_80", "sensitivity", "specificity"),
-    "multiclass": ("accuracy", "balanced_accuracy", "macro_f1", "ovr_auc_macro"),
-    "multilabel": ("thresholded_macro_f1", "ovr_auc_macro"),
-}
-
-
-def evaluate_with_ci(task: Task, y_true: Any, probs: Any, groups: Any = None,
-                     metrics: Sequence[str] | None = None, n_boot: int = 1000,
-                     alpha: float = 0.05, seed: int = 0, threshold: float = 0.5,
-                     stratify: bool = True) -> pd.DataFrame:
-    """Metrics with group-aware bootstrap CIs: DataFrame(metric, estimate, low, high,
-    n_boot_ok, n_boot), all metrics on the same replicates."""
-    check_task_probs(task, probs)
-    names = list(metrics) if metrics is not None else list(DEFAULT_CI_METRICS[task.kind])
-    fns = {name: metric_for(task, name, threshold) for name in names}
-    res = bootstrap_many(fns, y_true, probs, groups, n_boot, alpha, seed, stratify)
-    return pd.DataFrame([{"metric": name, **res[name]} for name in names])

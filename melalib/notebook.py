@@ -6,9 +6,10 @@
   repository root, from ``notebooks/`` or from anywhere inside the checkout;
 * `figures_dir`, `read_runs`: where a notebook writes and which runs it reads
   (`melalib.runs.RunDir` views);
-* data views for the EDA (`overview`, `missing_values`, `group_sizes`, `image_size_stats`,
-  `show_image_grid`) that degrade to a note when the images are not on disk (ISIC 2020
-  tables are usable without their 33k JPEGs);
+* `load_table`, `table_with_folds`: the table of 01 / 02 (the EDA tables themselves are
+  `melalib.eda`'s); `show_image_grid`, `show_image_sizes`: the image views, which degrade
+  to a note when the images are not on disk (ISIC 2020 tables are usable without their
+  33k JPEGs);
 * `baseline_config`: the metadata-only baseline run of 02;
 * `fold_metrics` (03); `curve_figures`, `score_test`, `write_submission`, `write_metrics`
   (04); `show_cams`, `show_pair_cams` (05); `trained_run`, `external_table`, `shift_figure` (06): the loops
@@ -30,16 +31,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from . import explain, explain_run, external, plots, shift
 from . import stack as stacking
 from .config import RunConfig, field_index, get_preset, resolve
 from .data.build import configured_folds, drop_missing
 from .data.load import load_table as load_dataset
+from .eda import image_size_stats, images_available
 from .ensemble import submission
 from .errors import ConfigError
-from .io import atomic_path, write_csv, write_json
+from .io import atomic_path, plain, write_csv, write_json
 from .localize import MaskSource
 from .metrics import MetricError, chance_level, evaluate, threshold_for_sensitivity
 from .predictions import frame_ci, predicted_labels, probabilities, with_table_columns
@@ -216,85 +217,6 @@ def table_with_folds(cfg: RunConfig) -> LesionTable:
     return configured_folds(load_table(cfg), cfg.data)
 
 
-def overview(table: LesionTable) -> pd.DataFrame:
-    """One column of headline counts: images, groups, patients, classes, prevalence."""
-    df, task = table.df, table.task
-    train = df[df["split"] == "train"]
-    rows: dict[str, Any] = {
-        "source": ", ".join(sorted(df["source"].astype(str).unique())),
-        "task": f"{task.name} ({task.kind}, {task.n_classes} classes)",
-        "images": len(df), "train images": len(train),
-        "test images": int((df["split"] == "test").sum()),
-        "groups (split unit)": int(df["group_id"].nunique()),
-        "train groups": int(train["group_id"].nunique()),
-    }
-    if "patient_id" in df.columns:
-        rows["patients"] = int(df["patient_id"].replace("", np.nan).nunique())
-    if "lesion_id" in df.columns:
-        rows["lesions"] = int(df["lesion_id"].replace("", np.nan).nunique())
-    counts = table.class_counts()
-    rows["majority class"] = f"{counts.idxmax()} ({counts.max() / max(len(train), 1):.1%})"
-    rows["minority class"] = f"{counts.idxmin()} ({counts.min() / max(len(train), 1):.1%})"
-    if task.kind == "binary":
-        rows["positive rate"] = f"{counts.iloc[1] / max(len(train), 1):.2%}"
-    return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
-
-
-def class_table(table: LesionTable) -> pd.DataFrame:
-    """Training images, groups and share per class."""
-    train = table.train
-    counts = table.class_counts()
-    groups = train.groupby("label_name")["group_id"].nunique().reindex(counts.index,
-                                                                       fill_value=0)
-    return pd.DataFrame({"images": counts, "share": counts / max(int(counts.sum()), 1),
-                         "groups": groups}).rename_axis("class")
-
-
-#: Values meaning "missing" in the canonical text columns.
-MISSING_TEXT = {"sex": "unknown", "site": "unknown"}
-
-
-def missing_values(df: pd.DataFrame) -> pd.DataFrame:
-    """Per column with anything missing: count and share of NaN / empty / ``unknown``
-    values per split (``unknown`` counts for sex and site, the canonical "not recorded";
-    the test split's unlabelled ``label_name`` is by design and left out)."""
-    missing = df.isna() | df.astype(str).apply(lambda s: s.str.strip() == "")
-    for column, token in MISSING_TEXT.items():
-        if column in df.columns:
-            missing[column] = missing[column] | (df[column].astype(str) == token)
-    split = df["split"] if "split" in df.columns else pd.Series("all", index=df.index)
-    if "label_name" in missing.columns:
-        missing.loc[split == "test", "label_name"] = False
-    counts = missing.groupby(split.to_numpy()).sum().T
-    shares = missing.groupby(split.to_numpy()).mean().T
-    out = pd.concat({"missing": counts, "share": shares}, axis=1).swaplevel(axis=1)
-    out = out[[c for c in out.columns.levels[0] if c in counts.columns]]
-    keep = counts.sum(axis=1) > 0
-    return out[keep.to_numpy()].sort_values(out.columns[0], ascending=False).rename_axis(
-        "column")
-
-
-def group_sizes(df: pd.DataFrame) -> pd.DataFrame:
-    """Distribution of images per group (the CV split unit) and per patient / lesion."""
-    out = {}
-    for column in ("group_id", "patient_id", "lesion_id"):
-        if column in df.columns:
-            ids = df[column].replace("", np.nan).dropna()
-            same = column != "group_id" and len(ids) == len(df) and (
-                ids.astype(str) == df["group_id"].astype(str)).all()
-            if len(ids) and not same:  # a column equal to group_id would repeat it
-                out[f"images per {column.removesuffix('_id')}"] = ids.value_counts().describe()
-    return pd.DataFrame(out)
-
-
-def images_available(df: pd.DataFrame, sample: int = 50, seed: int = 0) -> float:
-    """Share of a random sample of ``image_path`` files that exist on disk."""
-    if "image_path" not in df.columns or len(df) == 0:
-        return 0.0
-    paths = df["image_path"].astype(str).sample(min(sample, len(df)), random_state=seed)
-    return float(np.mean([Path(p).is_file() for p in paths]))
-
-
 def note(text: str) -> None:
     """Show ``text`` as a Markdown note in a notebook (logged outside one)."""
     try:  # IPython ships with ipykernel; melalib does not depend on it
@@ -315,30 +237,14 @@ def _no_images_note(table: LesionTable, what: str) -> str:
             "them, or point `image_dir` at a resized cache, to see this part.")
 
 
-def image_size_stats(table: LesionTable, sample: int = 300, seed: int = 0
+def show_image_sizes(table: LesionTable, sample: int = 300, seed: int = 0
                      ) -> pd.DataFrame | None:
-    """Width, height, aspect ratio and file size of a random sample of the images
-    (header reads only); a note and None when the images are not on disk."""
-    df = table.df
-    if images_available(df, seed=seed) == 0.0:
+    """`melalib.eda.image_size_stats` of a sample of the images, or a note (and None) when
+    the images are not on disk."""
+    stats = image_size_stats(table, sample, seed)
+    if stats is None:
         note(_no_images_note(table, "Image size statistics"))
-        return None
-    part = df.sample(min(sample, len(df)), random_state=seed)
-    paths = [Path(p) for p in part["image_path"].astype(str)]
-    found = [p for p in paths if p.is_file()]
-    sizes = [_image_size(p) for p in found]
-    stats = pd.DataFrame({
-        "width": [w for w, _ in sizes], "height": [h for _, h in sizes],
-        "kilobytes": [p.stat().st_size / 1024 for p in found]})
-    stats["aspect"] = stats["width"] / stats["height"]
-    out = stats.describe().T
-    out["missing_files"] = len(paths) - len(found)
-    return out
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size
+    return stats
 
 
 def show_image_grid(table: LesionTable, n_per_class: int = 4, save: str | Path | None = None,
@@ -401,7 +307,7 @@ def fold_metrics(summary: Mapping[str, Any], columns: Sequence[str] | None = Non
 
 def primary_cis(run: RunDir, metric: str, n_boot: int = 1000) -> pd.DataFrame:
     """``<metric> 95% CI`` per finished fold and pooled (bootstrap resampling patients,
-    `melalib.metrics.bootstrap_ci`); "n/a" where a fold's resamples leave it undefined."""
+    `melalib.bootstrap.bootstrap_ci`); "n/a" where a fold's resamples leave it undefined."""
     frames = {f"fold {k}": part for k, part in run.oof_by_fold().groupby("fold")}
     if run.complete:
         frames["pooled OOF"] = run.oof()
@@ -499,43 +405,27 @@ def write_submission(test_pred: pd.DataFrame | None, task: Any,
     return sub
 
 
-def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], task: Any,
+def stack_runs(runs: Sequence[RunDir | str | os.PathLike[str]], table: LesionTable,
                out_dir: str | os.PathLike[str], n_seeds: int = 3, n_boot: int = 200
                ) -> tuple[pd.DataFrame | None, Any]:
     """Notebook 04's stacking section (`melalib.stack`): the runs' OOF scores + metadata +
-    patient context through boosted trees, written as a run-like folder ``out_dir``. Returns
-    (the runs / mean blend / stack table with CIs, the `StackResult`); (None, None) with a
-    note for a non-binary task or ``n_seeds`` = 0."""
-    if n_seeds < 1 or getattr(task, "kind", None) != "binary":
+    patient context through boosted trees, written as a run-like folder ``out_dir``. ``table``
+    is the first run's table (`RunDir.table`), which notebook 04 has read already: it is
+    passed on, not read again. Returns (the runs / mean blend / stack table with CIs, the
+    `StackResult`); (None, None) with a note for a non-binary task or ``n_seeds`` = 0."""
+    if n_seeds < 1 or table.task.kind != "binary":
         note("Stacking skipped: it needs binary runs and stack_seeds >= 1.")
         return None, None
-    result = stacking.stack(stacking.load_inputs(runs), out_dir,
+    result = stacking.stack(stacking.load_inputs(runs, table), out_dir,
                             n_seeds=n_seeds, n_boot=n_boot, overwrite=True)
     return stacking.summary_table(result), result
 
 
 def write_metrics(path: str | os.PathLike[str], **sections: Any) -> Path:
-    """Write ``sections`` (DataFrames become records, Series and dicts text-keyed dicts) as
-    JSON, atomically; numbers, NaN and paths as `io.write_json` writes every JSON file."""
-    def tables(value: Any) -> Any:
-        if isinstance(value, pd.DataFrame):
-            return json_records(value)
-        if isinstance(value, (pd.Series, dict)):
-            return {str(k): tables(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple, np.ndarray)):
-            return [tables(v) for v in value]
-        return value
-
-    return write_json(path, {k: tables(v) for k, v in sections.items()})
-
-
-def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """A DataFrame (index included when named or not a plain range) as JSON-ready rows."""
-    frame = df if isinstance(df.index, pd.RangeIndex) else df.reset_index()
-    frame = frame.astype(object).where(frame.notna(), None)
-    frame.columns = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c)
-                     for c in frame.columns]
-    return frame.to_dict(orient="records")
+    """Write ``sections`` as JSON, atomically, through `io.plain` with text keys: DataFrames
+    become records, Series and dicts text-keyed dicts; numbers, NaN and paths as
+    `io.write_json` writes every JSON file."""
+    return write_json(path, plain(sections, text_keys=True))
 
 
 # ----------------------------------------------------------------------------- Grad-CAM

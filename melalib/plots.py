@@ -26,10 +26,11 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from .arrays import argmax_labels, binary_inputs, group_weights, tie_groups
+from .bootstrap import Resampler
 from .calibration import expected_calibration_error, reliability_curve
 from .errors import DataError
 from .io import atomic_path
-from .metrics import Resampler, confusion
+from .metrics import confusion
 from .tasks import Task
 
 DPI = 120

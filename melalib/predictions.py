@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .arrays import argmax_labels
+from .bootstrap import bootstrap_ci
 from .errors import DataError, MelalibError
-from .metrics import MetricError, bootstrap_ci, evaluate
+from .metrics import MetricError, evaluate
 from .targets import diagnosis_columns, report_labels, report_probs, report_task
 from .tasks import Task
 

@@ -805,8 +805,9 @@ class RunDir:
     def table(self) -> LesionTable:
         """The table the run trained on (folds, metadata, hidden test labels), its relative
         image paths resolved against the folder they were relative to (`table_root`), so
-        the table works from any working directory."""
-        table = LesionTable.load(self._stored_table())
+        the table works from any working directory. Its task is the view's (`task`: the
+        stored ``task.json`` is read once per view)."""
+        table = LesionTable.load(self._stored_table(), task=self.task)
         root = self.table_root(table.df)
         if root is not None:
             for column in ("image_path", "image_path_2"):

@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .bootstrap import evaluate_with_ci
 from .errors import ConfigError, DataError, LeakageError, WriteError
 from .features import tbp_columns
 from .io import claim_folder, write_csv, write_json
-from .metrics import evaluate, evaluate_with_ci
+from .metrics import evaluate
 from .predictions import fold_scores, prediction_frame, probabilities_of
 from .registry import Registry
 from .runs import RunDir, shared_task, write_provenance
@@ -103,8 +104,11 @@ def _run_name(run_dir: Path, used: set[str]) -> str:
     return name
 
 
-def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
-    """The first run's table (with its folds) and every run's binary score per image.
+def load_inputs(run_dirs: Sequence[RunDir | str | Path], table: LesionTable | None = None
+                ) -> StackInputs:
+    """The first run's table (with its folds) and every run's binary score per image;
+    ``table``: that table when the caller holds it already (`RunDir.table` of the first
+    run: notebook 04), so it is not read again.
 
     Every run must be binary, list OOF predictions for every training row of the table,
     and agree with the table on each row's fold (the same grouped folds)."""
@@ -116,7 +120,7 @@ def load_inputs(run_dirs: Sequence[RunDir | str | Path]) -> StackInputs:
     if task.kind != "binary":
         raise ConfigError(f"stack needs binary runs; {dirs[0]} predicts {task.kind} "
                           f"{list(task.classes)}")
-    table = runs[0].table()
+    table = runs[0].table() if table is None else table
     train = table.df[table.df["split"] == "train"].set_index("image_id")
     test_ids = table.df.loc[table.df["split"] == "test", "image_id"]
     scores, used = pd.DataFrame(index=table.df["image_id"]), set()

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .bootstrap import bootstrap_many
 from .errors import DataError
 from .metrics import (
     MetricError,
     MetricFn,
     argmax_labels,
-    bootstrap_many,
     check_task_probs,
     metric_for,
 )

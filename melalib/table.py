@@ -251,9 +251,12 @@ class LesionTable:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> LesionTable:
+    def load(cls, directory: str | Path, task: Task | None = None) -> LesionTable:
+        """The table `save` wrote under ``directory``; ``task``: its `TASK_FILE`'s task when
+        the caller has read it already (a `melalib.runs.RunDir` view), so it is read once."""
         directory = Path(directory)
-        task = Task.from_dict(json.loads((directory / TASK_FILE).read_text()))
+        if task is None:
+            task = Task.from_dict(json.loads((directory / TASK_FILE).read_text()))
         df = pd.read_csv(directory / TABLE_FILE, keep_default_na=True,
                          dtype={"image_id": str, "group_id": str, "label_name": str})
         df["label_name"] = df["label_name"].fillna("")

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .arrays import MetricError, multilabel_inputs
-from .metrics import bootstrap_ci, thresholded_macro_f1, tune_thresholds
+from .bootstrap import bootstrap_ci
+from .metrics import thresholded_macro_f1, tune_thresholds
 from .predictions import probabilities
 from .runs import RunDir
 

@@ -25,9 +25,10 @@ from typing import Any
 
 import pandas as pd
 
+from .bootstrap import evaluate_with_ci
 from .config import RunConfig
 from .errors import ConfigError
-from .metrics import MetricError, evaluate, evaluate_with_ci
+from .metrics import MetricError, evaluate
 from .predictions import probabilities
 from .runs import RunDir
 from .tasks import Task

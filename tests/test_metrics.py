@@ -1,14 +1,12 @@
-"""Metrics against scikit-learn and hand-computed cases; bootstrap CIs; subgroup tables."""
+"""Metrics against scikit-learn and hand-computed cases; subgroup tables."""
 
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
 from sklearn import metrics as skm
 
 from melalib import metrics as M
@@ -20,14 +18,14 @@ from melalib.tasks import HAM7, MELANOMA, MILK11, Task
 SEEDS = (0, 1, 2)
 
 
-def _binary(seed: int, n: int = 300, ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def binary_case(seed: int, n: int = 300, ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     p = np.clip(0.5 + 0.25 * (y - 0.5) + rng.normal(0, 0.2, n), 0, 1)
     return y, (np.round(p, 2) if ties else p)
 
 
-def _multiclass(seed: int, n: int = 400, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def multiclass_case(seed: int, n: int = 400, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
     logits = rng.normal(0, 1, (n, k)) + 1.5 * np.eye(k)[y]
@@ -51,7 +49,7 @@ def _pauc_geometric(y: np.ndarray, p: np.ndarray, min_tpr: float) -> float:
 # ------------------------------------------------------------------------------ binary
 @pytest.mark.parametrize("seed", SEEDS)
 def test_binary_metrics_match_sklearn(seed: int) -> None:
-    y, p = _binary(seed)
+    y, p = binary_case(seed)
     assert M.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
     assert M.pr_auc(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
     assert M.roc_auc(y, p[:, None]) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
@@ -100,7 +98,7 @@ def _isic2024_official(solution: np.ndarray, submission: np.ndarray, min_tpr: fl
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_partial_auc_equals_the_isic2024_kaggle_metric(seed: int) -> None:
-    y, p = _binary(seed)
+    y, p = binary_case(seed)
     p = np.round(p, 2)  # ties
     assert M.partial_auc(y, p) == pytest.approx(_isic2024_official(y, p), abs=1e-12)
     assert M.evaluate(MELANOMA, y, p)["pauc_80"] == pytest.approx(_isic2024_official(y, p),
@@ -128,7 +126,7 @@ def test_threshold_metrics_and_operating_points_by_hand() -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("k", [3, 7])
 def test_multiclass_metrics_match_sklearn(seed: int, k: int) -> None:
-    y, P = _multiclass(seed, k=k)
+    y, P = multiclass_case(seed, k=k)
     pred = P.argmax(axis=1)
     assert M.accuracy(y, P) == pytest.approx(skm.accuracy_score(y, pred))
     assert M.balanced_accuracy(y, P) == pytest.approx(skm.balanced_accuracy_score(y, pred))
@@ -165,7 +163,7 @@ def test_argmax_ties_count_as_wrong() -> None:
 
 
 def test_ovr_auc_skips_absent_class() -> None:
-    y, P = _multiclass(3, k=4)
+    y, P = multiclass_case(3, k=4)
     keep = y != 3
     expected = np.mean([skm.roc_auc_score(y[keep] == c, P[keep, c]) for c in range(3)])
     assert M.ovr_auc_macro(y[keep], P[keep]) == pytest.approx(expected)
@@ -214,7 +212,7 @@ def test_tune_thresholds_maximises_per_class_f1() -> None:
 
 # ------------------------------------------------------------------- evaluate / primary
 def test_evaluate_each_task_kind() -> None:
-    y, p = _binary(0)
+    y, p = binary_case(0)
     out = M.evaluate(MELANOMA, y, p, threshold=0.5)
     assert out["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
     assert out["sensitivity"] == pytest.approx(M.threshold_metrics(y, p, 0.5)["sensitivity"])
@@ -222,13 +220,13 @@ def test_evaluate_each_task_kind() -> None:
     assert {"pauc_80", "youden_threshold", "brier", "ece", "npv"} <= set(out)
     assert M.primary_metric(MELANOMA, y, p) == out["roc_auc"]
 
-    y7, P7 = _multiclass(1, k=7)
+    y7, P7 = multiclass_case(1, k=7)
     out7 = M.evaluate(HAM7, y7, P7)
     assert out7["balanced_accuracy"] == pytest.approx(
         skm.balanced_accuracy_score(y7, P7.argmax(1)))
     assert M.primary_metric(HAM7, y7, P7) == out7["balanced_accuracy"]
 
-    y11, P11 = _multiclass(2, k=11)
+    y11, P11 = multiclass_case(2, k=11)
     out11 = M.evaluate(MILK11, y11, P11)
     assert out11["thresholded_macro_f1"] == M.primary_metric(MILK11, y11, P11)
     assert out11["thresholded_macro_f1"] == pytest.approx(skm.f1_score(
@@ -237,7 +235,7 @@ def test_evaluate_each_task_kind() -> None:
 
 
 def test_primary_metric_dispatches_roc_auc_to_ovr() -> None:
-    y, P = _multiclass(0, k=3)
+    y, P = multiclass_case(0, k=3)
     task = Task("t", "multiclass", ("a", "b", "c"), "roc_auc")
     assert M.primary_metric(task, y, P) == pytest.approx(
         skm.roc_auc_score(y, P, multi_class="ovr"))
@@ -267,121 +265,12 @@ def test_primary_metric_dispatches_roc_auc_to_ovr() -> None:
     (lambda: M.thresholded_macro_f1([[0, 2], [1, 0]], [[0.2, 0.8], [0.6, 0.4]]),
      "a 2-D y_true must hold 0/1 only"),
     (lambda: M.partial_auc([0, 1], [0.2, 0.7], min_tpr=1.2), "min_tpr must be in [0, 1)"),
-    (lambda: M.bootstrap_ci(M.roc_auc, [0, 1, 0, 1], [0.1, 0.8, 0.3, 0.6], groups=[1, 2, 3]),
-     "bootstrap: groups has 3 rows but y_true has 4"),
     (lambda: M.metric_for(HAM7, "pauc_80"), "pauc_80 is a binary metric"),
 ])
 def test_validation_messages(call, message: str) -> None:
     with pytest.raises(MetricError, match=re.escape(message)) as info:
         call()
     assert isinstance(info.value, MelalibError) and isinstance(info.value, ValueError)
-
-
-# --------------------------------------------------------------------------- bootstrap
-def _expanded(fn, y, probs, counts):
-    rows = np.arange(len(y))
-    out = []
-    for c in counts:
-        idx = np.repeat(rows, c)
-        try:
-            out.append(fn(np.asarray(y)[idx], np.asarray(probs)[idx]))
-        except MetricError:
-            out.append(np.nan)
-    return np.array(out, dtype=float)
-
-
-def test_vectorised_replicates_equal_the_metric_on_resampled_rows() -> None:
-    y, p = _binary(5, n=120)
-    groups = np.arange(120) // 3
-    counts = next(M.Resampler(y, groups).chunks(25, seed=1))
-    binary_fns = [M.roc_auc, M.pr_auc, M.partial_auc, M.metric_for(MELANOMA, "sensitivity", 0.6),
-                  M.metric_for(MELANOMA, "specificity", 0.4)]
-    yk, P = _multiclass(6, n=150, k=4)
-    P[:10] = 0.25  # all-way ties
-    counts_k = next(M.Resampler(yk, stratify=False).chunks(25, seed=2))
-    multi_fns = [M.accuracy, M.balanced_accuracy, M.macro_f1, M.weighted_f1, M.ovr_auc_macro]
-    Y = np.eye(4, dtype=int)[yk]
-    ml_fns = [M.metric_for(MILK11, "thresholded_macro_f1", 0.3), M.ovr_auc_macro]
-    cases = ([(f, y, p, counts) for f in binary_fns] + [(f, yk, P, counts_k) for f in multi_fns]
-             + [(f, Y, P, counts_k) for f in ml_fns])
-    for fn, yy, pp, cc in cases:
-        batched = M.batched_metric(fn)
-        assert batched is not None, fn
-        np.testing.assert_allclose(batched(yy, pp, cc), _expanded(fn, yy, pp, cc), atol=1e-12,
-                                   err_msg=str(fn))
-
-
-def test_bootstrap_ci_coverage_binormal() -> None:
-    d, n, reps = 1.0, 200, 200
-    true_auc = norm.cdf(d / np.sqrt(2))
-    rng = np.random.default_rng(1)
-    covered = 0
-    for r in range(reps):
-        y = np.r_[np.ones(n // 2, int), np.zeros(n // 2, int)]
-        s = np.r_[rng.normal(d, 1, n // 2), rng.normal(0, 1, n // 2)]
-        res = M.bootstrap_ci(M.roc_auc, y, 1 / (1 + np.exp(-s)), n_boot=200, seed=r)
-        assert res["n_boot_ok"] == 200 and res["low"] <= res["estimate"] <= res["high"]
-        covered += res["low"] <= true_auc <= res["high"]
-    assert 0.85 <= covered / reps <= 0.99
-
-
-def test_group_bootstrap_is_wider_for_clustered_data() -> None:
-    rng = np.random.default_rng(0)
-    g_label = np.r_[np.ones(20, int), np.zeros(20, int)]
-    g_score = 1 / (1 + np.exp(-(rng.normal(0, 1, 40) + 0.8 * g_label)))
-    groups = np.repeat(np.arange(40), 10)  # each group's 10 rows identical
-    y, p = g_label[groups], g_score[groups]
-    by_group = M.bootstrap_ci(M.roc_auc, y, p, groups=groups, n_boot=400)
-    by_row = M.bootstrap_ci(M.roc_auc, y, p, groups=None, n_boot=400)
-    assert by_group["estimate"] == by_row["estimate"]
-    assert (by_group["high"] - by_group["low"]) > 1.5 * (by_row["high"] - by_row["low"])
-
-
-def test_stratified_bootstrap_keeps_both_classes_and_skips_undefined() -> None:
-    y = np.r_[1, np.zeros(49, int)]
-    p = np.linspace(0.01, 0.99, 50)
-    strat = M.bootstrap_ci(M.roc_auc, y, p, n_boot=300, stratify=True)
-    assert strat["n_boot_ok"] == 300
-    plain = M.bootstrap_ci(M.roc_auc, y, p, n_boot=300, stratify=False)
-    # P(the single positive is never drawn) = (49/50)^50 ~ 0.36: those replicates are skipped
-    assert 0.5 * 300 < plain["n_boot_ok"] < 0.8 * 300
-    gen = M.bootstrap_ci(lambda a, b: M.roc_auc(a, b), y, p, n_boot=300, stratify=False)
-    assert gen["n_boot_ok"] == plain["n_boot_ok"] and gen["low"] == pytest.approx(plain["low"])
-
-
-def test_group_resampling_takes_whole_groups_and_keeps_strata() -> None:
-    y = np.array([1, 1, 0, 0, 0, 0, 1, 0])
-    groups = np.array(["a", "a", "b", "b", "c", "d", "e", "e"])
-    sampler = M.Resampler(y, groups)
-    for counts in sampler.chunks(50, seed=3):
-        for row in counts:
-            per_group = {g: set(row[groups == g]) for g in set(groups)}
-            assert all(len(v) == 1 for v in per_group.values())  # all rows of a group alike
-            # groups with a positive (a, e) are drawn twice in all, negatives (b, c, d) thrice
-            assert row[0] + row[6] == 2 and row[2] + row[4] + row[5] == 3
-
-
-def test_bootstrap_auc_is_fast() -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 10_000)
-    p = rng.random(10_000)
-    start = time.perf_counter()
-    res = M.bootstrap_ci(M.roc_auc, y, p, groups=rng.integers(0, 3000, 10_000), n_boot=1000)
-    assert time.perf_counter() - start < 10.0
-    assert res["n_boot_ok"] == 1000 and res["low"] < 0.5 < res["high"]
-
-
-def test_evaluate_with_ci_table() -> None:
-    y, P = _multiclass(4, n=300, k=7)
-    groups = np.arange(300) // 2
-    table = M.evaluate_with_ci(HAM7, y, P, groups, n_boot=100)
-    assert list(table.columns[:4]) == ["metric", "estimate", "low", "high"]
-    assert set(table["metric"]) == {"accuracy", "balanced_accuracy", "macro_f1", "ovr_auc_macro"}
-    est = table.set_index("metric")["estimate"]
-    assert est["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, P.argmax(1)))
-    assert (table["low"] <= table["estimate"]).all() and (table["estimate"] <= table["high"]).all()
-    again = M.evaluate_with_ci(HAM7, y, P, groups, n_boot=100)
-    pd.testing.assert_frame_equal(table, again)  # deterministic for a seed
 
 
 # --------------------------------------------------------------------------- subgroups

@@ -159,7 +159,8 @@ def test_layout_text_is_the_documented_layout(repo_root: Path) -> None:
 
 def test_provenance_and_task_are_read_once_per_view(tiny_run: RunDir, monkeypatch) -> None:
     """`RunDir.info` reads run.json once per view (a copy each time), `RunDir.task` the
-    stored task once (notebook 04 asks each run for it many times)."""
+    stored task once (notebook 04 asks each run for it many times), and `RunDir.table`
+    takes the view's task instead of reading task.json again."""
     view, expected = RunDir.read(tiny_run.path), tiny_run.task
     reads = []
     original = Path.read_text
@@ -175,9 +176,8 @@ def test_provenance_and_task_are_read_once_per_view(tiny_run: RunDir, monkeypatc
     assert view.info()["seed"] == tiny_run.cfg.train.seed and view.table_root()
     view.table()
     assert reads.count("run.json") == 1
-    reads.clear()
     assert view.task == view.task == expected
-    assert reads == ["task.json"]
+    assert reads.count("task.json") == 1  # by table(), for the view: task reads no more
 
 
 def test_stack_evaluate_and_runs_share_one_provenance_record(tiny_run: RunDir,
@@ -190,3 +190,25 @@ def test_stack_evaluate_and_runs_share_one_provenance_record(tiny_run: RunDir,
     written = write_provenance(tmp_path, kind="stack", inputs=["a"])
     assert set(RunDir(tmp_path, None).info()) == keys | {"kind", "inputs"}
     assert written == RunDir(tmp_path, None).file("provenance")
+
+
+def test_a_view_reads_its_task_once(tmp_path: Path) -> None:
+    """`RunDir.table` takes the task the view has read (notebook 04 reads each run's
+    task.json once): a task.json spoilt after the first read is not read again."""
+    from melalib.table import TASK_FILE, LesionTable
+    from melalib.tasks import MELANOMA
+
+    df = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "image_path": ["/x/a.jpg"] * 4,
+                       "group_id": ["p0", "p0", "p1", "p2"], "label": [0, 1, 0, 1],
+                       "label_name": ["benign", "melanoma", "benign", "melanoma"],
+                       "age": [40.0, 50.0, np.nan, 60.0], "sex": "male", "site": "torso",
+                       "source": "toy", "split": "train"})
+    view = RunDir(tmp_path / "run", None)
+    LesionTable(df, MELANOMA, "toy.csv").validate().save(view.table_dir())
+    assert view.task == MELANOMA
+    (view.table_dir() / TASK_FILE).write_text("spoilt")
+    table = view.table()
+    assert table.task == MELANOMA and table.df["image_id"].tolist() == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError):  # a fresh load reads the file
+        LesionTable.load(view.table_dir())
+    assert LesionTable.load(view.table_dir(), task=MELANOMA).task == MELANOMA
