@@ -467,7 +467,7 @@ def test_04_and_05_use_one_stated_operating_point() -> None:
     assert "metrics.evaluate(task, y, p, threshold=point.threshold)" in code
     assert "name=blended.label" in code and "evaluated=blended.label" in code
     assert code.count("threshold=point") >= 4
-    assert _calls("05_gradcam.ipynb").count("threshold=point") == 5
+    assert _calls("05_gradcam.ipynb").count("threshold=point") == 6  # fn, fp, tp, pairs, masks, errors
 
 
 def test_cam_captions_show_one_quantity() -> None:
