@@ -2,7 +2,7 @@
 clinic's (issue 21, point 2)? Candidate scores side by side, on one fold's model.
 
     OMP_NUM_THREADS=1 python benchmarks/shift_scores.py outputs/ext/ham_base --fold 0 \\
-        --cache /tmp/melalib-shift/ham_base_fold0.npz
+        --cache /tmp/melalib-shift/ham_base_fold0.npz --controls /tmp/melalib-shift/controls
 
 One pass of the fold's best model (`inference.load_member`, the run's own preprocessing, one
 view, no TTA) over three sets of images, cached in ``--cache`` (never in the repository):
@@ -29,15 +29,24 @@ reported on both halves, and the winner's half-B AUROC is the headline. Flagged:
 external images above the candidate's OOF 95th percentile. For the winner and melalib's own
 score (`shift.fit_stats` on the `shift.style_layer` stage, what training stores): the error rates of flagged and unflagged
 external images of the classes both tasks define (`classmap`; one view, fold model only).
+
+Controls (``--controls FOLDER``: images re-stored there, outside the repository): two shared
+datasets can differ in how their files were made as much as in their clinics. The OOF images
+are stored again at the external images' most common size and JPEG quality (a storage-only
+shift of in-domain lesions: a clinic detector stays near 0.5 here), and the external images at
+the training images' (the clinic without its storage: a clinic detector stays high); each is
+scored against the OOF images (the second on half B).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +54,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -153,8 +164,8 @@ def build_cache(args: argparse.Namespace) -> dict[str, np.ndarray]:
                         args.batch_size)
         print(f"extracted {name}: {len(df)} images in {time.perf_counter() - started:.0f} s")
         out.update({f"{name}/{k}": v for k, v in feats.items()})
-        out[f"{name}/image_id"] = df["image_id"].astype(str).to_numpy()
-        out[f"{name}/group_id"] = df["group_id"].astype(str).to_numpy()
+        out[f"{name}/image_id"] = np.asarray(df["image_id"], dtype=str)
+        out[f"{name}/group_id"] = np.asarray(df["group_id"], dtype=str)
         out[f"{name}/label"] = df["label"].to_numpy(dtype=np.int64)
     try:  # the external labels in the model's classes (-1: a class it does not define)
         mapping = class_mapping(task, ext.task)
@@ -170,6 +181,76 @@ def build_cache(args: argparse.Namespace) -> dict[str, np.ndarray]:
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.cache, **out)
     return out
+
+
+# ----------------------------------------------------------------------------- controls
+def _quality_tables() -> dict[int, float]:
+    """PIL's JPEG quality -> mean of its luminance quantisation table."""
+    out = {}
+    for quality in range(1, 101):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(buf, "JPEG", quality=quality)
+        out[quality] = float(np.mean(Image.open(buf).quantization[0]))
+    return out
+
+
+def storage(paths: list[str], n: int = 100) -> tuple[tuple[int, int], int]:
+    """The most common pixel size and (PIL-equivalent) JPEG quality of ``paths``' images."""
+    tables = _quality_tables()
+    sizes: Counter[tuple[int, int]] = Counter()
+    qualities: Counter[int] = Counter()
+    for path in paths[:n]:
+        with Image.open(path) as im:
+            sizes[im.size] += 1
+            mean = float(np.mean(im.quantization[0])) if hasattr(im, "quantization") else 0
+            qualities[min(tables, key=lambda q: abs(tables[q] - mean))] += 1
+    return sizes.most_common(1)[0][0], qualities.most_common(1)[0][0]
+
+
+def restored(df: pd.DataFrame, folder: Path, size: tuple[int, int], quality: int
+             ) -> pd.DataFrame:
+    """``df`` with its images stored again at ``size`` (Lanczos) and JPEG ``quality``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, path in enumerate(df["image_path"]):
+        target = folder / f"{i:06d}_{Path(path).stem}.jpg"
+        if not target.is_file():
+            with Image.open(path) as im:
+                im.convert("RGB").resize(size, Image.LANCZOS).save(target, "JPEG",
+                                                                   quality=quality)
+        paths.append(str(target))
+    return df.assign(image_path=paths)
+
+
+def add_controls(args: argparse.Namespace, data: dict[str, np.ndarray]) -> None:
+    """Two control sets, added to the cache: the OOF images stored as the external ones are
+    (size, JPEG quality: a storage-only shift of in-domain lesions) and the external images
+    stored as the training ones are (the clinic without its storage)."""
+    run = RunDir.read(args.run)
+    member, task = load_member(run.checkpoint(args.fold, "best"), torch.device("cpu"),
+                               config=run.cfg)
+    table = run.table()
+    fd = fold_data(run.cfg, table, args.fold)
+    ext, ext_df = external_rows(args, run, fd.val_df, table)
+    for name, df in (("oof", fd.val_df), ("ext", ext_df)):
+        assert list(np.asarray(df["image_id"], dtype=str)) == list(data[f"{name}/image_id"])
+    train_store = storage(list(fd.train_df["image_path"]))
+    ext_store = storage(list(ext_df["image_path"]))
+    print(f"storage: training images {train_store}, external images {ext_store} "
+          "((width, height), JPEG quality)")
+    folder = Path(args.controls)
+    for name, tab, df, (size, quality) in (
+            ("oof_as_ext", table, fd.val_df, ext_store),
+            ("ext_as_train", ext, ext_df, train_store)):
+        started = time.perf_counter()
+        df = restored(df.reset_index(drop=True), folder / name, size, quality)
+        feats = extract(member, task, LesionTable(df, tab.task, origin=tab.origin), df,
+                        args.batch_size)
+        print(f"extracted {name}: {len(df)} images in {time.perf_counter() - started:.0f} s")
+        data.update({f"{name}/{k}": v for k, v in feats.items()})
+    data["controls_storage"] = np.asarray([*train_store[0], train_store[1],
+                                           *ext_store[0], ext_store[1]], dtype=np.int64)
+    np.savez(args.cache, **data)
 
 
 def load_cache(path: str) -> dict[str, np.ndarray]:
@@ -265,6 +346,12 @@ def halves(groups: np.ndarray, seed: int) -> np.ndarray:
     return np.array([g in chosen for g in groups])
 
 
+def auroc(in_domain: np.ndarray, external: np.ndarray) -> float:
+    """AUROC of a score (higher: more shifted) telling external rows from in-domain ones."""
+    y = np.r_[np.zeros(len(in_domain)), np.ones(len(external))]
+    return float(roc_auc_score(y, np.r_[in_domain, external]))
+
+
 def evaluate(name: str, key: str, scorer: Scorer, data: dict[str, np.ndarray],
              half_a: np.ndarray) -> dict[str, Any]:
     oof = scorer(features(data, "oof", key))
@@ -272,10 +359,20 @@ def evaluate(name: str, key: str, scorer: Scorer, data: dict[str, np.ndarray],
     threshold = float(np.quantile(oof, shift.FLAG_QUANTILE))
     row: dict[str, Any] = {"score": name}
     for label, mask in (("A", half_a), ("B", ~half_a)):
-        row[f"auroc_{label}"] = shift.separation(oof - oof.min(), ext[mask] - oof.min())
+        row[f"auroc_{label}"] = auroc(oof, ext[mask])
         row[f"flagged_{label}"] = float(np.mean(ext[mask] > threshold))
+    controls(row, lambda split: scorer(features(data, split, key)), oof, data, half_a)
     row["_ext"], row["_threshold"] = ext, threshold
     return row
+
+
+def controls(row: dict[str, Any], score: Callable[[str], np.ndarray], oof: np.ndarray,
+             data: dict[str, np.ndarray], half_a: np.ndarray) -> None:
+    """AUROC of OOF vs the OOF images re-stored as the external ones (storage only) and vs
+    half B of the external images re-stored as the training ones (clinic only)."""
+    if "oof_as_ext/pooled" in data:
+        row["auroc_storage_only"] = auroc(oof, score("oof_as_ext"))
+        row["auroc_B_clinic_only"] = auroc(oof, score("ext_as_train")[~half_a])
 
 
 def error_rates(data: dict[str, np.ndarray], ext_scores: np.ndarray, threshold: float,
@@ -304,8 +401,9 @@ def melalib_row(data: dict[str, np.ndarray], half_a: np.ndarray) -> dict[str, An
     oof, ext = stats.score(data[f"oof/{key}"]), stats.score(data[f"ext/{key}"])
     row: dict[str, Any] = {"score": f"melalib `shift` ({stats.kind}, {layer or 'pooled'})"}
     for label, mask in (("A", half_a), ("B", ~half_a)):
-        row[f"auroc_{label}"] = shift.separation(oof, ext[mask])
+        row[f"auroc_{label}"] = auroc(oof, ext[mask])
         row[f"flagged_{label}"] = float(np.mean(ext[mask] > 1.0))
+    controls(row, lambda split: stats.score(data[f"{split}/{key}"]), oof, data, half_a)
     row["_ext"], row["_threshold"] = ext, 1.0
     return row
 
@@ -315,12 +413,18 @@ def _pct(v: float) -> str:
 
 
 def render(rows: list[dict[str, Any]], winner: str) -> list[str]:
-    lines = ["| score | AUROC half A (selection) | AUROC half B | flagged A | flagged B |",
-             "|---|---|---|---|---|"]
+    with_controls = "auroc_storage_only" in rows[0]
+    head = "| score | AUROC half A (selection) | AUROC half B | flagged A | flagged B |"
+    lines = [head + (" control: OOF re-stored as external | control: B re-stored as "
+                     "training |" if with_controls else ""),
+             "|---|---|---|---|---|" + ("---|---|" if with_controls else "")]
     for r in rows:
         mark = " **(chosen on A)**" if r["score"] == winner else ""
-        lines.append(f"| {r['score']}{mark} | {r['auroc_A']:.3f} | {r['auroc_B']:.3f} | "
-                     f"{_pct(r['flagged_A'])} | {_pct(r['flagged_B'])} |")
+        line = (f"| {r['score']}{mark} | {r['auroc_A']:.3f} | {r['auroc_B']:.3f} | "
+                f"{_pct(r['flagged_A'])} | {_pct(r['flagged_B'])} |")
+        if with_controls:
+            line += f" {r['auroc_storage_only']:.3f} | {r['auroc_B_clinic_only']:.3f} |"
+        lines.append(line)
     return lines
 
 
@@ -338,6 +442,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--controls", default="", help="also score two control sets, their "
+                   "images re-stored under this folder (outside the repository): the OOF "
+                   "images at the external images' size and JPEG quality, the external "
+                   "images at the training images'")
     p.add_argument("--out", default="", help="JSON file for the table and the command")
     return p.parse_args(argv)
 
@@ -347,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     data = load_cache(args.cache) if Path(args.cache).is_file() else build_cache(args)
+    if args.controls and "oof_as_ext/pooled" not in data:
+        add_controls(args, data)
     extracted = time.perf_counter() - started
     half_a = halves(data["ext/group_id"], args.seed)
     print(f"in-domain OOF {len(data['oof/label'])}, training sample {len(data['train/label'])}"
