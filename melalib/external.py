@@ -37,7 +37,7 @@ from .io import write_csv, write_json
 from .metrics import confusion, evaluate, per_class_report
 from .predictions import predicted_labels, prediction_frame
 from .runs import RunDir, write_provenance, write_report_folder
-from .shift import FLAG, SCORE, separation
+from .shift import FLAG, SCORE, oof_scores, separation
 from .shift import summary as shift_summary
 from .subgroups import DEFAULT_BY, subgroup_metrics
 from .table import LesionTable
@@ -228,11 +228,11 @@ def scored_summary(mapping: ClassMapping, table: LesionTable, dropped: dict[str,
 
 
 def _oof_shift(predictor: Predictor) -> np.ndarray | None:
-    """The run's out-of-fold image-shift scores (in-domain), when its OOF files hold them."""
+    """The run's out-of-fold image-shift scores (in-domain, `shift.oof_scores`), when it
+    stores them."""
     if predictor.run is None or not predictor.run.done_folds():
         return None
-    oof = predictor.run.oof_by_fold()
-    return oof[SCORE].dropna().to_numpy() if SCORE in oof.columns else None
+    return oof_scores(predictor.run)
 
 
 def _as_2d(probs: np.ndarray) -> np.ndarray:

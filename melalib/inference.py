@@ -175,7 +175,9 @@ class Predictor:
             ordered[index] = probs
             total += ordered
             if self.scores_shift:
-                shift += member.shift.score(image_features(member.model, loader, self.device))
+                shift += member.shift.score(image_features(
+                    member.model, loader, self.device, member.cfg.train.channels_last,
+                    member.shift.layer))
         out = output_frame(df["image_id"].to_numpy(), self.task, total / len(self.members))
         self.last_shift = None
         if self.scores_shift and len(df):
