@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 def render_section(path: Path, *variants: Path) -> list[str]:
     """The results.md section from the JSON this script writes (nothing when absent), then
     the side-by-side table of each ``variants`` JSON (the same runs measured otherwise,
-    e.g. ``--layer finer``) under its command."""
+    e.g. ``--layer finer``, or other runs of the recipe) under its command."""
     if not path.is_file():
         return []
     recorded = json.loads(path.read_text())
@@ -228,8 +228,10 @@ def render_section(path: Path, *variants: Path) -> list[str]:
     lines += [render(results), ""]
     for variant in (v for v in variants if v.is_file()):
         other = json.loads(variant.read_text())
-        lines += [f"The same images measured by `{other['command']}` (commit "
-                  f"`{other['git_commit'][:10]}`):", "", compare(other["results"]), ""]
+        lines += [f"Also measured, by `{other['command']}` (commit "
+                  f"`{other['git_commit'][:10]}`; the runs, fold and images per class it "
+                  "names, each run trained like the rows above with its own option):", "",
+                  compare(other["results"]), ""]
     return lines
 
 

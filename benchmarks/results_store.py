@@ -28,7 +28,8 @@ SYNTHETIC_JSON = DOCS / "results_synthetic.json"  # benchmarks/synthetic_results
 STACK_JSON = DOCS / "results_stack.json"  # benchmarks/stack_results.py
 EXTERNAL_JSON = DOCS / "results_external.json"  # benchmarks/external_results.py
 EXPLAIN_JSONS = (DOCS / "results_explain.json",  # benchmarks/explain_results.py
-                 DOCS / "results_explain_finer.json")
+                 DOCS / "results_explain_finer.json",  # the same runs, --layer finer
+                 DOCS / "results_explain_field.json")  # the recipe vs field_mask=ellipse
 
 Render = Callable[[dict[str, Any]], str]
 
