@@ -2,7 +2,7 @@
 clinic's (issue 21, point 2)? Candidate scores side by side, on one fold's model.
 
     OMP_NUM_THREADS=1 python benchmarks/shift_scores.py outputs/ext/ham_base --fold 0 \\
-        --cache /tmp/melalib-shift/ham_base_fold0.npz --controls /tmp/melalib-shift/controls
+        --cache outputs/shift/ham_base_fold0.npz --controls outputs/shift/controls
 
 One pass of the fold's best model (`inference.load_member`, the run's own preprocessing, one
 view, no TTA) over three sets of images, cached in ``--cache`` (never in the repository):
