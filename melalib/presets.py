@@ -18,10 +18,14 @@ _LITE0_PRETRAINED: dict[str, Any] = dict(_LITE0, pretrained=True, freeze_epochs=
 #: clinical and dermoscopic branches), metadata + MONET scores + skin tone (the default
 #: feature set), lesions whose pair is absent left out (a partial download). Chosen on fold 0
 #: (paired, 128 px; thresholded macro F1 with TTA 2): bce with sqrt pos_weight 0.404 at 4
-#: epochs against 0.289 with balanced pos_weight; 8 epochs 0.448 (1 frozen + 7).
+#: epochs against 0.289 with balanced pos_weight; 8 epochs 0.448 (1 frozen + 7). NHWC memory
+#: format: x1.62 training images/s for Lite0 128 px fp32 on 2 CPU cores, measured side by
+#: side with `python benchmarks/train_bench.py --backbones tf_efficientnet_lite0 --sizes 128
+#: --precisions fp32` (docs/benchmarks.md).
 _MILK_LITE0: dict[str, Any] = dict(
     _LITE0_PRETRAINED, dataset="milk10k", dual_image=True, shared_backbone=False,
-    missing_images="drop", loss="bce", class_weighting="sqrt", epochs=8, tta=2)
+    missing_images="drop", loss="bce", class_weighting="sqrt", epochs=8, tta=2,
+    channels_last=True)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The synthetic default the demo and notebooks use: about 2 minutes on 2 idle CPU cores
