@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from real_experiments import EXPERIMENTS
-from results_store import EXPLAIN_JSONS, EXTERNAL_JSON, STACK_JSON, SYNTHETIC_JSON, read_optional
+from results_store import (
+    EXPLAIN_JSONS,
+    EXTERNAL_JSON,
+    MILK_JSON,
+    STACK_JSON,
+    SYNTHETIC_JSON,
+    read_optional,
+)
 
 
 def paragraph(text: str) -> str:
@@ -810,6 +818,7 @@ def sibling_section(script: str, *recorded: Path) -> list[str]:
         f"{script}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(script, module)  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
     return module.render_section(*recorded)
 
@@ -832,5 +841,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += render_stack(results, read_optional(STACK_JSON))
     lines += sibling_section("external_results", EXTERNAL_JSON)
     lines += sibling_section("explain_results", *EXPLAIN_JSONS)
+    lines += sibling_section("milk10k_results", MILK_JSON)
     lines += ["## Reproducing", "", REPRODUCING, ""]
     return "\n".join(lines)

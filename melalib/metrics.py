@@ -301,14 +301,21 @@ def _binary_f1_columns(Y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return f1_scores(tp, pred.sum(axis=0) + Y.sum(axis=0))
 
 
+def thresholded_f1_per_class(y_true: Any, probs: Any,
+                             thresholds: float | Sequence[float] = 0.5) -> np.ndarray:
+    """Each class's F1 with the class positive where ``p > threshold`` (per class): the K
+    values `thresholded_macro_f1` averages (a class never true nor predicted scores 0)."""
+    Y, P = multilabel_inputs(y_true, probs, "thresholded_f1_per_class")
+    t = threshold_vector(thresholds, P.shape[1], "thresholded_f1_per_class")
+    return _binary_f1_columns(Y, np.greater(P, t))
+
+
 def thresholded_macro_f1(y_true: Any, probs: Any, thresholds: float | Sequence[float] = 0.5
                          ) -> float:
     """MILK10k challenge metric: each class positive where ``p > threshold`` (per class),
     F1 per class, unweighted mean over all K classes (a class never true nor predicted
     scores 0, as scikit-learn's ``f1_score(average='macro')`` on the 0/1 matrix)."""
-    Y, P = multilabel_inputs(y_true, probs, "thresholded_macro_f1")
-    t = threshold_vector(thresholds, P.shape[1], "thresholded_macro_f1")
-    return float(np.mean(_binary_f1_columns(Y, np.greater(P, t))))
+    return float(np.mean(thresholded_f1_per_class(y_true, probs, thresholds)))
 
 
 def tune_thresholds(y_true: Any, probs: Any, grid: Sequence[float] | None = None) -> np.ndarray:

@@ -195,6 +195,8 @@ def test_thresholded_macro_f1_matches_sklearn(seed: int) -> None:
     t = rng.uniform(0.3, 0.7, 6)
     expected = skm.f1_score(np.eye(6, dtype=int)[y], probs > t, average="macro", zero_division=0)
     assert M.thresholded_macro_f1(y, probs, t) == pytest.approx(expected)
+    per_class = skm.f1_score(np.eye(6, dtype=int)[y], probs > t, average=None, zero_division=0)
+    np.testing.assert_allclose(M.thresholded_f1_per_class(y, probs, t), per_class)
 
 
 def test_tune_thresholds_maximises_per_class_f1() -> None:
