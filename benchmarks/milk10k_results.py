@@ -24,6 +24,7 @@ replicates). A row with fewer than 5 finished folds is shown as such, never as 5
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -186,6 +187,7 @@ def measure_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         res["command"] = (meta_command(args) if row.preset == META_PRESET else
                           train_command(row, args.data_dir, args.runs, sets))
         res["fold_walls"] = fold_walls(walls, row.key)
+        res["git_commit"] = git_commit()
         results.append(res)
     return results
 
@@ -208,9 +210,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a config override applied to every row alike")
     p.add_argument("--walls", default=None, help="the training queue's wall-time log")
     p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--out", default=None, help="JSON file to write")
+    p.add_argument("--out", default=None,
+                   help="JSON file to write; rows it holds that this call does not measure "
+                        "are kept (rows measured at different times share one table)")
     p.add_argument("--commands", action="store_true", help="print each row's training command")
     return p.parse_args(argv)
+
+
+def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``out``'s recorded rows, replaced by ``results``' rows of the same key, in `ROWS`
+    order."""
+    old = json.loads(out.read_text())["results"] if out.is_file() else []
+    by = {r["key"]: r for r in old} | {r["key"]: r for r in results}
+    return [by[k] for k in ROW_KEYS if k in by]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         command = "python benchmarks/milk10k_results.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)
+        results = merged(Path(args.out), results)
         write_json(Path(args.out), {"command": command, "git_commit": git_commit(),
                                     "n_boot": args.n_boot,
                                     "goal_thresholded_macro_f1": GOAL_F1, "results": results})
@@ -363,8 +376,6 @@ def render_section(path: Path) -> list[str]:
     """The results.md section from the JSON this script writes (nothing when absent)."""
     if not path.is_file():
         return []
-    import json
-
     recorded = json.loads(path.read_text())
     results = recorded["results"]
     commands = [f"- {r['key']}: `{r['command']}`" for r in results]

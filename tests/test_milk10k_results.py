@@ -103,6 +103,17 @@ def test_a_run_of_another_recipe_is_refused(measured) -> None:
         script.main(other)
 
 
+def test_rows_measured_later_join_the_recorded_ones(measured, tmp_path: Path) -> None:
+    script, recorded = measured["script"], measured["json"]
+    out = tmp_path / "milk.json"
+    out.write_text(json.dumps({**recorded, "results": [
+        {**r, "key": "clin", "inputs": "an earlier clinical row"} for r in recorded["results"][:1]]}))
+    assert script.main([*measured["args"], "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["key"] for r in rows] == ["meta", "derm", "clin", "dual_meta"]
+    assert rows[2]["inputs"] == "an earlier clinical row"
+
+
 def test_section_renders_the_table_and_says_the_goal(measured) -> None:
     text = "\n".join(measured["script"].render_section(measured["path"]))
     assert "## 8. MILK10k on real image pairs" in text
