@@ -452,6 +452,13 @@ class OperatingPoint:
         """The predicted labels at this operating point (`predictions.predicted_labels`)."""
         return predicted_labels(task, np.asarray(probs), self.threshold)
 
+    @classmethod
+    def of(cls, threshold: float | OperatingPoint) -> OperatingPoint:
+        """``threshold`` itself when it is an operating point, else P >= that number."""
+        if isinstance(threshold, OperatingPoint):
+            return threshold
+        return cls(float(threshold), f"called positive at P >= {float(threshold):.3g}")
+
 
 def operating_point(task: Any, oof: pd.DataFrame,
                     sensitivity: float = OPERATING_SENSITIVITY) -> OperatingPoint:
@@ -500,8 +507,7 @@ def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
     `OperatingPoint`, or a number on P(positive)) (`explain_errors`; metadata held fixed),
     as a `melalib.plots.cam_grid` figure whose heading states the threshold, the class
     explained and what the numbers are. A note and no figure when there is no such case."""
-    point = threshold if isinstance(threshold, OperatingPoint) else OperatingPoint(
-        float(threshold), f"called positive at P >= {float(threshold):.3g}")
+    point = OperatingPoint.of(threshold)
     errors, images, cams = explain.explain_errors(run_dir, kind=kind, top=top, method=method,
                                                   threshold=point.threshold, device=device)
     if errors.empty:
@@ -547,8 +553,7 @@ def show_pair_cams(run_dir: str | os.PathLike[str], kind: str = "tp", top: int =
     `melalib.plots.cam_grid` figure: first image | map | second image | map, each captioned
     with its view, the true class and the explained class with its probability. A note and
     no figure for a single-image run or when there is no such case."""
-    point = threshold if isinstance(threshold, OperatingPoint) else OperatingPoint(
-        float(threshold), f"called positive at P >= {float(threshold):.3g}")
+    point = OperatingPoint.of(threshold)
     run = RunDir.read(run_dir)
     if len(explain.branch_views(run.load_config())) != 2:
         note(f"{run.path.name} is a single-image run: there is no image pair to explain.")
@@ -608,8 +613,7 @@ def show_masked_cams(run_dir: str | os.PathLike[str], masks: str | os.PathLike[s
              "-p masks ../shared/data/ham10000/masks_200x150")
         return pd.DataFrame(), pd.DataFrame(), None
     source = MaskSource(folder, pattern) if folder else None
-    point = threshold if isinstance(threshold, OperatingPoint) else OperatingPoint(
-        float(threshold), f"called positive at P >= {float(threshold):.3g}")
+    point = OperatingPoint.of(threshold)
     rows = explain.select_rows(run, kind=kind, top=top, threshold=point.threshold)
     if rows.empty:
         note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
