@@ -155,6 +155,7 @@ def measure(run_dir: Path, n_boot: int) -> dict[str, Any]:
         out["per_class_f1_nested"] = thresholded_f1_per_class(y, tuned).tolist()
     flat = run.cfg.to_flat()
     out["config"] = {k: flat[k] for k in RECIPE}
+    out["trained_commit"] = (run.info() or {}).get("git_commit")
     history = run.history()
     out["train_seconds"] = round(float(history["seconds"].sum()), 1)
     out["best_epoch"] = [int(run.metrics(k).get("best_epoch", -1)) for k in run.done_folds()]
@@ -358,7 +359,8 @@ INTRO = ("Lesion-grouped {n_folds}-fold CV on the MILK10k lesions whose clinical
          "(`melalib.thresholds`), so no fold's labels reach its own thresholds. CIs: {n_boot:,} "
          "bootstrap replicates resampling lesions. Per-class table: F1 at 0.5, nested-tuned "
          "in brackets; wall: the training queue's time per fold (training, TTA out-of-fold "
-         "and test predictions, the image-shift statistics).")
+         "and test predictions, the image-shift statistics), one fold after another on the "
+         "shared 2-core CPU, other work running beside it at times.")
 
 
 def intro(recorded: dict[str, Any]) -> str:
@@ -378,7 +380,12 @@ def render_section(path: Path) -> list[str]:
         return []
     recorded = json.loads(path.read_text())
     results = recorded["results"]
-    commands = [f"- {r['key']}: `{r['command']}`" for r in results]
+    commands = [f"- {r['key']}: `{r['command']}`" + (
+        f" (melalib at commit `{r['trained_commit'][:10]}`)" if r.get("trained_commit") else "")
+        for r in results]
+    absent = [row.inputs for row in ROWS if row.key not in {r["key"] for r in results}]
+    if absent:
+        commands.append(f"- not measured yet: {'; '.join(absent)}")
     lines = ["## 8. MILK10k on real image pairs: which inputs carry the signal", "",
              intro(recorded), "",
              f"Measured by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`). "

@@ -122,6 +122,8 @@ def test_section_renders_the_table_and_says_the_goal(measured) -> None:
     assert "took 0.36 h of wall time" in text  # 600 s + 700 s
     assert "Lesion-grouped 2-fold CV" in text and "1 epochs of which 0 frozen" in text
     assert "CIs: 30 bootstrap replicates" in text
+    assert "- not measured yet: clinical close-up only; both images" in text
+    assert "(melalib at commit `" in text
     best = max(measured["json"]["results"],
                key=lambda r: r["metrics"]["thresholded_macro_f1"]["estimate"])
     assert f"Best: {best['inputs']}" in text
