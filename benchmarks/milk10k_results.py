@@ -157,7 +157,8 @@ def measure(run_dir: Path, n_boot: int) -> dict[str, Any]:
     out["config"] = {k: flat[k] for k in RECIPE}
     out["trained_commit"] = (run.info() or {}).get("git_commit")
     history = run.history()
-    out["train_seconds"] = round(float(history["seconds"].sum()), 1)
+    done = history[history["fold"].isin(run.done_folds())]  # not a fold still training
+    out["train_seconds"] = round(float(done["seconds"].sum()), 1)
     out["best_epoch"] = [int(run.metrics(k).get("best_epoch", -1)) for k in run.done_folds()]
     return out
 

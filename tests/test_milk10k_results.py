@@ -127,3 +127,16 @@ def test_section_renders_the_table_and_says_the_goal(measured) -> None:
     best = max(measured["json"]["results"],
                key=lambda r: r["metrics"]["thresholded_macro_f1"]["estimate"])
     assert f"Best: {best['inputs']}" in text
+
+
+def test_a_fold_still_training_is_neither_scored_nor_timed(measured, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "derm"
+    shutil.copytree(measured["runs"] / "derm", run)
+    (run / "oof_fold1.csv").unlink()  # fold 1 has a history but has not finished
+    res = measured["script"].measure(run, n_boot=10)
+    history = pd.read_csv(run / "history_fold0.csv")
+    assert res["folds"] == [0] and res["n"] == len(pd.read_csv(run / "oof_fold0.csv"))
+    assert res["train_seconds"] == pytest.approx(history["seconds"].sum(), abs=0.05)
+    assert "nested" not in res  # one fold: nothing to tune on
