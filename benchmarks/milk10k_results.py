@@ -134,9 +134,8 @@ def fold_walls(walls: Path | None, key: str) -> dict[str, float]:
     return {k: float(s) for k, s in found}
 
 
-def measure(run_dir: Path, n_boot: int) -> dict[str, Any]:
+def measure(run: RunDir, n_boot: int) -> dict[str, Any]:
     """Every figure of one row from its run folder's finished folds."""
-    run = RunDir.read(run_dir)
     task, oof = run.task, run.oof_by_fold()
     y, P = oof["label"].to_numpy(dtype=int), probabilities(task, oof)
     groups, folds = oof["group_id"].astype(str).to_numpy(), oof["fold"].to_numpy(dtype=int)
@@ -163,15 +162,11 @@ def measure(run_dir: Path, n_boot: int) -> dict[str, Any]:
     return out
 
 
-def check_config(row: Row, run_dir: Path, expected_cfg: RunConfig) -> None:
+def check_config(row: Row, run: RunDir, expected_cfg: RunConfig) -> None:
     """The run folder must hold the row's recipe (its preset, overrides and ``--set``)."""
-    expected = expected_cfg.to_flat()
-    stored = RunDir.read(run_dir).cfg.to_flat()
-    ignore = {"name", "output_dir", "fold", "overwrite", "num_workers"}
-    diff = {k: (stored.get(k), v) for k, v in expected.items()
-            if k not in ignore and stored.get(k) != v}
+    diff = run.cfg.result_diff(expected_cfg)
     if diff:
-        raise SystemExit(f"{run_dir}: not the {row.key!r} recipe; (stored, expected): {diff}")
+        raise SystemExit(f"{run.path}: not the {row.key!r} recipe; (stored, expected): {diff}")
 
 
 def measure_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -181,11 +176,12 @@ def measure_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for row in ROWS:
         run_dir = runs / row.key
-        if not run_dir.is_dir() or not RunDir.read(run_dir).done_folds():
+        run = RunDir.read(run_dir) if run_dir.is_dir() else None
+        if run is None or not run.done_folds():
             continue
-        check_config(row, run_dir, row_config(row, args.data_dir, args.runs, sets))
+        check_config(row, run, row_config(row, args.data_dir, args.runs, sets))
         res = {"key": row.key, "inputs": row.inputs, "preset": row.preset,
-               "overrides": row.overrides, "run": str(run_dir), **measure(run_dir, args.n_boot)}
+               "overrides": row.overrides, "run": str(run_dir), **measure(run, args.n_boot)}
         res["command"] = (meta_command(args) if row.preset == META_PRESET else
                           train_command(row, args.data_dir, args.runs, sets))
         res["fold_walls"] = fold_walls(walls, row.key)

@@ -135,7 +135,7 @@ def test_a_fold_still_training_is_neither_scored_nor_timed(measured, tmp_path: P
     run = tmp_path / "derm"
     shutil.copytree(measured["runs"] / "derm", run)
     (run / "oof_fold1.csv").unlink()  # fold 1 has a history but has not finished
-    res = measured["script"].measure(run, n_boot=10)
+    res = measured["script"].measure(RunDir.read(run), n_boot=10)
     history = pd.read_csv(run / "history_fold0.csv")
     assert res["folds"] == [0] and res["n"] == len(pd.read_csv(run / "oof_fold0.csv"))
     assert res["train_seconds"] == pytest.approx(history["seconds"].sum(), abs=0.05)
