@@ -37,10 +37,12 @@ import pandas as pd
 
 from melalib.bootstrap import evaluate_with_ci
 from melalib.config import RunConfig, parse_overrides
+from melalib.ensemble import blend
 from melalib.io import write_json
 from melalib.metrics import thresholded_f1_per_class
 from melalib.predictions import probabilities
 from melalib.runs import RunDir, git_commit
+from melalib.tasks import Task
 from melalib.thresholds import nested_probs, nested_report
 
 PRESET = "milk10k_dual_lite0_pretrained"
@@ -73,8 +75,30 @@ ROWS = (
     Row("dual", "both images", {"use_meta": False}),
     Row("dual_meta", "both images + metadata + MONET + skin tone (the preset)"),
 )
-#: the run whose lesions and folds the metadata row trains on
-REFERENCE = "dual_meta"
+#: the runs whose table (lesions and folds) the metadata row trains on, first present wins;
+#: every image row holds the same lesions and folds (same data, seed and ``missing_images``)
+REFERENCES = ("dual_meta", "dual", "derm", "clin")
+REFERENCE = REFERENCES[0]
+
+
+@dataclass(frozen=True)
+class BlendRow:
+    """Late fusion: the equal-weight mean (`melalib.ensemble.blend`, no weight is fitted, so
+    no label reaches it) of finished rows' out-of-fold probabilities."""
+
+    key: str
+    inputs: str
+    members: tuple[str, ...]
+
+
+BLENDS = (
+    BlendRow("dual+meta", "late fusion: mean of the both-images and metadata rows",
+             ("dual", "meta")),
+    BlendRow("derm+clin+meta", "late fusion: mean of the dermoscopic, clinical and metadata "
+             "rows", ("derm", "clin", "meta")),
+    BlendRow("all", "late fusion: mean of all five rows", ("meta", "derm", "clin", "dual",
+                                                           "dual_meta")),
+)
 
 
 def _value(v: Any) -> str:
@@ -82,6 +106,7 @@ def _value(v: Any) -> str:
 
 
 ROW_KEYS = tuple(r.key for r in ROWS)
+TABLE_KEYS = ROW_KEYS + tuple(b.key for b in BLENDS)
 
 
 def row_by_key(key: str) -> Row:
@@ -115,8 +140,17 @@ def train_row(row: Row, data_dir: str, runs: str, sets: dict[str, str] | None = 
     from melalib.engine import train
 
     cfg = row_config(row, data_dir, runs, sets)
-    table = RunDir.read(Path(runs) / REFERENCE).table() if row.preset == META_PRESET else None
+    table = reference(Path(runs)).table() if row.preset == META_PRESET else None
     train(cfg, -1, table=table, progress=False)
+
+
+def reference(runs: Path) -> RunDir:
+    """The first run of `REFERENCES` under ``runs`` that holds its table."""
+    for key in REFERENCES:
+        if (runs / key).is_dir() and RunDir.read(runs / key).table_dir().is_dir():
+            return RunDir.read(runs / key)
+    raise SystemExit(f"the metadata row trains on an image row's lesions and folds: train "
+                     f"one of {', '.join(REFERENCES)} under {runs} first")
 
 
 def _ci(frame: pd.DataFrame, metric: str) -> dict[str, float]:
@@ -134,15 +168,13 @@ def fold_walls(walls: Path | None, key: str) -> dict[str, float]:
     return {k: float(s) for k, s in found}
 
 
-def measure(run: RunDir, n_boot: int) -> dict[str, Any]:
-    """Every figure of one row from its run folder's finished folds."""
-    task, oof = run.task, run.oof_by_fold()
+def measure_oof(task: Task, oof: pd.DataFrame, n_boot: int) -> dict[str, Any]:
+    """Every figure of pooled out-of-fold predictions (``label``, ``group_id``, ``fold``)."""
     y, P = oof["label"].to_numpy(dtype=int), probabilities(task, oof)
     groups, folds = oof["group_id"].astype(str).to_numpy(), oof["fold"].to_numpy(dtype=int)
     ci = evaluate_with_ci(task, y, P, groups, metrics=METRICS, n_boot=n_boot)
-    out: dict[str, Any] = {"folds": run.done_folds(), "n_folds": run.cfg.data.n_folds,
-                           "n": len(oof),
-                           "n_lesions": int(oof["group_id"].nunique()),
+    out: dict[str, Any] = {"folds": sorted(int(k) for k in np.unique(folds)),
+                           "n": len(oof), "n_lesions": int(oof["group_id"].nunique()),
                            "metrics": {m: _ci(ci, m) for m in METRICS}, "classes":
                            list(task.classes), "support": np.bincount(y, minlength=len(
                                task.classes)).tolist()}
@@ -152,6 +184,13 @@ def measure(run: RunDir, n_boot: int) -> dict[str, Any]:
         tuned = nested_probs(P, folds, report.fold_thresholds)
         out["nested"] = report.summary(task.classes)
         out["per_class_f1_nested"] = thresholded_f1_per_class(y, tuned).tolist()
+    return out
+
+
+def measure(run: RunDir, n_boot: int) -> dict[str, Any]:
+    """Every figure of one row from its run folder's finished folds."""
+    out = {**measure_oof(run.task, run.oof_by_fold(), n_boot),
+           "n_folds": run.cfg.data.n_folds}
     flat = run.cfg.to_flat()
     out["config"] = {k: flat[k] for k in RECIPE}
     out["trained_commit"] = (run.info() or {}).get("git_commit")
@@ -187,6 +226,33 @@ def measure_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         res["fold_walls"] = fold_walls(walls, row.key)
         res["git_commit"] = git_commit()
         results.append(res)
+    return results + measure_blends(runs, results, args.n_boot)
+
+
+def same_folds(b: BlendRow, members: list[RunDir]) -> None:
+    """A blend is out-of-fold only when every member held each lesion out in the same fold."""
+    folds = [m.oof_by_fold().set_index("image_id")["fold"].sort_index() for m in members]
+    for key, f in zip(b.members[1:], folds[1:], strict=True):
+        if not f.equals(folds[0]):
+            raise SystemExit(f"blend {b.key!r}: row {key!r} does not hold the same lesions "
+                             f"in the same folds as row {b.members[0]!r}")
+
+
+def measure_blends(runs: Path, rows: list[dict[str, Any]], n_boot: int
+                   ) -> list[dict[str, Any]]:
+    """The `BLENDS` whose member rows are all measured here with every fold finished."""
+    done = {r["key"] for r in rows if complete(r)}
+    results = []
+    for b in BLENDS:
+        if not set(b.members) <= done:
+            continue
+        members = [RunDir.read(runs / k) for k in b.members]
+        same_folds(b, members)
+        mixed = blend(members, "mean")
+        res = {"key": b.key, "inputs": b.inputs, "members": list(b.members),
+               **measure_oof(mixed.task, mixed.oof, n_boot),
+               "n_folds": len(mixed.oof["fold"].unique()), "git_commit": git_commit()}
+        results.append(res)
     return results
 
 
@@ -220,7 +286,7 @@ def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order."""
     old = json.loads(out.read_text())["results"] if out.is_file() else []
     by = {r["key"]: r for r in old} | {r["key"]: r for r in results}
-    return [by[k] for k in ROW_KEYS if k in by]
+    return [by[k] for k in TABLE_KEYS if k in by]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +317,8 @@ def _cell(m: dict[str, float] | None) -> str:
 
 
 def _wall(res: dict[str, Any]) -> str:
+    if "members" in res:
+        return "— (its rows' runs)"
     walls = res.get("fold_walls") or {}
     if not walls:
         return f"{res['train_seconds'] / 60:.0f} min (training epochs only)"
@@ -313,6 +381,9 @@ def _signal(results: list[dict[str, Any]]) -> str:
                  f"{by['dual'] - max(by['derm'], by['clin']):+.3f}.")
     if {"dual", "dual_meta"} <= by.keys():
         text += f" Adding metadata + MONET to the pair: {by['dual_meta'] - by['dual']:+.3f}."
+    if {"dual+meta", "dual_meta"} <= by.keys():
+        text += (f" Late fusion of the pair and metadata rows against the preset's fused "
+                 f"model: {by['dual+meta'] - by['dual_meta']:+.3f}.")
     return text
 
 
@@ -362,7 +433,7 @@ INTRO = ("Lesion-grouped {n_folds}-fold CV on the MILK10k lesions whose clinical
 
 def intro(recorded: dict[str, Any]) -> str:
     """`INTRO` filled from the image rows' recorded recipe (the reference row's first)."""
-    images = [r for r in recorded["results"] if r["preset"] == PRESET]
+    images = [r for r in recorded["results"] if r.get("preset") == PRESET]
     ref = next((r for r in images if r["key"] == REFERENCE), images[0] if images else None)
     if ref is None:
         return "Only the metadata row is recorded."
@@ -379,7 +450,9 @@ def render_section(path: Path) -> list[str]:
     results = recorded["results"]
     commands = [f"- {r['key']}: `{r['command']}`" + (
         f" (melalib at commit `{r['trained_commit'][:10]}`)" if r.get("trained_commit") else "")
-        for r in results]
+        for r in results if "command" in r]
+    commands += [f"- {r['key']}: the mean of the rows {', '.join(r['members'])} "
+                 "(`melalib.ensemble.blend`, equal weights)" for r in results if "members" in r]
     absent = [row.inputs for row in ROWS if row.key not in {r["key"] for r in results}]
     if absent:
         commands.append(f"- not measured yet: {'; '.join(absent)}")

@@ -38,7 +38,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     walls = root / "walls.txt"
     walls.write_text("dual_meta fold 0 rc=0 wall=600s end=x\ndual_meta fold 1 rc=1 wall=5s "
                      "end=x\ndual_meta fold 1 rc=0 wall=700s end=x\n")
-    assert script.main([*args, "--train", "meta", "derm", "dual_meta", "--walls", str(walls),
+    assert script.main([*args, "--train", "meta", "derm", "clin", "dual_meta", "--walls", str(walls),
                         "--out", str(out)]) == 0
     return {"script": script, "runs": runs, "args": args, "json": json.loads(out.read_text()),
             "path": out}
@@ -50,18 +50,34 @@ def _oof(run: Path) -> pd.DataFrame:
 
 def test_rows_are_recorded_in_table_order_with_their_commands(measured) -> None:
     rec = measured["json"]
-    assert [r["key"] for r in rec["results"]] == ["meta", "derm", "dual_meta"]
+    assert [r["key"] for r in rec["results"]] == ["meta", "derm", "clin", "dual_meta",
+                                                  "derm+clin+meta"]
     derm = rec["results"][1]
     assert derm["command"].startswith("melalib train --preset milk10k_dual_lite0_pretrained")
     assert "--set milk_view=dermoscopic --set use_meta=false" in derm["command"]
     assert "--set n_folds=2" in derm["command"]
-    assert rec["results"][2]["fold_walls"] == {"0": 600.0, "1": 700.0}  # failed try ignored
+    assert rec["results"][3]["fold_walls"] == {"0": 600.0, "1": 700.0}  # failed try ignored
+
+
+def _probs(oof: pd.DataFrame) -> np.ndarray:
+    return oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
+
+
+def _row_oof(measured, res: dict) -> pd.DataFrame:
+    """A row's pooled OOF, or for a blend its members' probabilities averaged here."""
+    if "members" not in res:
+        return _oof(Path(res["run"]))
+    oofs = [_oof(measured["runs"] / k).sort_values("image_id", ignore_index=True)
+            for k in res["members"]]
+    mean = np.mean([_probs(o) for o in oofs], axis=0)
+    return oofs[0].assign(**{c: mean[:, i] for i, c in enumerate(
+        c for c in oofs[0].columns if c.startswith("prob_"))})
 
 
 def test_every_figure_matches_scikit_learn(measured) -> None:
     for res in measured["json"]["results"]:
-        oof = _oof(Path(res["run"]))
-        probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
+        oof = _row_oof(measured, res)
+        probs = _probs(oof)
         y = oof["label"].to_numpy(dtype=int)
         onehot = np.eye(probs.shape[1], dtype=int)[y]
         f1 = f1_score(onehot, probs > 0.5, average=None, zero_division=0)
@@ -73,7 +89,7 @@ def test_every_figure_matches_scikit_learn(measured) -> None:
 
 
 def test_nested_thresholds_never_see_their_own_fold(measured) -> None:
-    res = measured["json"]["results"][2]
+    res = measured["json"]["results"][3]
     oof = _oof(Path(res["run"]))
     probs = oof[[c for c in oof.columns if c.startswith("prob_")]].to_numpy()
     y, folds = oof["label"].to_numpy(dtype=int), oof["fold"].to_numpy()
@@ -107,22 +123,24 @@ def test_rows_measured_later_join_the_recorded_ones(measured, tmp_path: Path) ->
     script, recorded = measured["script"], measured["json"]
     out = tmp_path / "milk.json"
     out.write_text(json.dumps({**recorded, "results": [
-        {**r, "key": "clin", "inputs": "an earlier clinical row"} for r in recorded["results"][:1]]}))
+        {**r, "key": "dual", "inputs": "an earlier both-images row"} for r in recorded["results"][:1]]}))
     assert script.main([*measured["args"], "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["key"] for r in rows] == ["meta", "derm", "clin", "dual_meta"]
-    assert rows[2]["inputs"] == "an earlier clinical row"
+    assert [r["key"] for r in rows] == ["meta", "derm", "clin", "dual", "dual_meta",
+                                        "derm+clin+meta"]
+    assert rows[3]["inputs"] == "an earlier both-images row"
 
 
 def test_section_renders_the_table_and_says_the_goal(measured) -> None:
     text = "\n".join(measured["script"].render_section(measured["path"]))
     assert "## 8. MILK10k on real image pairs" in text
-    assert text.count("\n| ") >= 3 + 11  # three rows, eleven classes
+    assert text.count("\n| ") >= 5 + 11  # four rows and a blend, eleven classes
     assert "Goal: thresholded macro F1 >= 0.50" in text
     assert "took 0.36 h of wall time" in text  # 600 s + 700 s
     assert "Lesion-grouped 2-fold CV" in text and "1 epochs of which 0 frozen" in text
     assert "CIs: 30 bootstrap replicates" in text
-    assert "- not measured yet: clinical close-up only; both images" in text
+    assert "- not measured yet: both images\n" in text
+    assert "- derm+clin+meta: the mean of the rows derm, clin, meta" in text
     assert "(melalib at commit `" in text
     best = max(measured["json"]["results"],
                key=lambda r: r["metrics"]["thresholded_macro_f1"]["estimate"])
@@ -140,3 +158,25 @@ def test_a_fold_still_training_is_neither_scored_nor_timed(measured, tmp_path: P
     assert res["folds"] == [0] and res["n"] == len(pd.read_csv(run / "oof_fold0.csv"))
     assert res["train_seconds"] == pytest.approx(history["seconds"].sum(), abs=0.05)
     assert "nested" not in res  # one fold: nothing to tune on
+
+
+def test_late_fusion_needs_every_member_in_the_same_folds(measured, tmp_path: Path) -> None:
+    import shutil
+
+    script, runs = measured["script"], tmp_path / "runs"
+    shutil.copytree(measured["runs"], runs)
+    oof = pd.read_csv(runs / "meta" / "oof_fold0.csv")
+    moved = pd.read_csv(runs / "meta" / "oof_fold1.csv").iloc[:1]
+    pd.concat([oof, moved]).to_csv(runs / "meta" / "oof_fold0.csv", index=False)
+    with pytest.raises(SystemExit, match="'meta' does not hold the same lesions"):
+        script.measure_blends(runs, measured["json"]["results"], n_boot=5)
+
+
+def test_metadata_row_falls_back_to_any_image_rows_table(measured, tmp_path: Path) -> None:
+    import shutil
+
+    script, runs = measured["script"], tmp_path / "runs"
+    shutil.copytree(measured["runs"] / "derm", runs / "derm")
+    assert script.reference(runs).path == runs / "derm"
+    with pytest.raises(SystemExit, match="train one of dual_meta, dual, derm, clin"):
+        script.reference(tmp_path / "empty")
