@@ -15,6 +15,8 @@ official thresholded macro F1 (each class positive above 0.5), the same with per
 thresholds tuned inside the training folds only (`melalib.thresholds.nested_report`),
 balanced accuracy, macro one-vs-rest AUC, per-class F1; CIs resample lesions (1,000
 replicates). A row with fewer than 5 finished folds is shown as such, never as 5-fold.
+Late fusion (`BLENDS`): the equal-weight mean of finished rows' probabilities, measured the
+same way whenever all its member rows have every fold (no weight is fitted on labels).
 
     python benchmarks/milk10k_results.py --commands        # each image row's command
     python benchmarks/milk10k_results.py --runs outputs/milk --train meta \\
@@ -431,6 +433,12 @@ INTRO = ("Lesion-grouped {n_folds}-fold CV on the MILK10k lesions whose clinical
          "shared 2-core CPU, other work running beside it at times.")
 
 
+LATE = (" Late-fusion rows average the probabilities of finished rows with equal weights "
+        "(`melalib.ensemble.blend`): no weight is fitted, so no label reaches them and they "
+        "are out-of-fold like their rows; they are refused unless every member row held each "
+        "lesion out in the same fold.")
+
+
 def intro(recorded: dict[str, Any]) -> str:
     """`INTRO` filled from the image rows' recorded recipe (the reference row's first)."""
     images = [r for r in recorded["results"] if r.get("preset") == PRESET]
@@ -457,7 +465,7 @@ def render_section(path: Path) -> list[str]:
     if absent:
         commands.append(f"- not measured yet: {'; '.join(absent)}")
     lines = ["## 8. MILK10k on real image pairs: which inputs carry the signal", "",
-             intro(recorded), "",
+             intro(recorded) + (LATE if any("members" in r for r in results) else ""), "",
              f"Measured by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`). "
              "Each row's run:", "", *commands, ""]
     lines += render(results)

@@ -141,6 +141,7 @@ def test_section_renders_the_table_and_says_the_goal(measured) -> None:
     assert "CIs: 30 bootstrap replicates" in text
     assert "- not measured yet: both images\n" in text
     assert "- derm+clin+meta: the mean of the rows derm, clin, meta" in text
+    assert "Late-fusion rows average the probabilities" in text
     assert "(melalib at commit `" in text
     best = max(measured["json"]["results"],
                key=lambda r: r["metrics"]["thresholded_macro_f1"]["estimate"])
