@@ -165,6 +165,11 @@ class DataConfig:
     border_aug: str = opt("none", "training only, against the dermoscope-border shortcut "
                           "(issue 25): vignette = a random dark circular dermoscope field, "
                           "p=0.5", choices=Lazy("melalib.transforms", "BORDER_AUGS"))
+    guide_masks: str = opt("", "cam_guidance: folder of true lesion masks of the training "
+                           "images (HAM10000: masks_200x150); rows without one train unguided")
+    guide_mask_pattern: str = opt("{image_id}_segmentation.png", "cam_guidance: a row's mask "
+                                  "file in guide_masks ({image_id}, {stem}: the image name "
+                                  "without extension)")
 
 
 @dataclass
@@ -219,6 +224,9 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "target smoothing epsilon", ge=0, lt=1)
     meta_blanking: float = opt(0.0, "training only: probability of blanking a row's age, sex "
                                "and site (each independently, per epoch)", ge=0, le=1)
+    cam_guidance: float = opt(0.0, "training only (issue 25): loss weight of the class-"
+                              "activation map's share outside the lesion mask (guide_masks)",
+                              ge=0)
     class_weighting: str = opt("none", "loss class weights (from training folds only)",
                                choices=Lazy("melalib.losses", "CLASS_WEIGHTING"))
     sampler: str = opt("none", "class-rebalancing sampler (from training folds only)",
@@ -360,6 +368,9 @@ class RunConfig:
             raise ConfigError(f"fold must be -1 (all) or in [0, {d.n_folds - 1}], got {self.fold}")
         if not m.use_image and not m.use_meta:
             raise ConfigError("use_image and use_meta are both false: the model has no input")
+        if self.train.cam_guidance > 0 and not (d.guide_masks and m.use_image):
+            raise ConfigError("cam_guidance > 0 needs guide_masks (a folder of lesion masks) "
+                              "and use_image=true")
         if d.dataset == "custom" and not d.custom_csv:
             raise ConfigError("dataset=custom needs custom_csv (a CSV naming images and labels)")
         if d.dataset == "image_folder" and not d.data_dir:

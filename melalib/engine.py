@@ -58,6 +58,7 @@ from .device import (
 )
 from .errors import ConfigError, MelalibError
 from .features import MetaEncoder
+from .guidance import CamGuide
 from .io import write_csv, write_json
 from .losses import build_loss, weighted_loss
 from .metrics import evaluate, primary_metric
@@ -215,6 +216,7 @@ class Trainer:
     ema: Any = None  # timm's ModelEmaV3
     row_weight: torch.Tensor | None = None
     net: nn.Module | None = None
+    guide: CamGuide | None = None  # cam_guidance's loss term (`melalib.guidance`)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -248,6 +250,8 @@ class Trainer:
               ) -> tuple[torch.Tensor, int]:
         """The batch's loss (pseudo-labelled rows weighted) and its size."""
         batch = to_device(batch, self.device, self.train_cfg.channels_last)
+        if self.guide is not None:
+            self.guide.clear()
         with self.precision.autocast(self.device):
             logits = forward(net, batch)
         if self.row_weight is None:
@@ -255,6 +259,8 @@ class Trainer:
         else:  # pseudo-labelled rows count pseudo_weight times a real row
             w = self.row_weight[batch["index"].cpu()].to(self.device)
             loss = weighted_loss(self.loss_fn, logits.float(), batch["target"], w)
+        if self.guide is not None:
+            loss = loss + self.guide.penalty(batch)
         if not torch.isfinite(loss):
             raise MelalibError(f"{desc}: the loss became {loss.item()} at batch {i}; "
                                f"{_nonfinite_cause(self.model, batch)}")
@@ -449,6 +455,8 @@ def train_fold(cfg: RunConfig, table: LesionTable, fold: int, run: RunDir, *,
     trainer = Trainer(t, model, optimizer, build_scheduler(t, optimizer, job.plan.steps_per_epoch),
                       scaler, build_loss(t, table.task, job.labels).to(device), precision, device,
                       ema, None if weights is None else torch.as_tensor(weights, dtype=torch.float32))
+    if t.cam_guidance > 0:  # after the EMA's copy, which would copy the hook
+        trainer.guide = CamGuide(model, table.task, t.cam_guidance)
     state = FoldState(cfg, table.task, fold, fd.encoder, trainer)
     if info.is_main:
         _remove_stale_checkpoint_temps(run, fold)

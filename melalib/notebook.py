@@ -77,7 +77,8 @@ EXTRA_PARAMETERS: dict[str, str] = {
 }
 
 #: Config fields holding paths; relative ones are resolved against the project root.
-PATH_FIELDS = ("output_dir", "data_dir", "image_dir", "custom_csv", "pretrained_path")
+PATH_FIELDS = ("output_dir", "data_dir", "image_dir", "custom_csv", "pretrained_path",
+               "guide_masks")
 
 NOTEBOOKS = ("01_eda.ipynb", "02_features.ipynb", "03_train.ipynb", "04_ensemble.ipynb",
              "05_gradcam.ipynb", "06_external.ipynb")

@@ -31,6 +31,7 @@ from .data.images import ImageOptions
 from .device import FP32, Precision
 from .errors import ConfigError, MelalibError
 from .features import MetaEncoder, blanked_variants
+from .guidance import row_masks
 from .models import input_normalization
 from .progress import bar
 from .pseudo import check_validation, with_pseudo_rows
@@ -107,11 +108,14 @@ def make_dataset(cfg: RunConfig, table: LesionTable, df: pd.DataFrame, meta: np.
                                  border_aug=cfg.data.border_aug)
     blanking = cfg.train.meta_blanking if train and encoder is not None and meta is not None \
         and meta.shape[1] else 0.0
+    guided = train and cfg.train.cam_guidance > 0 and cfg.model.use_image
     return LesionDataset(df, table.task, meta, transform, use_image=cfg.model.use_image,
                          paired=cfg.model.dual_image, labelled=labelled,
                          image_options=options,
                          meta_variants=blanked_variants(encoder, df) if blanking else None,
-                         meta_blanking=blanking)
+                         meta_blanking=blanking,
+                         masks=row_masks(df, cfg.data.guide_masks, cfg.data.guide_mask_pattern)
+                         if guided else None)
 
 
 # ------------------------------------------------------------------------------ loaders

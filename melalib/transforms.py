@@ -85,6 +85,20 @@ class ImageTransform:
         out = self.compose(image=image)["image"]
         return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
+    def with_mask(self, image: np.ndarray, mask: np.ndarray, seed: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (3, S, S) float32, mask (S, S) bool)``: the (H, W) ``mask`` moved by the
+        same framing and geometric augmentation as ``image`` (nearest neighbour; colour
+        operations leave it alone), so a lesion mask stays on its lesion."""
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"a mask of shape {mask.shape} does not fit an image of shape "
+                             f"{image.shape[:2]}")
+        if seed is not None:
+            self.reseed(seed)
+        out = self.compose(image=image, mask=mask.astype(np.uint8))
+        return (np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32),
+                np.asarray(out["mask"]) > 0)
+
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.compose.transforms)
         return (f"ImageTransform(size={self.image_size}, train={self.train}, "

@@ -4,7 +4,9 @@ An item is a dict of tensors (the default ``collate`` batches it):
 ``image`` float (3, H, W) [absent when ``use_image`` is False], ``image2`` [paired only],
 ``meta`` float (D,) (shape (0,) without metadata), ``target`` (binary: float scalar,
 multiclass: long scalar, multilabel: float one-hot (K,); unlabelled rows: -1 / zeros) and
-``index`` (the row's position in ``df``).
+``index`` (the row's position in ``df``); with ``masks`` (training under ``cam_guidance``,
+`melalib.guidance.RowMasks`) also ``mask`` float (1, H, W), the lesion mask moved by the
+image's own framing and augmentation, and ``has_mask`` (0.0 where the row has none).
 
 Augmentation is reproducible: with a ``seed`` (or a transform built with one) row ``i`` of
 epoch ``e`` is transformed with a seed derived from ``(seed, e, i)``; call
@@ -61,6 +63,7 @@ class LesionDataset(Dataset):
         image_options: ImageOptions | None = None,
         meta_variants: np.ndarray | None = None,
         meta_blanking: float = 0.0,
+        masks: Callable[[int, tuple[int, int]], np.ndarray | None] | None = None,
     ) -> None:
         self.df = df.reset_index(drop=True)
         self.task = task
@@ -71,6 +74,7 @@ class LesionDataset(Dataset):
         self.transform = transform
         self.origin = origin
         self.image_options = image_options or ImageOptions()
+        self.masks = masks
         n = len(self.df)
         if use_image:
             if transform is None:
@@ -167,6 +171,24 @@ class LesionDataset(Dataset):
             out = transform(image)
         return torch.as_tensor(out, dtype=torch.float32)
 
+    def _with_mask(self, item: dict[str, Any], image: np.ndarray, i: int) -> None:
+        """``image``, ``mask`` and ``has_mask`` of row ``i`` (the mask framed and augmented
+        with the image; zeros where the row has no mask)."""
+        assert self.masks is not None and self.transform is not None
+        mask = self.masks(i, image.shape[:2])
+        if mask is None:
+            item["image"] = self._apply(image, i, 0)
+            size = item["image"].shape[-2:]
+            item["mask"], item["has_mask"] = torch.zeros((1, *size)), torch.tensor(0.0)
+            return
+        seed = self.item_seed(i, 0) if self.seed is not None else None
+        if seed is None:
+            self._reseed_worker()
+        out, framed = self.transform.with_mask(image, mask, seed=seed)  # type: ignore[attr-defined]
+        item["image"] = torch.as_tensor(out, dtype=torch.float32)
+        item["mask"] = torch.as_tensor(framed, dtype=torch.float32)[None]
+        item["has_mask"] = torch.tensor(1.0)
+
     def _reseed_worker(self) -> None:
         """Unseeded transforms: give each DataLoader worker its own random stream."""
         info = torch.utils.data.get_worker_info()
@@ -192,7 +214,10 @@ class LesionDataset(Dataset):
             raise IndexError(f"row {i} is outside 0..{len(self) - 1}")
         item: dict[str, Any] = {"meta": self._meta(i), "target": self.targets[i], "index": i}
         if self.use_image:
-            item["image"] = self._apply(self._read(i, 0), i, 0)
+            if self.masks is None:
+                item["image"] = self._apply(self._read(i, 0), i, 0)
+            else:
+                self._with_mask(item, self._read(i, 0), i)
             if self.paired:
                 item["image2"] = self._apply(self._read(i, 1), i, 1)
         return item
