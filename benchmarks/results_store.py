@@ -30,7 +30,9 @@ EXTERNAL_JSON = DOCS / "results_external.json"  # benchmarks/external_results.py
 MILK_JSON = DOCS / "results_milk10k.json"  # benchmarks/milk10k_results.py
 EXPLAIN_JSONS = (DOCS / "results_explain.json",  # benchmarks/explain_results.py
                  DOCS / "results_explain_finer.json",  # the same runs, --layer finer
-                 DOCS / "results_explain_field.json")  # the recipe vs field_mask=ellipse
+                 DOCS / "results_explain_field.json",  # the recipe vs field_mask=ellipse
+                 DOCS / "results_explain_guided.json",  # cam_guidance=1, the auto layer
+                 DOCS / "results_explain_guided_bn2.json")  # the same, the guided layer
 
 Render = Callable[[dict[str, Any]], str]
 
