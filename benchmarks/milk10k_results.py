@@ -149,8 +149,9 @@ def train_row(row: Row, data_dir: str, runs: str, sets: dict[str, str] | None = 
 def reference(runs: Path) -> RunDir:
     """The first run of `REFERENCES` under ``runs`` that holds its table."""
     for key in REFERENCES:
-        if (runs / key).is_dir() and RunDir.read(runs / key).table_dir().is_dir():
-            return RunDir.read(runs / key)
+        run = RunDir.read(runs / key) if (runs / key).is_dir() else None
+        if run is not None and run.table_dir().is_dir():
+            return run
     raise SystemExit(f"the metadata row trains on an image row's lesions and folds: train "
                      f"one of {', '.join(REFERENCES)} under {runs} first")
 
@@ -231,9 +232,10 @@ def measure_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results + measure_blends(runs, results, args.n_boot)
 
 
-def same_folds(b: BlendRow, members: list[RunDir]) -> None:
-    """A blend is out-of-fold only when every member held each lesion out in the same fold."""
-    folds = [m.oof_by_fold().set_index("image_id")["fold"].sort_index() for m in members]
+def same_folds(b: BlendRow, oofs: list[pd.DataFrame]) -> None:
+    """A blend is out-of-fold only when every member (its OOF frame, ``oofs``) held each
+    lesion out in the same fold."""
+    folds = [o.set_index("image_id")["fold"].sort_index() for o in oofs]
     for key, f in zip(b.members[1:], folds[1:], strict=True):
         if not f.equals(folds[0]):
             raise SystemExit(f"blend {b.key!r}: row {key!r} does not hold the same lesions "
@@ -248,13 +250,11 @@ def measure_blends(runs: Path, rows: list[dict[str, Any]], n_boot: int
     for b in BLENDS:
         if not set(b.members) <= done:
             continue
-        members = [RunDir.read(runs / k) for k in b.members]
-        same_folds(b, members)
-        mixed = blend(members, "mean")
+        mixed = blend([RunDir.read(runs / k) for k in b.members], "mean")
+        same_folds(b, mixed.run_oofs)  # each member's OOF as blend read it
         res = {"key": b.key, "inputs": b.inputs, "members": list(b.members),
-               **measure_oof(mixed.task, mixed.oof, n_boot),
-               "n_folds": len(mixed.oof["fold"].unique()), "git_commit": git_commit()}
-        results.append(res)
+               **measure_oof(mixed.task, mixed.oof, n_boot), "git_commit": git_commit()}
+        results.append({**res, "n_folds": len(res["folds"])})
     return results
 
 

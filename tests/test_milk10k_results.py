@@ -166,9 +166,10 @@ def test_late_fusion_needs_every_member_in_the_same_folds(measured, tmp_path: Pa
 
     script, runs = measured["script"], tmp_path / "runs"
     shutil.copytree(measured["runs"], runs)
-    oof = pd.read_csv(runs / "meta" / "oof_fold0.csv")
-    moved = pd.read_csv(runs / "meta" / "oof_fold1.csv").iloc[:1]
-    pd.concat([oof, moved]).to_csv(runs / "meta" / "oof_fold0.csv", index=False)
+    pooled = RunDir.read(runs / "meta").oof_path()  # what the blend reads
+    oof = pd.read_csv(pooled)
+    oof.loc[0, "fold"] = 1 - oof.loc[0, "fold"]  # one lesion held out in the other fold
+    oof.to_csv(pooled, index=False)
     with pytest.raises(SystemExit, match="'meta' does not hold the same lesions"):
         script.measure_blends(runs, measured["json"]["results"], n_boot=5)
 
