@@ -164,12 +164,17 @@ class LesionDataset(Dataset):
     def _apply(self, image: np.ndarray, i: int, branch: int) -> torch.Tensor:
         transform = self.transform
         assert transform is not None
-        if self.seed is not None and getattr(transform, "seedable", False):
-            out = transform(image, seed=self.item_seed(i, branch))
-        else:
-            self._reseed_worker()
-            out = transform(image)
+        seed = self._augment_seed(i, branch)
+        out = transform(image) if seed is None else transform(image, seed=seed)
         return torch.as_tensor(out, dtype=torch.float32)
+
+    def _augment_seed(self, i: int, branch: int) -> int | None:
+        """Row ``i``'s augmentation seed this epoch; None for an unseeded transform (then
+        this DataLoader worker's own stream is seeded once)."""
+        if self.seed is not None and getattr(self.transform, "seedable", False):
+            return self.item_seed(i, branch)
+        self._reseed_worker()
+        return None
 
     def _with_mask(self, item: dict[str, Any], image: np.ndarray, i: int) -> None:
         """``image``, ``mask`` and ``has_mask`` of row ``i`` (the mask framed and augmented
@@ -181,10 +186,8 @@ class LesionDataset(Dataset):
             size = item["image"].shape[-2:]
             item["mask"], item["has_mask"] = torch.zeros((1, *size)), torch.tensor(0.0)
             return
-        seed = self.item_seed(i, 0) if self.seed is not None else None
-        if seed is None:
-            self._reseed_worker()
-        out, framed = self.transform.with_mask(image, mask, seed=seed)  # type: ignore[attr-defined]
+        out, framed = self.transform.with_mask(  # type: ignore[attr-defined]
+            image, mask, seed=self._augment_seed(i, 0))
         item["image"] = torch.as_tensor(out, dtype=torch.float32)
         item["mask"] = torch.as_tensor(framed, dtype=torch.float32)[None]
         item["has_mask"] = torch.tensor(1.0)
