@@ -24,7 +24,7 @@ import yaml
 
 from .errors import ConfigError
 from .io import plain
-from .presets import PRESETS
+from .presets import NEEDS, PRESETS
 from .registry import choice_error
 
 
@@ -549,6 +549,7 @@ def resolve(layers: Sequence[tuple[str, Mapping[str, Any]]] = (), preset: str = 
                            *layers):
         flat.update(values)
         sources.update(dict.fromkeys(values, source))
+    check_needs(preset, flat)
     cfg = RunConfig.from_dict(flat)
     cfg.preset, cfg.sources = preset, sources
     return cfg
@@ -572,6 +573,15 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     """A YAML config as flat overrides; a ``preset:`` key is expanded under the file's keys."""
     preset, values = read_yaml_layers(path)
     return {**(get_preset(preset) if preset else {}), **values}
+
+
+def check_needs(preset: str, flat: Mapping[str, Any]) -> None:
+    """ConfigError naming each key ``preset`` needs from its user (`presets.NEEDS`) that
+    ``flat`` leaves empty."""
+    for key, meaning in NEEDS.get(preset, {}).items():
+        if not flat.get(key):
+            raise ConfigError(f"preset {preset} needs {key}, {meaning}: --set {key}=... on "
+                              f"the command line, -p {key} ... with papermill")
 
 
 def get_preset(name: str) -> dict[str, Any]:

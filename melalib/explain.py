@@ -409,16 +409,18 @@ def explained_classes(rows: pd.DataFrame, task: Task, target: str = "run") -> np
 
 def explain_errors(run_dir: str | Path, kind: str = "fn", top: int = 8,
                    method: str = "gradcam", fold: int | None = None, threshold: float = 0.5,
-                   target: str = "pred", branch: int = 1, device: str = "auto"
+                   target: str = "pred", branch: int = 1, device: str = "auto",
+                   layer: str | int | None = None
                    ) -> tuple[pd.DataFrame, list[np.ndarray], np.ndarray]:
     """Grad-CAM of a run's top errors (or right calls) of one kind (`explain`'s table,
-    images and maps for `select_rows(kind=...)`). ``target``: ``pred`` explains the class
-    the run called, ``true`` the true class."""
+    images and maps for `select_rows(kind=...)`, at ``layer``). ``target``: ``pred``
+    explains the class the run called, ``true`` the true class."""
     if target not in ("pred", "true"):
         raise ConfigError(f"target must be 'pred' or 'true', got {target!r}")
     run = RunDir.read(run_dir)
     rows = select_rows(run, kind=kind, top=top, fold=fold, threshold=threshold)
-    out = explain(run, rows, target=target, method=method, branch=branch, device=device)
+    out = explain(run, rows, target=target, method=method, layer=layer, branch=branch,
+                  device=device)
     return out.rows, out.images, out.cams
 
 

@@ -262,7 +262,20 @@ def _backbones(model: nn.Module) -> list[nn.Module]:
 
 #: Named choices of a Grad-CAM layer (`backbone_target_layer`); an integer picks a
 #: ``feature_info`` stage (negative from the end), any other text a module name.
-CAM_LAYERS = ("auto", "last", "finer")
+CAM_LAYERS = ("auto", "last", "finer", "pooled")
+
+
+def pooled_layer(backbone: nn.Module) -> nn.Module:
+    """The module whose output the backbone's ``global_pool`` averages into the head: the
+    map `melalib.guidance` (``cam_guidance``) trains (EfficientNet: ``bn2``, ResNet:
+    ``layer4``)."""
+    previous = None
+    for name, child in backbone.named_children():
+        if name == "global_pool" and previous is not None:
+            return previous
+        previous = child
+    raise ConfigError(f"layer 'pooled' needs a backbone whose global_pool follows its last "
+                      f"feature layer; {type(backbone).__name__} has none: name a module")
 
 
 def _feature_stages(backbone: nn.Module) -> list[dict[str, Any]]:
@@ -282,12 +295,15 @@ def backbone_target_layer(backbone: nn.Module, image_size: int | None = None,
     ``layer`` None / ``auto``: timm's last ``feature_info`` stage, or, given the input
     ``image_size``, the deepest stage whose map still has ``min_cells`` a side (a 64 px
     input leaves ResNet's last stage 2x2, too coarse to locate a lesion); ``last``: the last
-    stage; ``finer``: the stage before ``auto``'s (twice the cells a side); an integer (or
-    its text): that stage (negative from the end); other text: a module name of the
-    backbone. Without ``feature_info``: the last Conv2d.
+    stage; ``finer``: the stage before ``auto``'s (twice the cells a side); ``pooled``: the
+    map the head pools (`pooled_layer`); an integer (or its text): that stage (negative
+    from the end); other text: a module name of the backbone. Without ``feature_info``:
+    the last Conv2d.
     """
     stages = _feature_stages(backbone)
     spec = "auto" if layer is None else str(layer)
+    if spec == "pooled":
+        return pooled_layer(backbone)
     if spec.lstrip("-").isdigit():
         if not stages or not -len(stages) <= int(spec) < len(stages):
             raise ConfigError(f"layer {spec} is not a feature stage of {type(backbone).__name__} "

@@ -74,6 +74,8 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "masks": "05: folder of true lesion masks the maps are measured against ('' = none)",
     "mask_pattern": "05: mask file name in masks ({image_id} and {stem} filled in)",
     "mask_kind": "05: cases measured against the masks (fn | fp | tp | tn | wrong)",
+    "cam_layer": "05: the Grad-CAM layer (auto | finer | last | pooled: the map "
+                 "cam_guidance trains | a stage number | a module name)",
 }
 
 #: Config fields holding paths; relative ones are resolved against the project root.
@@ -486,7 +488,13 @@ def operating_threshold(task: Any, oof: pd.DataFrame, sensitivity: float = OPERA
     return operating_point(task, oof, sensitivity).threshold
 
 
-def cam_captions(errors: pd.DataFrame, task: Any) -> tuple[list[str], str]:
+def layer_note(layer: str) -> str:
+    """The Grad-CAM layer as a figure heading names it: nothing for the default."""
+    return "" if str(layer) in ("", "auto") else f" at layer {layer}"
+
+
+def cam_captions(errors: pd.DataFrame, task: Any, layer: str = "auto"
+                 ) -> tuple[list[str], str]:
     """(one caption per case, the figure's heading) for `show_cams`: the number is always
     the same quantity, P(melanoma) for a binary task (P of the called class otherwise),
     and the heading says which class each map explains (the one the model called)."""
@@ -495,28 +503,30 @@ def cam_captions(errors: pd.DataFrame, task: Any) -> tuple[list[str], str]:
     values = errors[task.prob_columns[0]] if binary else errors["confidence"]
     captions = [f"{t} called {p}, P({positive if binary else p}) = {v:.2f}" for t, p, v in
                 zip(errors["label_name"], errors["pred_name"], values, strict=True)]
-    heading = (f"Grad-CAM of the called class (image branch, metadata held fixed); "
-               f"numbers: out-of-fold P({positive})")
+    heading = (f"Grad-CAM of the called class (image branch, metadata held fixed)"
+               f"{layer_note(layer)}; numbers: out-of-fold P({positive})")
     return captions, heading
 
 
 def show_cams(run_dir: str | os.PathLike[str], kind: str = "fn", top: int = 8,
               save: str | os.PathLike[str] | None = None,
               threshold: float | OperatingPoint = 0.5, method: str = "gradcam",
-              device: str = "auto") -> tuple[pd.DataFrame, Any]:
+              device: str = "auto", layer: str = "auto") -> tuple[pd.DataFrame, Any]:
     """Grad-CAM overlays of a run's most confident cases of one kind at ``threshold`` (an
-    `OperatingPoint`, or a number on P(positive)) (`explain_errors`; metadata held fixed),
+    `OperatingPoint`, or a number on P(positive)) (`explain_errors` at ``layer``, see
+    `melalib.models.backbone_target_layer`; metadata held fixed),
     as a `melalib.plots.cam_grid` figure whose heading states the threshold, the class
     explained and what the numbers are. A note and no figure when there is no such case."""
     point = OperatingPoint.of(threshold)
     errors, images, cams = explain.explain_errors(run_dir, kind=kind, top=top, method=method,
-                                                  threshold=point.threshold, device=device)
+                                                  threshold=point.threshold, device=device,
+                                                  layer=layer)
     if errors.empty:
         note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
              f"{Path(run_dir).name}: nothing to explain.")
         return errors, None
     task = RunDir.read(run_dir).task
-    captions, heading = cam_captions(errors, task)
+    captions, heading = cam_captions(errors, task, layer)
     title = f"{case_heading(task, kind, point)}\n{heading}"
     fig = plots.cam_grid(images, cams, titles=captions, ncols=min(2, len(images)), save=save,
                          title=title)
@@ -547,8 +557,8 @@ def case_heading(task: Any, kind: str, point: OperatingPoint) -> str:
 def show_pair_cams(run_dir: str | os.PathLike[str], kind: str = "tp", top: int = 2,
                    save: str | os.PathLike[str] | None = None,
                    threshold: float | OperatingPoint = 0.5, method: str = "gradcam",
-                   device: str = "auto") -> tuple[pd.DataFrame, Any]:
-    """Grad-CAM of both images of a dual-image run's ``top`` most confident cases of one
+                   device: str = "auto", layer: str = "auto") -> tuple[pd.DataFrame, Any]:
+    """Grad-CAM (at ``layer``) of both images of a dual-image run's ``top`` most confident cases of one
     kind (`melalib.explain.explain_pairs`: each image's map with the other image and the
     metadata held fixed, for the class the run called), one lesion per row of a
     `melalib.plots.cam_grid` figure: first image | map | second image | map, each captioned
@@ -564,12 +574,12 @@ def show_pair_cams(run_dir: str | os.PathLike[str], kind: str = "tp", top: int =
         note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
              f"{run.path.name}: no pair to explain.")
         return rows, None
-    pairs = explain.explain_pairs(run, rows, method=method, device=device)
+    pairs = explain.explain_pairs(run, rows, method=method, layer=layer, device=device)
     images = [im for both in zip(*pairs.images, strict=True) for im in both]
     cams = [cam for both in zip(*pairs.cams, strict=True) for cam in both]
     title = (f"{case_heading(run.task, kind, point)}: both images of each lesion\nGrad-CAM of "
-             "the class named under each image (the other image and the metadata held fixed)"
-             "; P: out-of-fold probability")
+             f"the class named under each image{layer_note(layer)} (the other image and the "
+             "metadata held fixed); P: out-of-fold probability")
     fig = plots.cam_grid(images, cams, titles=pair_captions(pairs.rows, pairs.views), ncols=2,
                          save=save, title=title)
     shown = ["image_id", "fold", "label_name", "pred_name", "explained_name",
@@ -596,9 +606,9 @@ def show_masked_cams(run_dir: str | os.PathLike[str], masks: str | os.PathLike[s
                      pattern: str = "{image_id}_segmentation.png", kind: str = "wrong",
                      top: int = 8, threshold: float | OperatingPoint = 0.5,
                      method: str = "gradcam", n_boot: int = 1000, device: str = "auto",
-                     save: str | os.PathLike[str] | None = None
+                     save: str | os.PathLike[str] | None = None, layer: str = "auto"
                      ) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
-    """Grad-CAM of a run's ``top`` most confident cases of ``kind`` measured against true
+    """Grad-CAM (at ``layer``) of a run's ``top`` most confident cases of ``kind`` measured against true
     lesion masks (``masks`` folder, file ``pattern``; `melalib.explain_run.measure`, masks
     framed as the model saw the image; cases without a mask are shown and left out of the
     measures): the pooled measures with CIs beside the centre prior, the per-case table,
@@ -620,11 +630,12 @@ def show_masked_cams(run_dir: str | os.PathLike[str], masks: str | os.PathLike[s
         note(f"No {KIND_NAMES.get(kind, kind)} among the out-of-fold predictions of "
              f"{run.path.name}: nothing to measure.")
         return pd.DataFrame(), rows, None
-    result = explain_run.measure(run, rows, method=method, masks=source,
+    result = explain_run.measure(run, rows, method=method, layer=layer, masks=source,
                                  missing="skip", n_boot=n_boot, device=device)
     expl = result.explanation
     title = (f"{case_heading(run.task, kind, point)}\nGrad-CAM of the class named under each "
-             "image; outline: the true lesion mask, framed as the model saw the image")
+             f"image{layer_note(layer)}; outline: the true lesion mask, framed as the model "
+             "saw the image")
     fig = plots.cam_grid(expl.images, list(expl.cams), titles=mask_captions(result.table),
                          ncols=min(2, len(rows)), save=save, title=title, masks=result.masks)
     shown = ["image_id", "label_name", "explained_name", "explained_prob", "mask",

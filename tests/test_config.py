@@ -13,6 +13,7 @@ import pytest
 
 from melalib.config import RunConfig, Spec, choices, coerce, field_index, read_yaml_config, spec
 from melalib.errors import ConfigError
+from melalib.presets import NEEDS as PRESET_NEEDS
 from melalib.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,12 +78,23 @@ def test_fingerprint_ignores_names_and_paths_but_not_training() -> None:
 
 def test_every_preset_is_a_valid_config() -> None:
     for name in PRESETS:
-        cfg = RunConfig.from_preset(name)
+        needs = {key: "x" for key in PRESET_NEEDS.get(name, {})}
+        cfg = RunConfig.from_preset(name, **needs)
         for key, value in PRESETS[name].items():
             got = cfg.to_flat()[key]
             assert got == (list(value) if isinstance(value, tuple) else value), (name, key)
     with pytest.raises(ConfigError, match="unknown preset"):
         RunConfig.from_preset("isic2020_effnet")
+
+
+def test_a_preset_names_the_keys_its_user_must_set() -> None:
+    assert set(PRESET_NEEDS) <= set(PRESETS)
+    for name, needs in PRESET_NEEDS.items():
+        for key in needs:
+            with pytest.raises(ConfigError, match=f"preset {name} needs {key}, .*--set {key}="):
+                RunConfig.from_preset(name)
+    cfg = RunConfig.from_preset("ham10000_lite0_guided", guide_masks="masks")
+    assert cfg.train.cam_guidance == 1.0 and cfg.data.guide_masks == "masks"
 
 
 def test_yaml_with_preset_and_sections(tmp_path) -> None:

@@ -20,6 +20,7 @@ from melalib.models import (
     create_backbone,
     gradcam_target_layers,
     param_groups,
+    pooled_layer,
     set_backbone_trainable,
 )
 from melalib.tasks import Task
@@ -229,6 +230,24 @@ def test_gradcam_layer_choices() -> None:
         gradcam_target_layers(model, layer="no.such.layer")
     with pytest.raises(ConfigError, match="not a feature stage"):
         gradcam_target_layers(model, layer=9)
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "resnet10t", TINY])
+def test_pooled_layer_is_the_map_the_head_pools(backbone: str) -> None:
+    """layer=pooled: the module whose output global_pool averages (cam_guidance's map), the
+    backbone's forward_features; a backbone without a top-level global_pool is an error."""
+    model = FusionNet(backbone, 3).eval()
+    (layer,) = gradcam_target_layers(model, image_size=64, layer="pooled")
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        features = model.backbone.forward_features(x)
+    handle.remove()
+    torch.testing.assert_close(seen[0], features)
+    with pytest.raises(ConfigError, match="global_pool"):
+        pooled_layer(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
 
 
 # ------------------------------------------------------------------- optimisation

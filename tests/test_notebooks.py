@@ -587,6 +587,21 @@ def test_show_masked_cams_measures_maps_against_the_true_masks(dual_run: RunDir,
     assert nothing[2] is None and nothing[0].empty
 
 
+def test_show_masked_cams_draws_the_layer_it_is_given(dual_run: RunDir) -> None:
+    """Notebook 05's ``cam_layer``: the maps measured are those of the named layer (the same
+    as `explain_run.measure` at it), and the figure's heading names it."""
+    from melalib import explain, explain_run
+
+    _, cases, fig = nbh.show_masked_cams(dual_run.path, "", kind="wrong", top=2,
+                                         device="cpu", n_boot=5, layer="pooled")
+    assert "at layer pooled" in fig._suptitle.get_text().replace("\n", " ")
+    rows = explain.select_rows(dual_run, kind="wrong", top=2)
+    direct = explain_run.measure(dual_run, rows, layer="pooled", masks=None, missing="skip",
+                                 n_boot=5, device="cpu").table
+    np.testing.assert_allclose(cases["concentration"], direct["concentration"])
+    assert nbh.layer_note("auto") == "" and nbh.layer_note("bn2") == " at layer bn2"
+
+
 # ------------------------------------------------------------------ executed series
 _EXECUTED: dict[str, Any] = {}
 

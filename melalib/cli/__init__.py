@@ -468,7 +468,8 @@ def _add_explain_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, "
                    "hirescam, layercam, xgradcam, eigencam")
     p.add_argument("--layer", default=None, help="auto (default: deepest stage with >= 7 cells "
-                   "a side), last, finer, a stage number or a backbone module name")
+                   "a side), last, finer, pooled (the map the head pools, the one "
+                   "cam_guidance trains), a stage number or a backbone module name")
     p.add_argument("--target", default="run", help="run (the run's own TTA call, default), "
                    "true, or a class name")
     p.add_argument("--tta", type=int, default=1, help="maps averaged over 1, 2, 4 or 8 views")
