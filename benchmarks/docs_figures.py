@@ -2,7 +2,9 @@
 
     python benchmarks/docs_figures.py [--data ../shared/data] [--demo outputs/demo]
                                       [--milk10k outputs/milk10k_fold0]
-                                      [--ham10000 outputs/ext/ham_base] [--out docs/figures]
+                                      [--ham10000 outputs/ext/ham_base]
+                                      [--ham10000-guided outputs/ext/ham_guided]
+                                      [--out docs/figures]
 
 Each figure is drawn by `melalib.plots` (the same calls the notebooks make):
 
@@ -22,7 +24,9 @@ Each figure is drawn by `melalib.plots` (the same calls the notebooks make):
 * ``ham10000_gradcam_masks.png``: notebook 05's Grad-CAM of a HAM10000 run's most confident
   errors with the true lesion masks outlined and each map's concentration and pointing,
   copied from the ``figures/`` of the run given by ``--ham10000`` after notebook 05 ran on
-  it with ``-p masks ../shared/data/ham10000/masks_200x150`` (README: Explanations you can check).
+  it with ``-p masks ../shared/data/ham10000/masks_200x150`` (README: Explanations you can check);
+* ``ham10000_gradcam_masks_guided.png``: the same figure of a ``cam_guidance`` run given by
+  ``--ham10000-guided``, notebook 05 run with ``-p cam_layer pooled`` (the guided map).
 
 ``figures.json`` records, per figure: the SHA-256 of its inputs, ``code`` (a SHA-256 of
 the code that draws it: `melalib/plots.py`, the notebook helpers it goes through and this
@@ -72,12 +76,17 @@ HELPERS: dict[str, tuple[Callable[..., Any], ...]] = {
     "milk10k_confusion.png": (notebook.operating_point,),
     "ham10000_gradcam_masks.png": (notebook.show_masked_cams, notebook.mask_captions,
                                    notebook.case_heading, notebook.operating_point),
+    "ham10000_gradcam_masks_guided.png": (notebook.show_masked_cams, notebook.mask_captions,
+                                          notebook.case_heading, notebook.operating_point,
+                                          notebook.layer_note),
 }
 #: docs figure -> the notebook figure of a MILK10k run it is a copy of (`copy_run_figures`).
 MILK10K = {"milk10k_gradcam_pair.png": "05_cam_pairs.png",
            "milk10k_confusion.png": "04_confusion.png"}
 #: docs figure -> the notebook figure of a HAM10000 run it is a copy of (`copy_run_figures`).
 HAM10000 = {"ham10000_gradcam_masks.png": "05_cam_lesion_masks.png"}
+#: The same figure of a run trained with cam_guidance (notebook 05 at -p cam_layer pooled).
+HAM10000_GUIDED = {"ham10000_gradcam_masks_guided.png": "05_cam_lesion_masks.png"}
 
 
 def sha256(path: Path) -> str:
@@ -225,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a MILK10k run that notebooks 04 and 05 ran on: copy its figures")
     parser.add_argument("--ham10000", type=Path, default=None,
                         help="a HAM10000 run that notebook 05 ran on with masks: copy its figure")
+    parser.add_argument("--ham10000-guided", type=Path, default=None,
+                        help="a HAM10000 cam_guidance run that notebook 05 ran on with masks "
+                        "and -p cam_layer pooled: copy its figure")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ham10000 is not None:
         made |= copy_run_figures(args.ham10000, args.out, HAM10000, "HAM10000",
                                  "Explanations you can check")
+    if args.ham10000_guided is not None:
+        made |= copy_run_figures(args.ham10000_guided, args.out, HAM10000_GUIDED,
+                                 "HAM10000 cam_guidance", "Explanations you can check")
     if (args.out / ROC_OOF).is_file():
         made |= draw_roc(args.out)
     manifest = {name: made.get(name, old.get(name)) for name in sorted(set(old) | set(made))}
