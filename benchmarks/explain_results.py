@@ -87,6 +87,21 @@ def split_by_call(table: pd.DataFrame, n_boot: int) -> dict[str, Any]:
     return out
 
 
+def against_prior(table: pd.DataFrame, n_boot: int) -> dict[str, Any]:
+    """The model's maps against the centre prior's on the same images (rows with a mask):
+    the mean per-image concentration gain, the share of images whose map is more
+    concentrated on the lesion than the prior's, and the pointing of the images whose
+    lesion the prior's peak misses (off-centre lesions)."""
+    part = table[(table["mask"] != "missing") & np.isfinite(table["concentration"])]
+    groups = part["group_id"].astype(str).to_numpy()
+    gain = (part["concentration"] - part["prior_concentration"]).to_numpy(dtype=float)
+    off = part[part["prior_pointing"] == 0]
+    return {"n": len(part), "concentration_gain": _mean_ci(gain, groups, n_boot),
+            "share_above_prior": _mean_ci((gain > 0).astype(float), groups, n_boot),
+            "off_centre_n": len(off),
+            "off_centre_pointing": float(off["pointing"].mean()) if len(off) else None}
+
+
 def measure_run(path: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure of one run."""
     started = time.perf_counter()
@@ -113,7 +128,8 @@ def measure_run(path: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"run": str(path), "n_images": len(rows), "options": result.options,
             "primary_metric": task.primary_metric, "oof_primary": accuracy,
             "pooled": result.pooled.to_dict(orient="records"),
-            "by_call": split_by_call(table, args.n_boot), "faithfulness": faithful,
+            "by_call": split_by_call(table, args.n_boot),
+            "against_prior": against_prior(table, args.n_boot), "faithfulness": faithful,
             "otsu_estimate_dice": otsu,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -143,6 +159,15 @@ def render(results: list[dict[str, Any]]) -> str:
         if res.get("otsu_estimate_dice"):
             lines.append(f"| Dice of the Otsu estimate vs the true masks | "
                          f"{_cell(res['otsu_estimate_dice'])} | | | |")
+        if prior := res.get("against_prior"):
+            off = prior["off_centre_pointing"]
+            lines += [f"| concentration gain over the centre prior, per image (n={prior['n']}) "
+                      f"| {_cell(prior['concentration_gain'])} | | | |",
+                      f"| share of images above the centre prior | "
+                      f"{_cell(prior['share_above_prior'])} | | | |",
+                      f"| pointing where the prior's peak misses the lesion "
+                      f"(n={prior['off_centre_n']}) | {'-' if off is None else f'{off:.3f}'} "
+                      "| 0 | | |"]
         for name, r in res["by_call"].items():
             lines.append(f"| concentration ({name}, n={r['n']}) | {_cell(r['concentration'])} "
                          "| | | |")

@@ -180,6 +180,8 @@ def test_benchmark_measures_a_run_and_records_its_table(
     assert set(res["faithfulness"]) >= {"border_change", "deletion", "insertion"}
     assert 0 <= res["otsu_estimate_dice"]["estimate"] <= 1
     assert "Dice of the Otsu estimate" in printed
+    assert res["against_prior"]["n"] <= res["n_images"]
+    assert "share of images above the centre prior" in printed
     assert f"{res['oof_primary']:.3f}" in printed
     assert "| run | OOF |" not in printed  # one run: no side-by-side table
     section = "\n".join(bench.render_section(out))
@@ -204,6 +206,21 @@ def test_benchmark_sets_runs_side_by_side(project: Path) -> None:
     assert table[0].startswith("| run | OOF | concentration |")
     assert table[2] == "| a | 0.500 | 1.200 [1.100, 1.300] | - | - | - | - |"
     assert table[3].startswith("| b | 0.600 | 1.200")
+
+
+def test_benchmark_compares_each_map_with_the_centre_prior_on_the_same_image() -> None:
+    """Paired against the prior: the per-image gain, the share above it, and pointing on the
+    images whose lesion the prior's peak misses; rows without a mask are left out."""
+    bench = _bench()
+    table = pd.DataFrame({"mask": ["true_mask"] * 4 + ["missing"],
+                          "group_id": ["a", "b", "c", "d", "e"],
+                          "concentration": [2.0, 1.0, 1.5, 3.0, 9.0],
+                          "prior_concentration": [1.5, 1.5, 1.5, 1.0, 1.0],
+                          "prior_pointing": [1, 1, 0, 0, 0], "pointing": [1, 0, 0, 1, 1]})
+    res = bench.against_prior(table, n_boot=50)
+    assert res["n"] == 4 and res["off_centre_n"] == 2 and res["off_centre_pointing"] == 0.5
+    assert res["concentration_gain"]["estimate"] == pytest.approx((0.5 - 0.5 + 0 + 2) / 4)
+    assert res["share_above_prior"]["estimate"] == pytest.approx(0.5)  # a tie is not above
 
 
 def test_benchmark_picks_only_images_with_a_mask(project: Path, elsewhere: Path) -> None:
