@@ -257,7 +257,25 @@ def render_section(path: Path, *variants: Path) -> list[str]:
                   f"`{other['git_commit'][:10]}`; the runs, fold and images per class it "
                   "names, each run trained like the rows above with its own option):", "",
                   compare(other["results"]), ""]
+        lines += prior_table(other["results"])
     return lines
+
+
+def prior_table(results: list[dict[str, Any]]) -> list[str]:
+    """Each run's maps against the centre prior on the same images (`against_prior`), one
+    row per run that recorded it; nothing when none did."""
+    rows = [(res["run"], res["against_prior"]) for res in results if res.get("against_prior")]
+    if not rows:
+        return []
+    lines = ["| run | concentration gain over the centre prior, per image | share of images "
+             "above the prior | pointing where the prior's peak misses the lesion |",
+             "|---|---|---|---|"]
+    for run, prior in rows:
+        off = prior["off_centre_pointing"]
+        lines.append(f"| {run} | {_cell(prior['concentration_gain'])} | "
+                     f"{_cell(prior['share_above_prior'])} | "
+                     f"{'-' if off is None else f'{off:.3f}'} (n={prior['off_centre_n']}) |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

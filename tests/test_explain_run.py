@@ -193,6 +193,9 @@ def test_benchmark_measures_a_run_and_records_its_table(
                                    "results": [res, {**res, "run": "other"}]}))
     section = "\n".join(bench.render_section(out, variant, elsewhere / "absent.json"))
     assert "`python benchmarks/x --layer finer`" in section and "| run | OOF |" in section
+    gain = res["against_prior"]["concentration_gain"]
+    assert f"| other | {gain['estimate']:.3f} [{gain['low']:.3f}, {gain['high']:.3f}] |" \
+        in section
 
 
 def test_benchmark_sets_runs_side_by_side(project: Path) -> None:
