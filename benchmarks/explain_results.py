@@ -102,6 +102,17 @@ def against_prior(table: pd.DataFrame, n_boot: int) -> dict[str, Any]:
             "off_centre_pointing": float(off["pointing"].mean()) if len(off) else None}
 
 
+def oof_primary(run: RunDir, fold: int | None) -> float:
+    """The run's primary metric on its OOF rows of ``fold`` (the fold whose images are
+    explained), on all its OOF rows without one."""
+    oof = run.oof()
+    if fold is not None:
+        oof = oof[oof["fold"] == fold]
+    task = run.task
+    return evaluate(task, oof["label"].to_numpy(),
+                    oof[task.prob_columns].to_numpy())[task.primary_metric]
+
+
 def measure_run(path: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure of one run."""
     started = time.perf_counter()
@@ -121,12 +132,9 @@ def measure_run(path: str, args: argparse.Namespace) -> dict[str, Any]:
     masks, _ = framed_masks(table[true], estimates.shape[-1], run.cfg.data.aspect, source)
     otsu = _mean_ci(dice(estimates[true], masks), groups[true], args.n_boot) if true.any() \
         else None
-    oof = run.oof()
     task = run.task
-    accuracy = evaluate(task, oof["label"].to_numpy(),
-                        oof[task.prob_columns].to_numpy())[task.primary_metric]
     return {"run": str(path), "n_images": len(rows), "options": result.options,
-            "primary_metric": task.primary_metric, "oof_primary": accuracy,
+            "primary_metric": task.primary_metric, "oof_primary": oof_primary(run, args.fold),
             "pooled": result.pooled.to_dict(orient="records"),
             "by_call": split_by_call(table, args.n_boot),
             "against_prior": against_prior(table, args.n_boot), "faithfulness": faithful,

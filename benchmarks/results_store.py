@@ -32,7 +32,9 @@ EXPLAIN_JSONS = (DOCS / "results_explain.json",  # benchmarks/explain_results.py
                  DOCS / "results_explain_finer.json",  # the same runs, --layer finer
                  DOCS / "results_explain_field.json",  # the recipe vs field_mask=ellipse
                  DOCS / "results_explain_guided.json",  # cam_guidance=1, the auto layer
-                 DOCS / "results_explain_guided_bn2.json")  # the same, the guided layer
+                 DOCS / "results_explain_guided_bn2.json",  # the same, the guided layer
+                 DOCS / "results_explain_pooled.json",  # recipe vs guided, fold 0, pooled
+                 DOCS / "results_explain_guided_fold1.json")  # guided, fold 1, pooled
 
 Render = Callable[[dict[str, Any]], str]
 

@@ -240,3 +240,11 @@ def test_benchmark_picks_only_images_with_a_mask(project: Path, elsewhere: Path)
     assert sorted(rows["image_id"]) == sorted(ids)
     one = bench.pick_rows(run, None, per_class=1, fold=0)
     assert len(one) == 2 and set(one["fold"]) == {0} and set(one["label"]) == {0, 1}
+    from melalib.metrics import evaluate
+
+    oof = run.oof()
+    for fold in (0, 1):
+        part = oof[oof["fold"] == fold]
+        want = evaluate(run.task, part["label"].to_numpy(),
+                        part[run.task.prob_columns].to_numpy())[run.task.primary_metric]
+        assert bench.oof_primary(run, fold) == pytest.approx(want)
