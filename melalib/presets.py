@@ -82,9 +82,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # fold-0 curve in docs/results.md peaked at epoch 5).
     "ham10000_lite0_pretrained_6ep": dict(_LITE0_PRETRAINED, epochs=6),
     # The 6-epoch recipe trained to keep its class-activation map on the true lesion
-    # (`melalib.guidance`, weight 1): needs guide_masks (NEEDS). HAM10000 fold 0: at the
-    # pooled layer concentration 1.742, pointing 0.756, border peak 0.067, balanced
-    # accuracy 0.709 against the recipe's 0.698 (docs/results.md, section 7).
+    # (`melalib.guidance`, weight 1): needs guide_masks (NEEDS). HAM10000 fold 0, paired
+    # with the recipe, at the pooled layer: concentration 1.847 against 1.507, pointing
+    # 0.865 against 0.772, border peak 0.026 against 0.078, balanced accuracy 0.704 against
+    # 0.698; fold 1: 1.794, 0.842, 0.068, 0.732 (docs/results.md, section 7).
     "ham10000_lite0_guided": dict(_LITE0_PRETRAINED, epochs=6, cam_guidance=1.0),
     # The ablation: the same backbone and recipe from random weights (nothing to freeze).
     "ham10000_lite0_scratch": dict(_LITE0, pretrained=False),

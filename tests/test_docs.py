@@ -109,6 +109,15 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "melalib explain outputs/ham --kind fn --top 16 --masks ../shared/data/ham10000/masks_200x150"
     " --floor --faithfulness --out explain/ham_fn":
         "a HAM10000 run (tests/test_explain_run.py runs the command on a tiny synthetic run)",
+    "melalib train --preset ham10000_lite0_guided --set data_dir=../shared/data/ham10000 "
+    "--set guide_masks=../shared/data/ham10000/masks_200x150 --fold 0 --output-dir "
+    "outputs/ext --name ham_guided":
+        "the HAM10000 images and masks, 26 min on 2 cores (tests/test_config.py builds the "
+        "preset; tests/test_guidance.py trains with cam_guidance end to end on synthetic data)",
+    "melalib explain outputs/ext/ham_guided --kind wrong --top 16 --layer pooled --masks "
+    "../shared/data/ham10000/masks_200x150 --out explain/ham_guided":
+        "the HAM10000 run above (tests/test_explain_run.py runs explain on a tiny run; "
+        "tests/test_models.py checks layer=pooled is the map the head pools)",
 }
 _MILK = ("-p preset milk10k_dual_lite0_pretrained -p dataset milk10k -p data_dir "
          "../shared/data/milk10k")
