@@ -114,7 +114,8 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "outputs/ext --name ham_guided":
         "the HAM10000 images and masks, 26 min on 2 cores (tests/test_config.py builds the "
         "preset; tests/test_guidance.py trains with cam_guidance end to end on synthetic data)",
-    "melalib explain outputs/ext/ham_guided --kind wrong --top 16 --layer pooled --masks "
+    "melalib explain outputs/ext/ham_guided --kind wrong --top 16 --layer pooled "
+    "--missing-masks skip --masks "
     "../shared/data/ham10000/masks_200x150 --out explain/ham_guided":
         "the HAM10000 run above (tests/test_explain_run.py runs explain on a tiny run; "
         "tests/test_models.py checks layer=pooled is the map the head pools)",
