@@ -107,6 +107,7 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
         "the ISIC 2020 runs above (tests/test_stack.py ensembles a stack with a run)",
     STACK_PYTHON: "the ISIC 2020 runs above (tests/test_stack.py calls stack on tiny runs)",
     "melalib explain outputs/ham --kind fn --top 16 --masks ../shared/data/ham10000/masks_200x150"
+    " --missing-masks skip"
     " --floor --faithfulness --out explain/ham_fn":
         "a HAM10000 run (tests/test_explain_run.py runs the command on a tiny synthetic run)",
     "melalib train --preset ham10000_lite0_guided --set data_dir=../shared/data/ham10000 "
