@@ -66,19 +66,20 @@ ASPECT_IMAGE = "ham10000/images_200x150/ISIC_0024306.jpg"
 THUMB = 32
 EDA = {"class_balance": plots.class_balance_plot, "age_by_label": plots.age_by_label_plot,
        "site_by_label": plots.site_by_label_plot}
+#: The helpers notebook 05's lesion-mask figure goes through.
+_MASKED_CAMS = (notebook.show_masked_cams, notebook.mask_captions, notebook.case_heading,
+                notebook.operating_point, notebook.layer_note)
 #: The notebook helpers each demo figure goes through (hashed with plots.py).
 HELPERS: dict[str, tuple[Callable[..., Any], ...]] = {
     "demo_04_roc.png": (notebook.curve_figures,),
     "demo_05_cam_true_positives.png": (notebook.show_cams, notebook.cam_captions,
-                                       notebook.operating_point),
+                                       notebook.operating_point, notebook.layer_note),
     "milk10k_gradcam_pair.png": (notebook.show_pair_cams, notebook.pair_captions,
-                                 notebook.case_heading, notebook.operating_point),
+                                 notebook.case_heading, notebook.operating_point,
+                                 notebook.layer_note),
     "milk10k_confusion.png": (notebook.operating_point,),
-    "ham10000_gradcam_masks.png": (notebook.show_masked_cams, notebook.mask_captions,
-                                   notebook.case_heading, notebook.operating_point),
-    "ham10000_gradcam_masks_guided.png": (notebook.show_masked_cams, notebook.mask_captions,
-                                          notebook.case_heading, notebook.operating_point,
-                                          notebook.layer_note),
+    "ham10000_gradcam_masks.png": _MASKED_CAMS,
+    "ham10000_gradcam_masks_guided.png": _MASKED_CAMS,
 }
 #: docs figure -> the notebook figure of a MILK10k run it is a copy of (`copy_run_figures`).
 MILK10K = {"milk10k_gradcam_pair.png": "05_cam_pairs.png",

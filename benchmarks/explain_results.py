@@ -146,6 +146,12 @@ def _cell(r: dict[str, Any]) -> str:
     return f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
 
 
+def _off_centre(prior: dict[str, Any]) -> str:
+    """`against_prior`'s pointing on off-centre lesions as a cell ("-" when there are none)."""
+    off = prior["off_centre_pointing"]
+    return "-" if off is None else f"{off:.3f}"
+
+
 def render(results: list[dict[str, Any]]) -> str:
     """One markdown table per run: each measure for the model, the centre prior and the
     random floor, with the goal; then the faithfulness and right / wrong lines."""
@@ -168,14 +174,12 @@ def render(results: list[dict[str, Any]]) -> str:
             lines.append(f"| Dice of the Otsu estimate vs the true masks | "
                          f"{_cell(res['otsu_estimate_dice'])} | | | |")
         if prior := res.get("against_prior"):
-            off = prior["off_centre_pointing"]
             lines += [f"| concentration gain over the centre prior, per image (n={prior['n']}) "
                       f"| {_cell(prior['concentration_gain'])} | | | |",
                       f"| share of images above the centre prior | "
                       f"{_cell(prior['share_above_prior'])} | | | |",
                       f"| pointing where the prior's peak misses the lesion "
-                      f"(n={prior['off_centre_n']}) | {'-' if off is None else f'{off:.3f}'} "
-                      "| 0 | | |"]
+                      f"(n={prior['off_centre_n']}) | {_off_centre(prior)} | 0 | | |"]
         for name, r in res["by_call"].items():
             lines.append(f"| concentration ({name}, n={r['n']}) | {_cell(r['concentration'])} "
                          "| | | |")
@@ -279,10 +283,9 @@ def prior_table(results: list[dict[str, Any]]) -> list[str]:
              "above the prior | pointing where the prior's peak misses the lesion |",
              "|---|---|---|---|"]
     for run, prior in rows:
-        off = prior["off_centre_pointing"]
         lines.append(f"| {run} | {_cell(prior['concentration_gain'])} | "
                      f"{_cell(prior['share_above_prior'])} | "
-                     f"{'-' if off is None else f'{off:.3f}'} (n={prior['off_centre_n']}) |")
+                     f"{_off_centre(prior)} (n={prior['off_centre_n']}) |")
     return [*lines, ""]
 
 

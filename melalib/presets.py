@@ -13,6 +13,8 @@ _LITE0: dict[str, Any] = dict(dataset="ham10000", backbone="tf_efficientnet_lite
 #: the head's LR.
 _LITE0_PRETRAINED: dict[str, Any] = dict(_LITE0, pretrained=True, freeze_epochs=1,
                                          backbone_lr_mult=0.3)
+#: The same trained for 6 epochs (1 frozen + 5 fine-tuning).
+_LITE0_6EP: dict[str, Any] = dict(_LITE0_PRETRAINED, epochs=6)
 
 #: MILK10k on 2 CPU cores: the pretrained Lite0 recipe on both images of a lesion (separate
 #: clinical and dermoscopic branches), metadata + MONET scores + skin tone (the default
@@ -80,13 +82,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ham10000_lite0_pretrained": dict(_LITE0_PRETRAINED),
     # The same recipe trained longer: 1 frozen epoch then 5 fine-tuning epochs (the 8-epoch
     # fold-0 curve in docs/results.md peaked at epoch 5).
-    "ham10000_lite0_pretrained_6ep": dict(_LITE0_PRETRAINED, epochs=6),
+    "ham10000_lite0_pretrained_6ep": dict(_LITE0_6EP),
     # The 6-epoch recipe trained to keep its class-activation map on the true lesion
     # (`melalib.guidance`, weight 1): needs guide_masks (NEEDS). HAM10000 fold 0, paired
     # with the recipe, at the pooled layer: concentration 1.847 against 1.507, pointing
     # 0.865 against 0.772, border peak 0.026 against 0.078, balanced accuracy 0.704 against
     # 0.698; fold 1: 1.794, 0.842, 0.068, 0.732 (docs/results.md, section 7).
-    "ham10000_lite0_guided": dict(_LITE0_PRETRAINED, epochs=6, cam_guidance=1.0),
+    "ham10000_lite0_guided": dict(_LITE0_6EP, cam_guidance=1.0),
     # The ablation: the same backbone and recipe from random weights (nothing to freeze).
     "ham10000_lite0_scratch": dict(_LITE0, pretrained=False),
     # MILK10k dual images on 2 CPU cores (see _MILK_LITE0). The single-image rows of the
