@@ -5,8 +5,9 @@ With a backbone whose last feature map ``A`` (C, h, w) is average-pooled into a 
 (`models.FusionNet`: ``head.fc`` over the concatenated features, image branch first), the
 class-activation map of class ``c`` is ``CAM_c = sum_k W[c, k] A_k``; Grad-CAM at that layer
 is exactly ``ReLU(CAM_c)`` up to scale (its channel weights are the pooled gradients
-``W[c, k] / (h w)``). `CamGuide` captures ``A`` with a forward hook on the backbone's
-``global_pool`` during training steps only, and `outside_share` is, per image, the share of
+``W[c, k] / (h w)``). `CamGuide` captures ``A`` with a forward hook on
+`models.pooled_layer` (the module ``global_pool`` averages: Grad-CAM's ``pooled`` layer, one
+definition for both) during training steps only, and `outside_share` is, per image, the share of
 ``ReLU(CAM)`` mass that falls outside the mask (the mask averaged onto ``A``'s grid: each
 cell counts by its lesion fraction). The training loss adds ``cam_guidance`` times its mean
 over the batch's images that have a mask (`RowMasks`: rows whose mask file is absent train
@@ -31,7 +32,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .localize import MaskSource, read_mask
-from .models import feature_dim
+from .models import feature_dim, pooled_layer
 from .tasks import Task
 
 log = logging.getLogger("melalib")
@@ -109,25 +110,33 @@ def outside_share(maps: torch.Tensor, weights: torch.Tensor, masks: torch.Tensor
     return (cam * (1.0 - lesion)).sum((1, 2)) / (cam.sum((1, 2)) + EPS)
 
 
+def _pooled(backbone: nn.Module) -> nn.Module | None:
+    """`models.pooled_layer`, or None when the backbone has no such layer."""
+    try:
+        return pooled_layer(backbone)
+    except ConfigError:
+        return None
+
+
 class CamGuide:
     """The guidance term of a `FusionNet`'s training loss (see the module docstring); create
     it after any deep copy of the model (an EMA), which would copy its hook."""
 
     def __init__(self, model: nn.Module, task: Task, weight: float) -> None:
         backbone = getattr(model, "backbone", None)
-        pool = getattr(backbone, "global_pool", None)
         fc = getattr(getattr(model, "head", None), "fc", None)
-        if not isinstance(pool, nn.Module) or not isinstance(fc, nn.Linear):
+        layer = _pooled(backbone) if isinstance(backbone, nn.Module) else None
+        if layer is None or not isinstance(fc, nn.Linear):
             raise ConfigError(f"cam_guidance needs an image backbone with a global_pool and a "
                               f"linear head; {type(model).__name__} has none")
         self.task, self.weight, self.fc = task, float(weight), fc
         self.n_image = feature_dim(backbone)
         self._maps: list[torch.Tensor] = []
-        self._hook = pool.register_forward_hook(self._keep)
+        self._hook = layer.register_forward_hook(self._keep)
 
-    def _keep(self, _module: nn.Module, inputs: Sequence[Any], _output: Any) -> None:
+    def _keep(self, _module: nn.Module, _inputs: Sequence[Any], output: torch.Tensor) -> None:
         if torch.is_grad_enabled():  # a training step, not validation or prediction
-            self._maps.append(inputs[0])
+            self._maps.append(output)
 
     def clear(self) -> None:
         """Forget maps captured outside a loss computation."""
