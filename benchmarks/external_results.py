@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from melalib.bootstrap import evaluate_with_ci
+from melalib.classmap import class_mapping
 from melalib.external import (
     Evaluation,
     blank_metadata,
@@ -38,13 +39,15 @@ from melalib.external import (
 )
 from melalib.io import write_json
 from melalib.runs import RunDir, git_commit
+from melalib.shift import POOLED, ShiftStats
 from melalib.table import LesionTable
-from melalib.tasks import MELANOMA
+from melalib.tasks import MELANOMA, Task
 
 GOALS = {"external_balanced_accuracy": 0.65, "external_melanoma_auc": 0.90,
          "in_domain_loss": 0.01}
 #: Config fields that tell the compared recipes apart (shown per row).
-OPTIONS = ("dataset", "color_constancy", "meta_blanking", "border_aug", "epochs", "backbone")
+OPTIONS = ("dataset", "color_constancy", "meta_blanking", "border_aug", "epochs", "backbone",
+           "use_meta")
 
 
 def _ci(frame: pd.DataFrame, metric: str) -> dict[str, float] | None:
@@ -56,8 +59,28 @@ def _ci(frame: pd.DataFrame, metric: str) -> dict[str, float] | None:
     return {"estimate": float(r["estimate"]), "low": float(r["low"]), "high": float(r["high"])}
 
 
-def oof_scores(run: RunDir, fold: int | None, n_boot: int) -> dict[str, Any]:
-    """Balanced accuracy and melanoma-vs-rest AUC of the stored OOF, pooled and per source."""
+def shared_oof(task: Task, data_task: Task, oof: pd.DataFrame
+               ) -> tuple[Task, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The OOF rows of the classes ``task`` shares with ``data_task``, scored as the external
+    table is (`classmap.class_mapping`: the other classes' probability removed and the rest
+    renormalised): (scored task, labels, probabilities, groups); None when the mapping drops
+    no class of ``task`` (its OOF is already scored on the shared classes)."""
+    mapping = class_mapping(task, data_task)
+    if not mapping.dropped_model_classes:
+        return None
+    scored = {c: g for g, (model, _) in enumerate(mapping.groups) for c in model}
+    names = np.asarray(task.classes, dtype=object)[oof["label"].to_numpy()]
+    y = np.array([scored.get(n, -1) for n in names], dtype=np.int64)
+    keep = y >= 0
+    probs = mapping.probs(oof[task.prob_columns].to_numpy()[keep])
+    return mapping.task, y[keep], probs, oof["group_id"].to_numpy()[keep]
+
+
+def oof_scores(run: RunDir, fold: int | None, n_boot: int, data_task: Task | None = None
+               ) -> dict[str, Any]:
+    """Balanced accuracy and melanoma-vs-rest AUC of the stored OOF, pooled and per source;
+    ``shared``: on the classes the run's task shares with ``data_task`` (the external
+    table's), when the run knows classes the external table lacks."""
     oof = run.oof(fold)
     task = run.task
     table = run.table().df.set_index("image_id")
@@ -70,6 +93,9 @@ def oof_scores(run: RunDir, fold: int | None, n_boot: int) -> dict[str, Any]:
     for name, part in parts.items():
         out[name] = scores(task, part["label"].to_numpy(), part[task.prob_columns].to_numpy(),
                            part["group_id"].to_numpy(), n_boot)
+    shared = None if data_task is None else shared_oof(task, data_task, oof)
+    if shared is not None:
+        out["shared"] = scores(*shared, n_boot)
     return out
 
 
@@ -97,12 +123,19 @@ def evaluation_scores(ev: Evaluation) -> dict[str, Any]:
     return out
 
 
-def blanked_oof(path: str, fold: int | None, n_boot: int) -> dict[str, Any]:
-    """The run's own held-out rows re-predicted with age, sex and site blanked."""
+def blanked_oof(path: str, fold: int | None, n_boot: int, source: str | None = None
+                ) -> dict[str, Any]:
+    """The run's own held-out rows (of ``fold``; of ``source`` in a multi-source table)
+    re-predicted with age, sex and site blanked."""
     table = oof_table(path)
+    keep = np.ones(len(table.df), dtype=bool)
     if fold is not None:
-        df = table.df[table.df["fold"] == fold].reset_index(drop=True)
-        table = LesionTable(df, table.task, origin=table.origin)
+        keep &= (table.df["fold"] == fold).to_numpy()
+    if source is not None and "source" in table.df.columns:
+        keep &= (table.df["source"] == source).to_numpy()
+    if not keep.all():
+        table = LesionTable(table.df[keep].reset_index(drop=True), table.task,
+                            origin=table.origin)
     ev = evaluate_external(path, blank_metadata(table), oof=True, n_boot=n_boot, progress=False)
     return evaluation_scores(ev)
 
@@ -118,13 +151,17 @@ def measure_run(path: str, external: LesionTable, dataset: str, args: argparse.N
     run = RunDir.read(path)
     res: dict[str, Any] = {"run": str(path), "options": {
         k: getattr(run.cfg.data, k, getattr(run.cfg.train, k, getattr(run.cfg.model, k, None)))
-        for k in OPTIONS}, "seconds": {}}
+        for k in OPTIONS}, "classes_trained": list(run.task.classes), "seconds": {}}
+    stats = run.shift_path(args.fold or 0)
+    res["shift_score"] = ShiftStats.load(stats).kind if stats.is_file() else None
     started = time.perf_counter()
-    res["in_domain"] = oof_scores(run, args.fold, args.n_boot)
+    res["in_domain"] = oof_scores(run, args.fold, args.n_boot, external.task)
     res["seconds"]["in_domain"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    res["in_domain_blank_meta"] = blanked_oof(path, args.fold, args.n_boot)
-    res["seconds"]["in_domain_blank_meta"] = round(time.perf_counter() - started, 1)
+    if run.cfg.model.use_meta:  # an image-only run has no metadata to blank
+        started = time.perf_counter()
+        first = str(run.cfg.data.dataset).split("+")[0]  # the comparable source
+        res["in_domain_blank_meta"] = blanked_oof(path, args.fold, args.n_boot, first)
+        res["seconds"]["in_domain_blank_meta"] = round(time.perf_counter() - started, 1)
     if not trained_on(run, dataset):
         started = time.perf_counter()
         ev = evaluate_external(path, external, skip_missing_images=True, n_boot=args.n_boot,
@@ -145,7 +182,7 @@ def _pct(v: float | None) -> str:
 def options_label(options: dict[str, Any]) -> str:
     """The options a row sets beyond the HAM10000 recipe ("recipe" when none)."""
     plain = {"dataset": "ham10000", "color_constancy": False, "meta_blanking": 0.0,
-             "border_aug": "none"}
+             "border_aug": "none", "use_meta": True}
     set_ = [f"`{k}={v}`" for k, v in options.items() if k in plain and v != plain[k]]
     return ", ".join(set_) or "recipe"
 
@@ -158,20 +195,24 @@ def render(results: list[dict[str, Any]]) -> list[str]:
     for res in results:
         ext = res.get("external")
         ind = res["in_domain"]
-        own = ind.get("ham10000", ind["all"])
+        own = ind.get("shared") or ind.get("ham10000") or ind["all"]
         shift = (ext or {}).get("shift") or {}
         opts = options_label(res["options"])
-        other = next((v for k, v in ind.items() if k not in ("all", "ham10000")), {})
+        other = next((v for k, v in ind.items() if k not in ("all", "ham10000", "shared")),
+                     {})
+        blank = res.get("in_domain_blank_meta")
         ext_cells = (["(trained on it: " + _cell(other.get("balanced_accuracy"))
                       + " out of fold)", _cell(other.get("melanoma_auc")), "-", "-", "-"]
                      if ext is None else
             [_cell(ext["balanced_accuracy"]), _cell(ext["melanoma_auc"]),
              "-" if shift.get("auroc_vs_training_oof") is None
-             else f"{shift['auroc_vs_training_oof']:.3f}", _pct(shift.get("share_flagged")),
+             else f"{shift['auroc_vs_training_oof']:.3f} ({res.get('shift_score') or POOLED})",
+             _pct(shift.get("share_flagged")),
              f"{_pct(shift.get('error_rate_flagged'))} / "
              f"{_pct(shift.get('error_rate_unflagged'))}"])
         lines.append(f"| {Path(res['run']).name} | {opts} | {_cell(own['balanced_accuracy'])} | "
-                     f"{_cell(res['in_domain_blank_meta']['balanced_accuracy'])} | "
+                     f"{_cell(blank['balanced_accuracy']) if blank else '- (no metadata input)'}"
+                     " | "
                      + " | ".join(ext_cells) + " |")
     return lines
 
@@ -210,12 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         command = "python benchmarks/external_results.py " + shlex.join(
             [r["run"] for r in rows] + flags)
         write_json(Path(args.out), {"command": command, "git_commit": git_commit(),
-                                    "goals": GOALS, "results": rows})
+                                    "dataset": args.dataset, "goals": GOALS, "results": rows})
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _goal_line(results: list[dict[str, Any]]) -> str:
@@ -242,10 +280,48 @@ def _goal_line(results: list[dict[str, Any]]) -> str:
     return "; ".join(lines) + "."
 
 
-def render_section(path: Path) -> list[str]:
-    """The results.md section from the JSON this script writes (nothing when absent)."""
+def render_section(path: Path, reverse: Path | None = None) -> list[str]:
+    """The results.md section from the JSON this script writes (nothing when absent), and
+    ``reverse``'s subsection (MILK10k-trained runs on HAM10000) when that JSON exists."""
     if not path.is_file():
         return []
+    return _forward_section(path) + ([] if reverse is None else render_reverse(reverse))
+
+
+def render_reverse(path: Path) -> list[str]:
+    """The reverse direction's subsection: MILK10k-trained runs scored on HAM10000."""
+    if not path.is_file():
+        return []
+    recorded = json.loads(path.read_text())
+    results = recorded["results"]
+    lines = ["### The reverse: MILK10k-trained models on HAM10000", "",
+             "Each run is trained on MILK10k's dermoscopic images (one fold of the "
+             "lesion-grouped 5-fold split of the 4,192 lesions present) and scored on every "
+             "HAM10000 image of the classes both define. In-domain: its own out-of-fold rows "
+             "of that fold on the same shared classes, scored as the external table is (the "
+             "probability of MILK10k's four other classes removed and the rest "
+             "renormalised; `shared_oof`); the 11-class figure beside it. An image-only run "
+             "has no metadata to blank. CIs: 1,000 lesion-grouped bootstrap replicates.", "",
+             f"Made by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`).", ""]
+    lines += render(results)
+    for res in results:
+        ind, ext = res["in_domain"], res.get("external")
+        if ext is None or "shared" not in ind:
+            continue
+        lines += ["", f"{Path(res['run']).name}: in-domain balanced accuracy "
+                  f"{_cell(ind['all']['balanced_accuracy'])} over its "
+                  f"{len(res['classes_trained'])} classes, "
+                  f"{_cell(ind['shared']['balanced_accuracy'])} on the {len(ext['classes'])} "
+                  f"shared classes; on HAM10000 {_cell(ext['balanced_accuracy'])} (change "
+                  f"{ext['balanced_accuracy']['estimate'] - ind['shared']['balanced_accuracy']['estimate']:+.3f}); "
+                  f"melanoma AUC {_cell(ind['shared'].get('melanoma_auc'))} in-domain, "
+                  f"{_cell(ext['melanoma_auc'])} on HAM10000. Measurement time: "
+                  f"{sum(res['seconds'].values()):.0f} s."]
+    return [*lines, ""]
+
+
+def _forward_section(path: Path) -> list[str]:
+    """Section 6 proper: HAM10000-trained runs on MILK10k (and multi-source rows)."""
     recorded = json.loads(path.read_text())
     results = recorded["results"]
     seconds = {Path(r["run"]).name: sum(r["seconds"].values()) for r in results}
@@ -253,8 +329,8 @@ def render_section(path: Path) -> list[str]:
              "",
              "Each run is the 6-epoch pretrained Lite0 recipe (`ham10000_lite0_pretrained_6ep`) "
              "trained on HAM10000 fold 0 (lesion-grouped, the same fold, seed and epochs for "
-             "every row: a paired comparison on one fold, not 5-fold CV), with the one option "
-             "its row names. In-domain: its out-of-fold rows of fold 0, TTA 8; then the same "
+             "every row: a paired comparison on one fold, not 5-fold CV), with the options its "
+             "row names. In-domain: its out-of-fold rows of fold 0, TTA 8; then the same "
              "rows re-predicted with age, sex and site blanked. External: every MILK10k "
              "dermoscopic image present in `../shared/data` of the classes both label sets "
              "define (`melalib.classmap`: HAM10000's 7 against MILK10k's 11; MILK10k's "
@@ -262,19 +338,22 @@ def render_section(path: Path) -> list[str]:
              "code. Shift AUROC: how well the image-shift score each run stored at training "
              "(`melalib.shift`) tells MILK10k images from the run's own out-of-fold HAM10000 "
              "images; flagged: the share of MILK10k images above the in-domain 95 % "
-             "threshold, and the error rates of flagged and unflagged images. The runs below "
-             "stored the first score, a Mahalanobis distance of the pooled penultimate "
-             "features, which fails here; melalib's score is now the style statistics of the "
-             "backbone stage at 1/4 resolution, measured on the same recipe's fold-0 model "
-             "with storage controls in docs/techniques.md, section 4 (`shift.refit_run` "
-             "upgrades a run's stored score without retraining). "
-             "A run trained on MILK10k images too (multi-source, `dataset=ham10000+milk10k`) "
-             "would show its out-of-fold MILK10k rows there instead. CIs: "
-             "1,000 lesion-grouped bootstrap replicates.", "",
+             "threshold, and the error rates of flagged and unflagged images; in brackets, the "
+             "score the run stored: `pooled-mahalanobis`, the first score (a Mahalanobis distance of the "
+             "pooled penultimate features), which fails here, or `style-mahalanobis`, melalib's score "
+             "now (the style statistics of the backbone stage at 1/4 resolution; storage "
+             "controls in docs/techniques.md, section 4; `shift.refit_run` upgrades a run's "
+             "stored score without retraining). A run trained on MILK10k images too "
+             "(multi-source, `dataset=ham10000+milk10k`) is not scored externally: its "
+             "in-domain cell is its HAM10000 rows of fold 0 and the external cells show its "
+             "out-of-fold MILK10k rows of fold 0 (lesions it never trained on, from a clinic "
+             "network it trained on). CIs: 1,000 lesion-grouped bootstrap replicates.", "",
              f"Made by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`); the "
              "runs by `melalib train --preset ham10000_lite0_pretrained_6ep --set "
              "data_dir=../shared/data/ham10000 --fold 0 --output-dir outputs/ext --name "
-             "RUN` with the row's option added as `--set OPTION` (the recipe row: none), "
+             "RUN` with the row's options added as `--set OPTION=VALUE` (the recipe row: none; "
+             "the multi-source row: `--set dataset=ham10000+milk10k --set "
+             "data_dir=../shared/data --set missing_images=drop`), "
              "one torch thread per run (`OMP_NUM_THREADS=1`), on the shared 2-core CPU.", ""]
     lines += render(results)
     lines += ["", "Goals (HAM10000-trained, MILK10k dermoscopic, shared classes): balanced "
@@ -284,3 +363,7 @@ def render_section(path: Path) -> list[str]:
               "", "Measurement time per run (prediction passes and bootstraps, not training): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".", ""]
     return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

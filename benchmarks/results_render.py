@@ -20,6 +20,7 @@ from real_experiments import EXPERIMENTS
 from results_store import (
     EXPLAIN_JSONS,
     EXTERNAL_JSON,
+    EXTERNAL_REVERSE_JSON,
     MILK_JSON,
     STACK_JSON,
     SYNTHETIC_JSON,
@@ -839,7 +840,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += render_figures(results)
     lines += render_synthetic(read_optional(SYNTHETIC_JSON))
     lines += render_stack(results, read_optional(STACK_JSON))
-    lines += sibling_section("external_results", EXTERNAL_JSON)
+    lines += sibling_section("external_results", EXTERNAL_JSON, EXTERNAL_REVERSE_JSON)
     lines += sibling_section("explain_results", *EXPLAIN_JSONS)
     lines += sibling_section("milk10k_results", MILK_JSON)
     lines += ["## Reproducing", "", REPRODUCING, ""]

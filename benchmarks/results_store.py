@@ -27,6 +27,7 @@ RESULTS_MD = DOCS / "results.md"
 SYNTHETIC_JSON = DOCS / "results_synthetic.json"  # benchmarks/synthetic_results.py
 STACK_JSON = DOCS / "results_stack.json"  # benchmarks/stack_results.py
 EXTERNAL_JSON = DOCS / "results_external.json"  # benchmarks/external_results.py
+EXTERNAL_REVERSE_JSON = DOCS / "results_external_reverse.json"  # the same, MILK10k -> HAM
 MILK_JSON = DOCS / "results_milk10k.json"  # benchmarks/milk10k_results.py
 EXPLAIN_JSONS = (DOCS / "results_explain.json",  # benchmarks/explain_results.py
                  DOCS / "results_explain_finer.json",  # the same runs, --layer finer

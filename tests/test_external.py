@@ -256,3 +256,59 @@ def test_benchmark_json_keeps_other_runs_rows_and_replaces_a_rerun(tmp_path: Pat
     rows = bench.merged(out, [{"run": "c", "v": 2}, {"run": "a", "v": 2}])
     assert rows == [{"run": "a", "v": 2}, {"run": "b", "v": 1}, {"run": "c", "v": 2}]
     assert bench.merged(tmp_path / "none.json", [{"run": "c"}]) == [{"run": "c"}]
+
+
+def test_benchmark_scores_a_wider_model_on_the_shared_classes_in_domain_too() -> None:
+    """A MILK10k-trained model's own OOF, scored as HAM10000 will be: MILK10k-only classes'
+    rows dropped, their probability removed and the rest renormalised."""
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    labels = np.array([MILK11.index_of(c) for c in
+                       ("MEL", "BEN_OTH", "NV", "SCCKA", "BCC", "VASC", "INF", "MEL")])
+    probs = rng.dirichlet(np.ones(MILK11.n_classes), size=len(labels))
+    oof = pd.DataFrame(probs, columns=MILK11.prob_columns).assign(
+        label=labels, group_id=[f"g{i}" for i in range(len(labels))])
+    task, y, scored, groups = bench.shared_oof(MILK11, HAM7, oof)
+    kept = ~np.isin(labels, [MILK11.index_of(c) for c in ("BEN_OTH", "SCCKA", "INF")])
+    assert [c.lower() for c in task.classes] == list(HAM7.classes)
+    assert list(groups) == [g for g, k in zip(oof["group_id"], kept, strict=True) if k]
+    assert [task.classes[k] for k in y] == [MILK11.classes[k] for k in labels[kept]]
+    shared = [MILK11.index_of(c.upper()) for c in HAM7.classes]
+    expected = probs[kept][:, shared]
+    np.testing.assert_allclose(scored, expected / expected.sum(1, keepdims=True))
+    assert bench.shared_oof(HAM7, MILK11, oof) is None  # HAM10000's classes: none dropped
+
+
+def test_benchmark_reverse_row_and_section(trained, tmp_path: Path) -> None:
+    """A MILK10k-like run scored on a HAM10000-like table: the row's in-domain cell is its
+    shared-class OOF, the reverse subsection says both in-domain figures."""
+    from melalib.engine import train
+
+    bench = _bench()
+    ham_run, ext = trained
+    milk = RunConfig.from_dict({**ext.to_flat(), "name": "milk", "use_meta": False})
+    train(milk, progress=False)
+    ham_table = load_table(RunDir.read(ham_run).cfg.data)
+    args = bench.parse([str(milk.run_dir), "--fold", "0", "--n-boot", "20"])
+    res = bench.measure_run(str(milk.run_dir), ham_table, "ham10000", args)
+    assert "in_domain_blank_meta" not in res  # image only: nothing to blank
+    assert res["classes_trained"] == list(MILK11.classes)
+    shared = bench.shared_oof(MILK11, HAM7, RunDir.read(milk.run_dir).oof(0))
+    assert res["in_domain"]["shared"]["n"] == len(shared[1]) < res["in_domain"]["all"]["n"]
+    (row,) = bench.render([res])[2:]
+    assert _shown(res["in_domain"]["shared"]["balanced_accuracy"]) in row
+    assert "no metadata input" in row and "`use_meta=False`" in row
+    reverse = tmp_path / "reverse.json"
+    reverse.write_text(json.dumps({"command": "python benchmarks/external_results.py m",
+                                   "git_commit": "1" * 40, "results": [res]}))
+    section = bench.render_reverse(reverse)
+    assert section[0] == "### The reverse: MILK10k-trained models on HAM10000"
+    text = "\n".join(section)
+    assert row in text and "over its 11 classes" in text and "on the 7 shared classes" in text
+    assert _shown(res["external"]["balanced_accuracy"]) in text
+    assert bench.render_section(tmp_path / "absent.json", reverse) == []  # no section 6
+    assert bench.render_reverse(tmp_path / "absent.json") == []
+
+
+def _shown(ci: dict[str, float]) -> str:
+    return f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
