@@ -120,7 +120,26 @@ def evaluation_scores(ev: Evaluation) -> dict[str, Any]:
            "classes": list(ev.mapping.task.classes)}
     if ev.shift is not None:
         out["shift"] = {k: v for k, v in ev.shift.items() if k != "summary"}
+    if ev.per_class is not None:
+        out["per_class"] = {str(c): {k: float(r[k]) for k in ("recall", "support", "n_pred")}
+                            for c, r in ev.per_class.iterrows()}
     return out
+
+
+def recall_table(results: list[dict[str, Any]]) -> list[str]:
+    """External recall per class (predicted / true counts) of the rows that recorded it."""
+    rows = [r for r in results if (r.get("external") or {}).get("per_class")]
+    if not rows:
+        return []
+    classes = list(rows[0]["external"]["per_class"])
+    lines = ["| run | " + " | ".join(f"{c} ({rows[0]['external']['per_class'][c]['support']:.0f})"
+                                     for c in classes) + " |",
+             "|---|" + "---|" * len(classes)]
+    for res in rows:
+        pc = res["external"]["per_class"]
+        lines.append(f"| {Path(res['run']).name} | " + " | ".join(
+            f"{pc[c]['recall']:.2f} ({pc[c]['n_pred']:.0f})" for c in classes) + " |")
+    return lines
 
 
 def blanked_oof(path: str, fold: int | None, n_boot: int, source: str | None = None
@@ -362,6 +381,11 @@ def _forward_section(path: Path) -> list[str]:
               f"{GOALS['in_domain_loss']}. " + _goal_line(results),
               "", "Measurement time per run (prediction passes and bootstraps, not training): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".", ""]
+    recalls = recall_table(results)
+    if recalls:
+        lines += ["External recall per class (in brackets: how many MILK10k images the model "
+                  "called that class; the header gives the true count), for the rows that "
+                  "recorded it:", "", *recalls, ""]
     return lines
 
 

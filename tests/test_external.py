@@ -228,6 +228,10 @@ def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained, tmp
     assert res["external"]["balanced_accuracy"]["estimate"] == pytest.approx(
         ev.metrics["balanced_accuracy"])
     assert res["external"]["shift"]["n"] == len(ev.frame)
+    per_class = res["external"]["per_class"]
+    assert [per_class[c]["recall"] for c in HAM7.classes] == pytest.approx(
+        ev.per_class["recall"].tolist())
+    assert sum(v["support"] for v in per_class.values()) == len(ev.frame)
     (row,) = bench.render([res])[2:]
     assert f"{own['balanced_accuracy']['estimate']:.3f}" in row
     assert f"{res['external']['balanced_accuracy']['estimate']:.3f}" in row
@@ -237,6 +241,9 @@ def test_benchmark_row_holds_in_domain_blanked_and_external_figures(trained, tmp
     section = bench.render_section(recorded)
     assert section[0].startswith("## 6. External validation") and row in section
     assert any("misses the goals" in line or "meets the goals" in line for line in section)
+    header = section.index(next(x for x in section if x.startswith("External recall")))
+    assert section[header + 4].startswith(f"| {Path(res['run']).name} | "
+                                          f"{per_class['akiec']['recall']:.2f} (")
     assert bench.render_section(tmp_path / "absent.json") == []
 
 
