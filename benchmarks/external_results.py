@@ -159,6 +159,12 @@ def blanked_oof(path: str, fold: int | None, n_boot: int, source: str | None = N
     return evaluation_scores(ev)
 
 
+def trained_by(run: RunDir) -> str | None:
+    """The ``melalib`` command that trained the run (run.json's, its program path dropped)."""
+    command = str((run.info() or {}).get("command") or "").split()
+    return "melalib " + shlex.join(command[1:]) if command else None
+
+
 def trained_on(run: RunDir, dataset: str) -> bool:
     """Whether the run's training rows include ``dataset``'s (then it is not external)."""
     return dataset in str(run.cfg.data.dataset).split("+")
@@ -170,7 +176,8 @@ def measure_run(path: str, external: LesionTable, dataset: str, args: argparse.N
     run = RunDir.read(path)
     res: dict[str, Any] = {"run": str(path), "options": {
         k: getattr(run.cfg.data, k, getattr(run.cfg.train, k, getattr(run.cfg.model, k, None)))
-        for k in OPTIONS}, "classes_trained": list(run.task.classes), "seconds": {}}
+        for k in OPTIONS}, "classes_trained": list(run.task.classes),
+        "trained_by": trained_by(run), "seconds": {}}
     stats = run.shift_path(args.fold or 0)
     res["shift_score"] = ShiftStats.load(stats).kind if stats.is_file() else None
     started = time.perf_counter()
@@ -254,7 +261,10 @@ def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not out.is_file():
         return results
     fresh = {r["run"]: r for r in results}
-    old = json.loads(out.read_text())["results"]
+    recorded = json.loads(out.read_text())
+    old = [r if "git_commit" in r or "git_commit" not in recorded
+           else {**r, "git_commit": recorded["git_commit"]}  # keeps the commit that measured it
+           for r in recorded["results"]]
     kept = [fresh.pop(r["run"], r) for r in old]
     return kept + [r for r in results if r["run"] in fresh]
 
@@ -262,7 +272,8 @@ def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     table = external_table(args.dataset, args.data_dir, image_dir=args.image_dir)
-    results = [measure_run(path, table, args.dataset, args) for path in args.runs]
+    results = [{**measure_run(path, table, args.dataset, args), "git_commit": git_commit()}
+               for path in args.runs]
     print("\n".join(render(results)))
     if args.out:
         rows = merged(Path(args.out), results)
@@ -299,12 +310,48 @@ def _goal_line(results: list[dict[str, Any]]) -> str:
     return "; ".join(lines) + "."
 
 
+def _multi_source_line(results: list[dict[str, Any]]) -> str:
+    """What a multi-source row's own MILK10k rows show against the single-source rows'
+    external figures (empty without both kinds of row)."""
+    external = [r["external"] for r in results if r.get("external")]
+    lines = []
+    for res in results:
+        other = {k: v for k, v in res["in_domain"].items() if k not in ("all", "ham10000",
+                                                                          "shared")}
+        if res.get("external") or not other or not external:
+            continue
+        (source, figures), = other.items()
+        bal = [e["balanced_accuracy"]["estimate"] for e in external]
+        mel = [e["melanoma_auc"]["estimate"] for e in external if e.get("melanoma_auc")]
+        lines.append(
+            f"{Path(res['run']).name} trained on both clinics: its {figures['n']} {source} rows "
+            f"held out in the fold reach balanced accuracy "
+            f"{figures['balanced_accuracy']['estimate']:.3f} and melanoma AUC "
+            f"{(figures.get('melanoma_auc') or {}).get('estimate', float('nan')):.3f}, against "
+            f"{min(bal):.3f} to {max(bal):.3f} and {min(mel):.3f} to {max(mel):.3f} for the "
+            f"single-source rows on all {external[0]['n']} {source} images (not the same "
+            f"images: a fold's share of them).")
+    return " ".join(lines)
+
+
 def render_section(path: Path, reverse: Path | None = None) -> list[str]:
     """The results.md section from the JSON this script writes (nothing when absent), and
     ``reverse``'s subsection (MILK10k-trained runs on HAM10000) when that JSON exists."""
     if not path.is_file():
         return []
     return _forward_section(path) + ([] if reverse is None else render_reverse(reverse))
+
+
+def commits(recorded: dict[str, Any]) -> str:
+    """Which commit measured which rows: the file's commit, or per commit its rows when the
+    rows were measured at different commits (`merged` keeps each row's)."""
+    by: dict[str, list[str]] = {}
+    for r in recorded["results"]:
+        by.setdefault(str(r.get("git_commit") or recorded["git_commit"])[:10], []).append(
+            Path(r["run"]).name)
+    if len(by) == 1:
+        return f"commit `{next(iter(by))}`"
+    return "; ".join(f"{', '.join(runs)} at commit `{c}`" for c, runs in by.items())
 
 
 def render_reverse(path: Path) -> list[str]:
@@ -321,7 +368,9 @@ def render_reverse(path: Path) -> list[str]:
              "probability of MILK10k's four other classes removed and the rest "
              "renormalised; `shared_oof`); the 11-class figure beside it. An image-only run "
              "has no metadata to blank. CIs: 1,000 lesion-grouped bootstrap replicates.", "",
-             f"Made by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`).", ""]
+             f"Made by `{recorded['command']}` ({commits(recorded)}); the runs by "
+             + "; ".join(f"`{r['trained_by']}`" for r in results if r.get("trained_by"))
+             + ".", ""]
     lines += render(results)
     for res in results:
         ind, ext = res["in_domain"], res.get("external")
@@ -367,7 +416,7 @@ def _forward_section(path: Path) -> list[str]:
              "in-domain cell is its HAM10000 rows of fold 0 and the external cells show its "
              "out-of-fold MILK10k rows of fold 0 (lesions it never trained on, from a clinic "
              "network it trained on). CIs: 1,000 lesion-grouped bootstrap replicates.", "",
-             f"Made by `{recorded['command']}` (commit `{recorded['git_commit'][:10]}`); the "
+             f"Made by `{recorded['command']}` ({commits(recorded)}); the "
              "runs by `melalib train --preset ham10000_lite0_pretrained_6ep --set "
              "data_dir=../shared/data/ham10000 --fold 0 --output-dir outputs/ext --name "
              "RUN` with the row's options added as `--set OPTION=VALUE` (the recipe row: none; "
@@ -379,6 +428,7 @@ def _forward_section(path: Path) -> list[str]:
               f"accuracy >= {GOALS['external_balanced_accuracy']}, melanoma AUC >= "
               f"{GOALS['external_melanoma_auc']}, in-domain loss <= "
               f"{GOALS['in_domain_loss']}. " + _goal_line(results),
+              *(["", line] if (line := _multi_source_line(results)) else []),
               "", "Measurement time per run (prediction passes and bootstraps, not training): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".", ""]
     recalls = recall_table(results)

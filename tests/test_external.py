@@ -312,6 +312,7 @@ def test_benchmark_reverse_row_and_section(trained, tmp_path: Path) -> None:
     assert section[0] == "### The reverse: MILK10k-trained models on HAM10000"
     text = "\n".join(section)
     assert row in text and "over its 11 classes" in text and "on the 7 shared classes" in text
+    assert res["trained_by"].startswith("melalib ") and f"`{res['trained_by']}`" in text
     assert _shown(res["external"]["balanced_accuracy"]) in text
     assert bench.render_section(tmp_path / "absent.json", reverse) == []  # no section 6
     assert bench.render_reverse(tmp_path / "absent.json") == []
@@ -319,3 +320,31 @@ def test_benchmark_reverse_row_and_section(trained, tmp_path: Path) -> None:
 
 def _shown(ci: dict[str, float]) -> str:
     return f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def _ci_of(v: float) -> dict[str, float]:
+    return {"estimate": v, "low": v - 0.05, "high": v + 0.05}
+
+
+def test_benchmark_names_each_rows_commit_and_the_multi_source_rows_own_clinic(
+        tmp_path: Path) -> None:
+    bench = _bench()
+    out = tmp_path / "external.json"
+    out.write_text(json.dumps({"git_commit": "a" * 40, "results": [{"run": "x/old"}]}))
+    rows = bench.merged(out, [{"run": "x/new", "git_commit": "b" * 40}])
+    assert [r["git_commit"] for r in rows] == ["a" * 40, "b" * 40]  # the old row keeps its
+    assert bench.commits({"git_commit": "b" * 40, "results": rows}) == (
+        f"old at commit `{'a' * 10}`; new at commit `{'b' * 10}`")
+    assert bench.commits({"git_commit": "c" * 40, "results": [{"run": "y"}]}) == (
+        f"commit `{'c' * 10}`")
+    single = {"run": "x/cc", "external": {"n": 3732, "balanced_accuracy": _ci_of(0.589),
+                                          "melanoma_auc": _ci_of(0.838)},
+              "in_domain": {"all": {"n": 2004, "balanced_accuracy": _ci_of(0.7)}}}
+    multi = {"run": "x/both", "in_domain": {
+        "all": {"n": 2768}, "ham10000": {"n": 2004},
+        "milk10k": {"n": 764, "balanced_accuracy": _ci_of(0.657),
+                    "melanoma_auc": _ci_of(0.891)}}}
+    line = bench._multi_source_line([single, multi])
+    assert line.startswith("both trained on both clinics: its 764 milk10k rows")
+    assert "0.657" in line and "0.891" in line and "0.589 to 0.589" in line
+    assert bench._multi_source_line([single]) == ""
