@@ -321,6 +321,8 @@ def _multi_source_line(results: list[dict[str, Any]]) -> str:
         if res.get("external") or not other or not external:
             continue
         (source, figures), = other.items()
+        first = str(res["options"].get("dataset", "")).split("+")[0]
+        own_n = next(r["in_domain"]["all"]["n"] for r in results if r.get("external"))
         bal = [e["balanced_accuracy"]["estimate"] for e in external]
         mel = [e["melanoma_auc"]["estimate"] for e in external if e.get("melanoma_auc")]
         lines.append(
@@ -330,7 +332,9 @@ def _multi_source_line(results: list[dict[str, Any]]) -> str:
             f"{(figures.get('melanoma_auc') or {}).get('estimate', float('nan')):.3f}, against "
             f"{min(bal):.3f} to {max(bal):.3f} and {min(mel):.3f} to {max(mel):.3f} for the "
             f"single-source rows on all {external[0]['n']} {source} images (not the same "
-            f"images: a fold's share of them).")
+            f"images: a fold's share of them). Its folds are drawn over the merged table, so "
+            f"its in-domain cells are {res['in_domain'].get(first, {}).get('n', '?')} {first} "
+            f"images, not the single-source rows' {own_n}: the comparison is not paired.")
     return " ".join(lines)
 
 

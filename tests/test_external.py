@@ -340,11 +340,12 @@ def test_benchmark_names_each_rows_commit_and_the_multi_source_rows_own_clinic(
     single = {"run": "x/cc", "external": {"n": 3732, "balanced_accuracy": _ci_of(0.589),
                                           "melanoma_auc": _ci_of(0.838)},
               "in_domain": {"all": {"n": 2004, "balanced_accuracy": _ci_of(0.7)}}}
-    multi = {"run": "x/both", "in_domain": {
-        "all": {"n": 2768}, "ham10000": {"n": 2004},
+    multi = {"run": "x/both", "options": {"dataset": "ham10000+milk10k"}, "in_domain": {
+        "all": {"n": 2749}, "ham10000": {"n": 1985},
         "milk10k": {"n": 764, "balanced_accuracy": _ci_of(0.657),
                     "melanoma_auc": _ci_of(0.891)}}}
     line = bench._multi_source_line([single, multi])
     assert line.startswith("both trained on both clinics: its 764 milk10k rows")
     assert "0.657" in line and "0.891" in line and "0.589 to 0.589" in line
+    assert "are 1985 ham10000 images, not the single-source rows' 2004" in line
     assert bench._multi_source_line([single]) == ""
