@@ -87,6 +87,18 @@ def test_every_preset_is_a_valid_config() -> None:
         RunConfig.from_preset("isic2020_effnet")
 
 
+def test_the_robust_preset_is_the_measured_combination() -> None:
+    """ham10000_lite0_robust is the config docs/results.md section 6 measured as ham_combo:
+    the 6-epoch recipe with three options set on the command line."""
+    preset = RunConfig.from_preset("ham10000_lite0_robust", data_dir="d")
+    measured = RunConfig.from_preset("ham10000_lite0_pretrained_6ep", data_dir="d",
+                                     color_constancy=True, border_aug="vignette",
+                                     meta_blanking=0.3)
+    assert preset.to_flat() == measured.to_flat()
+    assert preset.to_flat() != RunConfig.from_preset("ham10000_lite0_pretrained_6ep",
+                                                     data_dir="d").to_flat()
+
+
 def test_a_preset_names_the_keys_its_user_must_set() -> None:
     assert set(PRESET_NEEDS) <= set(PRESETS)
     for name, needs in PRESET_NEEDS.items():

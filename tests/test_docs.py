@@ -115,6 +115,14 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
     "outputs/ext --name ham_guided":
         "the HAM10000 images and masks, 26 min on 2 cores (tests/test_config.py builds the "
         "preset; tests/test_guidance.py trains with cam_guidance end to end on synthetic data)",
+    "melalib train --preset ham10000_lite0_robust --set data_dir=../shared/data/ham10000 "
+    "--name ham_robust": "the HAM10000 images, about 45 min per fold on 2 cores "
+    "(tests/test_config.py: the preset is the measured combination; every option is trained "
+    "on synthetic data in its own test)",
+    "melalib evaluate outputs/ham_robust --dataset milk10k --data-dir ../shared/data/milk10k "
+    "--image-dir ../shared/data/milk10k/images_256x192 --skip-missing-images":
+        "the HAM10000 run above and the MILK10k images (tests/test_external.py runs the CLI "
+        "on a synthetic MILK10k-like table)",
     "melalib explain outputs/ext/ham_guided --kind wrong --top 16 --layer pooled "
     "--missing-masks skip --masks "
     "../shared/data/ham10000/masks_200x150 --out explain/ham_guided":
