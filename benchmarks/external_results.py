@@ -46,8 +46,8 @@ from melalib.tasks import MELANOMA, Task
 GOALS = {"external_balanced_accuracy": 0.65, "external_melanoma_auc": 0.90,
          "in_domain_loss": 0.01}
 #: Config fields that tell the compared recipes apart (shown per row).
-OPTIONS = ("dataset", "color_constancy", "meta_blanking", "border_aug", "epochs", "backbone",
-           "use_meta")
+OPTIONS = ("dataset", "color_constancy", "meta_blanking", "border_aug", "augment", "epochs",
+           "backbone", "use_meta")
 
 
 def _ci(frame: pd.DataFrame, metric: str) -> dict[str, float] | None:
@@ -159,6 +159,13 @@ def blanked_oof(path: str, fold: int | None, n_boot: int, source: str | None = N
     return evaluation_scores(ev)
 
 
+def run_options(run: RunDir) -> dict[str, Any]:
+    """The run's value of each of `OPTIONS` (data, train or model field)."""
+    cfg = run.cfg
+    return {k: getattr(cfg.data, k, getattr(cfg.train, k, getattr(cfg.model, k, None)))
+            for k in OPTIONS}
+
+
 def trained_by(run: RunDir) -> str | None:
     """The ``melalib`` command that trained the run (run.json's, its program path dropped)."""
     command = str((run.info() or {}).get("command") or "").split()
@@ -174,10 +181,9 @@ def measure_run(path: str, external: LesionTable, dataset: str, args: argparse.N
                 ) -> dict[str, Any]:
     """Every figure of one run, each part timed; ``external`` is ``dataset``'s table."""
     run = RunDir.read(path)
-    res: dict[str, Any] = {"run": str(path), "options": {
-        k: getattr(run.cfg.data, k, getattr(run.cfg.train, k, getattr(run.cfg.model, k, None)))
-        for k in OPTIONS}, "classes_trained": list(run.task.classes),
-        "trained_by": trained_by(run), "seconds": {}}
+    res: dict[str, Any] = {"run": str(path), "options": run_options(run),
+                           "classes_trained": list(run.task.classes),
+                           "trained_by": trained_by(run), "seconds": {}}
     stats = run.shift_path(args.fold or 0)
     res["shift_score"] = ShiftStats.load(stats).kind if stats.is_file() else None
     started = time.perf_counter()
@@ -208,7 +214,7 @@ def _pct(v: float | None) -> str:
 def options_label(options: dict[str, Any]) -> str:
     """The options a row sets beyond the HAM10000 recipe ("recipe" when none)."""
     plain = {"dataset": "ham10000", "color_constancy": False, "meta_blanking": 0.0,
-             "border_aug": "none", "use_meta": True}
+             "border_aug": "none", "augment": "medium", "use_meta": True}
     set_ = [f"`{k}={v}`" for k, v in options.items() if k in plain and v != plain[k]]
     return ", ".join(set_) or "recipe"
 
