@@ -167,7 +167,8 @@ def run_options(run: RunDir) -> dict[str, Any]:
 
 
 def trained_by(run: RunDir) -> str | None:
-    """The ``melalib`` command that trained the run (run.json's, its program path dropped)."""
+    """The ``melalib`` command that trained the run (its provenance's, the program path
+    dropped)."""
     command = str((run.info() or {}).get("command") or "").split()
     return "melalib " + shlex.join(command[1:]) if command else None
 
