@@ -30,6 +30,7 @@ import pandas as pd
 
 from melalib.bootstrap import evaluate_with_ci
 from melalib.classmap import class_mapping
+from melalib.data.load import dataset_parts
 from melalib.external import (
     Evaluation,
     blank_metadata,
@@ -48,6 +49,9 @@ GOALS = {"external_balanced_accuracy": 0.65, "external_melanoma_auc": 0.90,
 #: Config fields that tell the compared recipes apart (shown per row).
 OPTIONS = ("dataset", "color_constancy", "meta_blanking", "border_aug", "augment", "epochs",
            "backbone", "use_meta")
+#: The HAM10000 recipe's value of the options a row is labelled by (`options_label`).
+RECIPE = {"dataset": "ham10000", "color_constancy": False, "meta_blanking": 0.0,
+          "border_aug": "none", "augment": "medium", "use_meta": True}
 
 
 def _ci(frame: pd.DataFrame, metric: str) -> dict[str, float] | None:
@@ -175,7 +179,7 @@ def trained_by(run: RunDir) -> str | None:
 
 def trained_on(run: RunDir, dataset: str) -> bool:
     """Whether the run's training rows include ``dataset``'s (then it is not external)."""
-    return dataset in str(run.cfg.data.dataset).split("+")
+    return dataset in dataset_parts(str(run.cfg.data.dataset))
 
 
 def measure_run(path: str, external: LesionTable, dataset: str, args: argparse.Namespace
@@ -192,7 +196,7 @@ def measure_run(path: str, external: LesionTable, dataset: str, args: argparse.N
     res["seconds"]["in_domain"] = round(time.perf_counter() - started, 1)
     if run.cfg.model.use_meta:  # an image-only run has no metadata to blank
         started = time.perf_counter()
-        first = str(run.cfg.data.dataset).split("+")[0]  # the comparable source
+        first = dataset_parts(str(run.cfg.data.dataset))[0]  # the comparable source
         res["in_domain_blank_meta"] = blanked_oof(path, args.fold, args.n_boot, first)
         res["seconds"]["in_domain_blank_meta"] = round(time.perf_counter() - started, 1)
     if not trained_on(run, dataset):
@@ -214,10 +218,18 @@ def _pct(v: float | None) -> str:
 
 def options_label(options: dict[str, Any]) -> str:
     """The options a row sets beyond the HAM10000 recipe ("recipe" when none)."""
-    plain = {"dataset": "ham10000", "color_constancy": False, "meta_blanking": 0.0,
-             "border_aug": "none", "augment": "medium", "use_meta": True}
-    set_ = [f"`{k}={v}`" for k, v in options.items() if k in plain and v != plain[k]]
+    set_ = [f"`{k}={v}`" for k, v in options.items() if k in RECIPE and v != RECIPE[k]]
     return ", ".join(set_) or "recipe"
+
+
+def in_domain_parts(res: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A row's in-domain figures comparable with the other rows' (on the shared classes,
+    else its first source's rows, else all) and, by source, those of the other sources it
+    trained on (a multi-source run's)."""
+    ind = res["in_domain"]
+    first = dataset_parts(str(res["options"]["dataset"]))[0]
+    others = {k: v for k, v in ind.items() if k not in ("all", "shared", first)}
+    return ind.get("shared") or ind.get(first) or ind["all"], others
 
 
 def render(results: list[dict[str, Any]]) -> list[str]:
@@ -227,12 +239,10 @@ def render(results: list[dict[str, Any]]) -> list[str]:
              "error flagged / not |", "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         ext = res.get("external")
-        ind = res["in_domain"]
-        own = ind.get("shared") or ind.get("ham10000") or ind["all"]
+        own, others = in_domain_parts(res)
         shift = (ext or {}).get("shift") or {}
         opts = options_label(res["options"])
-        other = next((v for k, v in ind.items() if k not in ("all", "ham10000", "shared")),
-                     {})
+        other = next(iter(others.values()), {})
         blank = res.get("in_domain_blank_meta")
         ext_cells = (["(trained on it: " + _cell(other.get("balanced_accuracy"))
                       + " out of fold)", _cell(other.get("melanoma_auc")), "-", "-", "-"]
@@ -279,7 +289,8 @@ def merged(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     table = external_table(args.dataset, args.data_dir, image_dir=args.image_dir)
-    results = [{**measure_run(path, table, args.dataset, args), "git_commit": git_commit()}
+    commit = git_commit()
+    results = [{**measure_run(path, table, args.dataset, args), "git_commit": commit}
                for path in args.runs]
     print("\n".join(render(results)))
     if args.out:
@@ -287,17 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in args.runs]
         command = "python benchmarks/external_results.py " + shlex.join(
             [r["run"] for r in rows] + flags)
-        write_json(Path(args.out), {"command": command, "git_commit": git_commit(),
+        write_json(Path(args.out), {"command": command, "git_commit": commit,
                                     "dataset": args.dataset, "goals": GOALS, "results": rows})
     return 0
 
 
-
 def _goal_line(results: list[dict[str, Any]]) -> str:
     """Which single-source run reaches the goals, judged on the point estimates."""
-    base = next((r for r in results if not any(
-        r["options"].get(k) for k in ("color_constancy", "meta_blanking"))
-        and r["options"].get("border_aug") in (None, "none") and "external" in r), None)
+    base = next((r for r in results
+                 if options_label(r["options"]) == "recipe" and "external" in r), None)
     lines = []
     for res in results:
         ext = res.get("external")
@@ -323,12 +332,13 @@ def _multi_source_line(results: list[dict[str, Any]]) -> str:
     external = [r["external"] for r in results if r.get("external")]
     lines = []
     for res in results:
-        other = {k: v for k, v in res["in_domain"].items() if k not in ("all", "ham10000",
-                                                                          "shared")}
-        if res.get("external") or not other or not external:
+        if res.get("external") or not external:
             continue
-        (source, figures), = other.items()
-        first = str(res["options"].get("dataset", "")).split("+")[0]
+        own, others = in_domain_parts(res)
+        if not others:
+            continue
+        (source, figures), = others.items()
+        first = dataset_parts(str(res["options"]["dataset"]))[0]
         own_n = next(r["in_domain"]["all"]["n"] for r in results if r.get("external"))
         bal = [e["balanced_accuracy"]["estimate"] for e in external]
         mel = [e["melanoma_auc"]["estimate"] for e in external if e.get("melanoma_auc")]
@@ -340,7 +350,7 @@ def _multi_source_line(results: list[dict[str, Any]]) -> str:
             f"{min(bal):.3f} to {max(bal):.3f} and {min(mel):.3f} to {max(mel):.3f} for the "
             f"single-source rows on all {external[0]['n']} {source} images (not the same "
             f"images: a fold's share of them). Its folds are drawn over the merged table, so "
-            f"its in-domain cells are {res['in_domain'].get(first, {}).get('n', '?')} {first} "
+            f"its in-domain cells are {own['n']} {first} "
             f"images, not the single-source rows' {own_n}: the comparison is not paired.")
     return " ".join(lines)
 

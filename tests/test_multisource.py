@@ -13,7 +13,7 @@ from conftest import TINY
 
 from melalib.classmap import class_mapping
 from melalib.config import DataConfig, RunConfig
-from melalib.data.load import load_table
+from melalib.data.load import DATASETS, MERGED, dataset_parts, load_table
 from melalib.data.sources.merge import merge_ham_milk
 from melalib.errors import DataError
 from melalib.external import evaluate_external
@@ -79,3 +79,13 @@ def test_the_real_tables_merge(shared_data: Path) -> None:
     counts = table.df["source"].value_counts()
     assert counts["ham10000"] == len(ham) and counts["milk10k"] == int((~only).sum())
     assert table.df.attrs["dropped_milk_classes"]["SCCKA"] == int(gt["SCCKA"].sum())
+
+
+def test_dataset_parts_names_the_sources_of_every_dataset() -> None:
+    """A merged dataset's parts are its downloads (not its name split at "+": isic2020+2019
+    holds isic2019, not "2019"); any other dataset is its own single part."""
+    assert dataset_parts("ham10000+milk10k") == ("ham10000", "milk10k")
+    assert dataset_parts("isic2020+2019") == ("isic2020", "isic2019")
+    for name in DATASETS:
+        assert all(p in DATASETS for p in dataset_parts(name))
+    assert set(MERGED) < set(DATASETS)

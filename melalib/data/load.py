@@ -53,6 +53,12 @@ MERGED = {"isic2020+2019": (("isic2020", "isic2019"), merge_isic2019_2020),
           "ham10000+milk10k": (("ham10000", "milk10k"), merge_ham_milk)}
 
 
+def dataset_parts(dataset: str) -> tuple[str, ...]:
+    """The datasets whose rows ``dataset`` holds: a `MERGED` dataset's parts (the first is
+    the label space's own), else the dataset itself."""
+    return MERGED[dataset][0] if dataset in MERGED else (dataset,)
+
+
 def _synthetic(data_cfg: DataConfig) -> LesionTable:
     """Generated (or reused) under ``data_dir`` (default ``data``)."""
     name = (f"{data_cfg.synthetic_task}_{data_cfg.synthetic_patients}p_"
@@ -171,7 +177,7 @@ def check_data_dir(data_cfg: DataConfig) -> None:
     if dataset not in (*DOWNLOADS, *MERGED):
         return
     if dataset in MERGED:
-        parts = MERGED[dataset][0]
+        parts = dataset_parts(dataset)
         expected = " and ".join(f"{p}/{DOWNLOADS[p].main_file}" for p in parts)
         hint = "; ".join(DOWNLOADS[p].hint for p in parts)
     else:
