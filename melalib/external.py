@@ -64,12 +64,14 @@ class Evaluation:
     subgroups: pd.DataFrame
     dropped: dict[str, Any] = field(default_factory=dict)
     shift: dict[str, Any] | None = None  # `shift_errors`; None when the run stores no stats
+    adapt_bn: bool = False  # the models' batch-norm statistics were adapted (`melalib.adapt`)
 
     def summary(self) -> str:
         """One line: rows scored, the primary metric with its CI, melanoma AUC if any."""
         task = self.mapping.task
         row = self.ci.set_index("metric")
-        parts = [f"{len(self.frame)} rows scored ({self.source})"]
+        parts = [f"{len(self.frame)} rows scored ({self.source}"
+                 + ("; batch norm adapted to them)" if self.adapt_bn else ")")]
         for name in (task.primary_metric, "melanoma_roc_auc"):
             if name in row.index:
                 r = row.loc[name]
@@ -123,11 +125,13 @@ def scored_rows(table: LesionTable, mapping: ClassMapping, image_columns: list[s
 def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTable, *,
                       tta: int | None = None, batch_size: int = 64, n_boot: int = 1000,
                       skip_missing_images: bool = False, progress: bool = True,
-                      oof: bool = False) -> Evaluation:
+                      oof: bool = False, adapt_bn: bool = False) -> Evaluation:
     """Score ``run``'s fold ensemble on ``table``'s labelled rows (see the module doc).
 
     ``oof``: ``table`` is the run's own (`oof_table`): each row is predicted by the model of
-    the fold that held it out, as training's out-of-fold predictions were."""
+    the fold that held it out, as training's out-of-fold predictions were. ``adapt_bn``:
+    each model's image batch-norm statistics are first re-estimated on the images it scores
+    (`melalib.adapt`; unlabelled, so no label reaches the predictions)."""
     predictor = run if isinstance(run, Predictor) else load_predictor(run)
     mapping = class_mapping(predictor.task, table.task)
     columns = predictor.required_columns()[1:]
@@ -138,7 +142,7 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
     log.info("evaluate: %s", scored_summary(mapping, table, dropped))
     predictor.impute_absent(df, table.origin or "the external table")
     raw = _predict(predictor, LesionTable(df, predictor.task, origin=table.origin), oof,
-                   tta=tta, batch_size=batch_size, progress=progress)
+                   adapt_bn, tta=tta, batch_size=batch_size, progress=progress)
     scored = LesionTable(df, mapping.task, origin=table.origin)
     probs = mapping.probs(raw[predictor.task.prob_columns].to_numpy())
     frame = prediction_frame(df, mapping.task, _as_2d(probs), -1, labelled=True)
@@ -150,7 +154,7 @@ def evaluate_external(run: str | os.PathLike[str] | Predictor, table: LesionTabl
         scores["shift"] = shift_errors(frame, mapping.task, probs, _oof_shift(predictor))
     source = str(table.origin or "table")
     return Evaluation(Path(str(predictor.run.path if predictor.run else run)), source, mapping,
-                      scored, frame, dropped=dropped, **scores)
+                      scored, frame, dropped=dropped, adapt_bn=adapt_bn, **scores)
 
 
 def oof_table(run: str | os.PathLike[str]) -> LesionTable:
@@ -180,12 +184,17 @@ def blank_metadata(table: LesionTable) -> LesionTable:
     return LesionTable(df, table.task, origin=f"{table.origin} (metadata blanked)")
 
 
-def _predict(predictor: Predictor, table: LesionTable, oof: bool, **kwargs: Any
-             ) -> pd.DataFrame:
+def _predict(predictor: Predictor, table: LesionTable, oof: bool, adapt_bn: bool,
+             **kwargs: Any) -> pd.DataFrame:
     """The ensemble's predictions of ``table``, or with ``oof`` each fold model's of the rows
-    of its own fold (rows of folds without a model are an error)."""
+    of its own fold (rows of folds without a model are an error); with ``adapt_bn`` by
+    models adapted to the rows they predict (`Predictor.adapted`)."""
+    def adapted(p: Predictor, rows: LesionTable) -> Predictor:
+        return p.adapted(rows, batch_size=kwargs.get("batch_size", 64),
+                         progress=kwargs.get("progress", True)) if adapt_bn else p
+
     if not oof:
-        return predictor.predict(table, **kwargs)
+        return adapted(predictor, table).predict(table, **kwargs)
     df = table.df
     folds = {m.fold for m in predictor.members}
     missing = ~df["fold"].isin(folds)
@@ -194,9 +203,14 @@ def _predict(predictor: Predictor, table: LesionTable, oof: bool, **kwargs: Any
                         f"(trained: {sorted(folds)}); train every fold first",
                         file=table.origin or None, row=int(np.flatnonzero(missing)[0]) + 1,
                         column="fold")
-    frames = [Predictor([m], predictor.task, predictor.device, run=predictor.run).predict(
-        LesionTable(df[df["fold"] == m.fold], table.task, origin=table.origin), **kwargs)
-        for m in predictor.members]
+    frames = []
+    for m in predictor.members:
+        if not (df["fold"] == m.fold).any():
+            continue  # a fold whose rows are not asked for
+        rows = LesionTable(df[df["fold"] == m.fold].reset_index(drop=True), table.task,
+                           origin=table.origin)
+        one = Predictor([m], predictor.task, predictor.device, run=predictor.run)
+        frames.append(adapted(one, rows).predict(rows, **kwargs))
     return pd.concat(frames).set_index("image_id").loc[df["image_id"]].reset_index()
 
 
@@ -309,6 +323,15 @@ def default_out(run: str | os.PathLike[str], source: str) -> Path:
     return run.parent / f"{run.name}_on_{Path(source).stem or 'external'}"
 
 
+def out_tag(source: str, *, oof: bool = False, by_diagnosis: bool = False,
+            blank_meta: bool = False, adapt_bn: bool = False) -> str:
+    """The name an evaluation's folder gets after ``<run>_on_`` (`default_out`): the source
+    (dataset, or a CSV's stem; ``oof`` for the run's own rows) and how it was scored."""
+    return ("oof" if oof else Path(source).stem) + "".join(
+        suffix for flag, suffix in ((by_diagnosis, "_diagnosis"), (blank_meta, "_blank_meta"),
+                                    (adapt_bn, "_adapt_bn")) if flag)
+
+
 def write_evaluation(ev: Evaluation, out: str | os.PathLike[str], *, overwrite: bool = False,
                      inputs: tuple[str, ...] = (), n_boot_plot: int = 200) -> RunDir:
     """Store ``ev`` as a run-like folder `RunDir.read` opens (see the module doc)."""
@@ -332,8 +355,9 @@ def _fill(run: RunDir, ev: Evaluation, n_boot_plot: int) -> None:
         "primary_metric": ev.mapping.task.primary_metric, "external": ev.metrics,
         "external_ci": {r["metric"]: {k: r[k] for k in ("estimate", "low", "high")}
                         for r in ev.ci.to_dict("records")},
-        "class_mapping": ev.dropped, "image_shift": ev.shift, "summary": ev.summary()})
-    write_provenance(run.path, kind=KIND, run=str(ev.run), source=ev.source,
+        "class_mapping": ev.dropped, "image_shift": ev.shift, "adapt_bn": ev.adapt_bn,
+        "summary": ev.summary()})
+    write_provenance(run.path, kind=KIND, run=str(ev.run), source=ev.source, adapt_bn=ev.adapt_bn,
                      table_hash=ev.table.content_hash())
     evaluation_figures(ev, run.figures_dir(), n_boot=n_boot_plot)
 

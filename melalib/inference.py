@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .adapt import adapt_batchnorm
 from .checkpoints import Preprocessing, load_model
 from .config import RunConfig
 from .data.csvread import read_csv, require_ids
@@ -66,6 +67,14 @@ class Member:
     shift: ShiftStats | None = None  # the fold's image-feature statistics (`melalib.shift`)
     #: how the model's inputs are made, from its checkpoint (`checkpoints.Preprocessing`)
     preprocessing: Preprocessing | None = None
+    #: the model ``shift`` was measured with, where ``model`` is an adapted copy of it
+    #: (`melalib.adapt`); None: ``model`` itself
+    shift_model: nn.Module | None = None
+
+    @property
+    def feature_model(self) -> nn.Module:
+        """The model whose image features the shift statistics describe."""
+        return self.model if self.shift_model is None else self.shift_model
 
 
 def load_member(path: Source, device: torch.device, *, config: RunConfig | None = None
@@ -160,12 +169,7 @@ class Predictor:
         for i, member in enumerate(self.members):
             if len(df) == 0:
                 break
-            meta = member.encoder.transform(df)
-            dataset = make_dataset(member.cfg, table, df, meta, train=False, labelled=False,
-                                   preprocessing=member.preprocessing)
-            workers = member.cfg.data.num_workers if num_workers is None else num_workers
-            loader = make_loader(dataset, batch_size, shuffle=False, seed=0,
-                                 num_workers=workers)
+            loader = self._loader(member, table, df, batch_size, num_workers)
             probs, index, _ = predict_probs(
                 member.model, loader, self.task, self.device,
                 precision=resolve_precision(member.cfg, self.device), tta=tta,
@@ -176,7 +180,7 @@ class Predictor:
             total += ordered
             if self.scores_shift:
                 shift += member.shift.score(image_features(
-                    member.model, loader, self.device, member.cfg.train.channels_last,
+                    member.feature_model, loader, self.device, member.cfg.train.channels_last,
                     member.shift.layer))
         out = output_frame(df["image_id"].to_numpy(), self.task, total / len(self.members))
         self.last_shift = None
@@ -187,6 +191,33 @@ class Predictor:
             alarming = out[FLAG].mean() > 2 * (1 - FLAG_QUANTILE)  # well above in-domain
             log.log(logging.WARNING if alarming else logging.INFO, "%s", self.last_shift)
         return out
+
+    def adapted(self, df_or_table: pd.DataFrame | LesionTable, batch_size: int = 64,
+                progress: bool = True, num_workers: int | None = None) -> Predictor:
+        """This predictor with every member's image batch-norm statistics re-estimated on the
+        images of ``df_or_table`` (`adapt.adapt_batchnorm`; no label is read); the members'
+        image-shift statistics keep scoring against their original models."""
+        df = (df_or_table.df if isinstance(df_or_table, LesionTable) else df_or_table)
+        df = df.reset_index(drop=True)
+        table = LesionTable(df, self.task, origin=getattr(df_or_table, "origin", "") or "")
+        members = []
+        for i, member in enumerate(self.members):
+            loader = self._loader(member, table, df, batch_size, num_workers)
+            model = adapt_batchnorm(member.model, loader, self.device,
+                                    member.cfg.train.channels_last, progress,
+                                    desc=f"adapt model {i + 1}/{len(self.members)}")
+            members.append(replace(member, model=model, shift_model=member.feature_model))
+        return replace(self, members=members, last_drift=None, last_shift=None)
+
+    def _loader(self, member: Member, table: LesionTable, df: pd.DataFrame, batch_size: int,
+                num_workers: int | None) -> Any:
+        """The evaluation loader of ``df`` as ``member`` reads it (its encoder, transforms and
+        preprocessing)."""
+        meta = member.encoder.transform(df)
+        dataset = make_dataset(member.cfg, table, df, meta, train=False, labelled=False,
+                               preprocessing=member.preprocessing)
+        workers = member.cfg.data.num_workers if num_workers is None else num_workers
+        return make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=workers)
 
     def predict_folder(self, image_dir: Source | None, metadata_csv: Source | None = None,
                        image_column: str = "image", image2_column: str = "image2",

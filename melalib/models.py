@@ -255,7 +255,9 @@ def check_model(model_cfg: ModelConfig, task: Task, n_meta: int, image_size: int
                               "backbone") from None
 
 # ----------------------------------------------------------------------- Grad-CAM
-def _backbones(model: nn.Module) -> list[nn.Module]:
+def image_backbones(model: nn.Module) -> list[nn.Module]:
+    """The model's image backbones (one, or two for a dual-image model with its own second
+    backbone); none for a metadata-only model."""
     return [m for m in (getattr(model, "backbone", None), getattr(model, "backbone2", None))
             if m is not None]
 
@@ -369,7 +371,7 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 0.1,
     Frozen parameters are included, so unfreezing after a warm-up needs no new optimizer.
     Each group has a ``name`` and its ``base_lr`` (kept for schedulers).
     """
-    backbone_ids = {id(p) for b in _backbones(model) for p in b.parameters()}
+    backbone_ids = {id(p) for b in image_backbones(model) for p in b.parameters()}
     named = list(model.named_parameters())
     bb = [(n, p) for n, p in named if id(p) in backbone_ids]
     rest = [(n, p) for n, p in named if id(p) not in backbone_ids]
@@ -387,7 +389,7 @@ def set_backbone_trainable(model: nn.Module, flag: bool) -> int:
     """Freeze (False) or unfreeze (True) the image backbone(s); returns the parameter count
     changed (0 for a metadata-only model)."""
     count = 0
-    for backbone in _backbones(model):
+    for backbone in image_backbones(model):
         for param in backbone.parameters():
             param.requires_grad_(flag)
             count += param.numel()

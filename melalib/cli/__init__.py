@@ -386,6 +386,9 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                    "(each by the model of the fold that held it out) instead of a table")
     p.add_argument("--blank-meta", dest="blank_meta", action="store_true",
                    help="blank age, sex and site of the scored rows (a clinic without metadata)")
+    p.add_argument("--adapt-bn", dest="adapt_bn", action="store_true",
+                   help="re-estimate the models' image batch-norm statistics on the scored "
+                   "images first (AdaBN test-time adaptation; no label is used)")
     p.add_argument("--by-diagnosis", dest="by_diagnosis", action="store_true",
                    help="score a binary melanoma table by its diagnosis words (ISIC 2020): "
                    "every class both define, not melanoma vs rest alone")

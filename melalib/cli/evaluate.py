@@ -18,6 +18,7 @@ from ..external import (
     evaluate_external,
     external_table,
     oof_table,
+    out_tag,
     scored_summary,
     write_evaluation,
 )
@@ -27,13 +28,12 @@ from ..runs import RunDir, check_report_folder
 
 def evaluate_cli(args: argparse.Namespace) -> int:
     """``melalib evaluate RUN (--dataset NAME --data-dir DIR | --csv FILE | --oof)
-    [--image-dir DIR] [--blank-meta] [--out DIR] [--tta N] [--n-boot N]
+    [--image-dir DIR] [--blank-meta] [--adapt-bn] [--out DIR] [--tta N] [--n-boot N]
     [--skip-missing-images] [--overwrite]``."""
     if args.oof and (args.dataset or args.csv):
         raise ConfigError("--oof scores the run's own rows out of fold: drop --dataset / --csv")
-    tag = "oof" if args.oof else Path(args.dataset or args.csv or "").stem
-    tag += ("_diagnosis" if args.by_diagnosis else "") + ("_blank_meta" if args.blank_meta
-                                                          else "")
+    tag = out_tag(args.dataset or args.csv or "", oof=args.oof, by_diagnosis=args.by_diagnosis,
+                  blank_meta=args.blank_meta, adapt_bn=args.adapt_bn)
     out = Path(args.out) if args.out else default_out(args.run, tag)
     inputs = tuple(str(p) for p in (args.data_dir, args.csv, args.image_dir) if p)
     check_report_folder(out, KIND, overwrite=args.overwrite, inputs=(args.run, *inputs))
@@ -46,7 +46,7 @@ def evaluate_cli(args: argparse.Namespace) -> int:
         table = blank_metadata(table)
     ev = evaluate_external(args.run, table, tta=args.tta, batch_size=args.batch_size,
                            n_boot=args.n_boot, skip_missing_images=args.skip_missing_images,
-                           oof=args.oof)
+                           oof=args.oof, adapt_bn=args.adapt_bn)
     write_evaluation(ev, out, overwrite=args.overwrite, inputs=inputs)
     print(scored_summary(ev.mapping, table, ev.dropped))
     print(ev.summary())
