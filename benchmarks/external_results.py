@@ -428,6 +428,57 @@ def render_section(path: Path, reverse: Path | None = None) -> list[str]:
     return _forward_section(path) + ([] if reverse is None else render_reverse(reverse))
 
 
+def _replicates_line(results: list[dict[str, Any]]) -> str:
+    """Rows with identical options (the same recipe trained twice): how far apart their
+    figures lie, the run-to-run variation the option rows are to be read against."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for res in results:
+        if res.get("external"):
+            groups.setdefault(json.dumps(res["options"], sort_keys=True), []).append(res)
+    lines = []
+    for rows in (g for g in groups.values() if len(g) > 1):
+        names = " and ".join(Path(r["run"]).name for r in rows)
+        spread = {label: [get(r) for r in rows] for label, get in (
+            ("in-domain balanced accuracy",
+             lambda r: in_domain_parts(r)[0]["balanced_accuracy"]["estimate"]),
+            ("external balanced accuracy",
+             lambda r: r["external"]["balanced_accuracy"]["estimate"]),
+            ("external melanoma AUC", lambda r: r["external"]["melanoma_auc"]["estimate"]))}
+        lines.append(f"{names} share every option: the same recipe trained twice (same fold "
+                     "and seed; the thread count and melalib's commit may differ). Their "
+                     + ", ".join(f"{label} {' / '.join(f'{v:.3f}' for v in values)}"
+                                 for label, values in spread.items())
+                     + ": the run-to-run variation the other rows' differences are read "
+                     "against.")
+    return " ".join(lines)
+
+
+def _adapt_line(results: list[dict[str, Any]]) -> str:
+    """What adapting changed, per adapted row."""
+    parts = []
+    for res in results:
+        ext, ada = res.get("external"), res.get("external_adapt_bn")
+        if not (ext and ada):
+            continue
+        change = {k: ada[k]["estimate"] - ext[k]["estimate"]
+                  for k in ("balanced_accuracy", "melanoma_auc") if ext.get(k) and ada.get(k)}
+        home = (res["in_domain_adapt_bn"]["balanced_accuracy"]["estimate"]
+                - in_domain_parts(res)[0]["balanced_accuracy"]["estimate"])
+        parts.append(f"{Path(res['run']).name}: external balanced accuracy "
+                     f"{change.get('balanced_accuracy', float('nan')):+.3f}, melanoma AUC "
+                     f"{change.get('melanoma_auc', float('nan')):+.3f}, in-domain {home:+.3f}")
+    return ("Adapting changed, against the same run unadapted: " + "; ".join(parts) + "."
+            if parts else "")
+
+
+def _other_recipes(results: list[dict[str, Any]]) -> str:
+    """The rows trained by another preset than the recipe's, with their commands."""
+    others = [f"{Path(r['run']).name} by `{r['trained_by']}`" for r in results
+              if "--preset" in str(r.get("trained_by"))
+              and "--preset ham10000_lite0_pretrained_6ep " not in str(r["trained_by"])]
+    return "; the other presets' rows: " + "; ".join(others) if others else ""
+
+
 def commits(recorded: dict[str, Any]) -> str:
     """Which commit measured which rows: the file's commit, or per commit its rows when the
     rows were measured at different commits (`merged` keeps each row's)."""
@@ -508,13 +559,15 @@ def _forward_section(path: Path) -> list[str]:
              "RUN` with the row's options added as `--set OPTION=VALUE` (the recipe row: none; "
              "the multi-source row: `--set dataset=ham10000+milk10k --set "
              "data_dir=../shared/data --set missing_images=drop`), "
-             "one torch thread per run (`OMP_NUM_THREADS=1`), on the shared 2-core CPU.", ""]
+             "one torch thread per run (`OMP_NUM_THREADS=1`), on the shared 2-core CPU"
+             + _other_recipes(results) + ".", ""]
     lines += render(results)
     lines += ["", "Goals (HAM10000-trained, MILK10k dermoscopic, shared classes): balanced "
               f"accuracy >= {GOALS['external_balanced_accuracy']}, melanoma AUC >= "
               f"{GOALS['external_melanoma_auc']}, in-domain loss <= "
               f"{GOALS['in_domain_loss']}. " + _goal_line(results),
               *(["", line] if (line := _multi_source_line(results)) else []),
+              *(["", line] if (line := _replicates_line(results)) else []),
               "", "Measurement time per run (prediction passes and bootstraps, not training): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".", ""]
     adapted = adapt_table(results)
@@ -526,7 +579,8 @@ def _forward_section(path: Path) -> list[str]:
                   "(AdaBN, Li et al. 2016): the MILK10k images for the external cells, each "
                   "fold's own held-out HAM10000 rows for the in-domain cell (what adapting "
                   "costs at home). No label and no weight is touched; the image-shift score "
-                  "is still measured with the unadapted models.", "", *adapted, ""]
+                  "is still measured with the unadapted models.", "", *adapted, "",
+                  _adapt_line(results), ""]
     recalls = recall_table(results)
     if recalls:
         lines += ["External recall per class (in brackets: how many MILK10k images the model "

@@ -179,6 +179,27 @@ def test_benchmark_adapt_bn_figures_table_and_goal_line(trained, tmp_path: Path)
     assert (f"{run.name}, batch norm adapted: external balanced accuracy "
             f"{ada['balanced_accuracy']['estimate']:.3f}") in goal
     assert any(line.startswith(f"| {run.name}, batch norm adapted | ") for line in section)
+    change = (ada["balanced_accuracy"]["estimate"]
+              - res["external"]["balanced_accuracy"]["estimate"])
+    line = next(x for x in section if x.startswith("Adapting changed"))
+    assert f"{run.name}: external balanced accuracy {change:+.3f}" in line
     without = bench.measure_run(str(run), table, "milk10k", bench.parse(
         [str(run), "--fold", "0", "--n-boot", "20"]))
     assert "external_adapt_bn" not in without
+
+
+def test_benchmark_names_rows_that_share_every_option() -> None:
+    bench = benchmark_script("external_results")
+
+    def row(name: str, own: float, ext: float, options: dict) -> dict:
+        cell = lambda v: {"estimate": v, "low": v, "high": v}  # noqa: E731
+        return {"run": f"outputs/ext/{name}", "options": options,
+                "in_domain": {"all": {"n": 9, "balanced_accuracy": cell(own)}},
+                "external": {"balanced_accuracy": cell(ext), "melanoma_auc": cell(0.8)}}
+
+    same = {"dataset": "ham10000", "color_constancy": True}
+    line = bench._replicates_line([row("a", 0.70, 0.57, same), row("b", 0.72, 0.59, same),
+                                   row("c", 0.69, 0.55, {**same, "color_constancy": False})])
+    assert line.startswith("a and b share every option")
+    assert "external balanced accuracy 0.570 / 0.590" in line and " c " not in line
+    assert bench._replicates_line([row("a", 0.7, 0.5, same)]) == ""

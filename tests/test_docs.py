@@ -85,6 +85,9 @@ REAL_DATA = {  # needs data (or weights) that are not in the repository
         "a trained run (tests/test_external.py runs it on a tiny run)",
     "melalib evaluate outputs/r50 --csv other_clinic.csv --image-dir other_clinic/images":
         "another clinic's table (tests/test_external.py: the CLI on a CSV)",
+    "melalib evaluate outputs/r50 --csv other_clinic.csv --image-dir other_clinic/images "
+    "--adapt-bn": "another clinic's table (tests/test_adapt.py: the CLI with --adapt-bn on a "
+    "CSV)",
     "papermill notebooks/06_external.ipynb out/06.ipynb -p name demo -p external_dataset "
     "milk10k -p external_data_dir ../shared/data/milk10k -p external_image_dir "
     "../shared/data/milk10k/images_256x192": "a trained run and the MILK10k images "
