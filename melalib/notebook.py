@@ -67,6 +67,8 @@ EXTRA_PARAMETERS: dict[str, str] = {
     "external_csv": "06: a CSV of images and class names to score instead of a dataset",
     "external_seed": "06: synthetic external table: the generator's seed (unseen patients)",
     "camera_rows": "06: rows copied through a simulated other camera for the shift figure",
+    "adapt_bn": "06: re-estimate the models' batch-norm statistics on the external images "
+                "first (`melalib.adapt`, `melalib evaluate --adapt-bn`)",
     "n_show": "01: images shown per class in the sample grid",
     "pair_kind": "05: dual-image runs: whose image pairs are explained (fn | fp | tp | tn | "
                  "wrong)",
