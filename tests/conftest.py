@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,17 @@ def benchmark_script(name: str):
         del sys.modules[name]
         raise
     return module
+
+
+def ham_run_and_milk_table(root: Path) -> tuple[Path, Any]:
+    """A tiny multiclass (HAM7-like) run trained under ``root`` and the config of a paired
+    (MILK11-like) external table: external validation's tests (test_external, test_adapt)."""
+    from melalib.config import RunConfig
+    from melalib.engine import train
+
+    base = {**TINY, "data_dir": str(root / "data"), "output_dir": str(root / "out")}
+    cfg = RunConfig.from_dict({**base, "name": "ham", "synthetic_task": "multiclass"})
+    train(cfg, progress=False)
+    ext = RunConfig.from_dict({**base, "name": "ext", "synthetic_task": "paired",
+                               "synthetic_seed": 3})
+    return cfg.run_dir, ext

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, benchmark_script
+from conftest import benchmark_script, ham_run_and_milk_table
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -98,16 +98,7 @@ def test_refuses_a_model_without_image_batch_norm_and_an_empty_table() -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
-    """A tiny HAM7-like run and the config of a MILK11-like external table."""
-    from melalib.engine import train
-
-    root = tmp_path_factory.mktemp("adapt")
-    base = {**TINY, "data_dir": str(root / "data"), "output_dir": str(root / "out")}
-    cfg = RunConfig.from_dict({**base, "name": "ham", "synthetic_task": "multiclass"})
-    train(cfg, progress=False)
-    ext = RunConfig.from_dict({**base, "name": "ext", "synthetic_task": "paired",
-                               "synthetic_seed": 3})
-    return cfg.run_dir, ext
+    return ham_run_and_milk_table(tmp_path_factory.mktemp("adapt"))
 
 
 def test_adapted_predictor_changes_probabilities_not_the_shift_score(trained) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, benchmark_script
+from conftest import benchmark_script, ham_run_and_milk_table
 from sklearn.metrics import roc_auc_score
 
 from melalib import cli
@@ -33,16 +33,7 @@ from melalib.tasks import HAM7, MILK11
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
-    """A tiny multiclass (HAM7) run and the config of a paired (MILK11) external table."""
-    from melalib.engine import train
-
-    root = tmp_path_factory.mktemp("external")
-    base = {**TINY, "data_dir": str(root / "data"), "output_dir": str(root / "out")}
-    cfg = RunConfig.from_dict({**base, "name": "ham", "synthetic_task": "multiclass"})
-    train(cfg, progress=False)
-    ext = RunConfig.from_dict({**base, "name": "ext", "synthetic_task": "paired",
-                               "synthetic_seed": 3})
-    return cfg.run_dir, ext
+    return ham_run_and_milk_table(tmp_path_factory.mktemp("external"))
 
 
 def test_scores_only_shared_classes_and_writes_a_run_like_folder(trained, tmp_path: Path
